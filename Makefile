@@ -1,0 +1,39 @@
+# Troupe: the two commands a fresh machine needs are `make run` and `make test`.
+CARGO ?= cargo
+PYTHON ?= python3
+
+.PHONY: all build run test test-deps bench lint doc clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+## Build in release mode and run one node with every role, on the embedded default config.
+run:
+	$(CARGO) build --release --bin troupe
+	./target/release/troupe run
+
+## Python packages the interoperability tests use (pyzmq), installed if missing.
+test-deps:
+	@$(PYTHON) -c 'import zmq' 2>/dev/null || $(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
+
+## Every test CI runs: unit, integration (real troupe processes), Python interoperability.
+test: test-deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## Benchmarks (long): see docs/PERFORMANCE.md.
+bench: test-deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+doc:
+	$(CARGO) doc --workspace --no-deps
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,27 @@
+//! SIGINT and SIGTERM as one async stream of signal numbers.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Both stop signals.
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Starts listening. Must run inside a tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal's number.
+    pub async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+        }
+    }
+}
