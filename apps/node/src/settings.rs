@@ -23,7 +23,10 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/single.toml");
 const ENV_PREFIX: &str = "TROUPE_";
 
 /// Environment variables Troupe sets for the processes it supervises; never config keys.
-pub const RESERVED_ENV: &[&str] = &["TROUPE_SERVICE_ID", "TROUPE_IPC_SOCKET"];
+pub const RESERVED_ENV: &[&str] = &[
+    troupe_core::services::ENV_SERVICE_ID,
+    troupe_core::services::ENV_IPC_SOCKET,
+];
 
 const TOP_LEVEL_KEYS: &[&str] = &["name", "roles", "shutdown_timeout"];
 

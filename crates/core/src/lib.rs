@@ -19,6 +19,7 @@ pub mod error;
 pub mod messages;
 pub mod panic;
 pub mod role;
+pub mod services;
 pub mod settings;
 pub mod span;
 pub mod zmq_thread;

@@ -1,0 +1,103 @@
+//! The contract between the supervisor, which owns service processes, and the ipc hub, which
+//! owns their channels.
+//!
+//! The ipc role starts first and publishes a [`ServiceChannels`] in the node's
+//! [`Published`](crate::context::Published) registry. The supervisor looks it up when it
+//! starts: it gives every service the hub's socket path (`TROUPE_IPC_SOCKET`), reports each
+//! service process's start and exit as [`ServiceLifecycle`] events, and forwards its own
+//! `push_config` / `invoke` API calls as [`PushConfig`] / [`Invoke`]. Without the ipc role the
+//! supervisor runs services without channels, and those calls fail with
+//! [`ChannelError::NotAlive`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+
+/// A service process's life, as the supervisor reports it to the hub.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum ServiceLifecycle {
+    /// Process `pid` of service `id` has started; its persisted config lives at `config_path`
+    /// (`config.json`), which the hub reads for `request_config` and writes after an
+    /// acknowledged `push_config`.
+    Started {
+        /// The service id.
+        id: String,
+        /// The OS process id; only this process may attach the service's channel.
+        pid: u32,
+        /// Where the service's `config.json` is kept.
+        config_path: PathBuf,
+    },
+    /// Process `pid` of service `id` has exited: every request in flight to it fails at once
+    /// and its channel may be attached again by the next process.
+    Exited {
+        /// The service id.
+        id: String,
+        /// The process that exited.
+        pid: u32,
+    },
+}
+
+/// Why a request to a service's channel failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// No channel is attached for the service.
+    #[error("channel is not alive")]
+    NotAlive,
+    /// The service did not answer in time.
+    #[error("no reply from the service within {0:?}")]
+    Timeout(Duration),
+    /// The service's process exited while the request was in flight.
+    #[error("the service exited while the request was in flight")]
+    ServiceExited,
+    /// The service answered with an error.
+    #[error("the service refused: {0}")]
+    Refused(String),
+    /// Anything else (I/O on the hub, persisting the config, ...).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Push a new config to service `service`; persisted as its `config.json` only once the
+/// service acknowledges it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), ChannelError>")]
+pub struct PushConfig {
+    /// The service id.
+    pub service: String,
+    /// The config document.
+    pub config: serde_json::Value,
+    /// How long to wait for the acknowledgement.
+    pub timeout: Duration,
+}
+
+/// Invoke service `service` with `payload` and wait for its reply.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<u8>, ChannelError>")]
+pub struct Invoke {
+    /// The service id.
+    pub service: String,
+    /// Opaque request bytes.
+    pub payload: Vec<u8>,
+    /// How long to wait for the reply.
+    pub timeout: Duration,
+}
+
+/// What the ipc role publishes for the supervisor.
+#[derive(Clone)]
+pub struct ServiceChannels {
+    /// The hub's Unix socket, given to services as `TROUPE_IPC_SOCKET`.
+    pub socket_path: PathBuf,
+    /// Where the supervisor reports service starts and exits.
+    pub lifecycle: Recipient<ServiceLifecycle>,
+    /// Where `push_config` calls go.
+    pub push_config: Recipient<PushConfig>,
+    /// Where `invoke` calls go.
+    pub invoke: Recipient<Invoke>,
+}
+
+/// Environment variable naming a supervised service's id.
+pub const ENV_SERVICE_ID: &str = "TROUPE_SERVICE_ID";
+/// Environment variable naming the ipc hub's socket.
+pub const ENV_IPC_SOCKET: &str = "TROUPE_IPC_SOCKET";

@@ -1,0 +1,1 @@
+//! Integration tests of the `beacon` role, running real `troupe` processes.

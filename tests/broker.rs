@@ -1,0 +1,1 @@
+//! Integration tests of the `broker` role, running real `troupe` processes.

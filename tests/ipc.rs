@@ -1,0 +1,1 @@
+//! Integration tests of the `ipc` role, running real `troupe` processes.

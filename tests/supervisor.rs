@@ -1,0 +1,1 @@
+//! Integration tests of the `supervisor` role, running real `troupe` processes.
