@@ -1,0 +1,58 @@
+//! The hub's counters, answered to a `Stats` frame as JSON and logged when the hub stops.
+
+use serde::Serialize;
+
+/// Counters since the hub started, and gauges of now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HubStats {
+    /// Connections open now.
+    pub connections: usize,
+    /// Registered connections now.
+    pub registered: usize,
+    /// Service channels attached now.
+    pub channels_attached: usize,
+    /// Messages held in mailboxes now.
+    pub mailbox_messages: usize,
+    /// Bytes held in mailboxes now.
+    pub mailbox_bytes: usize,
+    /// Requests between clients in flight now.
+    pub requests_in_flight: usize,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Valid frames received.
+    pub frames_in: u64,
+    /// Bytes of valid frames received.
+    pub bytes_in: u64,
+    /// Frames written to clients.
+    pub frames_out: u64,
+    /// Messages, requests and replies queued to a receiving connection.
+    pub delivered: u64,
+    /// Messages held for a receiver that was not connected.
+    pub held: u64,
+    /// Held messages that expired (their senders were told).
+    pub expired: u64,
+    /// Messages refused because a mailbox was full (their senders were told).
+    pub overflowed: u64,
+    /// Requests that got no reply in time.
+    pub requests_timed_out: u64,
+    /// Answers for connections that had gone.
+    pub undeliverable: u64,
+    /// Error frames sent.
+    pub errors_sent: u64,
+    /// Frames whose envelope could not be parsed.
+    pub malformed: u64,
+    /// Bytes skipped as damage between frames.
+    pub corrupt_bytes: u64,
+    /// Times a stream was resynchronised after damage.
+    pub resyncs: u64,
+    /// Frames over `max_frame_bytes` (their connections were closed).
+    pub oversize_frames: u64,
+    /// Frames carrying another process's pid (their connections were closed).
+    pub foreign_frames: u64,
+    /// Registrations under another process's pid (refused).
+    pub spoofing_refused: u64,
+    /// Connections closed because they stopped reading.
+    pub stalled_closed: u64,
+    /// Metrics and events published.
+    pub events_published: u64,
+}

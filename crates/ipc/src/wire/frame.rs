@@ -1,0 +1,330 @@
+//! The frame: `u32 length | u32 sender pid | u32 checksum | payload`, little-endian.
+//!
+//! `length` counts the whole frame, header included. The checksum is the CRC-32 (IEEE, as
+//! zlib's `crc32`) of the header's first eight bytes followed by the payload, so the length
+//! and the pid are protected too, and a frame can be forwarded byte for byte without being
+//! re-encoded.
+//!
+//! [`FrameDecoder`] cuts frames out of a byte stream. Like the seed's decoder it treats
+//! anything that is not a valid frame as damage: it skips one byte and tries again, so the
+//! stream resynchronises on the next valid frame, and it counts what it skipped.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 12;
+
+/// The checksum of a frame whose header starts with `head` (length and pid) and whose
+/// payload is `payload`.
+pub fn checksum(head: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(head);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Appends one frame to `out`: the header, then whatever `write_payload` appends.
+pub fn write_frame(out: &mut BytesMut, pid: u32, write_payload: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    write_payload(out);
+    let length = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&pid.to_le_bytes());
+    let crc = checksum(&out[start..start + 8], &out[start + HEADER_LEN..]);
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One whole, verified frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The sender pid from the header.
+    pub pid: u32,
+    /// The whole frame, header included, exactly as received.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// The bytes after the header.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+}
+
+/// What the decoder found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A valid frame.
+    Frame(Frame),
+    /// A valid frame carrying another pid than the expected one: a process speaking as
+    /// another.
+    Foreign(Frame),
+    /// A header from the expected sender announcing a frame longer than the limit. The stream
+    /// cannot continue: the peer is not speaking within the limits.
+    Oversize {
+        /// The announced length.
+        length: u32,
+    },
+}
+
+/// Counters of damage seen by a decoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Bytes skipped because they did not start a valid frame.
+    pub skipped_bytes: u64,
+    /// Times the decoder lost and found the frame boundary again (runs of skipped bytes).
+    pub resyncs: u64,
+}
+
+/// Cuts frames out of a byte stream; see the module doc.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    min_frame: usize,
+    max_frame: usize,
+    expected_pid: Option<u32>,
+    damage: Damage,
+    skipping: bool,
+}
+
+impl FrameDecoder {
+    /// A decoder for frames of `min_frame..=max_frame` bytes.
+    ///
+    /// With `expected_pid`, only a header carrying that pid can start a frame: random damage
+    /// then almost never looks like a header, so the decoder neither waits for data a garbage
+    /// length announces nor mistakes garbage for an oversized frame.
+    pub fn new(min_frame: usize, max_frame: usize, expected_pid: Option<u32>) -> Self {
+        FrameDecoder {
+            min_frame: min_frame.max(HEADER_LEN),
+            max_frame,
+            expected_pid,
+            damage: Damage::default(),
+            skipping: false,
+        }
+    }
+
+    /// Damage seen so far.
+    pub fn damage(&self) -> Damage {
+        self.damage
+    }
+
+    /// The next frame in `buf`, removing it and any damage before it; `None` when more bytes
+    /// are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
+        self.next(buf, false)
+    }
+
+    /// Like [`decode`](Self::decode), at the end of the stream: a header whose frame cannot
+    /// complete any more is damage too.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
+        let found = self.next(buf, true);
+        if found.is_none() && !buf.is_empty() {
+            self.skip(buf, buf.len());
+        }
+        found
+    }
+
+    /// How many bytes `buf` must hold before the frame at its start can be checked.
+    pub fn wanted(&self, buf: &[u8]) -> usize {
+        if buf.len() < HEADER_LEN {
+            return HEADER_LEN;
+        }
+        let length = read_u32(buf, 0) as usize;
+        length.clamp(HEADER_LEN, self.max_frame)
+    }
+
+    fn next(&mut self, buf: &mut BytesMut, eof: bool) -> Option<Decoded> {
+        loop {
+            if buf.len() < HEADER_LEN {
+                return None;
+            }
+            let length = read_u32(buf, 0) as usize;
+            let pid = read_u32(buf, 4);
+            if length < self.min_frame {
+                self.skip(buf, 1);
+                continue;
+            }
+            if self.expected_pid.is_some_and(|p| p != pid) {
+                // Only a frame already whole in the buffer is recognised as another pid's:
+                // waiting for the length such a header announces would let damage hold up
+                // the stream.
+                if length <= self.max_frame
+                    && buf.len() >= length
+                    && read_u32(buf, 8) == checksum(&buf[..8], &buf[HEADER_LEN..length])
+                {
+                    self.skipping = false;
+                    let bytes = buf.split_to(length).freeze();
+                    return Some(Decoded::Foreign(Frame { pid, bytes }));
+                }
+                self.skip(buf, 1);
+                continue;
+            }
+            if length > self.max_frame {
+                if self.expected_pid.is_some() {
+                    return Some(Decoded::Oversize {
+                        length: length as u32,
+                    });
+                }
+                self.skip(buf, 1);
+                continue;
+            }
+            if buf.len() < length {
+                if eof {
+                    self.skip(buf, 1);
+                    continue;
+                }
+                return None;
+            }
+            let crc = read_u32(buf, 8);
+            if crc != checksum(&buf[..8], &buf[HEADER_LEN..length]) {
+                self.skip(buf, 1);
+                continue;
+            }
+            self.skipping = false;
+            let bytes = buf.split_to(length).freeze();
+            return Some(Decoded::Frame(Frame { pid, bytes }));
+        }
+    }
+
+    fn skip(&mut self, buf: &mut BytesMut, n: usize) {
+        if !self.skipping {
+            self.skipping = true;
+            self.damage.resyncs += 1;
+        }
+        self.damage.skipped_bytes += n as u64;
+        buf.advance(n);
+    }
+}
+
+fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(pid: u32, payload: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        write_frame(&mut out, pid, |b| b.extend_from_slice(payload));
+        out.freeze()
+    }
+
+    fn decode_all(decoder: &mut FrameDecoder, bytes: &[u8]) -> Vec<Decoded> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(d) = decoder.decode_eof(&mut buf) {
+            out.push(d);
+        }
+        out
+    }
+
+    #[test]
+    fn header_layout_matches_the_doc() {
+        let f = frame(0x01020304, b"hello");
+        assert_eq!(&f[0..4], &17u32.to_le_bytes());
+        assert_eq!(&f[4..8], &[4, 3, 2, 1]);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&f[0..8]);
+        crc.update(b"hello");
+        assert_eq!(&f[8..12], &crc.finalize().to_le_bytes());
+        assert_eq!(&f[12..], b"hello");
+    }
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let frames: Vec<Bytes> = (0..50u32)
+            .map(|i| frame(7, &vec![i as u8; i as usize * 3]))
+            .collect();
+        let stream: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 1 << 20, Some(7));
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for chunk in stream.chunks(5) {
+            buf.extend_from_slice(chunk);
+            while let Some(Decoded::Frame(f)) = decoder.decode(&mut buf) {
+                got.push(f.bytes);
+            }
+        }
+        assert_eq!(got, frames);
+        assert_eq!(decoder.damage(), Damage::default());
+    }
+
+    #[test]
+    fn a_corrupt_frame_is_skipped_and_counted() {
+        let good1 = frame(9, b"one");
+        let mut bad = frame(9, b"two").to_vec();
+        bad[13] ^= 0xff;
+        let good2 = frame(9, b"three");
+        let stream = [good1.to_vec(), bad.clone(), good2.to_vec()].concat();
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 1024, Some(9));
+        let got = decode_all(&mut decoder, &stream);
+        assert_eq!(
+            got,
+            vec![
+                Decoded::Frame(Frame {
+                    pid: 9,
+                    bytes: good1
+                }),
+                Decoded::Frame(Frame {
+                    pid: 9,
+                    bytes: good2
+                })
+            ]
+        );
+        assert_eq!(decoder.damage().skipped_bytes, bad.len() as u64);
+        assert_eq!(decoder.damage().resyncs, 1);
+    }
+
+    #[test]
+    fn oversize_from_the_expected_pid_is_reported() {
+        let big = frame(9, &[0; 100]);
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 64, Some(9));
+        let mut buf = BytesMut::from(&big[..HEADER_LEN]);
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Some(Decoded::Oversize { length: 112 })
+        );
+        // Without an expected pid an oversized header is indistinguishable from damage.
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 64, None);
+        let got = decode_all(&mut decoder, &big);
+        assert!(got.is_empty());
+        assert_eq!(decoder.damage().skipped_bytes, big.len() as u64);
+    }
+
+    #[test]
+    fn a_whole_frame_from_another_pid_is_reported_as_foreign() {
+        let other = frame(10, b"x");
+        let mine = frame(9, b"y");
+        let stream = [other.to_vec(), mine.to_vec()].concat();
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 1024, Some(9));
+        let got = decode_all(&mut decoder, &stream);
+        assert_eq!(
+            got,
+            vec![
+                Decoded::Foreign(Frame {
+                    pid: 10,
+                    bytes: other.clone()
+                }),
+                Decoded::Frame(Frame {
+                    pid: 9,
+                    bytes: mine
+                })
+            ]
+        );
+        // Half of one is only damage: the decoder does not wait on another pid's header.
+        let mut buf = BytesMut::from(&other[..other.len() - 1]);
+        assert_eq!(decoder.decode(&mut buf), None);
+        assert_eq!(decoder.damage().skipped_bytes, 1);
+    }
+
+    #[test]
+    fn wanted_is_bounded_by_the_limit() {
+        let decoder = FrameDecoder::new(HEADER_LEN, 100, None);
+        assert_eq!(decoder.wanted(&[1, 2]), HEADER_LEN);
+        let mut head = [0u8; HEADER_LEN];
+        head[0..4].copy_from_slice(&50u32.to_le_bytes());
+        assert_eq!(decoder.wanted(&head), 50);
+        head[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decoder.wanted(&head), 100);
+    }
+}

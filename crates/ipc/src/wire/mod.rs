@@ -1,0 +1,9 @@
+//! The hub's wire format, shared by the hub and the client library: [`frame`] (the seed's
+//! length / pid / checksum header, with CRC-32) and [`envelope`] (kind, destination,
+//! correlation id and body inside the payload). `docs/protocols/ipc.md` specifies both.
+
+pub mod envelope;
+pub mod frame;
+
+pub use envelope::{Envelope, ErrorCode, Kind, MIN_FRAME};
+pub use frame::{Decoded, Frame, FrameDecoder};
