@@ -87,7 +87,7 @@ impl IpcConfig {
             }
         }
         let max_frame = self.max_frame_bytes.0;
-        if max_frame < 1024 || max_frame > (1 << 30) {
+        if !(1024..=(1 << 30)).contains(&max_frame) {
             return Err(ConfigError::new(
                 "max_frame_bytes",
                 format!("{} is out of range: use 1KiB to 1GiB", self.max_frame_bytes),

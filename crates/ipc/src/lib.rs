@@ -13,9 +13,14 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod hub;
+mod role;
+pub mod server;
 pub mod wire;
 
 pub use config::{ByteSize, IpcConfig};
+pub use role::IpcRole;
+pub use server::actor::{GetStats, HubActor};

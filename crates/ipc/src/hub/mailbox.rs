@@ -241,7 +241,7 @@ mod tests {
         hold(&mut m, &a, 1, 3, t0 + Duration::from_secs(2)).unwrap();
         assert_eq!(m.next_expiry(), Some(t0 + Duration::from_secs(10)));
         assert!(m.expire(t0 + Duration::from_secs(9)).is_empty());
-        let taken = m.take(&[b.clone()]);
+        let taken = m.take(std::slice::from_ref(&b));
         assert_eq!(taken.len(), 1);
         let expired = m.expire(t0 + Duration::from_secs(12));
         let corrs: Vec<u64> = expired.iter().map(|(_, h)| h.corr).collect();

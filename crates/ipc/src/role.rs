@@ -1,0 +1,68 @@
+//! [`IpcRole`]: claims the socket, starts the hub actor and the config thread, and publishes
+//! the [`ServiceChannels`] the supervisor uses and the [`IpcEvents`] other roles subscribe
+//! through.
+
+use actix::prelude::*;
+use troupe_core::services::ServiceChannels;
+use troupe_core::{ConfigError, Role, RoleContext, RoleError};
+
+use crate::config::IpcConfig;
+use crate::events::IpcEvents;
+use crate::hub::Limits;
+use crate::server::actor::{HubActor, StopHub};
+use crate::server::config_store::ConfigStore;
+use crate::server::socket::{self, SocketFile};
+
+/// The running `ipc` role.
+pub struct IpcRole {
+    hub: Addr<HubActor>,
+    socket: SocketFile,
+}
+
+impl Role for IpcRole {
+    const NAME: &'static str = "ipc";
+    type Config = IpcConfig;
+
+    fn validate(config: &IpcConfig) -> Result<(), ConfigError> {
+        config.validate()
+    }
+
+    async fn start(config: IpcConfig, ctx: RoleContext) -> Result<Self, RoleError> {
+        let path = config.socket_path(&ctx.node);
+        let group = socket::resolve_group(&config.socket_group).map_err(RoleError::new)?;
+        let (listener, socket) = socket::claim(&path, group).await.map_err(RoleError::new)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let store = ConfigStore::start(tracing::Span::current())?;
+        let hub = HubActor::new(
+            Limits::from_config(&config),
+            listener,
+            store,
+            group.is_some(),
+        )
+        .start();
+        ctx.published.publish(ServiceChannels {
+            socket_path: path.clone(),
+            lifecycle: hub.clone().recipient(),
+            push_config: hub.clone().recipient(),
+            invoke: hub.clone().recipient(),
+        });
+        ctx.published.publish(IpcEvents {
+            subscribe: hub.clone().recipient(),
+        });
+        ctx.published.publish(hub.clone());
+        tracing::info!(
+            socket = %path.display(),
+            mode = if group.is_some() { "0660" } else { "0600" },
+            "ipc hub listening"
+        );
+        Ok(IpcRole { hub, socket })
+    }
+
+    async fn stop(self) {
+        let _ = self.hub.send(StopHub).await;
+        let socket = self.socket;
+        let path = socket.path().to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || socket.remove()).await;
+        tracing::info!(socket = %path.display(), "ipc socket removed");
+    }
+}

@@ -1,0 +1,148 @@
+//! One connection's two tasks, both on the hub's arbiter: the reader decodes frames and hands
+//! them to the hub actor a read at a time (and waits when the actor says so); the writer
+//! writes the batches the actor hands it and reports how many frames went out.
+
+use std::io;
+
+use actix::Addr;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::actor::{Hangup, HubActor, Inbound, Written};
+use crate::hub::ConnId;
+use crate::wire::frame::Damage;
+use crate::wire::{Decoded, FrameDecoder};
+
+/// Bytes asked of the socket per read (more when a longer frame is being assembled).
+const READ_CHUNK: usize = 64 * 1024;
+/// A write buffer grown past this by a large frame is let go afterwards.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// Reads until the peer hangs up, the socket fails, the hub stops it, or the peer sends a
+/// frame over the limit.
+pub(crate) async fn read_loop(
+    conn: ConnId,
+    mut socket: OwnedReadHalf,
+    mut decoder: FrameDecoder,
+    hub: Addr<HubActor>,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut reported = Damage::default();
+    loop {
+        let wanted = decoder.wanted(&buf).saturating_sub(buf.len());
+        buf.reserve(wanted.max(READ_CHUNK));
+        match socket.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let mut items = Vec::new();
+        let mut oversize = false;
+        while let Some(item) = decoder.decode(&mut buf) {
+            oversize = matches!(item, Decoded::Oversize { .. });
+            items.push(item);
+            if oversize {
+                break;
+            }
+        }
+        let total = decoder.damage();
+        let damage = Damage {
+            skipped_bytes: total.skipped_bytes - reported.skipped_bytes,
+            resyncs: total.resyncs - reported.resyncs,
+        };
+        reported = total;
+        if items.is_empty() && damage == Damage::default() {
+            continue;
+        }
+        match hub
+            .send(Inbound {
+                conn,
+                items,
+                damage,
+            })
+            .await
+        {
+            Ok(true) if !oversize => {}
+            // The hub closes the connection; it stops this task itself.
+            _ => return,
+        }
+    }
+    hub.do_send(Hangup { conn });
+}
+
+/// Writes each batch in full, reporting it; ends when the hub drops the sending half or a
+/// write fails.
+pub(crate) async fn write_loop(
+    conn: ConnId,
+    mut socket: OwnedWriteHalf,
+    mut batches: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    hub: Addr<HubActor>,
+) {
+    let mut out = BytesMut::new();
+    while let Some(batch) = batches.recv().await {
+        out.clear();
+        for frame in &batch {
+            out.extend_from_slice(frame);
+        }
+        match write_all(&mut socket, &out).await {
+            Ok(()) => hub.do_send(Written {
+                conn,
+                frames: batch.len(),
+                failed: false,
+            }),
+            Err(written) => {
+                hub.do_send(Written {
+                    conn,
+                    frames: whole_frames(&batch, written),
+                    failed: true,
+                });
+                return;
+            }
+        }
+        if out.capacity() > MAX_KEPT_BUFFER {
+            out = BytesMut::new();
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Writes `data`; on failure, how many bytes went out.
+async fn write_all(socket: &mut OwnedWriteHalf, data: &[u8]) -> Result<(), usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match socket.write(&data[written..]).await {
+            Ok(0) => return Err(written),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(written),
+        }
+    }
+    Ok(())
+}
+
+/// How many of `batch`'s frames lie wholly within its first `bytes` bytes.
+fn whole_frames(batch: &[Bytes], bytes: usize) -> usize {
+    let mut end = 0;
+    batch
+        .iter()
+        .take_while(|frame| {
+            end += frame.len();
+            end <= bytes
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_frames_counts_only_complete_ones() {
+        let batch = vec![Bytes::from_static(b"aaa"), Bytes::from_static(b"bb")];
+        assert_eq!(whole_frames(&batch, 0), 0);
+        assert_eq!(whole_frames(&batch, 3), 1);
+        assert_eq!(whole_frames(&batch, 4), 1);
+        assert_eq!(whole_frames(&batch, 5), 2);
+    }
+}
