@@ -130,7 +130,7 @@ error_codes! {
     Timeout = 8,
     /// A reply names no request in flight (answered already, timed out, or never sent).
     NoSuchRequest = 9,
-    /// The requester disconnected before the reply arrived.
+    /// Reserved; not sent by this version.
     RequesterGone = 10,
     /// Too many requests of this connection are in flight.
     TooManyPending = 11,
@@ -331,6 +331,23 @@ mod tests {
             panic!("no frame")
         };
         assert_eq!(Envelope::parse(f.payload()).unwrap(), env);
+    }
+
+    /// The worked example of `docs/protocols/ipc.md`, byte for byte.
+    #[test]
+    fn the_documented_example_frame() {
+        let frame = Envelope {
+            pid: 4242,
+            corr: 1,
+            name: "py",
+            ..Envelope::new(Kind::Register)
+        }
+        .to_frame(4242);
+        let expected: [u8; 34] = [
+            0x22, 0, 0, 0, 0x92, 0x10, 0, 0, 0x72, 0xf7, 0x4f, 0x67, 1, 1, 2, 0, 0x92, 0x10, 0, 0,
+            1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x70, 0x79,
+        ];
+        assert_eq!(&frame[..], &expected[..]);
     }
 
     #[test]
