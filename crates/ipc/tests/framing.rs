@@ -20,7 +20,11 @@ fn frame(pid: u32, corr: u64, body: &[u8]) -> Vec<u8> {
     .to_vec()
 }
 
-fn stream_strategy() -> impl Strategy<Value = (u32, Vec<(Vec<u8>, Vec<u8>)>, Vec<usize>)> {
+/// A pid; (garbage, body) pairs, each garbage followed by a frame with the body; the sizes
+/// of the pieces the stream arrives in.
+type Stream = (u32, Vec<(Vec<u8>, Vec<u8>)>, Vec<usize>);
+
+fn stream_strategy() -> impl Strategy<Value = Stream> {
     (
         PID_RANGE,
         prop::collection::vec(
