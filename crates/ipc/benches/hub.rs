@@ -69,7 +69,10 @@ fn orchestrate() {
             pings: 10_000,
         }
     };
-    if let Some(runs) = std::env::var("IPC_BENCH_RUNS").ok().and_then(|r| r.parse().ok()) {
+    if let Some(runs) = std::env::var("IPC_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
         plan.runs = runs;
     }
     let troupe = troupe_binary();
@@ -92,7 +95,11 @@ fn orchestrate() {
         let mut relay = Vec::new();
         for run in 0..plan.runs {
             // Alternate which goes first, so neither always gets the quieter moment.
-            let order: [bool; 2] = if run % 2 == 0 { [true, false] } else { [false, true] };
+            let order: [bool; 2] = if run % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
             for through_hub in order {
                 if through_hub {
                     hub.push(hub_throughput(&hub_socket, count, size));

@@ -121,11 +121,7 @@ impl AsyncClient {
     /// The next delivered message, request or failure report.
     pub async fn recv(&mut self) -> Result<Incoming, ClientError> {
         loop {
-            if let Some(incoming) = self.state.pop_incoming() {
-                return Ok(incoming);
-            }
-            self.state.decode(None)?;
-            if let Some(incoming) = self.state.pop_incoming() {
+            if let Some(incoming) = self.state.next_incoming()? {
                 return Ok(incoming);
             }
             self.fill().await?;
@@ -220,7 +216,7 @@ impl AsyncClient {
     async fn wait(&mut self, corr: u64, timeout: Duration) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(answer) = self.state.decode(Some(corr))? {
+            if let Some(answer) = self.state.answer_for(corr)? {
                 return Ok(answer);
             }
             match tokio::time::timeout_at(deadline, self.fill()).await {

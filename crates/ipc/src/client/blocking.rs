@@ -127,11 +127,7 @@ impl Client {
     /// The next delivered message, request or failure report; blocks until one arrives.
     pub fn recv(&mut self) -> Result<Incoming, ClientError> {
         loop {
-            if let Some(incoming) = self.state.pop_incoming() {
-                return Ok(incoming);
-            }
-            self.state.decode(None)?;
-            if let Some(incoming) = self.state.pop_incoming() {
+            if let Some(incoming) = self.state.next_incoming()? {
                 return Ok(incoming);
             }
             self.fill(None)?;
@@ -142,11 +138,7 @@ impl Client {
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Incoming>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(incoming) = self.state.pop_incoming() {
-                return Ok(Some(incoming));
-            }
-            self.state.decode(None)?;
-            if let Some(incoming) = self.state.pop_incoming() {
+            if let Some(incoming) = self.state.next_incoming()? {
                 return Ok(Some(incoming));
             }
             match self.fill(Some(deadline)) {
@@ -249,7 +241,7 @@ impl Client {
     fn wait(&mut self, corr: u64, timeout: Duration) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(answer) = self.state.decode(Some(corr))? {
+            if let Some(answer) = self.state.answer_for(corr)? {
                 return Ok(answer);
             }
             self.fill(Some(deadline))?;

@@ -26,6 +26,7 @@ pub mod gproc;
 mod state;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use asynchronous::AsyncClient;
@@ -39,7 +40,7 @@ pub enum Destination {
     /// The connection the process registered first.
     Pid(u32),
     /// The connection holding the name.
-    Name(String),
+    Name(Arc<str>),
 }
 
 impl From<u32> for Destination {
@@ -50,13 +51,13 @@ impl From<u32> for Destination {
 
 impl From<&str> for Destination {
     fn from(name: &str) -> Self {
-        Destination::Name(name.to_string())
+        Destination::Name(Arc::from(name))
     }
 }
 
 impl From<String> for Destination {
     fn from(name: String) -> Self {
-        Destination::Name(name)
+        Destination::Name(Arc::from(name))
     }
 }
 

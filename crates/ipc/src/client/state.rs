@@ -4,11 +4,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use super::{ClientError, Destination, Failure, Incoming, Message, Request, RequestKind};
-use crate::wire::{Decoded, Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
+use crate::wire::frame::{Found, HEADER_LEN};
+use crate::wire::{Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
 
 /// Correlation ids are unique per process, so the hub can key requests by (pid, id) even
 /// when a process has several connections.
@@ -44,6 +46,7 @@ pub(crate) struct ClientState {
     decoder: FrameDecoder,
     inbox: VecDeque<Incoming>,
     inbox_max: usize,
+    last_name: Option<Arc<str>>,
 }
 
 impl ClientState {
@@ -55,6 +58,7 @@ impl ClientState {
             decoder: FrameDecoder::new(MIN_FRAME, max_frame, None),
             inbox: VecDeque::new(),
             inbox_max,
+            last_name: None,
         }
     }
 
@@ -71,7 +75,7 @@ impl ClientState {
     pub(crate) fn queue_to(&mut self, kind: Kind, to: &Destination, body: &[u8], arg: u32) -> u64 {
         let (pid, name) = match to {
             Destination::Pid(pid) => (*pid, ""),
-            Destination::Name(name) => (0, name.as_str()),
+            Destination::Name(name) => (0, &**name),
         };
         self.queue(Envelope {
             kind,
@@ -92,74 +96,118 @@ impl ClientState {
         self.read_buf.reserve(wanted.max(64 * 1024));
     }
 
-    /// A message taken from the inbox.
-    pub(crate) fn pop_incoming(&mut self) -> Option<Incoming> {
-        self.inbox.pop_front()
+    /// The next delivered message, request or failure report among what has been read.
+    pub(crate) fn next_incoming(&mut self) -> Result<Option<Incoming>, ClientError> {
+        if let Some(incoming) = self.inbox.pop_front() {
+            return Ok(Some(incoming));
+        }
+        loop {
+            match self.decode_one()? {
+                None => return Ok(None),
+                Some(Item::Incoming(incoming)) => return Ok(Some(incoming)),
+                // An answer nobody waits for any more (its caller gave up).
+                Some(Item::Answer(..)) => {}
+                Some(Item::Error(failure)) => return Ok(Some(Incoming::Failure(failure))),
+            }
+        }
     }
 
-    /// Decodes what has been read. An answer to `awaited` is returned as soon as it is
-    /// found; everything else goes to the inbox.
-    pub(crate) fn decode(&mut self, awaited: Option<u64>) -> Result<Option<Answer>, ClientError> {
-        while let Some(decoded) = self.decoder.decode(&mut self.read_buf) {
-            let Decoded::Frame(frame) = decoded else {
-                continue;
-            };
-            let env = Envelope::parse(frame.payload())
-                .map_err(|err| ClientError::Protocol(format!("bad frame from the hub: {err}")))?;
-            let is_answer = matches!(env.kind, Kind::Ok | Kind::Reply | Kind::Error);
-            if is_answer && Some(env.corr) == awaited {
-                return Ok(Some(match env.kind {
-                    Kind::Ok => Answer::Ok,
-                    Kind::Reply => Answer::Reply(env.body.to_vec()),
-                    _ => Answer::Error(
-                        ErrorCode::from_u32(env.arg),
-                        String::from_utf8_lossy(env.body).into_owned(),
-                    ),
-                }));
-            }
-            let incoming = match env.kind {
-                Kind::Send | Kind::Broadcast => Incoming::Message(Message {
-                    from: frame.pid,
-                    to: destination(&env),
-                    corr: env.corr,
-                    broadcast: env.kind == Kind::Broadcast,
-                    body: env.body.to_vec(),
-                }),
-                Kind::Request | Kind::PushConfig | Kind::Invoke => {
-                    let kind = match env.kind {
-                        Kind::Request => RequestKind::Request,
-                        Kind::PushConfig => RequestKind::PushConfig,
-                        _ => RequestKind::Invoke,
-                    };
-                    Incoming::Request(Request {
-                        from: frame.pid,
-                        corr: env.corr,
-                        kind,
-                        body: env.body.to_vec(),
-                    })
+    /// The answer to `awaited` among what has been read; everything else read meanwhile
+    /// goes to the inbox.
+    pub(crate) fn answer_for(&mut self, awaited: u64) -> Result<Option<Answer>, ClientError> {
+        loop {
+            let incoming = match self.decode_one()? {
+                None => return Ok(None),
+                Some(Item::Answer(corr, answer)) if corr == awaited => return Ok(Some(answer)),
+                Some(Item::Answer(..)) => continue,
+                Some(Item::Error(failure)) if failure.corr == awaited => {
+                    return Ok(Some(Answer::Error(failure.code, failure.message)))
                 }
-                Kind::Error => Incoming::Failure(Failure {
-                    corr: env.corr,
-                    code: ErrorCode::from_u32(env.arg),
-                    destination: (env.pid != 0 || !env.name.is_empty()).then(|| destination(&env)),
-                    message: String::from_utf8_lossy(env.body).into_owned(),
-                }),
-                // An answer nobody waits for any more (its caller gave up).
-                _ => continue,
+                Some(Item::Error(failure)) => Incoming::Failure(failure),
+                Some(Item::Incoming(incoming)) => incoming,
             };
             if self.inbox.len() >= self.inbox_max {
                 return Err(ClientError::InboxFull(self.inbox.len()));
             }
             self.inbox.push_back(incoming);
         }
-        Ok(None)
+    }
+
+    /// Decodes the next frame in place.
+    fn decode_one(&mut self) -> Result<Option<Item>, ClientError> {
+        loop {
+            let Some(found) = self.decoder.locate(&mut self.read_buf, false) else {
+                return Ok(None);
+            };
+            let Found::Frame { pid, length } = found else {
+                continue; // the hub does not send these
+            };
+            let item = self.item(pid, length);
+            self.read_buf.advance(length);
+            return item.map(Some);
+        }
+    }
+
+    fn item(&mut self, sender: u32, length: usize) -> Result<Item, ClientError> {
+        let env = Envelope::parse(&self.read_buf[HEADER_LEN..length])
+            .map_err(|err| ClientError::Protocol(format!("bad frame from the hub: {err}")))?;
+        Ok(match env.kind {
+            Kind::Ok => Item::Answer(env.corr, Answer::Ok),
+            Kind::Reply => Item::Answer(env.corr, Answer::Reply(env.body.to_vec())),
+            Kind::Error => Item::Error(Failure {
+                corr: env.corr,
+                code: ErrorCode::from_u32(env.arg),
+                destination: (env.pid != 0 || !env.name.is_empty())
+                    .then(|| destination(&env, &mut self.last_name)),
+                message: String::from_utf8_lossy(env.body).into_owned(),
+            }),
+            Kind::Send | Kind::Broadcast => Item::Incoming(Incoming::Message(Message {
+                from: sender,
+                to: destination(&env, &mut self.last_name),
+                corr: env.corr,
+                broadcast: env.kind == Kind::Broadcast,
+                body: env.body.to_vec(),
+            })),
+            Kind::Request | Kind::PushConfig | Kind::Invoke => {
+                let kind = match env.kind {
+                    Kind::Request => RequestKind::Request,
+                    Kind::PushConfig => RequestKind::PushConfig,
+                    _ => RequestKind::Invoke,
+                };
+                Item::Incoming(Incoming::Request(Request {
+                    from: sender,
+                    corr: env.corr,
+                    kind,
+                    body: env.body.to_vec(),
+                }))
+            }
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "the hub sent a {other:?} frame, which only clients send"
+                )))
+            }
+        })
     }
 }
 
-fn destination(env: &Envelope<'_>) -> Destination {
+/// One decoded frame.
+enum Item {
+    Answer(u64, Answer),
+    Error(Failure),
+    Incoming(Incoming),
+}
+
+/// The frame's destination; a name equal to the last one seen shares its allocation.
+fn destination(env: &Envelope<'_>, last_name: &mut Option<Arc<str>>) -> Destination {
     if env.name.is_empty() {
-        Destination::Pid(env.pid)
-    } else {
-        Destination::Name(env.name.to_string())
+        return Destination::Pid(env.pid);
+    }
+    match last_name {
+        Some(name) if &**name == env.name => Destination::Name(name.clone()),
+        _ => {
+            let name: Arc<str> = Arc::from(env.name);
+            *last_name = Some(name.clone());
+            Destination::Name(name)
+        }
     }
 }

@@ -174,9 +174,8 @@ impl Hub {
             name: service,
             body: &body,
             ..Envelope::new(kind)
-        }
-        .to_frame(0);
-        self.push(conn, frame);
+        };
+        self.push_env(conn, &frame);
         let deadline = now + timeout;
         self.channels.calls.insert(
             corr,
@@ -256,9 +255,8 @@ impl Hub {
             corr,
             name: service,
             ..Envelope::new(Kind::Ok)
-        }
-        .to_frame(0);
-        self.push(conn, ok);
+        };
+        self.push_env(conn, &ok);
     }
 
     pub(super) fn attach_timed_out(&mut self, conn: ConnId, when: Instant) {

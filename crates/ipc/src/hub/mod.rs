@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use troupe_core::services::ChannelError;
 
 use crate::config::IpcConfig;
@@ -210,8 +211,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct Hub {
     limits: Limits,
-    conns: HashMap<ConnId, Conn>,
-    pids: HashMap<u32, Vec<ConnId>>,
+    conns: FxHashMap<ConnId, Conn>,
+    pids: FxHashMap<u32, Vec<ConnId>>,
     names: BTreeMap<String, ConnId>,
     mailboxes: Mailboxes,
     requests: HashMap<(u32, u64), Pending>,
@@ -235,8 +236,8 @@ impl Hub {
         };
         Hub {
             limits,
-            conns: HashMap::new(),
-            pids: HashMap::new(),
+            conns: FxHashMap::default(),
+            pids: FxHashMap::default(),
             names: BTreeMap::new(),
             mailboxes: Mailboxes::new(mailbox),
             requests: HashMap::new(),
@@ -301,13 +302,13 @@ impl Hub {
         self.backpressure(conn, now)
     }
 
-    /// The writer of `conn` wrote the first `frames` frames of its batch.
-    pub fn written(&mut self, conn: ConnId, frames: usize, now: Instant) {
+    /// The writer of `conn` wrote the first `bytes` bytes of its batch.
+    pub fn written(&mut self, conn: ConnId, bytes: usize, now: Instant) {
         let high_water = self.limits.outbox_high_water;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.outbox.written(frames);
+        let frames = c.outbox.written(bytes);
         c.last_progress = now;
         self.stats.frames_out += frames as u64;
         if c.hung_up {
@@ -384,8 +385,8 @@ impl Hub {
         }
     }
 
-    /// Batches for idle writers: `(connection, frames in order)`.
-    pub fn take_writes(&mut self) -> Vec<(ConnId, Vec<Bytes>)> {
+    /// Batches for idle writers: `(connection, whole frames in order)`.
+    pub fn take_writes(&mut self) -> Vec<(ConnId, Bytes)> {
         let mut writes = Vec::new();
         for conn in std::mem::take(&mut self.writable) {
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -461,9 +462,8 @@ impl Hub {
                     corr,
                     body: &config,
                     ..Envelope::new(Kind::Reply)
-                }
-                .to_frame(0);
-                self.push(conn, frame);
+                };
+                self.push_env(conn, &frame);
             }
             Err(why) => self.send_error(conn, corr, ErrorCode::Internal, None, &why),
         }
@@ -506,9 +506,8 @@ impl Hub {
                     corr: env.corr,
                     body: &body,
                     ..Envelope::new(Kind::Reply)
-                }
-                .to_frame(0);
-                self.push(conn, reply);
+                };
+                self.push_env(conn, &reply);
             }
             Kind::Attach => self.attach(conn, &env, now),
             Kind::RequestConfig | Kind::Metric | Kind::Event => self.channel_message(conn, &env),
@@ -606,9 +605,8 @@ impl Hub {
             corr: env.corr,
             pid: peer.pid,
             ..Envelope::new(Kind::Ok)
-        }
-        .to_frame(0);
-        self.push(conn, ok);
+        };
+        self.push_env(conn, &ok);
         for held in self.mailboxes.take(&addresses) {
             if held.kind == Kind::Request {
                 let key = (held.sender_pid, held.corr);
@@ -623,12 +621,20 @@ impl Hub {
                     .insert(key);
             }
             self.stats.delivered += 1;
-            self.push(conn, held.frame);
+            self.push(conn, &held.frame);
         }
     }
 
     fn message(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &Bytes, now: Instant) {
         let pid = self.conns[&conn].peer.pid;
+        if env.kind == Kind::Send {
+            // The common case, kept free of allocation: a message to a connected receiver.
+            if let Some(to) = self.resolve_envelope(env) {
+                self.stats.delivered += 1;
+                self.push(to, frame);
+                return;
+            }
+        }
         let address = match destination(env) {
             Ok(address) => address,
             Err(why) => {
@@ -709,7 +715,7 @@ impl Hub {
                 }
             }
             self.stats.delivered += 1;
-            self.push(to, frame);
+            self.push(to, &frame);
             return;
         }
         match self
@@ -762,7 +768,7 @@ impl Hub {
         }
         self.forget_request_of(pending.requester, env.corr);
         self.stats.delivered += 1;
-        self.push(pending.requester, frame.clone());
+        self.push(pending.requester, frame);
     }
 
     fn broadcast(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &Bytes) {
@@ -775,7 +781,7 @@ impl Hub {
             .collect();
         self.stats.delivered += receivers.len() as u64;
         for to in receivers {
-            self.push(to, frame.clone());
+            self.push(to, frame);
         }
     }
 
@@ -872,6 +878,17 @@ impl Hub {
         }
     }
 
+    /// The connection a `Send` or `Request` is for, if it is connected.
+    fn resolve_envelope(&self, env: &Envelope<'_>) -> Option<ConnId> {
+        if !env.name.is_empty() {
+            self.names.get(env.name).copied()
+        } else {
+            self.pids
+                .get(&env.pid)
+                .and_then(|owners| owners.first().copied())
+        }
+    }
+
     fn resolve(&self, address: &Address) -> Option<ConnId> {
         match address {
             Address::Pid(pid) => self
@@ -882,8 +899,8 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` towards `conn`.
-    fn push(&mut self, conn: ConnId, frame: Bytes) {
+    /// Queues a copy of `frame` towards `conn`.
+    fn push(&mut self, conn: ConnId, frame: &[u8]) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -891,7 +908,25 @@ impl Hub {
             return;
         }
         c.outbox.push(frame);
-        self.touched.push(conn);
+        self.queued_to(conn);
+    }
+
+    /// Queues a frame from the hub (pid 0) towards `conn`.
+    fn push_env(&mut self, conn: ConnId, env: &Envelope<'_>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.hung_up {
+            return;
+        }
+        c.outbox.push_envelope(env, 0);
+        self.queued_to(conn);
+    }
+
+    fn queued_to(&mut self, conn: ConnId) {
+        if self.touched.last() != Some(&conn) {
+            self.touched.push(conn);
+        }
         self.list_writable(conn);
     }
 
@@ -929,9 +964,8 @@ impl Hub {
             arg: code.as_u32(),
             name,
             body: why.as_bytes(),
-        }
-        .to_frame(0);
-        self.push(conn, frame);
+        };
+        self.push_env(conn, &frame);
     }
 
     /// Stops reading from `conn`; it ends once what is queued for it is written (or after

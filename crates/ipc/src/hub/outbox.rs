@@ -1,29 +1,51 @@
-//! What the hub has queued towards one connection: frames waiting for the connection's
-//! writer, and the batch the writer is writing now.
+//! What the hub has queued towards one connection: one contiguous buffer of whole frames
+//! waiting for the connection's writer, and the batch the writer is writing now.
+//!
+//! Frames are copied in once and handed to the writer as one buffer, so a frame costs a
+//! copy of its bytes and no allocation of its own.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-/// Most frames handed to a writer at once.
-const BATCH_FRAMES: usize = 1024;
-/// Most bytes handed to a writer at once (at least one frame is always handed).
+use crate::wire::Envelope;
+
+/// Most bytes handed to a writer at once (at least one frame is always handed), so that
+/// its progress reports come regularly.
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// Frames queued towards one connection, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    queue: VecDeque<Bytes>,
-    /// Frames at the front handed to the writer and not yet reported written.
-    handed: usize,
+    /// Frames not yet handed to the writer.
+    waiting: BytesMut,
+    /// Lengths of every queued frame, handed ones first.
+    lengths: VecDeque<usize>,
+    /// The batch the writer has, and how many frames it holds.
+    handed: Option<(Bytes, usize)>,
+    /// The part of a batch its writer did not write (the connection is ending).
+    leftover: Option<Bytes>,
     /// Bytes of every queued frame, handed or not.
     bytes: usize,
 }
 
 impl Outbox {
-    pub(crate) fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.queue.push_back(frame);
+    /// Queues a copy of a whole frame.
+    pub(crate) fn push(&mut self, frame: &[u8]) {
+        self.waiting.extend_from_slice(frame);
+        self.queued(frame.len());
+    }
+
+    /// Queues the frame `env` makes, sent by `sender_pid`.
+    pub(crate) fn push_envelope(&mut self, env: &Envelope<'_>, sender_pid: u32) {
+        let before = self.waiting.len();
+        env.write(&mut self.waiting, sender_pid);
+        self.queued(self.waiting.len() - before);
+    }
+
+    fn queued(&mut self, length: usize) {
+        self.lengths.push_back(length);
+        self.bytes += length;
     }
 
     /// Bytes queued (handed or not).
@@ -33,49 +55,76 @@ impl Outbox {
 
     /// Whether the writer is writing a batch.
     pub(crate) fn busy(&self) -> bool {
-        self.handed > 0
+        self.handed.is_some()
     }
 
     /// Whether frames wait for the writer.
     pub(crate) fn has_unhanded(&self) -> bool {
-        self.queue.len() > self.handed
+        !self.waiting.is_empty()
     }
 
-    /// The next batch for an idle writer: frames not yet handed, in order.
-    pub(crate) fn take_batch(&mut self) -> Option<Vec<Bytes>> {
-        if self.busy() || self.queue.is_empty() {
+    /// The next batch for an idle writer: waiting frames, in order.
+    pub(crate) fn take_batch(&mut self) -> Option<Bytes> {
+        if self.busy() || self.waiting.is_empty() {
             return None;
         }
-        let mut batch = Vec::new();
         let mut size = 0;
-        for frame in self.queue.iter() {
-            if !batch.is_empty()
-                && (batch.len() == BATCH_FRAMES || size + frame.len() > BATCH_BYTES)
-            {
+        let mut frames = 0;
+        for &length in &self.lengths {
+            if frames > 0 && size + length > BATCH_BYTES {
                 break;
             }
-            size += frame.len();
-            batch.push(frame.clone());
+            size += length;
+            frames += 1;
         }
-        self.handed = batch.len();
+        let batch = self.waiting.split_to(size).freeze();
+        self.handed = Some((batch.clone(), frames));
         Some(batch)
     }
 
-    /// The writer wrote the first `frames` frames of its batch and is idle again.
-    pub(crate) fn written(&mut self, frames: usize) {
-        for _ in 0..frames.min(self.handed) {
-            if let Some(frame) = self.queue.pop_front() {
-                self.bytes -= frame.len();
+    /// The writer wrote the first `written` bytes of its batch and is idle again. Returns
+    /// how many whole frames that was.
+    pub(crate) fn written(&mut self, written: usize) -> usize {
+        let Some((batch, handed)) = self.handed.take() else {
+            return 0;
+        };
+        let mut done = 0;
+        let mut covered = 0;
+        while done < handed {
+            let length = self.lengths[0];
+            if covered + length > written {
+                break;
             }
+            covered += length;
+            done += 1;
+            self.lengths.pop_front();
+            self.bytes -= length;
         }
-        self.handed = 0;
+        if done < handed {
+            self.leftover = Some(batch.slice(covered..));
+        }
+        done
     }
 
-    /// Everything not reported written, in order; the outbox is empty afterwards.
-    pub(crate) fn drain(&mut self) -> VecDeque<Bytes> {
-        self.handed = 0;
+    /// Every frame not reported written, in order; the outbox is empty afterwards.
+    pub(crate) fn drain(&mut self) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(self.lengths.len());
+        let mut lengths = std::mem::take(&mut self.lengths).into_iter();
+        let sources = [
+            self.leftover.take(),
+            self.handed.take().map(|(batch, _)| batch),
+            Some(self.waiting.split().freeze()),
+        ];
+        for mut source in sources.into_iter().flatten() {
+            while !source.is_empty() {
+                let Some(length) = lengths.next() else {
+                    break;
+                };
+                frames.push(source.split_to(length.min(source.len())));
+            }
+        }
         self.bytes = 0;
-        std::mem::take(&mut self.queue)
+        frames
     }
 }
 
@@ -86,33 +135,66 @@ mod tests {
     #[test]
     fn batches_follow_the_writer() {
         let mut outbox = Outbox::default();
-        outbox.push(Bytes::from_static(b"aa"));
-        outbox.push(Bytes::from_static(b"bbb"));
+        outbox.push(b"aa");
+        outbox.push(b"bbb");
         assert_eq!(outbox.bytes(), 5);
-        let batch = outbox.take_batch().unwrap();
-        assert_eq!(batch.len(), 2);
+        assert_eq!(outbox.take_batch().unwrap(), Bytes::from_static(b"aabbb"));
         assert!(outbox.busy());
-        outbox.push(Bytes::from_static(b"c"));
+        outbox.push(b"c");
         assert!(outbox.take_batch().is_none(), "one batch at a time");
-        outbox.written(2);
+        assert_eq!(outbox.written(5), 2);
         assert_eq!(outbox.bytes(), 1);
-        assert_eq!(outbox.take_batch().unwrap(), vec![Bytes::from_static(b"c")]);
-        outbox.written(0);
-        assert_eq!(outbox.drain().len(), 1, "an unwritten frame stays queued");
+        assert_eq!(outbox.take_batch().unwrap(), Bytes::from_static(b"c"));
+        assert_eq!(outbox.written(0), 0);
+        assert_eq!(
+            outbox.drain(),
+            vec![Bytes::from_static(b"c")],
+            "an unwritten frame stays"
+        );
         assert_eq!(outbox.bytes(), 0);
+    }
+
+    #[test]
+    fn a_partly_written_batch_gives_back_its_unwritten_frames_in_order() {
+        let mut outbox = Outbox::default();
+        for frame in [&b"one"[..], b"two", b"three"] {
+            outbox.push(frame);
+        }
+        outbox.take_batch().unwrap();
+        outbox.push(b"four");
+        // Four bytes: "one" and a piece of "two" reached the socket.
+        assert_eq!(outbox.written(4), 1);
+        let rest: Vec<Bytes> = outbox.drain();
+        assert_eq!(
+            rest,
+            vec![
+                Bytes::from_static(b"two"),
+                Bytes::from_static(b"three"),
+                Bytes::from_static(b"four")
+            ]
+        );
     }
 
     #[test]
     fn a_batch_is_bounded_but_never_empty() {
         let mut outbox = Outbox::default();
-        outbox.push(Bytes::from(vec![0; BATCH_BYTES * 2]));
-        outbox.push(Bytes::from_static(b"x"));
-        assert_eq!(outbox.take_batch().unwrap().len(), 1);
-        outbox.written(1);
-        for _ in 0..BATCH_FRAMES + 5 {
-            outbox.push(Bytes::from_static(b"y"));
-        }
-        outbox.written(0);
-        assert_eq!(outbox.take_batch().unwrap().len(), BATCH_FRAMES);
+        outbox.push(&vec![0; BATCH_BYTES * 2]);
+        outbox.push(b"x");
+        assert_eq!(outbox.take_batch().unwrap().len(), BATCH_BYTES * 2);
+        outbox.written(BATCH_BYTES * 2);
+        assert_eq!(outbox.take_batch().unwrap(), Bytes::from_static(b"x"));
+    }
+
+    #[test]
+    fn envelopes_are_written_in_place() {
+        let mut outbox = Outbox::default();
+        outbox.push_envelope(&Envelope::new(crate::wire::Kind::Ok), 0);
+        assert_eq!(outbox.bytes(), crate::wire::MIN_FRAME);
+        let frames = outbox.drain();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            Envelope::parse(&frames[0][12..]).unwrap().kind,
+            crate::wire::Kind::Ok
+        );
     }
 }

@@ -42,7 +42,7 @@ struct Bench {
     /// Connections whose writer does not write (a client that does not read).
     blocked: Vec<ConnId>,
     /// The batch each blocked writer holds.
-    stuck: HashMap<ConnId, Vec<Bytes>>,
+    stuck: HashMap<ConnId, Bytes>,
 }
 
 fn limits() -> Limits {
@@ -140,8 +140,12 @@ impl Bench {
         }
     }
 
-    fn deliver(&mut self, conn: ConnId, batch: Vec<Bytes>) {
-        for bytes in &batch {
+    fn deliver(&mut self, conn: ConnId, batch: Bytes) {
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let length = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
+            let (bytes, tail) = rest.split_at(length);
+            rest = tail;
             let e = Envelope::parse(&bytes[12..]).unwrap();
             self.got.entry(conn).or_default().push(Out {
                 sender: u32::from_le_bytes(bytes[4..8].try_into().unwrap()),

@@ -45,7 +45,7 @@ pub struct HubActor {
 }
 
 struct ConnTasks {
-    writer: mpsc::UnboundedSender<Vec<Bytes>>,
+    writer: mpsc::UnboundedSender<Bytes>,
     reader_task: JoinHandle<()>,
     writer_task: JoinHandle<()>,
     paused: Option<oneshot::Sender<()>>,
@@ -317,12 +317,12 @@ impl Handler<Inbound> for HubActor {
     }
 }
 
-/// A writer finished its batch (or failed part way).
+/// A writer finished its batch (or failed part way, after `bytes`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Written {
     pub(crate) conn: ConnId,
-    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
     pub(crate) failed: bool,
 }
 
@@ -331,7 +331,7 @@ impl Handler<Written> for HubActor {
 
     fn handle(&mut self, msg: Written, ctx: &mut Self::Context) {
         let now = Instant::now();
-        self.hub.written(msg.conn, msg.frames, now);
+        self.hub.written(msg.conn, msg.bytes, now);
         if msg.failed {
             self.hub.hangup(msg.conn, now);
         }

@@ -17,8 +17,6 @@ use crate::wire::{Decoded, FrameDecoder};
 
 /// Bytes asked of the socket per read (more when a longer frame is being assembled).
 const READ_CHUNK: usize = 64 * 1024;
-/// A write buffer grown past this by a large frame is let go afterwards.
-const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// Reads until the peer hangs up, the socket fails, the hub stops it, or the peer sends a
 /// frame over the limit.
@@ -76,32 +74,21 @@ pub(crate) async fn read_loop(
 pub(crate) async fn write_loop(
     conn: ConnId,
     mut socket: OwnedWriteHalf,
-    mut batches: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    mut batches: mpsc::UnboundedReceiver<Bytes>,
     hub: Addr<HubActor>,
 ) {
-    let mut out = BytesMut::new();
     while let Some(batch) = batches.recv().await {
-        out.clear();
-        for frame in &batch {
-            out.extend_from_slice(frame);
-        }
-        match write_all(&mut socket, &out).await {
-            Ok(()) => hub.do_send(Written {
-                conn,
-                frames: batch.len(),
-                failed: false,
-            }),
-            Err(written) => {
-                hub.do_send(Written {
-                    conn,
-                    frames: whole_frames(&batch, written),
-                    failed: true,
-                });
-                return;
-            }
-        }
-        if out.capacity() > MAX_KEPT_BUFFER {
-            out = BytesMut::new();
+        let (bytes, failed) = match write_all(&mut socket, &batch).await {
+            Ok(()) => (batch.len(), false),
+            Err(written) => (written, true),
+        };
+        hub.do_send(Written {
+            conn,
+            bytes,
+            failed,
+        });
+        if failed {
+            return;
         }
     }
     let _ = socket.shutdown().await;
@@ -119,30 +106,4 @@ async fn write_all(socket: &mut OwnedWriteHalf, data: &[u8]) -> Result<(), usize
         }
     }
     Ok(())
-}
-
-/// How many of `batch`'s frames lie wholly within its first `bytes` bytes.
-fn whole_frames(batch: &[Bytes], bytes: usize) -> usize {
-    let mut end = 0;
-    batch
-        .iter()
-        .take_while(|frame| {
-            end += frame.len();
-            end <= bytes
-        })
-        .count()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn whole_frames_counts_only_complete_ones() {
-        let batch = vec![Bytes::from_static(b"aaa"), Bytes::from_static(b"bb")];
-        assert_eq!(whole_frames(&batch, 0), 0);
-        assert_eq!(whole_frames(&batch, 3), 1);
-        assert_eq!(whole_frames(&batch, 4), 1);
-        assert_eq!(whole_frames(&batch, 5), 2);
-    }
 }

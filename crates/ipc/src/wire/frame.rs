@@ -67,6 +67,30 @@ pub enum Decoded {
     },
 }
 
+/// Where the next frame is, as [`FrameDecoder::locate`] found it at the start of the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A valid frame of `length` bytes from `pid`.
+    Frame {
+        /// The header's pid.
+        pid: u32,
+        /// The frame's length.
+        length: usize,
+    },
+    /// A valid frame from another pid than the expected one.
+    Foreign {
+        /// The header's pid.
+        pid: u32,
+        /// The frame's length.
+        length: usize,
+    },
+    /// A frame over the limit; see [`Decoded::Oversize`].
+    Oversize {
+        /// The announced length.
+        length: u32,
+    },
+}
+
 /// Counters of damage seen by a decoder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Damage {
@@ -110,17 +134,43 @@ impl FrameDecoder {
     /// The next frame in `buf`, removing it and any damage before it; `None` when more bytes
     /// are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
-        self.next(buf, false)
+        let found = self.locate(buf, false)?;
+        Some(Self::take(buf, found))
     }
 
     /// Like [`decode`](Self::decode), at the end of the stream: a header whose frame cannot
     /// complete any more is damage too.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
-        let found = self.next(buf, true);
-        if found.is_none() && !buf.is_empty() {
-            self.skip(buf, buf.len());
+        match self.locate(buf, true) {
+            Some(found) => Some(Self::take(buf, found)),
+            None => {
+                if !buf.is_empty() {
+                    self.skip(buf, buf.len());
+                }
+                None
+            }
         }
-        found
+    }
+
+    /// Removes the damage before the next frame in `buf` and says where that frame is,
+    /// leaving it at the start of `buf`; `None` when more bytes are needed. For readers that
+    /// take what they need from the frame in place and then advance past it.
+    pub fn locate(&mut self, buf: &mut BytesMut, eof: bool) -> Option<Found> {
+        self.next(buf, eof)
+    }
+
+    fn take(buf: &mut BytesMut, found: Found) -> Decoded {
+        match found {
+            Found::Frame { pid, length } => Decoded::Frame(Frame {
+                pid,
+                bytes: buf.split_to(length).freeze(),
+            }),
+            Found::Foreign { pid, length } => Decoded::Foreign(Frame {
+                pid,
+                bytes: buf.split_to(length).freeze(),
+            }),
+            Found::Oversize { length } => Decoded::Oversize { length },
+        }
     }
 
     /// How many bytes `buf` must hold before the frame at its start can be checked.
@@ -132,7 +182,7 @@ impl FrameDecoder {
         length.clamp(HEADER_LEN, self.max_frame)
     }
 
-    fn next(&mut self, buf: &mut BytesMut, eof: bool) -> Option<Decoded> {
+    fn next(&mut self, buf: &mut BytesMut, eof: bool) -> Option<Found> {
         loop {
             if buf.len() < HEADER_LEN {
                 return None;
@@ -152,15 +202,14 @@ impl FrameDecoder {
                     && read_u32(buf, 8) == checksum(&buf[..8], &buf[HEADER_LEN..length])
                 {
                     self.skipping = false;
-                    let bytes = buf.split_to(length).freeze();
-                    return Some(Decoded::Foreign(Frame { pid, bytes }));
+                    return Some(Found::Foreign { pid, length });
                 }
                 self.skip(buf, 1);
                 continue;
             }
             if length > self.max_frame {
                 if self.expected_pid.is_some() {
-                    return Some(Decoded::Oversize {
+                    return Some(Found::Oversize {
                         length: length as u32,
                     });
                 }
@@ -180,8 +229,7 @@ impl FrameDecoder {
                 continue;
             }
             self.skipping = false;
-            let bytes = buf.split_to(length).freeze();
-            return Some(Decoded::Frame(Frame { pid, bytes }));
+            return Some(Found::Frame { pid, length });
         }
     }
 
