@@ -27,8 +27,8 @@ use troupe_core::services::ChannelError;
 
 use crate::config::IpcConfig;
 use crate::events::ServiceEvent;
-use crate::wire::frame::{Damage, HEADER_LEN};
-use crate::wire::{envelope, Decoded, Envelope, ErrorCode, Frame, Kind};
+use crate::wire::frame::{Damage, Found, HEADER_LEN};
+use crate::wire::{envelope, Envelope, ErrorCode, Kind};
 
 use mailbox::{MailboxLimits, Mailboxes};
 use outbox::Outbox;
@@ -276,11 +276,13 @@ impl Hub {
         }
     }
 
-    /// A batch the reader of `conn` decoded, and the damage it skipped since the last batch.
+    /// A batch the reader of `conn` decoded: `found` lists its frames, whose bytes follow
+    /// each other in `frames`; `damage` is what the reader skipped since its last batch.
     pub fn receive(
         &mut self,
         conn: ConnId,
-        decoded: Vec<Decoded>,
+        frames: &[u8],
+        found: &[Found],
         damage: Damage,
         now: Instant,
     ) -> Flow {
@@ -288,15 +290,22 @@ impl Hub {
         if damage != Damage::default() {
             self.note_damage(conn, damage, now);
         }
-        for item in decoded {
+        let mut at = 0;
+        for item in found {
             match self.conns.get(&conn) {
                 Some(c) if !c.closing => {}
                 _ => break,
             }
-            match item {
-                Decoded::Frame(frame) => self.frame(conn, frame, now),
-                Decoded::Foreign(frame) => self.foreign(conn, frame, now),
-                Decoded::Oversize { length } => self.oversize(conn, length, now),
+            match *item {
+                Found::Frame { length, .. } => {
+                    self.frame(conn, &frames[at..at + length], now);
+                    at += length;
+                }
+                Found::Foreign { pid, length } => {
+                    self.foreign(conn, pid, now);
+                    at += length;
+                }
+                Found::Oversize { length } => self.oversize(conn, length, now),
             }
         }
         self.backpressure(conn, now)
@@ -471,10 +480,10 @@ impl Hub {
 
     // ---- frames ----
 
-    fn frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+    fn frame(&mut self, conn: ConnId, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
-        self.stats.bytes_in += frame.bytes.len() as u64;
-        let parsed = Envelope::parse(frame.payload());
+        self.stats.bytes_in += frame.len() as u64;
+        let parsed = Envelope::parse(&frame[HEADER_LEN..]);
         let env = match parsed {
             Ok(env) => env,
             Err(err) => {
@@ -497,9 +506,9 @@ impl Hub {
         }
         match env.kind {
             Kind::Register => self.register(conn, &env, now),
-            Kind::Send | Kind::Request => self.message(conn, &env, &frame.bytes, now),
-            Kind::Reply | Kind::Error => self.answer(conn, &env, &frame.bytes),
-            Kind::Broadcast => self.broadcast(conn, &env, &frame.bytes),
+            Kind::Send | Kind::Request => self.message(conn, &env, frame, now),
+            Kind::Reply | Kind::Error => self.answer(conn, &env, frame),
+            Kind::Broadcast => self.broadcast(conn, &env, frame),
             Kind::Stats => {
                 let body = serde_json::to_vec(&self.stats()).unwrap_or_default();
                 let reply = Envelope {
@@ -518,16 +527,14 @@ impl Hub {
         }
     }
 
-    fn foreign(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+    fn foreign(&mut self, conn: ConnId, claimed: u32, now: Instant) {
         let own = self.conns[&conn].peer.pid;
         self.stats.foreign_frames += 1;
-        let why = format!(
-            "frame claims pid {} but this connection belongs to pid {own}; closing",
-            frame.pid
-        );
+        let why =
+            format!("frame claims pid {claimed} but this connection belongs to pid {own}; closing");
         tracing::warn!(
             pid = own,
-            claimed = frame.pid,
+            claimed,
             "refused a frame speaking as another process"
         );
         self.send_error(conn, 0, ErrorCode::PidMismatch, None, &why);
@@ -625,7 +632,7 @@ impl Hub {
         }
     }
 
-    fn message(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &Bytes, now: Instant) {
+    fn message(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &[u8], now: Instant) {
         let pid = self.conns[&conn].peer.pid;
         if env.kind == Kind::Send {
             // The common case, kept free of allocation: a message to a connected receiver.
@@ -689,7 +696,8 @@ impl Hub {
                 .insert(env.corr);
             self.timers.at(deadline, Timer::Request(pid, env.corr));
         }
-        self.route(address, frame.clone(), conn, pid, env.kind, env.corr, now);
+        let frame = Bytes::copy_from_slice(frame);
+        self.route(address, frame, conn, pid, env.kind, env.corr, now);
     }
 
     /// Delivers a `Send` or `Request` frame to `address`, or holds it.
@@ -738,7 +746,7 @@ impl Hub {
     }
 
     /// A `Reply` or `Error` from `conn`: to the hub (a channel call) or to a requester.
-    fn answer(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &Bytes) {
+    fn answer(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &[u8]) {
         if env.pid == 0 {
             self.service_answer(conn, env);
             return;
@@ -771,7 +779,7 @@ impl Hub {
         self.push(pending.requester, frame);
     }
 
-    fn broadcast(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &Bytes) {
+    fn broadcast(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &[u8]) {
         let receivers: Vec<ConnId> = self
             .names
             .range(env.name.to_string()..)

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use troupe_core::services::ChannelError;
 
 use super::*;
-use crate::wire::frame::Damage;
-use crate::wire::{envelope, Decoded, Envelope, ErrorCode, Frame, Kind};
+use crate::wire::frame::{Damage, Found};
+use crate::wire::{envelope, Envelope, ErrorCode, Kind};
 
 /// A frame as a client sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,16 +106,14 @@ impl Bench {
     }
 
     fn input(&mut self, conn: ConnId, pid: u32, envelope: Envelope<'_>) -> Flow {
-        let frame = Frame {
+        let bytes = envelope.to_frame(pid);
+        let found = [Found::Frame {
             pid,
-            bytes: envelope.to_frame(pid),
-        };
-        let flow = self.hub.receive(
-            conn,
-            vec![Decoded::Frame(frame)],
-            Damage::default(),
-            self.now,
-        );
+            length: bytes.len(),
+        }];
+        let flow = self
+            .hub
+            .receive(conn, &bytes, &found, Damage::default(), self.now);
         self.pump();
         flow
     }
@@ -261,15 +259,11 @@ fn a_frame_carrying_another_pid_closes_the_connection() {
         ..env(Kind::Send)
     }
     .to_frame(555);
-    b.hub.receive(
-        1,
-        vec![Decoded::Foreign(Frame {
-            pid: 555,
-            bytes: spoofed,
-        })],
-        Damage::default(),
-        b.now,
-    );
+    let found = [Found::Foreign {
+        pid: 555,
+        length: spoofed.len(),
+    }];
+    b.hub.receive(1, &spoofed, &found, Damage::default(), b.now);
     b.pump();
     assert_eq!(b.take(1)[0].code(), ErrorCode::PidMismatch);
     assert!(b.take_effects().contains(&Effect::Finish { conn: 1 }));
@@ -591,12 +585,8 @@ fn oversize_frames_are_refused_and_damage_counted() {
         skipped_bytes: 17,
         resyncs: 2,
     };
-    b.hub.receive(
-        1,
-        vec![Decoded::Oversize { length: 5_000_000 }],
-        damage,
-        b.now,
-    );
+    let found = [Found::Oversize { length: 5_000_000 }];
+    b.hub.receive(1, &[], &found, damage, b.now);
     b.pump();
     let got = b.take(1);
     assert_eq!(got[0].code(), ErrorCode::FrameTooLarge);

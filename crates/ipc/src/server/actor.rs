@@ -17,8 +17,8 @@ use super::config_store::ConfigStore;
 use super::connection::{read_loop, write_loop};
 use crate::events::{ServiceEvent, SubscribeEvents, TooManySubscribers, MAX_SUBSCRIBERS};
 use crate::hub::{CallId, ConnId, Effect, Flow, Hub, HubStats, Limits, Peer};
-use crate::wire::frame::Damage;
-use crate::wire::{Decoded, FrameDecoder, MIN_FRAME};
+use crate::wire::frame::{Damage, Found};
+use crate::wire::{FrameDecoder, MIN_FRAME};
 
 /// How long a stopping hub waits for its connections to take their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -288,7 +288,10 @@ impl StreamHandler<std::io::Result<UnixStream>> for HubActor {
 #[rtype(result = "bool")]
 pub(crate) struct Inbound {
     pub(crate) conn: ConnId,
-    pub(crate) items: Vec<Decoded>,
+    /// The frames, one after the other.
+    pub(crate) frames: Bytes,
+    /// What the reader found, in order.
+    pub(crate) found: Vec<Found>,
     pub(crate) damage: Damage,
 }
 
@@ -296,9 +299,13 @@ impl Handler<Inbound> for HubActor {
     type Result = ResponseFuture<bool>;
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
-        let flow = self
-            .hub
-            .receive(msg.conn, msg.items, msg.damage, Instant::now());
+        let flow = self.hub.receive(
+            msg.conn,
+            &msg.frames,
+            &msg.found,
+            msg.damage,
+            Instant::now(),
+        );
         let waiting = match (flow, self.conns.get_mut(&msg.conn)) {
             (Flow::Paused, Some(tasks)) => {
                 let (resume, resumed) = oneshot::channel();

@@ -5,15 +5,15 @@
 use std::io;
 
 use actix::Addr;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::actor::{Hangup, HubActor, Inbound, Written};
 use crate::hub::ConnId;
-use crate::wire::frame::Damage;
-use crate::wire::{Decoded, FrameDecoder};
+use crate::wire::frame::{Damage, Found};
+use crate::wire::FrameDecoder;
 
 /// Bytes asked of the socket per read (more when a longer frame is being assembled).
 const READ_CHUNK: usize = 64 * 1024;
@@ -35,11 +35,20 @@ pub(crate) async fn read_loop(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let mut items = Vec::new();
+        // Whole frames are copied out into one buffer for the hub: cheaper than sharing
+        // the read buffer frame by frame, and the read buffer is reused.
+        let mut frames = BytesMut::new();
+        let mut found = Vec::new();
         let mut oversize = false;
-        while let Some(item) = decoder.decode(&mut buf) {
-            oversize = matches!(item, Decoded::Oversize { .. });
-            items.push(item);
+        while let Some(item) = decoder.locate(&mut buf, false) {
+            match item {
+                Found::Frame { length, .. } | Found::Foreign { length, .. } => {
+                    frames.extend_from_slice(&buf[..length]);
+                    buf.advance(length);
+                }
+                Found::Oversize { .. } => oversize = true,
+            }
+            found.push(item);
             if oversize {
                 break;
             }
@@ -50,17 +59,16 @@ pub(crate) async fn read_loop(
             resyncs: total.resyncs - reported.resyncs,
         };
         reported = total;
-        if items.is_empty() && damage == Damage::default() {
+        if found.is_empty() && damage == Damage::default() {
             continue;
         }
-        match hub
-            .send(Inbound {
-                conn,
-                items,
-                damage,
-            })
-            .await
-        {
+        let batch = Inbound {
+            conn,
+            frames: frames.freeze(),
+            found,
+            damage,
+        };
+        match hub.send(batch).await {
             Ok(true) if !oversize => {}
             // The hub closes the connection; it stops this task itself.
             _ => return,
