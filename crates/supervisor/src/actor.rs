@@ -83,6 +83,19 @@ impl Instance {
 
 type StartReply = oneshot::Sender<Result<Option<u32>, ChildError>>;
 
+/// Longest wait for a dead service's output pipes to close before its exit is handled.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+
+/// What an output reader needs to know about its service.
+struct OutputReader {
+    service: Arc<str>,
+    stream: &'static str,
+    pid: u32,
+    generation: u64,
+    ready_line: Option<regex::Regex>,
+    logs: Option<(LogFiles, Arc<crate::spec::LogFileSpec>)>,
+}
+
 /// The supervisor actor. Its API is in [`crate::messages`].
 pub struct Supervisor {
     core: SupervisorCore,
@@ -283,14 +296,7 @@ impl Supervisor {
                 probe_cancel: None,
             },
         );
-        // Exit watcher.
-        let watched = id.clone();
-        ctx.spawn(actix::fut::wrap_future(process::wait_exit(pid, pidfd)).map(
-            move |reason, act: &mut Self, ctx| {
-                act.on_process_exit(watched, generation, pid, reason, ctx)
-            },
-        ));
-        // Output readers.
+        // Output readers; each reports when its pipe is closed.
         let ready_line = match &spec.ready {
             Some(ReadyCheck::LogLine(re)) => Some(re.clone()),
             _ => None,
@@ -304,19 +310,35 @@ impl Supervisor {
             None => None,
         };
         let service: Arc<str> = Arc::from(id.as_str());
+        let mut closed = Vec::new();
         for (stream, fd) in [("stdout", spawned.stdout), ("stderr", spawned.stderr)] {
             let Some(fd) = fd else { continue };
-            self.read_output(
-                service.clone(),
+            let (done, is_done) = oneshot::channel::<()>();
+            closed.push(is_done);
+            let reader = OutputReader {
+                service: service.clone(),
                 stream,
                 pid,
                 generation,
-                fd,
-                ready_line.clone(),
-                logs.clone(),
-                ctx,
-            );
+                ready_line: ready_line.clone(),
+                logs: logs.clone(),
+            };
+            self.read_output(reader, fd, done, ctx);
         }
+        // Exit watcher. The exit is reported once the output is read to its end (the pipes
+        // close when the group dies), so a service's last lines are logged before its exit;
+        // a pipe held open by a process that left the group delays it by at most OUTPUT_DRAIN.
+        let watched = id.clone();
+        let exited = async move {
+            let reason = process::wait_exit(pid, pidfd).await;
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, futures::future::join_all(closed)).await;
+            reason
+        };
+        ctx.spawn(
+            actix::fut::wrap_future(exited).map(move |reason, act: &mut Self, ctx| {
+                act.on_process_exit(watched, generation, pid, reason, ctx)
+            }),
+        );
         if let Some(channels) = &self.channels {
             channels.lifecycle.do_send(ServiceLifecycle::Started {
                 id: id.clone(),
@@ -340,20 +362,22 @@ impl Supervisor {
         self.execute(commands, ctx);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn read_output(
         &mut self,
-        service: Arc<str>,
-        stream: &'static str,
-        pid: u32,
-        generation: u64,
+        reader: OutputReader,
         fd: OwnedFd,
-        ready_line: Option<regex::Regex>,
-        logs: Option<(LogFiles, Arc<crate::spec::LogFileSpec>)>,
+        done: oneshot::Sender<()>,
         ctx: &mut Context<Self>,
     ) {
         let addr = ctx.address();
-        let mut ready_line = ready_line;
+        let OutputReader {
+            service,
+            stream,
+            pid,
+            generation,
+            mut ready_line,
+            logs,
+        } = reader;
         let id = service.clone();
         let on_line = move |line: &[u8]| {
             let text = String::from_utf8_lossy(line);
@@ -374,6 +398,7 @@ impl Supervisor {
             if let Err(e) = read_lines(fd, max, on_line).await {
                 tracing::warn!(service = %service, stream, error = %e, "cannot read service output");
             }
+            let _ = done.send(());
         }));
     }
 

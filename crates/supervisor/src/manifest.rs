@@ -17,7 +17,7 @@ pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 #[derive(Debug)]
 pub enum Loaded {
     /// A valid manifest.
-    Service(ChildSpec),
+    Service(Box<ChildSpec>),
     /// A folder whose manifest cannot be used.
     Broken {
         /// The manifest's id if readable, else the folder's name.
@@ -80,7 +80,7 @@ fn load_one(folder: &Path) -> Loaded {
         );
     }
     match service.to_spec(&id, Some(folder), folder.join("config.json")) {
-        Ok(spec) => Loaded::Service(spec),
+        Ok(spec) => Loaded::Service(Box::new(spec)),
         Err(e) => {
             let reason = match e.split_once(": ") {
                 Some((field, rest)) if !field.contains(' ') => format!("field `{field}`: {rest}"),

@@ -129,11 +129,14 @@ impl Backoff {
     }
 }
 
+/// The function behind a [`PlanFn`]: `(exit reason, restart count) -> element`.
+type Decider = dyn Fn(&ExitReason, u64) -> PlanElement + Send + Sync;
+
 /// A plan element computed from the exit: `f(reason, restart_count)`. From Rust only.
 #[derive(Clone)]
 pub struct PlanFn {
     name: Arc<str>,
-    f: Arc<dyn Fn(&ExitReason, u64) -> PlanElement + Send + Sync>,
+    f: Arc<Decider>,
 }
 
 impl PlanFn {

@@ -131,7 +131,7 @@ fn split_manifests(
                     );
                     broken.push((placeholder(&spec.id), reason));
                 } else {
-                    services.push(spec);
+                    services.push(*spec);
                 }
             }
             Loaded::Broken { id, reason } => broken.push((placeholder(&id), reason)),
