@@ -74,8 +74,47 @@ struct Job {
 
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
 
+/// The node's open-file limit before [`raise_fd_limit`], given back to every service.
+static SERVICE_NOFILE: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+
+/// Each service costs the node three descriptors (pidfd, stdout, stderr), so a thousand
+/// services exceed the common soft limit of 1024. The soft limit is raised to the hard limit
+/// for the node; services get the original limit back, as a service manager would give them.
+fn raise_fd_limit() -> Option<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
+    if target <= soft {
+        return None;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: hard,
+        },
+    ) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = target,
+                "raised the open-file limit for supervising many services"
+            );
+            Some((soft, hard.unwrap_or(libc::RLIM_INFINITY)))
+        }
+        Err(e) => {
+            tracing::warn!(soft, error = %e, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
 fn spawner() -> Result<mpsc::Sender<Job>, String> {
     let cell = SPAWNER.get_or_init(|| {
+        SERVICE_NOFILE.get_or_init(raise_fd_limit);
         let (tx, rx) = mpsc::channel::<Job>();
         let started = troupe_core::span::spawn_role_thread(
             "troupe-spawner",
@@ -127,7 +166,8 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
-    prepare_child(&mut cmd, std::process::id() as libc::pid_t);
+    let nofile = SERVICE_NOFILE.get().copied().flatten();
+    prepare_child(&mut cmd, std::process::id() as libc::pid_t, nofile);
     let mut child = cmd.spawn().map_err(|e| {
         let cwd = launch
             .cwd
@@ -169,11 +209,13 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
 ///   (see the module docs), so this fires only when the node is gone, even by SIGKILL.
 /// - The parent check closes the race where the node died between `fork` and `prctl`: the
 ///   signal would then never come, so the child gives up instead of running unsupervised.
-fn prepare_child(cmd: &mut Command, parent: libc::pid_t) {
+/// - `nofile`: the open-file limit the node had before raising its own, restored for the
+///   service.
+fn prepare_child(cmd: &mut Command, parent: libc::pid_t, nofile: Option<(u64, u64)>) {
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be used. It calls setsid, prctl and getppid (plain system
-    // calls that neither allocate nor lock) and builds io::Errors from raw OS codes, which does
-    // not allocate either. It touches no memory shared with the parent.
+    // async-signal-safe functions may be used. It calls setsid, prctl, getppid and setrlimit
+    // (plain system calls that neither allocate nor lock) and builds io::Errors from raw OS
+    // codes, which does not allocate either. It reads only values it owns (moved in).
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() == -1 {
@@ -191,6 +233,15 @@ fn prepare_child(cmd: &mut Command, parent: libc::pid_t) {
             }
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some((soft, hard)) = nofile {
+                let limit = libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
