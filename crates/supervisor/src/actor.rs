@@ -155,10 +155,7 @@ impl Supervisor {
                     generation,
                     delay,
                 } => {
-                    ctx.run_later(delay, move |act, ctx| {
-                        let commands = act.core.on_restart_timer(&id, generation, Instant::now());
-                        act.execute(commands, ctx);
-                    });
+                    self.after(delay, Timer::Restart { id, generation }, ctx);
                 }
                 Command::Escalate { reason } => self.escalate(reason, ctx),
                 Command::ShutdownComplete => ctx.stop(),
@@ -245,9 +242,20 @@ impl Supervisor {
         };
         self.instances
             .insert(id.clone(), Instance::Spawning { generation });
-        ctx.spawn(actix::fut::wrap_future(process::spawn(launch)).map(
-            move |result, act: &mut Self, ctx| act.on_spawn_result(id, generation, result, ctx),
-        ));
+        let me = ctx.address().downgrade();
+        actix_rt::spawn(async move {
+            let result = process::spawn(launch).await;
+            if let Some(me) = me.upgrade() {
+                me.do_send(SpawnDone {
+                    id,
+                    generation,
+                    result,
+                });
+            } else if let Ok(spawned) = result {
+                // The supervisor is gone: do not leave the process unsupervised.
+                signal_group(spawned.pid, Signal::SIGKILL);
+            }
+        });
     }
 
     fn config_path(&self, id: &str, spec: &ChildSpec) -> PathBuf {
@@ -328,17 +336,19 @@ impl Supervisor {
         // Exit watcher. The exit is reported once the output is read to its end (the pipes
         // close when the group dies), so a service's last lines are logged before its exit;
         // a pipe held open by a process that left the group delays it by at most OUTPUT_DRAIN.
-        let watched = id.clone();
-        let exited = async move {
+        let (watched, me) = (id.clone(), ctx.address().downgrade());
+        actix_rt::spawn(async move {
             let reason = process::wait_exit(pid, pidfd).await;
             let _ = tokio::time::timeout(OUTPUT_DRAIN, futures::future::join_all(closed)).await;
-            reason
-        };
-        ctx.spawn(
-            actix::fut::wrap_future(exited).map(move |reason, act: &mut Self, ctx| {
-                act.on_process_exit(watched, generation, pid, reason, ctx)
-            }),
-        );
+            if let Some(me) = me.upgrade() {
+                me.do_send(ProcessExited {
+                    id: watched,
+                    generation,
+                    pid,
+                    reason,
+                });
+            }
+        });
         if let Some(channels) = &self.channels {
             channels.lifecycle.do_send(ServiceLifecycle::Started {
                 id: id.clone(),
@@ -369,7 +379,7 @@ impl Supervisor {
         done: oneshot::Sender<()>,
         ctx: &mut Context<Self>,
     ) {
-        let addr = ctx.address();
+        let addr = ctx.address().downgrade();
         let OutputReader {
             service,
             stream,
@@ -387,19 +397,21 @@ impl Supervisor {
             }
             if ready_line.as_ref().is_some_and(|re| re.is_match(&text)) {
                 ready_line = None;
-                addr.do_send(ChildReady {
-                    id: id.to_string(),
-                    generation,
-                });
+                if let Some(addr) = addr.upgrade() {
+                    addr.do_send(ChildReady {
+                        id: id.to_string(),
+                        generation,
+                    });
+                }
             }
         };
         let max = self.max_line_bytes;
-        ctx.spawn(actix::fut::wrap_future(async move {
+        actix_rt::spawn(async move {
             if let Err(e) = read_lines(fd, max, on_line).await {
                 tracing::warn!(service = %service, stream, error = %e, "cannot read service output");
             }
             let _ = done.send(());
-        }));
+        });
     }
 
     fn log_files(&mut self) -> Option<LogFiles> {
@@ -420,13 +432,14 @@ impl Supervisor {
         timeout: Duration,
         ctx: &mut Context<Self>,
     ) {
-        let timer_id = id.clone();
-        ctx.run_later(timeout, move |act, ctx| {
-            let commands = act
-                .core
-                .on_start_timeout(&timer_id, generation, Instant::now());
-            act.execute(commands, ctx);
-        });
+        self.after(
+            timeout,
+            Timer::StartTimeout {
+                id: id.clone(),
+                generation,
+            },
+            ctx,
+        );
         let (cancel, cancelled) = oneshot::channel();
         let probe = match check {
             ReadyCheck::LogLine(_) => return,
@@ -436,14 +449,14 @@ impl Supervisor {
         if let Some(Instance::Process { probe_cancel, .. }) = self.instances.get_mut(&id) {
             *probe_cancel = Some(cancel);
         }
-        ctx.spawn(
-            actix::fut::wrap_future(probe).map(move |passed, act: &mut Self, ctx| {
-                if passed {
-                    let commands = act.core.on_ready(&id, generation, Instant::now());
-                    act.execute(commands, ctx);
+        let me = ctx.address().downgrade();
+        actix_rt::spawn(async move {
+            if probe.await {
+                if let Some(me) = me.upgrade() {
+                    me.do_send(ChildReady { id, generation });
                 }
-            }),
-        );
+            }
+        });
     }
 
     fn stop_instance(
@@ -463,12 +476,15 @@ impl Supervisor {
                     return;
                 }
                 signal_group(pid, Signal::SIGTERM);
-                ctx.run_later(timeout, move |act, _| {
-                    if matches!(act.instances.get(&id), Some(i) if i.generation() == generation) {
-                        tracing::warn!(id, pid, timeout_ms = timeout.as_millis() as u64, "child did not stop within its terminate timeout; killing its process group");
-                        signal_group(pid, Signal::SIGKILL);
-                    }
-                });
+                self.after(
+                    timeout,
+                    Timer::Kill {
+                        id,
+                        generation,
+                        timeout,
+                    },
+                    ctx,
+                );
             }
             Some(Instance::Actor {
                 generation: g,
@@ -480,19 +496,58 @@ impl Supervisor {
                     return;
                 }
                 stop.do_send(Shutdown);
-                ctx.run_later(timeout, move |act, _| {
-                    if matches!(act.instances.get(&id), Some(i) if i.generation() == generation) {
-                        tracing::warn!(
-                            id,
-                            timeout_ms = timeout.as_millis() as u64,
-                            "actor child did not stop within its terminate timeout; dropping it"
-                        );
-                        act.drop_actor(&id);
-                    }
-                });
+                self.after(
+                    timeout,
+                    Timer::Kill {
+                        id,
+                        generation,
+                        timeout,
+                    },
+                    ctx,
+                );
             }
             Some(i) if i.generation() == generation => {
                 self.pending_stops.insert((id, generation), timeout);
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers `timer` to this actor after `delay`. Timers, like every per-child task, run as
+    /// their own tasks on the arbiter rather than inside the actor's context, whose futures
+    /// are all polled on every wake-up (quadratic with a thousand children).
+    fn after(&self, delay: Duration, timer: Timer, ctx: &mut Context<Self>) {
+        let me = ctx.address().downgrade();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(me) = me.upgrade() {
+                me.do_send(timer);
+            }
+        });
+    }
+
+    /// A terminate timeout has passed: kill the generation if it is still there.
+    fn kill_overdue(&mut self, id: String, generation: u64, timeout: Duration) {
+        let timeout_ms = timeout.as_millis() as u64;
+        match self.instances.get(&id) {
+            Some(Instance::Process {
+                generation: g, pid, ..
+            }) if *g == generation => {
+                tracing::warn!(
+                    id,
+                    pid,
+                    timeout_ms,
+                    "child did not stop within its terminate timeout; killing its process group"
+                );
+                signal_group(*pid, Signal::SIGKILL);
+            }
+            Some(Instance::Actor { generation: g, .. }) if *g == generation => {
+                tracing::warn!(
+                    id,
+                    timeout_ms,
+                    "actor child did not stop within its terminate timeout; dropping it"
+                );
+                self.drop_actor(&id);
             }
             _ => {}
         }
@@ -589,7 +644,45 @@ impl Supervisor {
     }
 }
 
-/// A child's output matched its `log_line` readiness check.
+/// A spawn request has been answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SpawnDone {
+    id: String,
+    generation: u64,
+    result: Result<Spawned, String>,
+}
+
+/// A service process has exited (and been reaped).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ProcessExited {
+    id: String,
+    generation: u64,
+    pid: u32,
+    reason: ExitReason,
+}
+
+/// A timer armed with [`Supervisor::after`] has fired.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Timer {
+    Restart {
+        id: String,
+        generation: u64,
+    },
+    StartTimeout {
+        id: String,
+        generation: u64,
+    },
+    Kill {
+        id: String,
+        generation: u64,
+        timeout: Duration,
+    },
+}
+
+/// A child passed its readiness check (`log_line` match or probe).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ChildReady {
@@ -664,6 +757,45 @@ impl Handler<Shutdown> for Supervisor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         tracing::info!(children = self.core.live_children(), "stopping children");
         let commands = self.core.shutdown();
+        self.execute(commands, ctx);
+    }
+}
+
+impl Handler<SpawnDone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpawnDone, ctx: &mut Self::Context) {
+        self.on_spawn_result(msg.id, msg.generation, msg.result, ctx);
+    }
+}
+
+impl Handler<ProcessExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessExited, ctx: &mut Self::Context) {
+        self.on_process_exit(msg.id, msg.generation, msg.pid, msg.reason, ctx);
+    }
+}
+
+impl Handler<Timer> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, timer: Timer, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let commands = match timer {
+            Timer::Restart { id, generation } => self.core.on_restart_timer(&id, generation, now),
+            Timer::StartTimeout { id, generation } => {
+                self.core.on_start_timeout(&id, generation, now)
+            }
+            Timer::Kill {
+                id,
+                generation,
+                timeout,
+            } => {
+                self.kill_overdue(id, generation, timeout);
+                Vec::new()
+            }
+        };
         self.execute(commands, ctx);
     }
 }

@@ -6,9 +6,10 @@
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not when the
 //! process does. Actors run on arbiter threads, and actor children get a fresh arbiter per
 //! start, so forking from an arbiter could kill a healthy service when an unrelated arbiter is
-//! replaced. Every fork therefore happens on one spawner thread that is started once and never
-//! exits: the parent-death signal then means exactly "the node process is gone". The spawner
-//! also keeps the fork/exec handshake (a blocking read) off the arbiters.
+//! replaced. Every fork therefore happens on a small fixed set of spawner threads that are
+//! started once and never exit: the parent-death signal then means exactly "the node process
+//! is gone". The spawners also keep the fork/exec handshake (a blocking read) off the
+//! arbiters.
 //!
 //! # Exit and reaping
 //!
@@ -23,6 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -72,7 +74,12 @@ struct Job {
     reply: oneshot::Sender<Result<Spawned, String>>,
 }
 
-static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+/// Spawner threads. Each `fork` waits for the child's `exec` to succeed; a few threads keep
+/// several of those waits in flight, so starting many services is not one long sequence.
+const SPAWNERS: usize = 4;
+
+static SPAWNER: OnceLock<Vec<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+static NEXT_SPAWNER: AtomicUsize = AtomicUsize::new(0);
 
 /// The node's open-file limit before [`raise_fd_limit`], given back to every service.
 static SERVICE_NOFILE: OnceLock<Option<(u64, u64)>> = OnceLock::new();
@@ -113,28 +120,36 @@ fn raise_fd_limit() -> Option<(u64, u64)> {
 }
 
 fn spawner() -> Result<mpsc::Sender<Job>, String> {
-    let cell = SPAWNER.get_or_init(|| {
+    let threads = SPAWNER.get_or_init(|| {
         SERVICE_NOFILE.get_or_init(raise_fd_limit);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let started = troupe_core::span::spawn_role_thread(
-            "troupe-spawner",
-            tracing::Span::current(),
-            "supervisor",
-            move || {
-                for job in rx {
-                    let _ = job.reply.send(launch_now(&job.launch));
+        (0..SPAWNERS)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                let started = troupe_core::span::spawn_role_thread(
+                    &format!("troupe-spawn-{i}"),
+                    tracing::Span::current(),
+                    "supervisor",
+                    move || {
+                        for job in rx {
+                            let _ = job.reply.send(launch_now(&job.launch));
+                        }
+                    },
+                );
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "cannot start a process spawner thread");
                 }
-            },
-        );
-        if let Err(e) = started {
-            tracing::error!(error = %e, "cannot start the process spawner thread");
-        }
-        Mutex::new(tx)
+                Mutex::new(tx)
+            })
+            .collect()
     });
-    Ok(cell.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    let pick = NEXT_SPAWNER.fetch_add(1, Ordering::Relaxed) % threads.len();
+    Ok(threads[pick]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone())
 }
 
-/// Starts `launch` on the spawner thread.
+/// Starts `launch` on a spawner thread.
 pub(crate) async fn spawn(launch: Launch) -> Result<Spawned, String> {
     let (reply, answer) = oneshot::channel();
     spawner()?
