@@ -253,3 +253,290 @@ fn bad_ipc_settings_exit_2_naming_the_key() {
         assert!(output.contains(needle), "{key}={value}: {output}");
     }
 }
+
+/// Waits (bounded, polling) until some line printed so far has every needle.
+fn wait_printed(node: &Proc, needles: &[&str], timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !node.printed(needles) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with {needles:?} within {timeout:?}:\n{}",
+            node.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"));
+    line[at + key.len() + 2..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+#[test]
+fn a_supervised_service_attaches_its_channel_and_reattaches_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = socket_in(&dir);
+    let state = dir.path().join("state");
+    // A config the service acknowledged in an earlier life, where the supervisor keeps it.
+    std::fs::create_dir_all(state.join("svc-e2e")).unwrap();
+    std::fs::write(state.join("svc-e2e").join("config.json"), r#"{"level":2}"#).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/ipc_service.py");
+    let config = format!(
+        r#"name = "{name}"
+roles = ["ipc", "supervisor"]
+shutdown_timeout = "10s"
+[ipc]
+socket = "{socket}"
+[supervisor]
+state_dir = "{state}"
+[[supervisor.services]]
+id = "svc-e2e"
+command = "python3"
+args = ["{script}"]
+plan = [{{ restart_after_ms = 100 }}]
+count = "infinity"
+"#,
+        name = unique_name("supervised"),
+        socket = socket.display(),
+        state = state.display(),
+        script = script.display(),
+    );
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = troupe();
+    cmd.arg("run").arg("--config").arg(&file);
+    let mut node = Proc::spawn(cmd);
+
+    let attached = node.wait_for(&["attached svc-e2e", "service=svc-e2e"], START);
+    let first_pid: i32 = field(&attached, "pid").parse().unwrap();
+    for needles in [
+        &[
+            "service channel attached",
+            "service=svc-e2e",
+            &format!("pid={first_pid}"),
+        ][..],
+        &["stored-config", r#"{"level":2}"#],
+        &[
+            "service metric",
+            "service=svc-e2e",
+            "device=dev-1",
+            "data=21.5",
+        ],
+        &["service event", "service=svc-e2e", "event_type=7"],
+    ] {
+        wait_printed(&node, needles, WAIT);
+    }
+
+    // Killed: the supervisor restarts it and the new process attaches the channel again.
+    // SAFETY: kill(2) on the service process this node started.
+    unsafe {
+        libc::kill(first_pid, libc::SIGKILL);
+    }
+    let again = node.wait_for(&["attached svc-e2e", "service=svc-e2e"], START);
+    let second_pid: i32 = field(&again, "pid").parse().unwrap();
+    assert_ne!(first_pid, second_pid);
+    let pid = format!("pid={second_pid}");
+    wait_printed(
+        &node,
+        &["service channel attached", "service=svc-e2e", &pid],
+        WAIT,
+    );
+    assert!(node.printed(&["service channel detached", "service=svc-e2e"]));
+
+    node.signal(libc::SIGTERM);
+    assert_eq!(node.wait_exit(STOP).code(), Some(0), "{}", node.output());
+    assert!(!socket.exists());
+}
+
+/// A node with the real ipc and supervisor roles, in this process so that the test can use
+/// the supervisor's API (`push_config`, `invoke`), which a node does not expose outside its
+/// process yet. The service is a real process the supervisor runs, kills are real signals.
+#[test]
+fn push_config_and_invoke_through_the_supervisor_reach_a_service_that_dies_and_returns() {
+    use troupe_core::services::{ChannelError, Invoke, PushConfig};
+    use troupe_node::compose::{NodePlan, RunningNode};
+    use troupe_supervisor::messages::GetPid;
+    use troupe_supervisor::Supervisor;
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = socket_in(&dir);
+    let state = dir.path().join("state");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/ipc_service.py");
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "{name}"
+roles = ["ipc", "supervisor"]
+[ipc]
+socket = "{socket}"
+[supervisor]
+state_dir = "{state}"
+[[supervisor.services]]
+id = "svc-api"
+command = "python3"
+args = ["{script}"]
+plan = [{{ restart_after_ms = 100 }}]
+count = "infinity"
+"#,
+            name = unique_name("api"),
+            socket = socket.display(),
+            state = state.display(),
+            script = script.display(),
+        ),
+    )
+    .unwrap();
+    let settings = troupe_node::settings::load(
+        &troupe_node::roles::known_roles(),
+        Some(&file),
+        Vec::new(),
+        &troupe_node::settings::Overrides::default(),
+    )
+    .map_err(|e| e.to_string())
+    .unwrap();
+
+    actix_rt::System::new().block_on(async move {
+        let (control, requests) = troupe_core::NodeControl::channel();
+        let mut signals = troupe_node::signals::Signals::new().unwrap();
+        let plan = NodePlan {
+            name: std::sync::Arc::from(settings.name.as_str()),
+            roles: settings.roles,
+            shutdown_timeout: settings.shutdown_timeout,
+            effective: std::sync::Arc::new(settings.effective),
+        };
+        let mut node = RunningNode::start(plan, control, requests, &mut signals)
+            .await
+            .map_err(|e| e.message)
+            .unwrap();
+        let supervisor = node
+            .published
+            .lookup::<actix::Addr<Supervisor>>()
+            .expect("the supervisor publishes its address");
+        let invoke = |payload: &[u8], timeout: Duration| Invoke {
+            service: "svc-api".into(),
+            payload: payload.to_vec(),
+            timeout,
+        };
+
+        // Until the service has attached, calls fail at once; then it answers.
+        let deadline = std::time::Instant::now() + WAIT;
+        let first_pid = loop {
+            match supervisor.send(invoke(b"pid", WAIT)).await.unwrap() {
+                Ok(pid) => break String::from_utf8(pid).unwrap(),
+                Err(ChannelError::NotAlive) => {
+                    assert!(std::time::Instant::now() < deadline, "never attached");
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        let running = supervisor
+            .send(GetPid("svc-api".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first_pid, running.to_string());
+
+        // push_config: refused is not persisted; acknowledged is, as the service's config.json.
+        let config_path = state.join("svc-api").join("config.json");
+        let push = |config: serde_json::Value| PushConfig {
+            service: "svc-api".into(),
+            config,
+            timeout: WAIT,
+        };
+        let refused = supervisor
+            .send(push(serde_json::json!({"reject": 1})))
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Err(ChannelError::Refused(_))),
+            "{refused:?}"
+        );
+        assert!(!config_path.exists());
+        supervisor
+            .send(push(serde_json::json!({"rate": 5})))
+            .await
+            .unwrap()
+            .unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+        assert_eq!(saved, serde_json::json!({"rate": 5}));
+        let echoed = supervisor
+            .send(invoke(b"hello", WAIT))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, b"echo:hello");
+
+        // Killed mid-invoke: the caller gets an error at once, not at its 60 s timeout.
+        let pending = supervisor.send(invoke(b"hang", Duration::from_secs(60)));
+        let caller = actix_rt::spawn(async move {
+            let since = std::time::Instant::now();
+            (pending.await.unwrap(), since.elapsed())
+        });
+        let hub = node
+            .published
+            .lookup::<actix::Addr<troupe_ipc::HubActor>>()
+            .expect("the hub publishes its address");
+        let deadline = std::time::Instant::now() + WAIT;
+        while hub
+            .send(troupe_ipc::GetStats)
+            .await
+            .unwrap()
+            .calls_in_flight
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the invoke never reached the hub"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        // SAFETY: kill(2) on the service process the supervisor started.
+        unsafe {
+            libc::kill(running as i32, libc::SIGKILL);
+        }
+        let (result, took) = caller.await.unwrap();
+        assert!(result.is_err(), "{result:?}");
+        assert!(took < Duration::from_secs(30), "the caller waited {took:?}");
+
+        // The restarted process attaches again and reads back the persisted config.
+        let deadline = std::time::Instant::now() + WAIT;
+        let second_pid = loop {
+            match supervisor.send(invoke(b"pid", WAIT)).await.unwrap() {
+                Ok(pid) if String::from_utf8_lossy(&pid) != first_pid => {
+                    break String::from_utf8(pid).unwrap()
+                }
+                Ok(_) | Err(ChannelError::NotAlive) => {
+                    assert!(std::time::Instant::now() < deadline, "never re-attached");
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        let restarted = supervisor
+            .send(GetPid("svc-api".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second_pid, restarted.to_string());
+        let config = supervisor
+            .send(invoke(b"config", WAIT))
+            .await
+            .unwrap()
+            .unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+        assert_eq!(config, serde_json::json!({"rate": 5}));
+
+        node.stop().await;
+    });
+    assert!(!socket.exists());
+}

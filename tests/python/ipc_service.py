@@ -6,7 +6,8 @@ none), sends one metric and one event, then serves the node:
   PushConfig: acknowledged and printed as "config-applied <json>", unless the config has a
               "reject" key: then refused ("config-refused <json>").
   Invoke:     body "hang" is never answered ("hanging <pid>"); "pid" is answered with the
-              pid; anything else with "echo:<body>" ("invoked <body>").
+              pid; "config" with the persisted config it asks the hub for; anything else
+              with "echo:<body>" ("invoked <body>").
 Every line is flushed; it runs until the hub closes or it is killed.
 """
 
@@ -49,6 +50,8 @@ def main():
                     say("hanging", os.getpid())
                 elif f.body == b"pid":
                     c.reply(f, str(os.getpid()).encode())
+                elif f.body == b"config":
+                    c.reply(f, c.request_config())
                 else:
                     c.reply(f, b"echo:" + f.body)
     except ConnectionError:

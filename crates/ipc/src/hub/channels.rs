@@ -61,6 +61,10 @@ impl Channels {
             .count()
     }
 
+    pub(super) fn calls_in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
     pub(super) fn unpark(&mut self, conn: ConnId) {
         self.parked.remove(&conn);
     }
@@ -110,7 +114,7 @@ impl Hub {
             return;
         };
         if service.pid != Some(pid) {
-            tracing::debug!(service = id, pid, current = ?service.pid, "exit of a process that no longer holds the service");
+            tracing::debug!(service = %id, pid, current = ?service.pid, "exit of a process that no longer holds the service");
             return;
         }
         service.pid = None;
@@ -250,7 +254,7 @@ impl Hub {
             return;
         };
         c.service = Some(service.to_string());
-        tracing::info!(service, pid = c.peer.pid, "service channel attached");
+        tracing::info!(service = %service, pid = c.peer.pid, "service channel attached");
         let ok = Envelope {
             corr,
             name: service,
@@ -280,7 +284,7 @@ impl Hub {
                 ),
             ),
         };
-        tracing::warn!(service, pid, "attach refused: {why}");
+        tracing::warn!(service = %service, pid, "attach refused: {why}");
         self.send_error(conn, parked.corr, code, None, &why);
     }
 
@@ -306,9 +310,9 @@ impl Hub {
             Kind::Metric => match envelope::decode_metric(env.body) {
                 Ok((device, route_key, data)) => {
                     tracing::info!(
-                        service,
-                        device,
-                        route_key,
+                        service = %service,
+                        device = %device,
+                        route_key = %route_key,
                         data = %String::from_utf8_lossy(&data[..data.len().min(256)]),
                         bytes = data.len(),
                         "service metric"
@@ -325,7 +329,7 @@ impl Hub {
             Kind::Event => {
                 let params = env.body;
                 tracing::info!(
-                    service,
+                    service = %service,
                     event_type = env.arg,
                     params = %String::from_utf8_lossy(&params[..params.len().min(256)]),
                     bytes = params.len(),
@@ -407,7 +411,7 @@ impl Hub {
         if let Some(s) = self.channels.services.get_mut(service) {
             if s.channel == Some(conn) {
                 s.channel = None;
-                tracing::info!(service, "service channel detached");
+                tracing::info!(service = %service, "service channel detached");
             }
         }
         if let Some(c) = self.conns.get_mut(&conn) {

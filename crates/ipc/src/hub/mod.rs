@@ -422,6 +422,7 @@ impl Hub {
         stats.mailbox_bytes = self.mailboxes.total_bytes();
         stats.requests_in_flight = self.requests.len();
         stats.channels_attached = self.channels.attached();
+        stats.calls_in_flight = self.channels.calls_in_flight();
         stats
     }
 

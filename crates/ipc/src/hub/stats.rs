@@ -17,6 +17,8 @@ pub struct HubStats {
     pub mailbox_bytes: usize,
     /// Requests between clients in flight now.
     pub requests_in_flight: usize,
+    /// `push_config` and `invoke` calls waiting for a service's answer now.
+    pub calls_in_flight: usize,
     /// Connections accepted.
     pub connections_accepted: u64,
     /// Valid frames received.
