@@ -276,13 +276,14 @@ impl Hub {
         }
     }
 
-    /// A batch the reader of `conn` decoded: `found` lists its frames, whose bytes follow
-    /// each other in `frames`; `damage` is what the reader skipped since its last batch.
+    /// A batch the reader of `conn` decoded: `found` lists its frames in order, each with
+    /// the offset in `frames` where it starts; `damage` is what the reader skipped since its
+    /// last batch.
     pub fn receive(
         &mut self,
         conn: ConnId,
         frames: &[u8],
-        found: &[Found],
+        found: &[(usize, Found)],
         damage: Damage,
         now: Instant,
     ) -> Flow {
@@ -290,21 +291,14 @@ impl Hub {
         if damage != Damage::default() {
             self.note_damage(conn, damage, now);
         }
-        let mut at = 0;
-        for item in found {
+        for &(at, item) in found {
             match self.conns.get(&conn) {
                 Some(c) if !c.closing => {}
                 _ => break,
             }
-            match *item {
-                Found::Frame { length, .. } => {
-                    self.frame(conn, &frames[at..at + length], now);
-                    at += length;
-                }
-                Found::Foreign { pid, length } => {
-                    self.foreign(conn, pid, now);
-                    at += length;
-                }
+            match item {
+                Found::Frame { length, .. } => self.frame(conn, &frames[at..at + length], now),
+                Found::Foreign { pid, .. } => self.foreign(conn, pid, now),
                 Found::Oversize { length } => self.oversize(conn, length, now),
             }
         }

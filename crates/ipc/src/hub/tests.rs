@@ -107,10 +107,13 @@ impl Bench {
 
     fn input(&mut self, conn: ConnId, pid: u32, envelope: Envelope<'_>) -> Flow {
         let bytes = envelope.to_frame(pid);
-        let found = [Found::Frame {
-            pid,
-            length: bytes.len(),
-        }];
+        let found = [(
+            0,
+            Found::Frame {
+                pid,
+                length: bytes.len(),
+            },
+        )];
         let flow = self
             .hub
             .receive(conn, &bytes, &found, Damage::default(), self.now);
@@ -259,10 +262,13 @@ fn a_frame_carrying_another_pid_closes_the_connection() {
         ..env(Kind::Send)
     }
     .to_frame(555);
-    let found = [Found::Foreign {
-        pid: 555,
-        length: spoofed.len(),
-    }];
+    let found = [(
+        0,
+        Found::Foreign {
+            pid: 555,
+            length: spoofed.len(),
+        },
+    )];
     b.hub.receive(1, &spoofed, &found, Damage::default(), b.now);
     b.pump();
     assert_eq!(b.take(1)[0].code(), ErrorCode::PidMismatch);
@@ -585,7 +591,7 @@ fn oversize_frames_are_refused_and_damage_counted() {
         skipped_bytes: 17,
         resyncs: 2,
     };
-    let found = [Found::Oversize { length: 5_000_000 }];
+    let found = [(0, Found::Oversize { length: 5_000_000 })];
     b.hub.receive(1, &[], &found, damage, b.now);
     b.pump();
     let got = b.take(1);

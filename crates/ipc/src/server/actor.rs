@@ -288,10 +288,10 @@ impl StreamHandler<std::io::Result<UnixStream>> for HubActor {
 #[rtype(result = "bool")]
 pub(crate) struct Inbound {
     pub(crate) conn: ConnId,
-    /// The frames, one after the other.
+    /// The bytes the frames are in.
     pub(crate) frames: Bytes,
-    /// What the reader found, in order.
-    pub(crate) found: Vec<Found>,
+    /// What the reader found, in order, with where it starts in `frames`.
+    pub(crate) found: Vec<(usize, Found)>,
     pub(crate) damage: Damage,
 }
 

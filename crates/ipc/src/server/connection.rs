@@ -5,7 +5,7 @@
 use std::io;
 
 use actix::Addr;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -35,24 +35,28 @@ pub(crate) async fn read_loop(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        // Whole frames are copied out into one buffer for the hub: cheaper than sharing
-        // the read buffer frame by frame, and the read buffer is reused.
-        let mut frames = BytesMut::new();
+        // The frames are handed to the hub in place, as one shared piece of the read
+        // buffer; the hub is done with it by the time this task reads again, so the buffer
+        // is reused rather than reallocated.
         let mut found = Vec::new();
+        let mut at = 0;
         let mut oversize = false;
-        while let Some(item) = decoder.locate(&mut buf, false) {
-            match item {
-                Found::Frame { length, .. } | Found::Foreign { length, .. } => {
-                    frames.extend_from_slice(&buf[..length]);
-                    buf.advance(length);
-                }
-                Found::Oversize { .. } => oversize = true,
-            }
-            found.push(item);
-            if oversize {
+        loop {
+            let (skipped, item) = decoder.scan(&buf[at..], false);
+            at += skipped;
+            let Some(item) = item else {
                 break;
+            };
+            found.push((at, item));
+            match item {
+                Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
+                Found::Oversize { .. } => {
+                    oversize = true;
+                    break;
+                }
             }
         }
+        let frames = buf.split_to(at).freeze();
         let total = decoder.damage();
         let damage = Damage {
             skipped_bytes: total.skipped_bytes - reported.skipped_bytes,
@@ -64,7 +68,7 @@ pub(crate) async fn read_loop(
         }
         let batch = Inbound {
             conn,
-            frames: frames.freeze(),
+            frames,
             found,
             damage,
         };

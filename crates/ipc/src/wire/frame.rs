@@ -145,7 +145,8 @@ impl FrameDecoder {
             Some(found) => Some(Self::take(buf, found)),
             None => {
                 if !buf.is_empty() {
-                    self.skip(buf, buf.len());
+                    let all = self.skip(buf.len());
+                    buf.advance(all);
                 }
                 None
             }
@@ -183,14 +184,26 @@ impl FrameDecoder {
     }
 
     fn next(&mut self, buf: &mut BytesMut, eof: bool) -> Option<Found> {
+        let (skipped, found) = self.scan(buf, eof);
+        buf.advance(skipped);
+        found
+    }
+
+    /// Looks for the next frame in `buf` without consuming anything: returns how many bytes
+    /// of damage come before it (all of `buf` that cannot start a frame when there is none
+    /// yet) and the frame, which then starts at that offset. Damage is counted here, so
+    /// the caller must not scan the same damage twice.
+    pub fn scan(&mut self, buf: &[u8], eof: bool) -> (usize, Option<Found>) {
+        let mut at = 0;
         loop {
-            if buf.len() < HEADER_LEN {
-                return None;
+            let rest = &buf[at..];
+            if rest.len() < HEADER_LEN {
+                return (at, None);
             }
-            let length = read_u32(buf, 0) as usize;
-            let pid = read_u32(buf, 4);
+            let length = read_u32(rest, 0) as usize;
+            let pid = read_u32(rest, 4);
             if length < self.min_frame {
-                self.skip(buf, 1);
+                at += self.skip(1);
                 continue;
             }
             if self.expected_pid.is_some_and(|p| p != pid) {
@@ -198,48 +211,48 @@ impl FrameDecoder {
                 // waiting for the length such a header announces would let damage hold up
                 // the stream.
                 if length <= self.max_frame
-                    && buf.len() >= length
-                    && read_u32(buf, 8) == checksum(&buf[..8], &buf[HEADER_LEN..length])
+                    && rest.len() >= length
+                    && read_u32(rest, 8) == checksum(&rest[..8], &rest[HEADER_LEN..length])
                 {
                     self.skipping = false;
-                    return Some(Found::Foreign { pid, length });
+                    return (at, Some(Found::Foreign { pid, length }));
                 }
-                self.skip(buf, 1);
+                at += self.skip(1);
                 continue;
             }
             if length > self.max_frame {
                 if self.expected_pid.is_some() {
-                    return Some(Found::Oversize {
-                        length: length as u32,
-                    });
+                    let length = length as u32;
+                    return (at, Some(Found::Oversize { length }));
                 }
-                self.skip(buf, 1);
+                at += self.skip(1);
                 continue;
             }
-            if buf.len() < length {
+            if rest.len() < length {
                 if eof {
-                    self.skip(buf, 1);
+                    at += self.skip(1);
                     continue;
                 }
-                return None;
+                return (at, None);
             }
-            let crc = read_u32(buf, 8);
-            if crc != checksum(&buf[..8], &buf[HEADER_LEN..length]) {
-                self.skip(buf, 1);
+            let crc = read_u32(rest, 8);
+            if crc != checksum(&rest[..8], &rest[HEADER_LEN..length]) {
+                at += self.skip(1);
                 continue;
             }
             self.skipping = false;
-            return Some(Found::Frame { pid, length });
+            return (at, Some(Found::Frame { pid, length }));
         }
     }
 
-    fn skip(&mut self, buf: &mut BytesMut, n: usize) {
+    /// Counts `n` bytes of damage; returns `n`.
+    fn skip(&mut self, n: usize) -> usize {
         if !self.skipping {
             self.skipping = true;
             self.damage.resyncs += 1;
         }
         self.damage.skipped_bytes += n as u64;
-        buf.advance(n);
+        n
     }
 }
 
