@@ -62,7 +62,12 @@ impl Role for IpcRole {
         let _ = self.hub.send(StopHub).await;
         let socket = self.socket;
         let path = socket.path().to_path_buf();
-        let _ = tokio::task::spawn_blocking(move || socket.remove()).await;
-        tracing::info!(socket = %path.display(), "ipc socket removed");
+        match tokio::task::spawn_blocking(move || socket.remove()).await {
+            Ok(None) => tracing::info!(socket = %path.display(), "ipc socket removed"),
+            Ok(Some(problem)) => tracing::warn!(socket = %path.display(), "{problem}"),
+            Err(err) => {
+                tracing::warn!(socket = %path.display(), %err, "removing the socket failed")
+            }
+        }
     }
 }

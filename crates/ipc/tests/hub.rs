@@ -340,3 +340,31 @@ fn gproc_helpers_send_and_receive_by_pid() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_socket_group_opens_the_socket_to_its_members() {
+    use std::os::unix::fs::MetadataExt;
+    let gid = nix::unistd::getegid().as_raw();
+    let config = IpcConfig {
+        socket_group: gid.to_string(),
+        ..quick_config()
+    };
+    let hub = TestHub::start(config);
+    let meta = std::fs::metadata(&hub.path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+
+    let config = IpcConfig {
+        socket_group: "no-such-group-for-troupe".into(),
+        ..quick_config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sock");
+    let err = TestHub::start_at(dir, path, config)
+        .err()
+        .expect("an unknown group is refused");
+    assert!(
+        err.contains("socket_group \"no-such-group-for-troupe\": no such group"),
+        "{err}"
+    );
+}

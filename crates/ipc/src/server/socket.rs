@@ -113,23 +113,21 @@ impl SocketFile {
         &self.path
     }
 
-    /// Removes the socket file (if it is still this hub's) and the lock.
-    pub(crate) fn remove(mut self) {
-        match fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
-                if let Err(err) = fs::remove_file(&self.path) {
-                    tracing::warn!(socket = %self.path.display(), %err, "cannot remove the socket file");
-                }
-            }
-            Ok(_) => {
-                tracing::warn!(socket = %self.path.display(), "the socket file was replaced by someone else; leaving it")
-            }
-            Err(_) => {}
-        }
+    /// Removes the socket file (if it is still this hub's) and the lock. Returns what went
+    /// wrong, for the caller to log on the role's thread.
+    pub(crate) fn remove(mut self) -> Option<String> {
+        let problem = match fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => fs::remove_file(&self.path)
+                .err()
+                .map(|err| format!("cannot remove the socket file: {err}")),
+            Ok(_) => Some("the socket file was replaced by someone else; leaving it".into()),
+            Err(_) => None,
+        };
         // Removed while still locked; a node that opened the old lock file sees that it is
         // no longer the file at the path and tries again (see `lock`).
         let _ = fs::remove_file(&self.lock_path);
         drop(self.lock.take());
+        problem
     }
 }
 
