@@ -30,9 +30,15 @@ impl Role for IpcRole {
     async fn start(config: IpcConfig, ctx: RoleContext) -> Result<Self, RoleError> {
         let path = config.socket_path(&ctx.node);
         let group = socket::resolve_group(&config.socket_group).map_err(RoleError::new)?;
-        let (listener, socket) = socket::claim(&path, group).await.map_err(RoleError::new)?;
-        let listener = tokio::net::UnixListener::from_std(listener)?;
         let store = ConfigStore::start(tracing::Span::current())?;
+        let (listener, socket) = socket::claim(&path, group).await.map_err(RoleError::new)?;
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                let _ = tokio::task::spawn_blocking(move || socket.remove()).await;
+                return Err(err.into());
+            }
+        };
         let hub = HubActor::new(
             Limits::from_config(&config),
             listener,
