@@ -1,64 +1,29 @@
 //! # troupe-beacon
 //!
-//! The `beacon` role: the cluster registry of nodes, resources and requirements.
+//! The cluster registry: which nodes are up, what each offers (its *resource*, one role name)
+//! and needs (its *requirements*), and where to reach it (its *endpoints*).
 //!
-//! This crate currently provides the role's actor and its `[beacon]` config section only; the
-//! registry protocol and the client actor are not implemented yet.
+//! - [`BeaconRole`] is the `beacon` role: a ZeroMQ ROUTER (on its own thread) in front of the
+//!   sans-IO [`registry::Registry`] and [`server::core::BeaconCore`]. Configured by the
+//!   `[beacon]` table ([`BeaconConfig`]).
+//! - [`client::BeaconClient`] is the actor every node whose `[cluster]` table
+//!   ([`ClusterConfig`]) names beacons runs: it registers the node with each beacon,
+//!   heartbeats, re-registers with a beacon that forgot it, and answers its roles'
+//!   questions (`GetRequirements`, `LookupResource`, `AwaitRequirements`, `Subscribe`,
+//!   `AddEndpoints`...). The node runs it as the internal role [`client::ClusterClient`].
+//! - [`protocol`] is the wire format (JSON, one document per frame), documented for other
+//!   languages in `docs/protocols/beacon.md`; [`auth`] the cookie challenge–response.
+//! - [`cli`] holds the operator commands `troupe cluster list|lookup|requirements|watch`.
 
 #![warn(missing_docs, unreachable_pub)]
 
-use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use troupe_core::settings::ZmqEndpoint;
-use troupe_core::{Role, RoleContext, RoleError, Shutdown};
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
 
-/// The `[beacon]` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BeaconConfig {
-    /// Where the beacon's ROUTER socket binds.
-    pub bind: ZmqEndpoint,
-}
-
-impl Default for BeaconConfig {
-    fn default() -> Self {
-        BeaconConfig {
-            bind: "tcp://127.0.0.1:7400".parse().expect("valid default"),
-        }
-    }
-}
-
-/// The beacon actor.
-pub struct Beacon;
-
-impl Actor for Beacon {
-    type Context = Context<Self>;
-}
-
-impl Handler<Shutdown> for Beacon {
-    type Result = ();
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-/// The running `beacon` role.
-pub struct BeaconRole {
-    actor: Addr<Beacon>,
-}
-
-impl Role for BeaconRole {
-    const NAME: &'static str = "beacon";
-    type Config = BeaconConfig;
-
-    async fn start(_config: BeaconConfig, _ctx: RoleContext) -> Result<Self, RoleError> {
-        tracing::warn!("beacon not implemented yet: no socket is bound");
-        Ok(BeaconRole {
-            actor: Beacon.start(),
-        })
-    }
-
-    async fn stop(self) {
-        let _ = self.actor.send(Shutdown).await;
-    }
-}
+pub use client::{BeaconClient, ClusterClient, ClusterConfig};
+pub use server::{BeaconConfig, BeaconRole};
