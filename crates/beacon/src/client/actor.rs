@@ -10,7 +10,7 @@ use troupe_core::zmq_thread::CommandSender;
 use troupe_core::Shutdown;
 
 use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
-use crate::client::socket::{Frames, SocketAction, ToDealers};
+use crate::client::socket::{Frames, LinkEvent, SocketAction, ToDealers};
 use crate::client::{
     AddEndpoints, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf,
     ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
@@ -139,8 +139,12 @@ impl Handler<Frames> for BeaconClient {
     fn handle(&mut self, frames: Frames, _: &mut Self::Context) {
         let now = Instant::now();
         let mut actions = Vec::new();
-        for (link, frame) in frames.0 {
-            actions.extend(self.core.received(now, link, &frame));
+        for (link, event) in frames.0 {
+            actions.extend(match event {
+                LinkEvent::Frame(frame) => self.core.received(now, link, &frame),
+                LinkEvent::Connected => self.core.connected(now, link),
+                LinkEvent::Disconnected => self.core.disconnected(now, link),
+            });
         }
         self.apply(actions, true);
     }

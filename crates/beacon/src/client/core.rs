@@ -156,6 +156,10 @@ struct Link {
     registered_once: bool,
     unreachable: bool,
     refusal: Option<String>,
+    /// Whether the TCP connection is up (from the socket's monitor).
+    connected: bool,
+    /// Whether the connection went down since the session was opened.
+    dropped: bool,
 }
 
 impl Link {
@@ -216,6 +220,8 @@ impl ClientCore {
                 registered_once: false,
                 unreachable: false,
                 refusal: None,
+                connected: false,
+                dropped: false,
             })
             .collect();
         ClientCore {
@@ -286,6 +292,50 @@ impl ClientCore {
         out
     }
 
+    /// Beacon `link`'s connection is up. After a drop, the beacon may be a new process (or
+    /// see this client as a new peer): the session is opened again at once.
+    pub fn connected(&mut self, now: Instant, link: LinkId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(state) = self.links.get_mut(link) else {
+            return out;
+        };
+        state.connected = true;
+        if std::mem::take(&mut state.dropped) && !matches!(state.phase, Phase::Refused) {
+            tracing::info!(beacon = %state.endpoint, "connection to the beacon is back; opening the session again");
+            self.link_lost(now, link, &mut out);
+            self.send_hello(now, link, &mut out);
+        }
+        self.dispatch(now, &mut out);
+        out
+    }
+
+    /// Beacon `link`'s connection went down (ZeroMQ reconnects by itself): its queries and
+    /// watches move to another beacon if one is ready.
+    pub fn disconnected(&mut self, now: Instant, link: LinkId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(state) = self.links.get_mut(link) else {
+            return out;
+        };
+        state.connected = false;
+        state.dropped = true;
+        tracing::info!(beacon = %state.endpoint, "connection to the beacon lost; reconnecting");
+        for pending in &mut self.pending {
+            if matches!(pending.sent, Some((l, _, _)) if l == link) {
+                pending.sent = None;
+                // It may come back: another try on this beacon is allowed.
+                pending.tried[link] = false;
+            }
+        }
+        for sub in self.subscriptions.values_mut() {
+            if sub.link == Some(link) {
+                sub.link = None;
+            }
+        }
+        self.attach_subscriptions(&mut out);
+        self.dispatch(now, &mut out);
+        out
+    }
+
     /// Heartbeats, retries, and every deadline due by `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
@@ -302,6 +352,8 @@ impl ClientCore {
                     );
                 }
                 state.silent_since = now;
+                state.connected = false;
+                state.dropped = false;
                 out.push(Action::Reset { link });
                 self.link_lost(now, link, &mut out);
                 self.send_hello(now, link, &mut out);
@@ -467,7 +519,7 @@ impl ClientCore {
         let mut ids = Vec::new();
         if self.settings.registration.is_some() {
             for link in 0..self.links.len() {
-                if self.links[link].is_ready() {
+                if self.links[link].is_ready() && self.links[link].connected {
                     let node = self.settings.node.clone();
                     ids.push(self.send(link, Request::Deregister(NodeRef { node }), &mut out));
                 }
@@ -722,13 +774,21 @@ impl ClientCore {
         error: String,
         out: &mut Vec<Action>,
     ) {
-        if self
+        let pending = self
             .pending
-            .iter()
-            .any(|p| matches!(p.sent, Some((l, i, _)) if l == link && Some(i) == id))
-        {
+            .iter_mut()
+            .find(|p| matches!(p.sent, Some((l, i, _)) if l == link && Some(i) == id));
+        if let Some(pending) = pending {
             if code == ErrorCode::AuthRequired {
-                self.restart_session(now, link, out);
+                // Asked before the session was (re)opened: ask again once it is.
+                pending.sent = None;
+                pending.tried[link] = false;
+                if matches!(
+                    self.links[link].phase,
+                    Phase::Ready | Phase::Register { .. }
+                ) {
+                    self.restart_session(now, link, out);
+                }
                 return;
             }
             self.answered(
@@ -946,11 +1006,14 @@ impl ClientCore {
         }
     }
 
-    /// The ready beacon heard from most recently among those not tried.
+    /// Among the ready beacons not tried, a connected one heard from most recently.
     fn best_link(&self, tried: &[bool]) -> Option<LinkId> {
         (0..self.links.len())
             .filter(|&l| !tried[l] && self.links[l].is_ready())
-            .max_by_key(|&l| (self.links[l].heard_at, std::cmp::Reverse(l)))
+            .max_by_key(|&l| {
+                let link = &self.links[l];
+                (link.connected, link.heard_at, std::cmp::Reverse(l))
+            })
     }
 
     fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -1094,6 +1157,13 @@ impl ClientCore {
     }
 
     fn send_hello(&mut self, now: Instant, link: LinkId, out: &mut Vec<Action>) {
+        // A new session: watches held by the old one are gone and are set up again when the
+        // link is ready.
+        for sub in self.subscriptions.values_mut() {
+            if sub.link == Some(link) {
+                sub.link = None;
+            }
+        }
         let nonce = auth::nonce(&mut self.rng);
         let id = self.send(
             link,

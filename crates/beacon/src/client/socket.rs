@@ -1,10 +1,14 @@
-//! The cluster client's sockets, on their own thread: one DEALER per beacon.
+//! The cluster client's sockets, on their own thread: one DEALER per beacon, each with a
+//! ZeroMQ monitor so that the client learns at once when a beacon's connection comes up or
+//! goes down.
 //!
 //! Frames read are handed to the actor in batches; at most [`MAX_BATCHES_IN_FLIGHT`] wait for
 //! the actor, beyond which the thread stops reading (ZeroMQ's queues and TCP then hold back the
 //! beacons). Sends never block (`DONTWAIT`): a message that does not fit the queue is dropped,
 //! and the client's deadlines notice. A reset closes a beacon's socket, discarding what was
 //! queued for it, and connects a fresh one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use troupe_core::zmq_thread::CommandInbox;
@@ -38,29 +42,71 @@ pub(crate) enum ToDealers {
     Stop,
 }
 
-/// Frames from beacons, in arrival order per beacon.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Frames(pub(crate) Vec<(LinkId, Vec<u8>)>);
-
-fn dealer(context: &zmq::Context, endpoint: &str) -> zmq::Result<zmq::Socket> {
-    let socket = context.socket(zmq::DEALER)?;
-    socket.set_linger(0)?;
-    socket.set_maxmsgsize(MAX_FRAME_FROM_BEACON)?;
-    socket.set_reconnect_ivl(100)?;
-    socket.set_reconnect_ivl_max(1000)?;
-    socket.connect(endpoint)?;
-    Ok(socket)
+/// What happened on a beacon's connection.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// A frame arrived.
+    Frame(Vec<u8>),
+    /// The TCP connection is up.
+    Connected,
+    /// The TCP connection went down (ZeroMQ reconnects by itself).
+    Disconnected,
 }
 
-fn open(context: &zmq::Context, endpoint: &str) -> Option<zmq::Socket> {
-    match dealer(context, endpoint) {
-        Ok(socket) => Some(socket),
+/// Events from beacons, in arrival order per beacon.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Frames(pub(crate) Vec<(LinkId, LinkEvent)>);
+
+static NEXT_MONITOR: AtomicU64 = AtomicU64::new(0);
+
+/// A beacon's DEALER and the PAIR that receives its connection events.
+struct Connection {
+    dealer: zmq::Socket,
+    monitor: zmq::Socket,
+}
+
+fn connect(context: &zmq::Context, endpoint: &str) -> zmq::Result<Connection> {
+    let dealer = context.socket(zmq::DEALER)?;
+    dealer.set_linger(0)?;
+    dealer.set_maxmsgsize(MAX_FRAME_FROM_BEACON)?;
+    dealer.set_reconnect_ivl(100)?;
+    dealer.set_reconnect_ivl_max(1000)?;
+    let events = zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+    let monitor_endpoint = format!(
+        "inproc://troupe-cluster-monitor-{}",
+        NEXT_MONITOR.fetch_add(1, Ordering::Relaxed)
+    );
+    dealer.monitor(&monitor_endpoint, i32::from(events))?;
+    let monitor = context.socket(zmq::PAIR)?;
+    monitor.set_linger(0)?;
+    monitor.connect(&monitor_endpoint)?;
+    dealer.connect(endpoint)?;
+    Ok(Connection { dealer, monitor })
+}
+
+fn open(context: &zmq::Context, endpoint: &str) -> Option<Connection> {
+    match connect(context, endpoint) {
+        Ok(connection) => Some(connection),
         Err(err) => {
             tracing::error!(beacon = endpoint, %err, "cannot open a socket to the beacon; retrying later");
             None
         }
     }
+}
+
+/// Reads one monitor event: `[event u16 LE, value u32 LE]`, then the endpoint frame.
+fn monitor_event(monitor: &zmq::Socket) -> Option<Option<LinkEvent>> {
+    let parts = monitor.recv_multipart(zmq::DONTWAIT).ok()?;
+    let event = parts
+        .first()
+        .filter(|head| head.len() >= 2)
+        .map(|head| u16::from_le_bytes([head[0], head[1]]));
+    Some(match event {
+        Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => Some(LinkEvent::Connected),
+        Some(e) if e == zmq::SocketEvent::DISCONNECTED.to_raw() => Some(LinkEvent::Disconnected),
+        _ => None,
+    })
 }
 
 /// The thread's body: runs until [`ToDealers::Stop`].
@@ -70,17 +116,18 @@ pub(crate) fn run(
     inbox: CommandInbox<ToDealers>,
     frames: Recipient<Frames>,
 ) {
-    let mut sockets: Vec<Option<zmq::Socket>> =
+    let mut connections: Vec<Option<Connection>> =
         endpoints.iter().map(|e| open(&context, e)).collect();
     let mut in_flight = 0usize;
     loop {
         let reading = in_flight < MAX_BATCHES_IN_FLIGHT;
-        let readable = {
+        let (commands_waiting, readable) = {
             let mut items = vec![inbox.poll_item()];
             let mut owners = Vec::new();
-            for (link, socket) in sockets.iter().enumerate() {
-                if let (Some(socket), true) = (socket, reading) {
-                    items.push(socket.as_poll_item(zmq::POLLIN));
+            for (link, connection) in connections.iter().enumerate() {
+                if let (Some(connection), true) = (connection, reading) {
+                    items.push(connection.monitor.as_poll_item(zmq::POLLIN));
+                    items.push(connection.dealer.as_poll_item(zmq::POLLIN));
                     owners.push(link);
                 }
             }
@@ -95,13 +142,12 @@ pub(crate) fn run(
             let commands = items[0].is_readable();
             let links: Vec<LinkId> = owners
                 .iter()
-                .zip(&items[1..])
-                .filter(|(_, item)| item.is_readable())
+                .zip(items[1..].chunks(2))
+                .filter(|(_, pair)| pair.iter().any(|item| item.is_readable()))
                 .map(|(link, _)| *link)
                 .collect();
             (commands, links)
         };
-        let (commands_waiting, readable_links) = readable;
         if commands_waiting {
             for command in inbox.drain() {
                 match command {
@@ -110,7 +156,7 @@ pub(crate) fn run(
                         answers_batch,
                     } => {
                         for action in actions {
-                            carry_out(&context, &endpoints, &mut sockets, action);
+                            carry_out(&context, &endpoints, &mut connections, action);
                         }
                         if answers_batch {
                             in_flight = in_flight.saturating_sub(1);
@@ -121,13 +167,21 @@ pub(crate) fn run(
             }
         }
         let mut batch = Vec::new();
-        for link in readable_links {
-            let Some(socket) = &sockets[link] else {
+        for link in readable {
+            let Some(connection) = &connections[link] else {
                 continue;
             };
+            // Connection events first: a frame read after `Connected` came over that connection.
+            while let Some(event) = monitor_event(&connection.monitor) {
+                if let Some(event) = event {
+                    batch.push((link, event));
+                }
+            }
             while batch.len() < BATCH {
-                match socket.recv_multipart(zmq::DONTWAIT) {
-                    Ok(mut parts) if parts.len() == 1 => batch.push((link, parts.remove(0))),
+                match connection.dealer.recv_multipart(zmq::DONTWAIT) {
+                    Ok(mut parts) if parts.len() == 1 => {
+                        batch.push((link, LinkEvent::Frame(parts.remove(0))))
+                    }
                     Ok(parts) => tracing::warn!(
                         beacon = %endpoints[link],
                         frames = parts.len(),
@@ -147,16 +201,16 @@ pub(crate) fn run(
 fn carry_out(
     context: &zmq::Context,
     endpoints: &[String],
-    sockets: &mut [Option<zmq::Socket>],
+    connections: &mut [Option<Connection>],
     action: SocketAction,
 ) {
     match action {
         SocketAction::Send { link, frame } => {
-            if sockets[link].is_none() {
-                sockets[link] = open(context, &endpoints[link]);
+            if connections[link].is_none() {
+                connections[link] = open(context, &endpoints[link]);
             }
-            if let Some(socket) = &sockets[link] {
-                match socket.send(frame, zmq::DONTWAIT) {
+            if let Some(connection) = &connections[link] {
+                match connection.dealer.send(frame, zmq::DONTWAIT) {
                     Ok(()) => {}
                     Err(zmq::Error::EAGAIN) => {
                         tracing::debug!(beacon = %endpoints[link], "send queue full; message dropped")
@@ -166,9 +220,9 @@ fn carry_out(
             }
         }
         SocketAction::Reset { link } => {
-            // Dropping the socket closes it (linger 0: queued messages are discarded).
-            sockets[link] = None;
-            sockets[link] = open(context, &endpoints[link]);
+            // Dropping the sockets closes them (linger 0: queued messages are discarded).
+            connections[link] = None;
+            connections[link] = open(context, &endpoints[link]);
         }
     }
 }

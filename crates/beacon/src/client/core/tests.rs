@@ -102,6 +102,7 @@ impl Script {
     fn connect_all(&mut self) {
         let actions = self.core.start(self.now);
         for link in 0..self.core.links.len() {
+            self.core.connected(self.now, link);
             let hello = only(&actions, link);
             let actions = self.reply(link, &hello, welcome(0));
             let register = only(&actions, link);
@@ -619,4 +620,33 @@ fn leaving_deregisters_from_every_beacon() {
     s.connect_all();
     s.core.leave(s.now, s.now + Duration::from_secs(1));
     assert!(s.tick(Duration::from_secs(1)).contains(&Action::Left));
+}
+
+#[test]
+fn a_dropped_connection_moves_queries_at_once_and_reopens_the_session() {
+    let mut s = script(settings(None, &[]), 2);
+    s.connect_all();
+    let beat = only(&s.tick(HB), 0);
+    s.reply(
+        0,
+        &beat,
+        Reply::Ack {
+            epoch: "e".into(),
+            rev: 1,
+        },
+    );
+    assert_eq!(
+        only(&s.core.query(s.now, 5, Query::List), 0).request.op(),
+        "list"
+    );
+    // Beacon 0 is killed: its connection drops and the query goes to beacon 1 without waiting.
+    let actions = s.core.disconnected(s.now, 0);
+    assert_eq!(only(&actions, 1).request.op(), "list");
+    // Nothing is sent to a disconnected beacon when leaving.
+    let leave = s.core.leave(s.now, s.now + HB);
+    assert!(sent(&leave, 0).is_empty());
+    assert_eq!(only(&leave, 1).request.op(), "deregister");
+    // When it is back (restarted, or the same process), the session is opened again at once.
+    let actions = s.core.connected(s.now, 0);
+    assert_eq!(only(&actions, 0).request.op(), "hello");
 }
