@@ -262,6 +262,7 @@ pub async fn start_client(
         request_timeout: config.request_timeout.get(),
     };
     let endpoints: Vec<String> = config.beacons.iter().map(|b| b.to_string()).collect();
+    let reconnect = socket::Reconnect::for_heartbeat(config.heartbeat_interval.get());
     let core = ClientCore::new(settings, endpoints.clone(), std::time::Instant::now());
     let context = zmq::Context::new();
     let (commands, inbox) = zmq_thread::channel(&context)
@@ -274,7 +275,7 @@ pub async fn start_client(
         tracing::Span::current(),
         ClusterClient::NAME,
         move || {
-            socket::run(context, endpoints, inbox, frames);
+            socket::run(context, endpoints, reconnect, inbox, frames);
             let _ = done_tx.send(());
         },
     )

@@ -66,12 +66,34 @@ struct Connection {
     monitor: zmq::Socket,
 }
 
-fn connect(context: &zmq::Context, endpoint: &str) -> zmq::Result<Connection> {
+/// How often ZeroMQ retries a beacon that refuses connections: from 100 ms, backing off to at
+/// most one heartbeat interval (and 1 s), so a restarted beacon is reached within an interval.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reconnect {
+    first_ms: i32,
+    max_ms: i32,
+}
+
+impl Reconnect {
+    pub(crate) fn for_heartbeat(heartbeat: std::time::Duration) -> Self {
+        let max_ms = heartbeat.as_millis().clamp(10, 1000) as i32;
+        Reconnect {
+            first_ms: max_ms.min(100),
+            max_ms,
+        }
+    }
+}
+
+fn connect(
+    context: &zmq::Context,
+    endpoint: &str,
+    reconnect: Reconnect,
+) -> zmq::Result<Connection> {
     let dealer = context.socket(zmq::DEALER)?;
     dealer.set_linger(0)?;
     dealer.set_maxmsgsize(MAX_FRAME_FROM_BEACON)?;
-    dealer.set_reconnect_ivl(100)?;
-    dealer.set_reconnect_ivl_max(1000)?;
+    dealer.set_reconnect_ivl(reconnect.first_ms)?;
+    dealer.set_reconnect_ivl_max(reconnect.max_ms)?;
     let events = zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
     let monitor_endpoint = format!(
         "inproc://troupe-cluster-monitor-{}",
@@ -85,8 +107,8 @@ fn connect(context: &zmq::Context, endpoint: &str) -> zmq::Result<Connection> {
     Ok(Connection { dealer, monitor })
 }
 
-fn open(context: &zmq::Context, endpoint: &str) -> Option<Connection> {
-    match connect(context, endpoint) {
+fn open(context: &zmq::Context, endpoint: &str, reconnect: Reconnect) -> Option<Connection> {
+    match connect(context, endpoint, reconnect) {
         Ok(connection) => Some(connection),
         Err(err) => {
             tracing::error!(beacon = endpoint, %err, "cannot open a socket to the beacon; retrying later");
@@ -113,11 +135,14 @@ fn monitor_event(monitor: &zmq::Socket) -> Option<Option<LinkEvent>> {
 pub(crate) fn run(
     context: zmq::Context,
     endpoints: Vec<String>,
+    reconnect: Reconnect,
     inbox: CommandInbox<ToDealers>,
     frames: Recipient<Frames>,
 ) {
-    let mut connections: Vec<Option<Connection>> =
-        endpoints.iter().map(|e| open(&context, e)).collect();
+    let mut connections: Vec<Option<Connection>> = endpoints
+        .iter()
+        .map(|e| open(&context, e, reconnect))
+        .collect();
     let mut in_flight = 0usize;
     loop {
         let reading = in_flight < MAX_BATCHES_IN_FLIGHT;
@@ -156,7 +181,7 @@ pub(crate) fn run(
                         answers_batch,
                     } => {
                         for action in actions {
-                            carry_out(&context, &endpoints, &mut connections, action);
+                            carry_out(&context, &endpoints, reconnect, &mut connections, action);
                         }
                         if answers_batch {
                             in_flight = in_flight.saturating_sub(1);
@@ -201,13 +226,14 @@ pub(crate) fn run(
 fn carry_out(
     context: &zmq::Context,
     endpoints: &[String],
+    reconnect: Reconnect,
     connections: &mut [Option<Connection>],
     action: SocketAction,
 ) {
     match action {
         SocketAction::Send { link, frame } => {
             if connections[link].is_none() {
-                connections[link] = open(context, &endpoints[link]);
+                connections[link] = open(context, &endpoints[link], reconnect);
             }
             if let Some(connection) = &connections[link] {
                 match connection.dealer.send(frame, zmq::DONTWAIT) {
@@ -222,7 +248,7 @@ fn carry_out(
         SocketAction::Reset { link } => {
             // Dropping the sockets closes them (linger 0: queued messages are discarded).
             connections[link] = None;
-            connections[link] = open(context, &endpoints[link]);
+            connections[link] = open(context, &endpoints[link], reconnect);
         }
     }
 }
