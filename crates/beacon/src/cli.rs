@@ -13,7 +13,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use actix::prelude::*;
 use serde_json::json;
@@ -24,7 +23,7 @@ use crate::client::{
     start_client, ClientError, ClusterConfig, ClusterEvent, GetRequirementsOf, ListNodes,
     LookupResource, Requirements, Subscribe,
 };
-use crate::protocol::{NodeView, Position, Status};
+use crate::protocol::{Node, NodeView, Position, Status};
 
 /// Flags of `troupe cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -122,10 +121,7 @@ fn failed(err: impl std::fmt::Display) -> i32 {
     1
 }
 
-fn print_nodes(
-    answer: Result<Result<Vec<Arc<NodeView>>, ClientError>, MailboxError>,
-    json: bool,
-) -> i32 {
+fn print_nodes(answer: Result<Result<Vec<Node>, ClientError>, MailboxError>, json: bool) -> i32 {
     let nodes = match answer {
         Ok(Ok(nodes)) => nodes,
         Ok(Err(err)) => return failed(err),

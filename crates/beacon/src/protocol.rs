@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The protocol version every message carries in `"v"`.
@@ -207,6 +208,71 @@ pub struct NodeView {
     pub last_seen_ms: Option<u64>,
 }
 
+/// A [`NodeView`] as the beacon shares it between its registry and every message that lists
+/// it: cheap to clone, immutable, and encoded to JSON once — a reply that lists nodes copies
+/// their encodings instead of serializing each node again. Derefs to [`NodeView`].
+#[derive(Clone)]
+pub struct Node(Arc<SharedNode>);
+
+struct SharedNode {
+    view: NodeView,
+    json: OnceLock<Option<Box<RawValue>>>,
+}
+
+impl Node {
+    /// Shares `view`.
+    pub fn new(view: NodeView) -> Node {
+        Node(Arc::new(SharedNode {
+            view,
+            json: OnceLock::new(),
+        }))
+    }
+
+    /// The node.
+    pub fn view(&self) -> &NodeView {
+        &self.0.view
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeView;
+
+    fn deref(&self) -> &NodeView {
+        &self.0.view
+    }
+}
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Node) -> bool {
+        self.0.view == other.0.view
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.view.fmt(f)
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let json = self
+            .0
+            .json
+            .get_or_init(|| serde_json::value::to_raw_value(&self.0.view).ok());
+        match json {
+            Some(json) => json.serialize(serializer),
+            None => self.0.view.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        NodeView::deserialize(deserializer).map(Node::new)
+    }
+}
+
 /// What happened to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -230,7 +296,7 @@ pub struct Event {
     /// What happened.
     pub kind: EventKind,
     /// The node as it is after the change (for `removed`: as it was).
-    pub node: Arc<NodeView>,
+    pub node: Node,
 }
 
 /// A point in a beacon's history: its epoch (a new random value each time a beacon starts) and
@@ -472,7 +538,7 @@ fn check_hex(field: &str, text: &str, bytes: usize) -> Result<(), FieldError> {
 }
 
 /// For each requirement, the online nodes offering it.
-pub type Offers = BTreeMap<String, Vec<Arc<NodeView>>>;
+pub type Offers = BTreeMap<String, Vec<Node>>;
 
 /// A reply or a pushed message from the beacon, without its envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,7 +603,7 @@ pub enum Reply {
     /// Answer to `lookup` and `list`.
     Nodes {
         /// The nodes, sorted by name.
-        nodes: Vec<Arc<NodeView>>,
+        nodes: Vec<Node>,
         /// The current revision.
         rev: u64,
     },
@@ -550,7 +616,7 @@ pub enum Reply {
         /// Revision of this snapshot; events follow from `rev + 1`.
         rev: u64,
         /// Every watched node, online or offline.
-        nodes: Vec<Arc<NodeView>>,
+        nodes: Vec<Node>,
     },
     /// Answer to `watch` with a `since` the history still covers: the events missed.
     Resumed {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Event, EventKind, NodeView, Offers, Position, Registration, Status};
+use crate::protocol::{Event, EventKind, Node, NodeView, Offers, Position, Registration, Status};
 
 /// The connection a node registered from (a ZeroMQ routing id). Heartbeats and deregistration
 /// are accepted only from it, so that two processes claiming one name cannot silently share it.
@@ -56,11 +56,11 @@ pub enum WatchStart {
     /// The history reaches back to the watcher's position: the watched events it missed.
     Resume(Vec<Event>),
     /// It does not (or there was no position): every watched node now.
-    Snapshot(Vec<Arc<NodeView>>),
+    Snapshot(Vec<Node>),
 }
 
 struct Entry {
-    view: Arc<NodeView>,
+    view: Node,
     heartbeat: Duration,
     last_seen: Instant,
     offline_since: Option<Instant>,
@@ -122,7 +122,7 @@ impl Registry {
     }
 
     /// The node called `name`, if registered.
-    pub fn get(&self, name: &str) -> Option<&Arc<NodeView>> {
+    pub fn get(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name).map(|e| &e.view)
     }
 
@@ -136,7 +136,7 @@ impl Registry {
         registration: Registration,
         heartbeat: Duration,
     ) -> Result<Vec<Event>, RegistryError> {
-        let view = Arc::new(NodeView {
+        let view = Node::new(NodeView {
             name: name.to_string(),
             resource: registration.resource,
             requires: registration.requires,
@@ -224,9 +224,9 @@ impl Registry {
             return Ok(Vec::new());
         }
         entry.offline_since = None;
-        let mut view = (*entry.view).clone();
+        let mut view = entry.view.view().clone();
         view.status = Status::Online;
-        let view = Arc::new(view);
+        let view = Node::new(view);
         entry.view = view.clone();
         let due = now + entry.heartbeat * liveness;
         let old_key = std::mem::replace(&mut entry.indexed_at, due);
@@ -271,9 +271,9 @@ impl Registry {
             }
             if entry.offline_since.is_none() {
                 entry.offline_since = Some(now);
-                let mut view = (*entry.view).clone();
+                let mut view = entry.view.view().clone();
                 view.status = Status::Offline;
-                let view = Arc::new(view);
+                let view = Node::new(view);
                 entry.view = view.clone();
                 entry.indexed_at = now + ttl;
                 self.deadlines.insert((now + ttl, key));
@@ -301,7 +301,7 @@ impl Registry {
         let mut offers = BTreeMap::new();
         let mut unmet = Vec::new();
         for role in &entry.view.requires {
-            let providers: Vec<Arc<NodeView>> = self
+            let providers: Vec<Node> = self
                 .providers(role)
                 .filter(|view| view.name != name)
                 .collect();
@@ -314,11 +314,11 @@ impl Registry {
     }
 
     /// The online nodes offering `resource`, sorted by name.
-    pub fn lookup(&self, resource: &str) -> Vec<Arc<NodeView>> {
+    pub fn lookup(&self, resource: &str) -> Vec<Node> {
         self.providers(resource).collect()
     }
 
-    fn providers<'a>(&'a self, resource: &str) -> impl Iterator<Item = Arc<NodeView>> + 'a {
+    fn providers<'a>(&'a self, resource: &str) -> impl Iterator<Item = Node> + 'a {
         self.by_resource
             .get(resource)
             .into_iter()
@@ -329,15 +329,15 @@ impl Registry {
     }
 
     /// Every node, online and offline, sorted by name, each with how long ago it was heard.
-    pub fn list(&self, now: Instant) -> Vec<Arc<NodeView>> {
-        let mut nodes: Vec<Arc<NodeView>> = self
+    pub fn list(&self, now: Instant) -> Vec<Node> {
+        let mut nodes: Vec<Node> = self
             .nodes
             .values()
             .map(|entry| {
-                let mut view = (*entry.view).clone();
+                let mut view = entry.view.view().clone();
                 view.last_seen_ms =
                     Some(now.saturating_duration_since(entry.last_seen).as_millis() as u64);
-                Arc::new(view)
+                Node::new(view)
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -346,8 +346,8 @@ impl Registry {
 
     /// Every node (online and offline) whose resource is in `resources` (all when empty),
     /// sorted by name.
-    pub fn watched(&self, resources: &[String]) -> Vec<Arc<NodeView>> {
-        let mut nodes: Vec<Arc<NodeView>> = if resources.is_empty() {
+    pub fn watched(&self, resources: &[String]) -> Vec<Node> {
+        let mut nodes: Vec<Node> = if resources.is_empty() {
             self.nodes.values().map(|e| e.view.clone()).collect()
         } else {
             resources
@@ -387,7 +387,7 @@ impl Registry {
     }
 
     /// Every node as it should be saved in a snapshot file.
-    pub fn snapshot(&self) -> Vec<Arc<NodeView>> {
+    pub fn snapshot(&self) -> Vec<Node> {
         self.watched(&[])
     }
 
@@ -426,7 +426,7 @@ impl Registry {
             ));
             let key: Arc<str> = Arc::from(node.name.as_str());
             let due = now + self.config.offline_ttl;
-            let view = Arc::new(NodeView {
+            let view = Node::new(NodeView {
                 status: Status::Offline,
                 heartbeat_ms: heartbeat.as_millis() as u64,
                 last_seen_ms: None,
@@ -482,7 +482,7 @@ impl Registry {
         self.emit(EventKind::Removed, entry.view)
     }
 
-    fn emit(&mut self, kind: EventKind, node: Arc<NodeView>) -> Event {
+    fn emit(&mut self, kind: EventKind, node: Node) -> Event {
         self.rev += 1;
         let event = Event {
             rev: self.rev,
@@ -542,7 +542,7 @@ mod tests {
             .collect()
     }
 
-    fn names(views: &[Arc<NodeView>]) -> Vec<&str> {
+    fn names(views: &[Node]) -> Vec<&str> {
         views.iter().map(|v| v.name.as_str()).collect()
     }
 
@@ -851,7 +851,7 @@ mod tests {
             .unwrap();
         r.register(t0, Some(peer(2)), "b", offering("ipc", &[]), HB)
             .unwrap();
-        let saved: Vec<NodeView> = r.snapshot().iter().map(|v| (**v).clone()).collect();
+        let saved: Vec<NodeView> = r.snapshot().iter().map(|v| v.view().clone()).collect();
 
         let mut again = Registry::new(r.config.clone(), "epoch-b".into());
         let mut bad = saved[0].clone();

@@ -6,11 +6,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::NodeView;
+use crate::protocol::{Node, NodeView};
 
 /// Format version written in the file.
 pub const FORMAT: u32 = 1;
@@ -23,7 +22,7 @@ struct SnapshotOut<'a> {
     format: u32,
     epoch: &'a str,
     rev: u64,
-    nodes: &'a [Arc<NodeView>],
+    nodes: &'a [Node],
 }
 
 #[derive(Deserialize)]
@@ -33,7 +32,7 @@ struct SnapshotIn {
 }
 
 /// The snapshot of `nodes`, taken at revision `rev` of beacon run `epoch`, as bytes.
-pub fn encode(epoch: &str, rev: u64, nodes: &[Arc<NodeView>]) -> Vec<u8> {
+pub fn encode(epoch: &str, rev: u64, nodes: &[Node]) -> Vec<u8> {
     let out = SnapshotOut {
         format: FORMAT,
         epoch,
@@ -108,7 +107,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("beacon.json");
         assert_eq!(read(&path), Ok(None));
-        let node = Arc::new(NodeView {
+        let node = Node::new(NodeView {
             name: "a".into(),
             resource: "broker".into(),
             requires: vec!["ipc".into()],

@@ -16,7 +16,7 @@ use crate::client::{
     ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
     Unsubscribe,
 };
-use crate::protocol::NodeView;
+use crate::protocol::Node;
 
 /// The cluster client actor. See the [module docs](crate::client) for its messages.
 pub struct BeaconClient {
@@ -163,7 +163,7 @@ async fn requirements(
 
 async fn nodes(
     rx: oneshot::Receiver<Result<Answer, ClientError>>,
-) -> Result<Vec<std::sync::Arc<NodeView>>, ClientError> {
+) -> Result<Vec<Node>, ClientError> {
     match rx.await {
         Ok(Ok(Answer::Nodes(nodes))) => Ok(nodes),
         Ok(Ok(Answer::Requirements(_))) => Err(ClientError::Unexpected),
@@ -190,7 +190,7 @@ impl Handler<GetRequirementsOf> for BeaconClient {
 }
 
 impl Handler<LookupResource> for BeaconClient {
-    type Result = ResponseFuture<Result<Vec<std::sync::Arc<NodeView>>, ClientError>>;
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
 
     fn handle(&mut self, lookup: LookupResource, _: &mut Self::Context) -> Self::Result {
         Box::pin(nodes(self.ask(Query::Lookup(lookup.0))))
@@ -198,7 +198,7 @@ impl Handler<LookupResource> for BeaconClient {
 }
 
 impl Handler<ListNodes> for BeaconClient {
-    type Result = ResponseFuture<Result<Vec<std::sync::Arc<NodeView>>, ClientError>>;
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
 
     fn handle(&mut self, _: ListNodes, _: &mut Self::Context) -> Self::Result {
         Box::pin(nodes(self.ask(Query::List)))

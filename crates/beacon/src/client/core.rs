@@ -17,7 +17,6 @@
 //! - with a cookie, a beacon must prove it knows the cookie too, or this node refuses it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -26,8 +25,8 @@ use rand::SeedableRng;
 use crate::auth::{self, Cookie};
 use crate::client::{ClientError, ClusterEvent, Requirements, SubscriptionId};
 use crate::protocol::{
-    encode_request, Auth, ErrorCode, FieldError, Hello, Lookup, NodeRef, NodeView, Position,
-    Register, Registration, Reply, Request, Unwatch, Watch,
+    encode_request, Auth, ErrorCode, FieldError, Hello, Lookup, Node, NodeRef, Position, Register,
+    Registration, Reply, Request, Unwatch, Watch,
 };
 
 /// Index of a beacon in the configured list.
@@ -74,7 +73,7 @@ pub enum Answer {
     /// To [`Query::Requirements`].
     Requirements(Requirements),
     /// To [`Query::Lookup`] and [`Query::List`].
-    Nodes(Vec<Arc<NodeView>>),
+    Nodes(Vec<Node>),
 }
 
 /// Who is waiting for a query's answer.

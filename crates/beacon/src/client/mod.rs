@@ -21,7 +21,6 @@ pub mod core;
 pub(crate) mod socket;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -31,7 +30,7 @@ use troupe_core::{span, zmq_thread, ConfigError, Role, RoleContext, RoleError, S
 pub use actor::BeaconClient;
 pub use config::ClusterConfig;
 
-use crate::protocol::{ErrorCode, Event, NodeView, Offers, Position};
+use crate::protocol::{ErrorCode, Event, Node, Offers, Position};
 use core::{ClientCore, ClientSettings};
 
 /// Names one subscription of one client.
@@ -61,7 +60,7 @@ pub enum ClusterEvent {
         /// Where the snapshot stands; changes follow from here.
         position: Position,
         /// The watched nodes, online and offline.
-        nodes: Vec<Arc<NodeView>>,
+        nodes: Vec<Node>,
     },
     /// One change, in order.
     Change {
@@ -136,12 +135,12 @@ pub struct GetRequirementsOf(pub String);
 
 /// The online nodes offering a resource, sorted by name.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Vec<Arc<NodeView>>, ClientError>")]
+#[rtype(result = "Result<Vec<Node>, ClientError>")]
 pub struct LookupResource(pub String);
 
 /// Every registered node, online and offline, sorted by name.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Vec<Arc<NodeView>>, ClientError>")]
+#[rtype(result = "Result<Vec<Node>, ClientError>")]
 pub struct ListNodes;
 
 /// Waits until every requirement of this node has an online provider — instead of failing

@@ -1,7 +1,7 @@
 //! The client state machine against scripted beacons, with a fake clock.
 
 use super::*;
-use crate::protocol::{decode_request, encode_reply, EventKind, Incoming, Status};
+use crate::protocol::{decode_request, encode_reply, EventKind, Incoming, NodeView, Status};
 
 const HB: Duration = Duration::from_secs(1);
 
@@ -70,8 +70,8 @@ fn registered(rev: u64) -> Reply {
     }
 }
 
-fn node(name: &str, resource: &str) -> Arc<NodeView> {
-    Arc::new(NodeView {
+fn node(name: &str, resource: &str) -> Node {
+    Node::new(NodeView {
         name: name.into(),
         resource: resource.into(),
         requires: vec![],
