@@ -28,7 +28,7 @@ use crate::protocol::{Node, NodeView, Position, Status};
 /// Flags of `troupe cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// Node config whose [cluster] table names the beacons and the cookie (default: the
+    /// Node config whose `[cluster]` table names the beacons and the cookie (default: the
     /// embedded single-machine config).
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,

@@ -14,6 +14,35 @@
 //! - [`protocol`] is the wire format (JSON, one document per frame), documented for other
 //!   languages in `docs/protocols/beacon.md`; [`auth`] the cookie challenge–response.
 //! - [`cli`] holds the operator commands `troupe cluster list|lookup|requirements|watch`.
+//!
+//! A role uses the cluster through the client the node publishes — here, waiting for its
+//! requirements at start instead of failing, then registering the endpoints it opened:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use actix::Addr;
+//! use troupe_beacon::client::{AddEndpoints, AwaitRequirements, BeaconClient};
+//!
+//! # async fn start(ctx: troupe_core::RoleContext) -> Result<(), troupe_core::RoleError> {
+//! let cluster = ctx
+//!     .published
+//!     .lookup::<Addr<BeaconClient>>()
+//!     .ok_or_else(|| troupe_core::RoleError::new("this role needs [cluster] beacons"))?;
+//! let wait = AwaitRequirements { timeout: Duration::from_secs(30) };
+//! match cluster.send(wait).await {
+//!     Ok(Ok(requirements)) => {
+//!         for node in &requirements.offers["broker"] {
+//!             tracing::info!(node = %node.name, frontend = ?node.endpoints.get("frontend"), "broker found");
+//!         }
+//!     }
+//!     Ok(Err(err)) => tracing::warn!(%err, "starting without every requirement"),
+//!     Err(_) => return Err(troupe_core::RoleError::new("the cluster client has stopped")),
+//! }
+//! let endpoints = [("api".to_string(), "tcp://10.0.0.5:9000".to_string())];
+//! let _ = cluster.send(AddEndpoints(endpoints.into())).await;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs, unreachable_pub)]
 
