@@ -10,7 +10,7 @@
 //! the peer watches), are bounded in number, and are forgotten after `session_ttl` without a
 //! message or as soon as the peer's connection is gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -168,6 +168,9 @@ pub struct BeaconCore {
     watching: BTreeSet<PeerId>,
     watchers: usize,
     pending_auth: usize,
+    /// Peers in the order their challenges began (may hold peers whose challenge has ended;
+    /// compacted when it grows past twice the limit).
+    challenge_order: VecDeque<PeerId>,
     rng: StdRng,
     bad_input: LogLimiter,
     auth_failures: LogLimiter,
@@ -185,6 +188,7 @@ impl BeaconCore {
             watching: BTreeSet::new(),
             watchers: 0,
             pending_auth: 0,
+            challenge_order: VecDeque::new(),
             rng: StdRng::from_entropy(),
             bad_input: LogLimiter::default(),
             auth_failures: LogLimiter::default(),
@@ -332,15 +336,20 @@ impl BeaconCore {
             .sessions
             .entry(peer.clone())
             .or_insert_with(|| Session::new(now, delimited));
-        if session.challenge.is_none() {
-            self.pending_auth += 1;
-        }
+        let new_challenge = session.challenge.is_none();
         session.authenticated = false;
         session.challenge = Some(Challenge {
             beacon_nonce: beacon_nonce.clone(),
             client_nonce: hello.nonce,
             node: hello.node,
         });
+        if new_challenge {
+            self.pending_auth += 1;
+            self.challenge_order.push_back(peer.clone());
+            if self.challenge_order.len() > 2 * self.limits.max_pending_auth {
+                self.compact_challenge_order();
+            }
+        }
         if self.pending_auth > self.limits.max_pending_auth {
             self.drop_oldest_challenge(peer);
         }
@@ -634,22 +643,37 @@ impl BeaconCore {
         }
     }
 
+    /// Drops the oldest pending challenge other than `keep`'s: a flood of `hello`s from many
+    /// connections cannot hold more than `max_pending_auth` challenges, and costs O(1) each.
     fn drop_oldest_challenge(&mut self, keep: &PeerId) {
-        let oldest = self
-            .sessions
-            .iter()
-            .filter(|(p, s)| s.challenge.is_some() && *p != keep)
-            .min_by_key(|(_, s)| s.last_heard)
-            .map(|(p, _)| p.clone());
-        if let Some(peer) = oldest {
-            if let Some(session) = self.sessions.get_mut(&peer) {
-                session.challenge = None;
+        for _ in 0..self.challenge_order.len() {
+            let Some(peer) = self.challenge_order.pop_front() else {
+                break;
+            };
+            if &peer == keep {
+                self.challenge_order.push_back(peer);
+                continue;
+            }
+            let Some(session) = self.sessions.get_mut(&peer) else {
+                continue;
+            };
+            if session.challenge.take().is_some() {
                 self.pending_auth -= 1;
                 if session.is_idle() {
                     self.sessions.remove(&peer);
                 }
+                break;
             }
         }
+    }
+
+    /// Keeps only peers whose challenge is still pending, once each.
+    fn compact_challenge_order(&mut self) {
+        let sessions = &self.sessions;
+        let mut seen = HashSet::new();
+        self.challenge_order.retain(|peer| {
+            sessions.get(peer).is_some_and(|s| s.challenge.is_some()) && seen.insert(peer.clone())
+        });
     }
 
     fn forget(&mut self, peer: &PeerId) {
@@ -839,6 +863,22 @@ mod tests {
         }
         assert_eq!(h.core.pending_auth, 3);
         assert_eq!(h.core.sessions(), 3);
+        // One peer failing and retrying over and over leaves the order bounded.
+        for _ in 0..100 {
+            h.send(42, hello(&"22".repeat(32)));
+            h.send(
+                42,
+                Request::Auth(Auth {
+                    proof: "00".repeat(32),
+                }),
+            );
+        }
+        assert!(
+            h.core.challenge_order.len() <= 6,
+            "{}",
+            h.core.challenge_order.len()
+        );
+        assert!(h.core.pending_auth <= 3);
     }
 
     #[test]
