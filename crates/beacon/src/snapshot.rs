@@ -56,21 +56,44 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<NodeView>, String> {
     Ok(snapshot.nodes)
 }
 
+/// Why a snapshot could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be used at all (its directory is missing, it cannot be read): the
+    /// beacon refuses to start rather than run without the persistence it was asked for.
+    #[error("{0}")]
+    Unusable(String),
+    /// The file is there but its contents are not a snapshot: the beacon starts empty and
+    /// overwrites it.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Checks that the directory the snapshot goes into exists.
+pub fn check_directory(path: &Path) -> Result<(), ReadError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(ReadError::Unusable(
+            format!("the directory {} does not exist", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads the snapshot at `path`: `Ok(None)` when there is none yet.
-pub fn read(path: &Path) -> Result<Option<Vec<NodeView>>, String> {
+pub fn read(path: &Path) -> Result<Option<Vec<NodeView>>, ReadError> {
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err.to_string()),
+        Err(err) => return Err(ReadError::Unusable(err.to_string())),
     };
     if metadata.len() > MAX_SNAPSHOT_BYTES {
-        return Err(format!(
+        return Err(ReadError::Damaged(format!(
             "{} bytes, larger than the {MAX_SNAPSHOT_BYTES} bytes a snapshot may be",
             metadata.len()
-        ));
+        )));
     }
-    let bytes = std::fs::read(path).map_err(|err| err.to_string())?;
-    decode(&bytes).map(Some)
+    let bytes = std::fs::read(path).map_err(|err| ReadError::Unusable(err.to_string()))?;
+    decode(&bytes).map(Some).map_err(ReadError::Damaged)
 }
 
 /// Replaces the file at `path` with `bytes`, atomically.
@@ -122,6 +145,13 @@ mod tests {
         // Rewriting replaces the file.
         write(&path, &encode("e", 4, &[])).unwrap();
         assert_eq!(read(&path).unwrap().unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_missing_directory_is_unusable() {
+        let err = check_directory(Path::new("/nonexistent/dir/beacon.json")).unwrap_err();
+        assert!(matches!(err, ReadError::Unusable(m) if m.contains("/nonexistent/dir")));
+        assert!(check_directory(Path::new("beacon.json")).is_ok());
     }
 
     #[test]

@@ -190,9 +190,12 @@ pub async fn start_server(
     } else {
         let path = config.snapshot_file.clone();
         let shown = path.display().to_string();
-        let read = tokio::task::spawn_blocking(move || snapshot::read(&path))
-            .await
-            .map_err(|err| RoleError::new(format!("snapshot reader failed: {err}")))?;
+        let read = tokio::task::spawn_blocking(move || {
+            snapshot::check_directory(&path)?;
+            snapshot::read(&path)
+        })
+        .await
+        .map_err(|err| RoleError::new(format!("snapshot reader failed: {err}")))?;
         match read {
             Ok(Some(nodes)) => {
                 let (restored, skipped) = core.registry_mut().restore(Instant::now(), nodes);
@@ -206,7 +209,10 @@ pub async fn start_server(
                 );
             }
             Ok(None) => tracing::info!(path = %shown, "no snapshot yet; starting empty"),
-            Err(why) => tracing::error!(
+            Err(snapshot::ReadError::Unusable(why)) => {
+                return Err(RoleError::new(format!("snapshot_file {shown}: {why}")))
+            }
+            Err(snapshot::ReadError::Damaged(why)) => tracing::error!(
                 path = %shown,
                 "cannot restore the snapshot ({why}); starting empty, it will be overwritten"
             ),
