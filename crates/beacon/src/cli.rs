@@ -23,7 +23,7 @@ use crate::client::{
     start_client, ClientError, ClusterConfig, ClusterEvent, GetRequirementsOf, ListNodes,
     LookupResource, Requirements, Subscribe,
 };
-use crate::protocol::{Node, NodeView, Position, Status};
+use crate::protocol::{EventKind, Node, NodeView, Position, Status};
 
 /// Flags of `troupe cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -193,6 +193,15 @@ fn status(status: Status) -> &'static str {
     }
 }
 
+fn kind(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Nodeup => "nodeup",
+        EventKind::Nodedown => "nodedown",
+        EventKind::Changed => "changed",
+        EventKind::Removed => "removed",
+    }
+}
+
 fn endpoints(node: &NodeView) -> String {
     node.endpoints
         .iter()
@@ -239,14 +248,13 @@ impl Handler<ClusterEvent> for Printer {
                 text
             }
             (ClusterEvent::Change { event: change, .. }, false) => format!(
-                "{} {:?} {} {} {}",
+                "{} {} {} {} {}",
                 event.position(),
-                change.kind,
+                kind(change.kind),
                 change.node.name,
                 change.node.resource,
                 endpoints(&change.node)
-            )
-            .to_lowercase(),
+            ),
         };
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{line}");

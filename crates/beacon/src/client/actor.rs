@@ -278,7 +278,7 @@ impl Handler<Leave> for BeaconClient {
         let (tx, rx) = oneshot::channel();
         self.left.push(tx);
         let now = Instant::now();
-        let actions = self.core.leave(now, now + leave.0);
+        let actions = self.core.leave(now + leave.0);
         self.apply(actions, false);
         Box::pin(async move {
             let _ = rx.await;

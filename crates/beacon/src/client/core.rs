@@ -513,7 +513,7 @@ impl ClientCore {
 
     /// Deregisters from every beacon that has this node; [`Action::Left`] follows once each
     /// answered, at once when none has it, or at `deadline` at the latest.
-    pub fn leave(&mut self, now: Instant, deadline: Instant) -> Vec<Action> {
+    pub fn leave(&mut self, deadline: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let mut ids = Vec::new();
         if self.settings.registration.is_some() {
@@ -529,7 +529,6 @@ impl ClientCore {
         } else {
             self.leaving = Some((ids, deadline));
         }
-        let _ = now;
         out
     }
 
@@ -585,7 +584,7 @@ impl ClientCore {
                     state.registered_once = true;
                     // Becoming ready checks the requirements anyway.
                     state.position = Some(Position { epoch, rev });
-                    self.became_ready(now, link, out);
+                    self.became_ready(now, out);
                     return;
                 }
                 self.note_position(now, link, Position { epoch, rev });
@@ -760,7 +759,7 @@ impl ClientCore {
             state.phase = Phase::Ready;
             state.next_beat = now + self.settings.heartbeat;
             tracing::debug!(beacon = %state.endpoint, "session open");
-            self.became_ready(now, link, out);
+            self.became_ready(now, out);
         }
     }
 
@@ -851,8 +850,7 @@ impl ClientCore {
         }
     }
 
-    fn became_ready(&mut self, now: Instant, link: LinkId, out: &mut Vec<Action>) {
-        let _ = link;
+    fn became_ready(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.attach_subscriptions(out);
         if self.tracks_requirements() || !self.awaiters.is_empty() {
             self.check_requirements(now);

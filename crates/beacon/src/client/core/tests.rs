@@ -604,7 +604,7 @@ fn endpoints_can_be_added_and_removed_at_run_time() {
 fn leaving_deregisters_from_every_beacon() {
     let mut s = script(settings(None, &[]), 2);
     s.connect_all();
-    let actions = s.core.leave(s.now, s.now + Duration::from_secs(1));
+    let actions = s.core.leave(s.now + Duration::from_secs(1));
     let d0 = only(&actions, 0);
     let d1 = only(&actions, 1);
     assert_eq!(d0.request.op(), "deregister");
@@ -618,7 +618,7 @@ fn leaving_deregisters_from_every_beacon() {
     // A beacon that does not answer does not hold the node up beyond the deadline.
     let mut s = script(settings(None, &[]), 1);
     s.connect_all();
-    s.core.leave(s.now, s.now + Duration::from_secs(1));
+    s.core.leave(s.now + Duration::from_secs(1));
     assert!(s.tick(Duration::from_secs(1)).contains(&Action::Left));
 }
 
@@ -643,7 +643,7 @@ fn a_dropped_connection_moves_queries_at_once_and_reopens_the_session() {
     let actions = s.core.disconnected(s.now, 0);
     assert_eq!(only(&actions, 1).request.op(), "list");
     // Nothing is sent to a disconnected beacon when leaving.
-    let leave = s.core.leave(s.now, s.now + HB);
+    let leave = s.core.leave(s.now + HB);
     assert!(sent(&leave, 0).is_empty());
     assert_eq!(only(&leave, 1).request.op(), "deregister");
     // When it is back (restarted, or the same process), the session is opened again at once.
