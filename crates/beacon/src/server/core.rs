@@ -22,6 +22,9 @@ use crate::protocol::{
 };
 use crate::registry::{matches, PeerId, Registry, RegistryError, WatchStart};
 
+/// Most changes of one burst pushed to one watch; beyond, the watch resumes instead.
+pub const MAX_BURST_PER_WATCH: usize = 256;
+
 /// Limits on what peers may hold on the beacon.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -582,6 +585,9 @@ impl BeaconCore {
 
     /// Logs each change and pushes it to every watch that covers its resource.
     fn fan_out(&mut self, events: &[Event], out: &mut Vec<Outbound>) {
+        if events.len() > MAX_BURST_PER_WATCH {
+            self.drop_flooded_watches(events);
+        }
         for event in events {
             let node = &event.node;
             match event.kind {
@@ -618,6 +624,39 @@ impl BeaconCore {
                 }
             }
         }
+    }
+
+    /// A burst of changes (many nodes going offline in one tick, say) would queue one message
+    /// per change for every watch that covers it. A watch that would get more than
+    /// [`MAX_BURST_PER_WATCH`] of them is dropped instead and told to resume, which it does from
+    /// the history or a snapshot: what one burst queues stays bounded by
+    /// `max_watchers` × [`MAX_BURST_PER_WATCH`].
+    fn drop_flooded_watches(&mut self, events: &[Event]) {
+        for peer in &self.watching {
+            let Some(session) = self.sessions.get_mut(peer) else {
+                continue;
+            };
+            let flooded: Vec<String> = session
+                .watches
+                .iter()
+                .filter(|(_, resources)| {
+                    events
+                        .iter()
+                        .filter(|e| matches(resources, &e.node.resource))
+                        .count()
+                        > MAX_BURST_PER_WATCH
+                })
+                .map(|(watch, _)| watch.clone())
+                .collect();
+            for watch in flooded {
+                session.watches.remove(&watch);
+                session.lost.insert(watch);
+                self.watchers -= 1;
+            }
+        }
+        let sessions = &self.sessions;
+        self.watching
+            .retain(|peer| sessions.get(peer).is_some_and(|s| !s.watches.is_empty()));
     }
 
     /// Whether one more session fits, after dropping expired ones if needed.
@@ -713,7 +752,7 @@ mod tests {
                 liveness: 3,
                 offline_ttl: Duration::from_secs(60),
                 history: 100,
-                max_nodes: 100,
+                max_nodes: 1000,
             },
             "e1".into(),
         );
@@ -1011,6 +1050,44 @@ mod tests {
             panic!("{:?}", out[0].reply)
         };
         assert_eq!(events.iter().map(|e| e.rev).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
+    fn a_burst_of_changes_makes_watches_resume_instead_of_queueing_without_bound() {
+        let mut h = harness(None, SessionLimits::default());
+        let watch = |name: &str, resources: Vec<String>| {
+            Request::Watch(Watch {
+                watch: name.into(),
+                resources,
+                since: None,
+            })
+        };
+        h.send(9, watch("all", vec![]));
+        h.send(9, watch("few", vec!["rare".into()]));
+        for i in 0..300 {
+            h.register(1, &format!("n{i}"), "common", &[]);
+        }
+        h.register(1, "r", "rare", &[]);
+        // Nobody heartbeats: all 301 go offline in the same tick.
+        let out = h.tick(Duration::from_secs(3));
+        let pushes: Vec<&str> = out.iter().filter_map(|o| o.pushed_watch()).collect();
+        assert_eq!(pushes, ["few"], "the flooded watch gets nothing queued");
+        let out = h.send(9, Request::Ping);
+        assert!(matches!(&out[0].reply, Reply::WatchLost { watch } if watch == "all"));
+        assert!(matches!(out[1].reply, Reply::Pong { .. }));
+        // Resuming from before the burst gets a snapshot (the history holds 100 changes).
+        let resumed = h.send(
+            9,
+            Request::Watch(Watch {
+                watch: "all".into(),
+                resources: vec![],
+                since: Some(Position {
+                    epoch: "e1".into(),
+                    rev: 301,
+                }),
+            }),
+        );
+        assert!(matches!(&resumed[0].reply, Reply::Snapshot { nodes, .. } if nodes.len() == 301));
     }
 
     #[test]
