@@ -180,6 +180,10 @@ struct Subscription {
     resources: Vec<String>,
     position: Option<Position>,
     link: Option<LinkId>,
+    /// The id of the `watch` request last sent for it.
+    request: Option<u64>,
+    /// After the beacon refused the watch: not before this time again.
+    retry_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -330,7 +334,7 @@ impl ClientCore {
                 sub.link = None;
             }
         }
-        self.attach_subscriptions(&mut out);
+        self.attach_subscriptions(now, &mut out);
         self.dispatch(now, &mut out);
         out
     }
@@ -385,6 +389,7 @@ impl ClientCore {
             }
         }
         self.expire(now, &mut out);
+        self.attach_subscriptions(now, &mut out);
         self.dispatch(now, &mut out);
         out
     }
@@ -453,10 +458,12 @@ impl ClientCore {
                 resources,
                 position: since,
                 link: None,
+                request: None,
+                retry_at: None,
             },
         );
         let mut out = Vec::new();
-        self.attach_subscriptions(&mut out);
+        self.attach_subscriptions(now, &mut out);
         self.dispatch(now, &mut out);
         Ok(out)
     }
@@ -801,6 +808,18 @@ impl ClientCore {
             );
             return;
         }
+        let refused_watch = self
+            .subscriptions
+            .iter()
+            .find(|(_, s)| s.link == Some(link) && id.is_some() && s.request == id)
+            .map(|(sub, _)| *sub);
+        if let (Some(sub), false) = (refused_watch, code == ErrorCode::AuthRequired) {
+            tracing::warn!(beacon = %self.links[link].endpoint, %code, "watch refused: {error}; trying again");
+            let entry = self.subscriptions.get_mut(&sub).expect("found");
+            entry.link = None;
+            entry.retry_at = Some(now + self.settings.heartbeat);
+            return;
+        }
         let state = &self.links[link];
         let endpoint = state.endpoint.clone();
         match (&state.phase, code) {
@@ -851,7 +870,7 @@ impl ClientCore {
     }
 
     fn became_ready(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.attach_subscriptions(out);
+        self.attach_subscriptions(now, out);
         if self.tracks_requirements() || !self.awaiters.is_empty() {
             self.check_requirements(now);
         }
@@ -1087,14 +1106,14 @@ impl ClientCore {
             }
         }
         self.links[link].phase = Phase::Refused;
-        self.attach_subscriptions(out);
+        self.attach_subscriptions(now, out);
     }
 
-    fn attach_subscriptions(&mut self, out: &mut Vec<Action>) {
+    fn attach_subscriptions(&mut self, now: Instant, out: &mut Vec<Action>) {
         let unattached: Vec<SubscriptionId> = self
             .subscriptions
             .iter()
-            .filter(|(_, s)| s.link.is_none())
+            .filter(|(_, s)| s.link.is_none() && s.retry_at.map_or(true, |at| at <= now))
             .map(|(id, _)| *id)
             .collect();
         for sub in unattached {
@@ -1110,12 +1129,16 @@ impl ClientCore {
             return;
         };
         entry.link = Some(link);
+        entry.retry_at = None;
         let request = Request::Watch(Watch {
             watch: watch_name(sub),
             resources: entry.resources.clone(),
             since: entry.position.clone(),
         });
-        self.send(link, request, out);
+        let id = self.send(link, request, out);
+        if let Some(entry) = self.subscriptions.get_mut(&sub) {
+            entry.request = Some(id);
+        }
     }
 
     fn subscription_on(&self, link: LinkId, watch: &str) -> Option<SubscriptionId> {

@@ -38,6 +38,9 @@ pub struct SessionLimits {
     pub max_watches_per_peer: usize,
     /// A session with no message for this long is forgotten.
     pub session_ttl: Duration,
+    /// Nodes that large answers (`list`, watch snapshots) may carry per second, over all
+    /// peers; beyond, they are refused with `limit` for a moment.
+    pub listed_nodes_per_second: usize,
 }
 
 impl Default for SessionLimits {
@@ -48,6 +51,7 @@ impl Default for SessionLimits {
             max_watchers: 1000,
             max_watches_per_peer: 16,
             session_ttl: Duration::from_secs(60),
+            listed_nodes_per_second: 100_000,
         }
     }
 }
@@ -162,6 +166,41 @@ impl LogLimiter {
     }
 }
 
+/// A token bucket counting nodes in large answers.
+#[derive(Debug)]
+struct NodeBudget {
+    per_second: f64,
+    available: f64,
+    refilled_at: Option<Instant>,
+}
+
+impl NodeBudget {
+    fn new(per_second: usize) -> Self {
+        NodeBudget {
+            per_second: per_second as f64,
+            available: per_second as f64,
+            refilled_at: None,
+        }
+    }
+
+    /// Whether an answer listing `nodes` nodes may go now. One larger than a whole second's
+    /// budget goes when the budget is full, so that any registry can still be listed.
+    fn take(&mut self, now: Instant, nodes: usize) -> bool {
+        if let Some(at) = self.refilled_at {
+            let earned = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
+            self.available = (self.available + earned).min(self.per_second);
+        }
+        self.refilled_at = Some(now);
+        let nodes = nodes as f64;
+        if nodes <= self.available || self.available >= self.per_second {
+            self.available -= nodes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The beacon's protocol state machine.
 pub struct BeaconCore {
     registry: Registry,
@@ -174,6 +213,7 @@ pub struct BeaconCore {
     /// Peers in the order their challenges began (may hold peers whose challenge has ended;
     /// compacted when it grows past twice the limit).
     challenge_order: VecDeque<PeerId>,
+    listed: NodeBudget,
     rng: StdRng,
     bad_input: LogLimiter,
     auth_failures: LogLimiter,
@@ -183,6 +223,7 @@ pub struct BeaconCore {
 impl BeaconCore {
     /// A core over `registry`, requiring `cookie` when set.
     pub fn new(registry: Registry, cookie: Option<Cookie>, limits: SessionLimits) -> Self {
+        let listed = NodeBudget::new(limits.listed_nodes_per_second);
         BeaconCore {
             registry,
             cookie,
@@ -192,6 +233,7 @@ impl BeaconCore {
             watchers: 0,
             pending_auth: 0,
             challenge_order: VecDeque::new(),
+            listed,
             rng: StdRng::from_entropy(),
             bad_input: LogLimiter::default(),
             auth_failures: LogLimiter::default(),
@@ -484,10 +526,15 @@ impl BeaconCore {
                 nodes: self.registry.lookup(&lookup.resource),
                 rev: self.registry.rev(),
             },
-            Request::List => Reply::Nodes {
-                nodes: self.registry.list(now),
-                rev: self.registry.rev(),
-            },
+            Request::List => {
+                if !self.listed.take(now, self.registry.len()) {
+                    return self.over_budget("list");
+                }
+                Reply::Nodes {
+                    nodes: self.registry.list(now),
+                    rev: self.registry.rev(),
+                }
+            }
             Request::Watch(watch) => self.watch(now, peer, delimited, watch),
             Request::Unwatch(unwatch) => {
                 let removed = self
@@ -554,6 +601,11 @@ impl BeaconCore {
         let start = self
             .registry
             .watch_from(watch.since.as_ref(), &watch.resources);
+        if let WatchStart::Snapshot(nodes) = &start {
+            if !self.listed.take(now, nodes.len()) {
+                return self.over_budget("watch");
+            }
+        }
         let session = self
             .sessions
             .entry(peer.clone())
@@ -657,6 +709,16 @@ impl BeaconCore {
         let sessions = &self.sessions;
         self.watching
             .retain(|peer| sessions.get(peer).is_some_and(|s| !s.watches.is_empty()));
+    }
+
+    fn over_budget(&self, op: &str) -> Reply {
+        Reply::error(
+            ErrorCode::Limit,
+            format!(
+                "{op}: the beacon sends at most {} listed nodes per second (list and watch snapshots together); try again in a moment",
+                self.limits.listed_nodes_per_second
+            ),
+        )
     }
 
     /// Whether one more session fits, after dropping expired ones if needed.
@@ -1088,6 +1150,58 @@ mod tests {
             }),
         );
         assert!(matches!(&resumed[0].reply, Reply::Snapshot { nodes, .. } if nodes.len() == 301));
+    }
+
+    #[test]
+    fn large_answers_share_a_budget_of_nodes_per_second() {
+        let limits = SessionLimits {
+            listed_nodes_per_second: 10,
+            ..SessionLimits::default()
+        };
+        let mut h = harness(None, limits);
+        for i in 0..4 {
+            h.register(1, &format!("n{i}"), "x", &[]);
+        }
+        // 4 nodes per list: two lists fit in the budget of 10, the third does not.
+        for _ in 0..2 {
+            assert!(matches!(
+                h.send(2, Request::List)[0].reply,
+                Reply::Nodes { .. }
+            ));
+        }
+        assert_eq!(
+            error_code(&h.send(2, Request::List)[0].reply),
+            ErrorCode::Limit
+        );
+        let snapshot = Request::Watch(Watch {
+            watch: "w".into(),
+            resources: vec![],
+            since: None,
+        });
+        assert_eq!(
+            error_code(&h.send(3, snapshot.clone())[0].reply),
+            ErrorCode::Limit
+        );
+        assert_eq!(h.core.watchers(), 0, "a refused watch is not installed");
+        // Half a second refills 5 nodes' worth.
+        h.tick(Duration::from_millis(500));
+        assert!(matches!(
+            h.send(3, snapshot)[0].reply,
+            Reply::Snapshot { .. }
+        ));
+        // An answer larger than a whole second's budget still goes once the budget is full.
+        for i in 4..30 {
+            h.register(1, &format!("n{i}"), "x", &[]);
+        }
+        h.tick(Duration::from_secs(2));
+        assert!(matches!(
+            h.send(2, Request::List)[0].reply,
+            Reply::Nodes { .. }
+        ));
+        assert_eq!(
+            error_code(&h.send(2, Request::List)[0].reply),
+            ErrorCode::Limit
+        );
     }
 
     #[test]

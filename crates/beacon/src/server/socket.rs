@@ -17,6 +17,8 @@ use crate::protocol::{decode_request, encode_reply, ErrorCode, WireError};
 use crate::registry::PeerId;
 use crate::server::core::{Inbound, Outbound, Undelivered};
 
+/// Messages queued for one peer at most.
+pub(crate) const SEND_QUEUE_PER_PEER: i32 = 256;
 /// Frames read per batch at most.
 pub(crate) const BATCH: usize = 256;
 /// Batches handed to the actor and not yet answered, at most.
@@ -47,6 +49,9 @@ pub(crate) struct NotDelivered(pub(crate) Vec<(PeerId, Option<String>, Undeliver
 pub(crate) fn configure(router: &zmq::Socket, max_frame: usize) -> zmq::Result<()> {
     router.set_router_mandatory(true)?;
     router.set_linger(0)?;
+    // At most this many answers wait for a peer that does not read; then sends to it fail
+    // (and a watch it holds is dropped and resumed later).
+    router.set_sndhwm(SEND_QUEUE_PER_PEER)?;
     // Frames up to this size are read and answered with `too_large`; beyond, libzmq drops the
     // connection without reading the frame into memory.
     router.set_maxmsgsize(hard_frame_limit(max_frame) as i64)?;

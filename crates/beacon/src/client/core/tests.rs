@@ -650,3 +650,26 @@ fn a_dropped_connection_moves_queries_at_once_and_reopens_the_session() {
     let actions = s.core.connected(s.now, 0);
     assert_eq!(only(&actions, 0).request.op(), "hello");
 }
+
+#[test]
+fn a_refused_watch_is_asked_again_later() {
+    let mut s = script(settings(None, &[]), 1);
+    s.connect_all();
+    let actions = s
+        .core
+        .subscribe(s.now, SubscriptionId(3), vec![], None)
+        .unwrap();
+    let watch = only(&actions, 0);
+    assert!(s
+        .reply(
+            0,
+            &watch,
+            Reply::error(ErrorCode::Limit, "too many listed nodes")
+        )
+        .is_empty());
+    // Not at once; after an interval, with the heartbeat.
+    assert!(sent(&s.tick(HB / 2), 0).is_empty());
+    let actions = s.tick(HB / 2);
+    let ops: Vec<&str> = sent(&actions, 0).iter().map(|r| r.request.op()).collect();
+    assert_eq!(ops, ["heartbeat", "watch"]);
+}
