@@ -409,6 +409,7 @@ count = "infinity"
         let plan = NodePlan {
             name: std::sync::Arc::from(settings.name.as_str()),
             roles: settings.roles,
+            cluster: settings.cluster,
             shutdown_timeout: settings.shutdown_timeout,
             effective: std::sync::Arc::new(settings.effective),
         };
