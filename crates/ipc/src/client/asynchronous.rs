@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use super::state::{Answer, ClientState};
 use super::{
-    service_from_env, socket_from_env, timeout_ms, ClientError, ClientOptions, Destination,
-    Incoming, Request, REQUEST_GRACE,
+    service_from_env, socket_from_env, timeout_ms, ClientError, ClientOptions, Incoming, Request,
+    Target, REQUEST_GRACE,
 };
 use crate::wire::envelope::encode_metric;
 use crate::wire::{Envelope, ErrorCode, Kind};
@@ -68,19 +68,15 @@ impl AsyncClient {
     }
 
     /// Sends `body` to `to`; returns its correlation id.
-    pub async fn send(
-        &mut self,
-        to: impl Into<Destination>,
-        body: &[u8],
-    ) -> Result<u64, ClientError> {
+    pub async fn send(&mut self, to: impl Target, body: &[u8]) -> Result<u64, ClientError> {
         let corr = self.queue(to, body);
         self.flush().await?;
         Ok(corr)
     }
 
     /// Queues a message without writing it yet; see [`Client::queue`](super::Client::queue).
-    pub fn queue(&mut self, to: impl Into<Destination>, body: &[u8]) -> u64 {
-        self.state.queue_to(Kind::Send, &to.into(), body, 0)
+    pub fn queue(&mut self, to: impl Target, body: &[u8]) -> u64 {
+        self.state.queue_to(Kind::Send, &to, body, 0)
     }
 
     /// Writes everything queued.
@@ -105,13 +101,13 @@ impl AsyncClient {
     /// Sends a request and waits for its reply (or the hub's error, at `timeout`).
     pub async fn request(
         &mut self,
-        to: impl Into<Destination>,
+        to: impl Target,
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
         let corr = self
             .state
-            .queue_to(Kind::Request, &to.into(), body, timeout_ms(timeout));
+            .queue_to(Kind::Request, &to, body, timeout_ms(timeout));
         self.flush().await?;
         self.wait(corr, timeout + REQUEST_GRACE)
             .await?

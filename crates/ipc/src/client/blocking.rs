@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::state::{Answer, ClientState};
 use super::{
-    service_from_env, socket_from_env, timeout_ms, ClientError, ClientOptions, Destination,
-    Incoming, Request, RequestKind, REQUEST_GRACE,
+    service_from_env, socket_from_env, timeout_ms, ClientError, ClientOptions, Incoming, Request,
+    RequestKind, Target, REQUEST_GRACE,
 };
 use crate::wire::envelope::encode_metric;
 use crate::wire::{Envelope, ErrorCode, Kind};
@@ -79,7 +79,7 @@ impl Client {
 
     /// Sends `body` to `to`; returns the message's correlation id, which a later
     /// [`Incoming::Failure`] names if it cannot be delivered.
-    pub fn send(&mut self, to: impl Into<Destination>, body: &[u8]) -> Result<u64, ClientError> {
+    pub fn send(&mut self, to: impl Target, body: &[u8]) -> Result<u64, ClientError> {
         let corr = self.queue(to, body);
         self.flush()?;
         Ok(corr)
@@ -87,8 +87,8 @@ impl Client {
 
     /// Like [`send`](Self::send) without writing yet: the message waits in the client until
     /// [`flush`](Self::flush) (or any other operation) writes everything queued at once.
-    pub fn queue(&mut self, to: impl Into<Destination>, body: &[u8]) -> u64 {
-        self.state.queue_to(Kind::Send, &to.into(), body, 0)
+    pub fn queue(&mut self, to: impl Target, body: &[u8]) -> u64 {
+        self.state.queue_to(Kind::Send, &to, body, 0)
     }
 
     /// Writes everything queued.
@@ -113,13 +113,13 @@ impl Client {
     /// Sends a request and waits for its reply (or the hub's error, at `timeout`).
     pub fn request(
         &mut self,
-        to: impl Into<Destination>,
+        to: impl Target,
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
         let corr = self
             .state
-            .queue_to(Kind::Request, &to.into(), body, timeout_ms(timeout));
+            .queue_to(Kind::Request, &to, body, timeout_ms(timeout));
         self.flush()?;
         self.wait(corr, timeout + REQUEST_GRACE)?.into_result()
     }

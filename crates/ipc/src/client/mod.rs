@@ -61,6 +61,52 @@ impl From<String> for Destination {
     }
 }
 
+/// Anything a message can be sent to: a pid (`u32`), a name (`&str`, `String`), or a
+/// [`Destination`]. Borrowed as is, so sending to a name allocates nothing.
+pub trait Target {
+    /// The envelope's destination: a pid (0 with a name) and a name ("" with a pid).
+    fn parts(&self) -> (u32, &str);
+}
+
+impl Target for u32 {
+    fn parts(&self) -> (u32, &str) {
+        (*self, "")
+    }
+}
+
+impl Target for &str {
+    fn parts(&self) -> (u32, &str) {
+        (0, self)
+    }
+}
+
+impl Target for String {
+    fn parts(&self) -> (u32, &str) {
+        (0, self)
+    }
+}
+
+impl Target for &String {
+    fn parts(&self) -> (u32, &str) {
+        (0, self)
+    }
+}
+
+impl Target for Destination {
+    fn parts(&self) -> (u32, &str) {
+        match self {
+            Destination::Pid(pid) => (*pid, ""),
+            Destination::Name(name) => (0, name),
+        }
+    }
+}
+
+impl Target for &Destination {
+    fn parts(&self) -> (u32, &str) {
+        (*self).parts()
+    }
+}
+
 /// Something the hub delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {

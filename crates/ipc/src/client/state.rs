@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use super::{ClientError, Destination, Failure, Incoming, Message, Request, RequestKind};
+use super::{ClientError, Destination, Failure, Incoming, Message, Request, RequestKind, Target};
 use crate::wire::frame::{Found, HEADER_LEN};
 use crate::wire::{Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
 
@@ -72,11 +72,8 @@ impl ClientState {
     }
 
     /// Queues a message or request to `to`.
-    pub(crate) fn queue_to(&mut self, kind: Kind, to: &Destination, body: &[u8], arg: u32) -> u64 {
-        let (pid, name) = match to {
-            Destination::Pid(pid) => (*pid, ""),
-            Destination::Name(name) => (0, &**name),
-        };
+    pub(crate) fn queue_to(&mut self, kind: Kind, to: &impl Target, body: &[u8], arg: u32) -> u64 {
+        let (pid, name) = to.parts();
         self.queue(Envelope {
             kind,
             pid,
