@@ -12,6 +12,11 @@
 //! - Latency: a ping client sends one message of S bytes and waits for the echo, N times;
 //!   through the hub this is `request` / `reply`.
 //!
+//! Each throughput run also adds up the CPU time every process on the path spent (sender,
+//! hub or relay, receiver) and reports it per message: on a shared machine that figure moves
+//! much less than the rate, and `relay CPU / hub CPU` is what the rate ratio tends to when the
+//! processes do not wait for each other.
+//!
 //! Run with `make bench`, or `cargo bench -p troupe-ipc --bench hub` after
 //! `cargo build --release --bin troupe`. `IPC_BENCH_QUICK=1` runs a short version;
 //! `IPC_BENCH_RUNS=N` sets the repetitions (medians are reported).
@@ -86,8 +91,8 @@ fn orchestrate() {
     let mut node = start_hub(&troupe, &hub_socket);
 
     println!();
-    println!("| payload | hub msg/s | relay msg/s | hub / relay | target |");
-    println!("|---|---|---|---|---|");
+    println!("| payload | hub msg/s | relay msg/s | hub / relay | target | hub CPU/msg | relay CPU/msg | CPU ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut throughput_ratios = Vec::new();
     for (i, &size) in SIZES.iter().enumerate() {
         let count = plan.messages[i];
@@ -102,18 +107,26 @@ fn orchestrate() {
             };
             for through_hub in order {
                 if through_hub {
-                    hub.push(hub_throughput(&hub_socket, count, size));
+                    hub.push(hub_throughput(&hub_socket, node.id(), count, size));
                 } else {
                     relay.push(relay_throughput(dir.path(), count, size));
                 }
             }
         }
-        let (h, r) = (median(&mut hub), median(&mut relay));
+        let mut hub_rate: Vec<f64> = hub.iter().map(|t| t.per_second).collect();
+        let mut relay_rate: Vec<f64> = relay.iter().map(|t| t.per_second).collect();
+        let mut hub_cpu: Vec<f64> = hub.iter().map(|t| t.cpu_ns_per_message).collect();
+        let mut relay_cpu: Vec<f64> = relay.iter().map(|t| t.cpu_ns_per_message).collect();
+        let (h, r) = (median(&mut hub_rate), median(&mut relay_rate));
+        let (hc, rc) = (median(&mut hub_cpu), median(&mut relay_cpu));
         let ratio = h / r;
         throughput_ratios.push(ratio);
         println!(
-            "| {size} B | {h:.0} | {r:.0} | {ratio:.2} | ≥ 0.70 {} |",
-            if ratio >= 0.7 { "met" } else { "NOT met" }
+            "| {size} B | {h:.0} | {r:.0} | {ratio:.2} | ≥ 0.70 {} | {:.2} µs | {:.2} µs | {:.2} |",
+            if ratio >= 0.7 { "met" } else { "NOT met" },
+            hc / 1e3,
+            rc / 1e3,
+            rc / hc
         );
     }
 
@@ -225,52 +238,97 @@ fn party(mode: &str, args: &[String]) -> (Child, BufReader<std::process::ChildSt
     (child, out)
 }
 
-/// The `result <number>` line a party prints when done.
-fn result(child: &mut Child, out: &mut BufReader<std::process::ChildStdout>) -> f64 {
+/// The number on the next line a party prints, which must start with `name`.
+fn value(out: &mut BufReader<std::process::ChildStdout>, name: &str) -> f64 {
     let mut line = String::new();
     out.read_line(&mut line).expect("a line");
-    let value = line
-        .trim()
-        .strip_prefix("result ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .parse()
-        .expect("a number");
-    let _ = child.wait();
-    value
+    line.trim()
+        .strip_prefix(name)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected `{name} <number>`, got {line:?}"))
 }
 
-/// Messages per second from the sender's first write to the receiver's last message.
-fn per_second(
+/// One throughput run.
+struct Throughput {
+    /// Messages per second from the sender's first write to the receiver's last message.
+    per_second: f64,
+    /// CPU time per message of every process on the path (sender, middle, receiver).
+    cpu_ns_per_message: f64,
+}
+
+/// Reads a sender's and a receiver's reports: `result` (start / end stamps), then `cpu`.
+fn measure(
     count: usize,
-    sender: &mut Child,
-    sent: &mut BufReader<std::process::ChildStdout>,
-    receiver: &mut Child,
-    received: &mut BufReader<std::process::ChildStdout>,
-) -> f64 {
-    let start = result(sender, sent);
-    let end = result(receiver, received);
-    count as f64 / ((end - start) / 1e9)
+    sender: (&mut Child, &mut BufReader<std::process::ChildStdout>),
+    receiver: (&mut Child, &mut BufReader<std::process::ChildStdout>),
+) -> (f64, f64) {
+    let start = value(sender.1, "result");
+    let end = value(receiver.1, "result");
+    let cpu = value(sender.1, "cpu") + value(receiver.1, "cpu");
+    let _ = sender.0.wait();
+    let _ = receiver.0.wait();
+    (count as f64 / ((end - start) / 1e9), cpu)
 }
 
-fn hub_throughput(socket: &Path, count: usize, size: usize) -> f64 {
+fn hub_throughput(socket: &Path, hub_pid: u32, count: usize, size: usize) -> Throughput {
     let s = |v: &dyn ToString| v.to_string();
     let path = socket.display().to_string();
+    let hub_cpu = process_cpu_ns(hub_pid);
     let (mut receiver, mut out) = party("hub-recv", &[path.clone(), s(&count)]);
     let (mut sender, mut sent) = party("hub-send", &[path, s(&count), s(&size)]);
-    per_second(count, &mut sender, &mut sent, &mut receiver, &mut out)
+    let (per_second, cpu) = measure(count, (&mut sender, &mut sent), (&mut receiver, &mut out));
+    let hub_cpu = process_cpu_ns(hub_pid) - hub_cpu;
+    Throughput {
+        per_second,
+        cpu_ns_per_message: (cpu + hub_cpu) / count as f64,
+    }
 }
 
-fn relay_throughput(dir: &Path, count: usize, size: usize) -> f64 {
+fn relay_throughput(dir: &Path, count: usize, size: usize) -> Throughput {
     let s = |v: &dyn ToString| v.to_string();
     let socket = dir.join(format!("relay-{count}-{size}.sock"));
     let path = socket.display().to_string();
-    let (mut relay, _) = party("relay", std::slice::from_ref(&path));
+    let (mut relay, mut relayed) = party("relay", std::slice::from_ref(&path));
     let (mut receiver, mut out) = party("relay-recv", &[path.clone(), s(&count)]);
     let (mut sender, mut sent) = party("relay-send", &[path, s(&count), s(&size)]);
-    let per_second = per_second(count, &mut sender, &mut sent, &mut receiver, &mut out);
+    let (per_second, cpu) = measure(count, (&mut sender, &mut sent), (&mut receiver, &mut out));
+    let relay_cpu = value(&mut relayed, "cpu");
     let _ = relay.wait();
     let _ = std::fs::remove_file(&socket);
-    per_second
+    Throughput {
+        per_second,
+        cpu_ns_per_message: (cpu + relay_cpu) / count as f64,
+    }
+}
+
+/// CPU time (user and system) of this process so far, in nanoseconds.
+fn own_cpu_ns() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    (micros(usage.ru_utime) + micros(usage.ru_stime)) * 1e3
+}
+
+/// CPU time of process `pid` so far, in nanoseconds (from /proc, in clock ticks).
+fn process_cpu_ns(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the hub's stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second * 1e9
+}
+
+fn report_cpu() {
+    println!("cpu {}", own_cpu_ns());
 }
 
 /// (p50, p99) round trip in nanoseconds.
@@ -297,7 +355,7 @@ fn hub_latency(socket: &Path, pings: usize, size: usize) -> (f64, f64) {
 fn relay_latency(dir: &Path, pings: usize, size: usize) -> (f64, f64) {
     let socket = dir.join(format!("relay-rtt-{size}.sock"));
     let path = socket.display().to_string();
-    let (mut relay, _) = party("relay", std::slice::from_ref(&path));
+    let (mut relay, _relay_reports) = party("relay", std::slice::from_ref(&path));
     let (mut echo, _) = party("relay-echo", std::slice::from_ref(&path));
     let mut stream = UnixStream::connect(&socket).expect("connect to the relay");
     let payload = vec![0x5a; size];
@@ -375,6 +433,7 @@ fn hub_send(socket: &Path, count: usize, size: usize) {
         }
     }
     client.flush().expect("write");
+    report_cpu();
 }
 
 fn hub_recv(socket: &Path, count: usize) {
@@ -390,6 +449,7 @@ fn hub_recv(socket: &Path, count: usize) {
     let end = monotonic_ns();
     assert!(bytes > 0);
     println!("result {end}");
+    report_cpu();
 }
 
 fn hub_echo(socket: &Path) {
@@ -417,6 +477,7 @@ fn relay(socket: &Path) {
     let forward = std::thread::spawn(move || copy_frames(a, b));
     copy_frames(b2, a2);
     let _ = forward.join();
+    report_cpu();
 }
 
 fn copy_frames(from: UnixStream, to: UnixStream) {
@@ -465,6 +526,8 @@ fn relay_send(socket: &Path, count: usize, size: usize) {
         writer.write_all(&payload).expect("write");
     }
     writer.flush().expect("write");
+    drop(writer);
+    report_cpu();
 }
 
 fn relay_recv(socket: &Path, count: usize) {
@@ -478,6 +541,7 @@ fn relay_recv(socket: &Path, count: usize) {
     let end = monotonic_ns();
     assert!(bytes > 0);
     println!("result {end}");
+    report_cpu();
 }
 
 fn relay_echo(socket: &Path) {
