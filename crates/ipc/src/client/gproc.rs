@@ -24,7 +24,7 @@ use bytes::BytesMut;
 
 use super::state::next_corr;
 use super::{socket_from_env, Client, ClientError, Incoming};
-use crate::wire::{Envelope, Kind};
+use crate::wire::{Envelope, ErrorCode, Kind};
 
 /// A message from another process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,16 +55,23 @@ pub fn connect(path: impl AsRef<Path>) -> Result<(), ClientError> {
 /// Sends `data` to process `pid`.
 pub fn send(pid: u32, data: impl AsRef<[u8]>) -> Result<(), ClientError> {
     let shared = shared_with(socket_from_env)?;
+    write_frame(
+        shared,
+        Envelope {
+            pid,
+            corr: next_corr(),
+            body: data.as_ref(),
+            ..Envelope::new(Kind::Send)
+        },
+    )
+}
+
+/// Writes one whole frame through the sending handle.
+fn write_frame(shared: &Shared, env: Envelope<'_>) -> Result<(), ClientError> {
     let mut sender = shared.sender.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, buf) = &mut *sender;
     buf.clear();
-    Envelope {
-        pid,
-        corr: next_corr(),
-        body: data.as_ref(),
-        ..Envelope::new(Kind::Send)
-    }
-    .write(buf, std::process::id());
+    env.write(buf, std::process::id());
     stream.write_all(buf)?;
     Ok(())
 }
@@ -82,7 +89,19 @@ pub fn receive() -> Result<Msg, ClientError> {
                 })
             }
             Incoming::Request(request) => {
-                receiver.refuse(&request, "this process receives messages only (gproc)")?;
+                // Written through the sending handle, under its lock, so that it cannot
+                // interleave with a frame another thread is sending.
+                let why = "this process receives messages only (gproc)";
+                write_frame(
+                    shared,
+                    Envelope {
+                        pid: request.from,
+                        corr: request.corr,
+                        arg: ErrorCode::Refused.as_u32(),
+                        body: why.as_bytes(),
+                        ..Envelope::new(Kind::Error)
+                    },
+                )?;
             }
             Incoming::Failure(failure) => return Err(ClientError::Undelivered(failure)),
         }
