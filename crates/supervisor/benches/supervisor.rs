@@ -186,6 +186,26 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Waits until the supervisor says it has started (its own log line).
+    fn wait_started(&self, kind: Kind) {
+        let (file, marker) = match kind {
+            Kind::Troupe => ("troupe.log", "node ready"),
+            Kind::Supervisord => ("supervisord.log", "supervisord started with pid"),
+        };
+        let path = self._dir.path().join(file);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains(marker)) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: not started in 60 s",
+                kind.name()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Starts `kind` supervising `services` (id, shell-free argv), in `dir`.
 fn launch(
     kind: Kind,
@@ -338,6 +358,7 @@ impl PidReader {
 fn scale_run(kind: Kind, troupe: &Path, n: usize) -> (f64, f64) {
     let idle = {
         let running = launch(kind, troupe, tempfile::tempdir().unwrap(), &[]);
+        running.wait_started(kind);
         settle_rss(running.child.id())
     };
     let services: Vec<(String, Vec<String>)> = (0..n)
@@ -363,6 +384,15 @@ fn scale_run(kind: Kind, troupe: &Path, n: usize) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let all = since.elapsed().as_secs_f64();
+    if let Kind::Troupe = kind {
+        // The node's own measure, from its supervisor's start to its last child running.
+        let log =
+            std::fs::read_to_string(running._dir.path().join("troupe.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("all children running")) {
+            let own = line.split("elapsed_ms=").nth(1).unwrap_or("?");
+            println!("        (troupe's own report: all children running after {own} ms)");
+        }
+    }
     let full = settle_rss(pid);
     (all, (full - idle) / n as f64)
 }
