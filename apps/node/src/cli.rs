@@ -20,6 +20,9 @@ pub enum Command {
     Run(NodeArgs),
     /// Validate the configuration and print the effective merged result as TOML.
     CheckConfig(NodeArgs),
+    /// Ask the cluster's beacons: list nodes, look up a resource, show a node's requirements,
+    /// or watch changes.
+    Cluster(troupe_beacon::cli::ClusterArgs),
 }
 
 /// Flags shared by `run` and `check-config`. Flags override the environment, which overrides
