@@ -540,3 +540,6 @@ impl<F: Frame> Engine<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
