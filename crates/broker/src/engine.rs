@@ -480,9 +480,15 @@ impl<F: Frame> Engine<F> {
     }
 
     /// Stops accepting requests; the drain ends when nothing waits or is held, or at
-    /// `now + window`.
-    pub fn start_drain(&mut self, now: Instant, window: Duration) {
+    /// `now + window`. Requests waiting for a service that has no worker at all are answered
+    /// at once: nothing could serve them within the window.
+    pub fn start_drain(&mut self, now: Instant, window: Duration, out: &mut Vec<Outgoing<F>>) {
         self.drain_deadline = Some(now + window);
+        for svc in self.services.iter_mut().flatten() {
+            if svc.worker_count() == 0 {
+                svc.fail_everything("the broker is shutting down and the service has no worker", out);
+            }
+        }
         tracing::info!(
             window = %troupe_core::settings::Duration(window),
             held = self.services.iter().flatten().map(|s| s.held_count()).sum::<usize>(),

@@ -339,7 +339,9 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
                     }
                     Command::Drain { window, done } => {
                         if drained.is_none() {
-                            this.engine.start_drain(Instant::now(), window);
+                            let now = Instant::now();
+                            this.engine.start_drain(now, window, &mut this.out);
+                            this.flush(now);
                         }
                         drained = Some(done);
                     }

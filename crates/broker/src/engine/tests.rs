@@ -197,7 +197,7 @@ fn the_drain_refuses_new_requests_and_lets_held_ones_finish() {
     e.on_backend(0, f(&[b"W", b"\x01"]), at(0), &mut out);
     e.on_frontend(0, f(&[b"A", b"", b"x"]), at(1), &mut out);
     out.clear();
-    e.start_drain(at(2), Duration::from_millis(1000));
+    e.start_drain(at(2), Duration::from_millis(1000), &mut out);
     assert!(!e.drain_finished(at(3), &mut out));
     e.on_frontend(0, f(&[b"B", b"", b"y"]), at(4), &mut out);
     let refused = only(&mut out);
@@ -217,7 +217,7 @@ fn the_drain_window_fails_what_is_left() {
     e.on_frontend(0, f(&[b"A", b"", b"x"]), at(1), &mut out);
     e.on_frontend(0, f(&[b"B", b"", b"y"]), at(1), &mut out);
     out.clear();
-    e.start_drain(at(2), Duration::from_millis(1000));
+    e.start_drain(at(2), Duration::from_millis(1000), &mut out);
     assert_eq!(e.next_wake(), at(100));
     assert!(!e.drain_finished(at(1001), &mut out));
     assert!(e.drain_finished(at(1002), &mut out));
@@ -242,4 +242,16 @@ fn malformed_messages_are_counted_not_fatal() {
     e.on_majordomo(vec![], at(0), &mut out);
     assert!(out.is_empty());
     assert_eq!(e.stats().malformed, 6);
+}
+
+#[test]
+fn the_drain_answers_at_once_requests_no_worker_could_serve() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.on_majordomo(f(&[b"C", b"", b"MDPC01", b"nobody", b"x"]), at(0), &mut out);
+    assert!(out.is_empty());
+    e.start_drain(at(1), Duration::from_millis(1000), &mut out);
+    let failed = only(&mut out);
+    assert_eq!(parse_error(&failed.frames[4]).unwrap().0, 503);
+    assert!(e.drain_finished(at(2), &mut out));
 }
