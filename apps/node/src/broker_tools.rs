@@ -36,6 +36,7 @@ pub fn echo_worker(args: EchoWorkerArgs) -> i32 {
     };
     let delay = args.delay;
     let handler = Arc::new(move |body: Vec<Vec<u8>>| {
+        tracing::debug!(frames = body.len(), "request received");
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }

@@ -201,7 +201,11 @@ impl BrokerConfig {
         at_least(self.max_attempts as i64, 1, "max_attempts")?;
         at_least(self.hwm as i64, 1, "hwm")?;
         at_least(self.max_message_size, 1, "max_message_size")?;
-        at_least(self.majordomo.max_services as i64, 1, "majordomo.max_services")?;
+        at_least(
+            self.majordomo.max_services as i64,
+            1,
+            "majordomo.max_services",
+        )?;
         check_service_name(&self.service).map_err(|m| ConfigError::new("service", m))?;
 
         let mut names = HashSet::from([self.service.as_str()]);
@@ -315,12 +319,17 @@ mod tests {
 
     #[test]
     fn the_simple_form_is_one_service() {
-        let config = parse("frontend = \"tcp://127.0.0.1:9001\"\nbackend = \"tcp://127.0.0.1:9002\"").unwrap();
+        let config =
+            parse("frontend = \"tcp://127.0.0.1:9001\"\nbackend = \"tcp://127.0.0.1:9002\"")
+                .unwrap();
         let services = config.pirate_services();
         assert_eq!(services.len(), 1);
         assert_eq!(services[0].settings.name, "echo");
         assert_eq!(services[0].frontend.as_str(), "tcp://127.0.0.1:9001");
-        assert_eq!(services[0].settings.request_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            services[0].settings.request_timeout,
+            std::time::Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -340,7 +349,10 @@ mod tests {
         assert_eq!(services[1].settings.name, "resize");
         assert!(services[1].settings.retry_on_worker_loss);
         assert!(!services[0].settings.retry_on_worker_loss);
-        assert_eq!(services[1].settings.request_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(
+            services[1].settings.request_timeout,
+            std::time::Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -351,8 +363,14 @@ mod tests {
             ("service = \"mmi.x\"", "reserved"),
             ("service = \"a b\"", "without spaces"),
             ("backend = \"tcp://127.0.0.1:7501\"", "`backend`"),
-            ("[[services]]\nname = \"echo\"\nfrontend = \"tcp://a:1\"\nbackend = \"tcp://a:2\"", "`services[0].name`"),
-            ("[[services]]\nname = \"x\"\nfrontend = \"tcp://a:1\"", "`services[0].backend`"),
+            (
+                "[[services]]\nname = \"echo\"\nfrontend = \"tcp://a:1\"\nbackend = \"tcp://a:2\"",
+                "`services[0].name`",
+            ),
+            (
+                "[[services]]\nname = \"x\"\nfrontend = \"tcp://a:1\"",
+                "`services[0].backend`",
+            ),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -263,8 +263,12 @@ impl<F: Frame> Engine<F> {
                     None => {
                         // A throwaway service only to phrase the refusal in the usual format.
                         let settings = self.config.settings_for(&service);
-                        let mut temp: Service<F> =
-                            Service::new(usize::MAX, settings, Socket::Majordomo, self.worker_window);
+                        let mut temp: Service<F> = Service::new(
+                            usize::MAX,
+                            settings,
+                            Socket::Majordomo,
+                            self.worker_window,
+                        );
                         let text = format!(
                             "the broker already has {} Majordomo services",
                             self.config.majordomo.max_services
@@ -420,6 +424,23 @@ impl<F: Frame> Engine<F> {
         }
     }
 
+    /// A heartbeat the socket could not route: the worker's connection is gone, so it is
+    /// removed now rather than after its liveness window.
+    pub fn worker_unreachable(
+        &mut self,
+        service: usize,
+        worker: &[u8],
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        if let Some(svc) = self.service(service) {
+            svc.remove_worker(worker, Loss::Disconnected, now, out);
+        }
+        if self.majordomo_workers.get(worker) == Some(&service) {
+            self.majordomo_workers.remove(worker);
+        }
+    }
+
     /// A reply the frontend could not route: counted.
     pub fn reply_undeliverable(&mut self) {
         self.undeliverable_replies += 1;
@@ -486,7 +507,10 @@ impl<F: Frame> Engine<F> {
         self.drain_deadline = Some(now + window);
         for svc in self.services.iter_mut().flatten() {
             if svc.worker_count() == 0 {
-                svc.fail_everything("the broker is shutting down and the service has no worker", out);
+                svc.fail_everything(
+                    "the broker is shutting down and the service has no worker",
+                    out,
+                );
             }
         }
         tracing::info!(

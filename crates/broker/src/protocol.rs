@@ -358,8 +358,10 @@ mod tests {
                 envelope: (1, 2)
             }
         );
-        let seed =
-            parse_backend(&frames(&[b"w", b"", b"proxy", b"", b"client", b"", b"data"])).unwrap();
+        let seed = parse_backend(&frames(&[
+            b"w", b"", b"proxy", b"", b"client", b"", b"data",
+        ]))
+        .unwrap();
         assert_eq!(
             seed,
             BackendMessage::Reply {

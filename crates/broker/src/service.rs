@@ -53,7 +53,15 @@ pub enum Purpose {
     },
     /// A reply or an error reply to a client.
     Reply,
-    /// A heartbeat or disconnect to a worker.
+    /// A heartbeat to `worker` of service `service`; if the socket no longer knows the
+    /// worker, it is gone.
+    Heartbeat {
+        /// Service index.
+        service: usize,
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A disconnect to a worker.
     Control,
 }
 
@@ -306,7 +314,11 @@ impl<F: Frame> Service<F> {
             (Origin::Majordomo, Framing::Pirate | Framing::Seed) => {
                 vec![protocol::tag_majordomo_client(request.envelope[0].bytes())]
             }
-            _ => request.envelope.iter().map(|f| f.bytes().to_vec()).collect(),
+            _ => request
+                .envelope
+                .iter()
+                .map(|f| f.bytes().to_vec())
+                .collect(),
         };
         let body_copy = self
             .settings
@@ -601,7 +613,10 @@ impl<F: Frame> Service<F> {
             out.push(Outgoing {
                 socket: self.socket,
                 frames,
-                purpose: Purpose::Control,
+                purpose: Purpose::Heartbeat {
+                    service: self.index,
+                    worker: id.clone(),
+                },
             });
         }
     }
@@ -699,7 +714,11 @@ impl<F: Frame> Service<F> {
                     .unwrap_or_else(|| F::from_vec(Vec::new()));
                 Outgoing {
                     socket: Socket::Majordomo,
-                    frames: protocol::majordomo_client_reply(client, &self.settings.name, vec![body]),
+                    frames: protocol::majordomo_client_reply(
+                        client,
+                        &self.settings.name,
+                        vec![body],
+                    ),
                     purpose: Purpose::Reply,
                 }
             }
@@ -714,11 +733,7 @@ fn client_envelope<F: Frame>(held: &Held<F>, framing: Framing) -> Vec<F> {
             let tagged = &held.worker_envelope[0];
             vec![F::copy_of(&tagged[protocol::MAJORDOMO_ROUTE_TAG.len()..])]
         }
-        _ => held
-            .worker_envelope
-            .iter()
-            .map(|f| F::copy_of(f))
-            .collect(),
+        _ => held.worker_envelope.iter().map(|f| F::copy_of(f)).collect(),
     }
 }
 

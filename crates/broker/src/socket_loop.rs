@@ -312,8 +312,10 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
         let timeout = wait.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64;
         let readable = {
             let all = this.sockets.all();
-            let mut items: Vec<zmq::PollItem> =
-                all.iter().map(|(_, s)| s.as_poll_item(zmq::POLLIN)).collect();
+            let mut items: Vec<zmq::PollItem> = all
+                .iter()
+                .map(|(_, s)| s.as_poll_item(zmq::POLLIN))
+                .collect();
             items.push(inbox.poll_item());
             match zmq::poll(&mut items, timeout) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -397,6 +399,7 @@ impl Loop {
         while !self.out.is_empty() {
             let batch = std::mem::take(&mut self.out);
             let mut refused: Vec<(usize, WorkerId, Vec<Vec<zmq::Message>>, bool)> = Vec::new();
+            let mut unreachable: Vec<(usize, WorkerId)> = Vec::new();
             for message in batch {
                 if let Purpose::Dispatch { service, worker } = &message.purpose {
                     // Later dispatches to a worker that just refused one are not attempted.
@@ -421,6 +424,11 @@ impl Loop {
                             tracing::debug!(%err, "reply to a client that is gone or not reading dropped");
                             self.engine.reply_undeliverable();
                         }
+                        Purpose::Heartbeat { service, worker } => {
+                            if err == zmq::Error::EHOSTUNREACH {
+                                unreachable.push((service, worker));
+                            }
+                        }
                         Purpose::Control => {}
                     }
                 }
@@ -428,6 +436,10 @@ impl Loop {
             for (service, worker, frames, gone) in refused {
                 self.engine
                     .undeliverable(service, &worker, frames, gone, now, &mut self.out);
+            }
+            for (service, worker) in unreachable {
+                self.engine
+                    .worker_unreachable(service, &worker, now, &mut self.out);
             }
         }
     }

@@ -103,7 +103,10 @@ pub type Handler = Arc<dyn Fn(Vec<Vec<u8>>) -> Vec<Vec<u8>> + Send + Sync>;
 
 enum Event {
     Stop,
-    Done { envelope: Vec<Vec<u8>>, reply: Vec<Vec<u8>> },
+    Done {
+        envelope: Vec<Vec<u8>>,
+        reply: Vec<Vec<u8>>,
+    },
 }
 
 /// Asks a running worker to leave gracefully. Cheap to clone.
@@ -229,12 +232,17 @@ impl Session<'_> {
     fn send_control(&self, socket: &zmq::Socket, command: u8, free: u8) -> zmq::Result<()> {
         match self.options.framing {
             WorkerFraming::Pirate => socket.send(&[command][..], zmq::DONTWAIT),
-            WorkerFraming::Seed => socket.send_multipart(
-                [&[][..], &[command, SEED_VERSION, free][..]],
-                zmq::DONTWAIT,
-            ),
+            WorkerFraming::Seed => {
+                socket.send_multipart([&[][..], &[command, SEED_VERSION, free][..]], zmq::DONTWAIT)
+            }
         }
-        .or_else(|e| if e == zmq::Error::EAGAIN { Ok(()) } else { Err(e) })
+        .or_else(|e| {
+            if e == zmq::Error::EAGAIN {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
     }
 
     /// Seed framing: a heartbeat announcing no free concurrency, so the broker sends nothing
@@ -269,10 +277,7 @@ impl Session<'_> {
                 wake = wake.min(deadline).min(last_arrival + QUIET);
             }
             let timeout = wake.saturating_duration_since(now).as_millis() as i64 + 1;
-            let mut items = [
-                socket.as_poll_item(zmq::POLLIN),
-                self.inbox.poll_item(),
-            ];
+            let mut items = [socket.as_poll_item(zmq::POLLIN), self.inbox.poll_item()];
             match zmq::poll(&mut items, timeout) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),

@@ -58,7 +58,10 @@ fn a_seed_worker_gets_and_sends_the_empty_frame() {
     let mut out = Vec::new();
     e.on_backend(0, f(&[b"S", b"", b"\x01\x01\x02"]), at(0), &mut out);
     e.on_frontend(0, f(&[b"P", b"C", b"", b"x"]), at(1), &mut out);
-    assert_eq!(only(&mut out).frames, f(&[b"S", b"", b"P", b"C", b"", b"x"]));
+    assert_eq!(
+        only(&mut out).frames,
+        f(&[b"S", b"", b"P", b"C", b"", b"x"])
+    );
     e.on_backend(0, f(&[b"S", b"", b"P", b"C", b"", b"y"]), at(2), &mut out);
     assert_eq!(only(&mut out).frames, f(&[b"P", b"C", b"", b"y"]));
 }
@@ -80,10 +83,19 @@ fn majordomo_clients_reach_pirate_services_by_name() {
     e.on_majordomo(f(&[b"M", b"", b"MDPC01", b"echo", b"hi"]), at(1), &mut out);
     let to_worker = only(&mut out);
     assert_eq!(to_worker.socket, Socket::Backend(0));
-    assert_eq!(to_worker.frames.len(), 4, "a standard worker needs [id, route, \"\", body]");
+    assert_eq!(
+        to_worker.frames.len(),
+        4,
+        "a standard worker needs [id, route, \"\", body]"
+    );
     let route = to_worker.frames[1].clone();
     assert_eq!(route, protocol::tag_majordomo_client(b"M"));
-    e.on_backend(0, vec![b"W".to_vec(), route, vec![], b"hi".to_vec()], at(2), &mut out);
+    e.on_backend(
+        0,
+        vec![b"W".to_vec(), route, vec![], b"hi".to_vec()],
+        at(2),
+        &mut out,
+    );
     let to_client = only(&mut out);
     assert_eq!(to_client.socket, Socket::Majordomo);
     assert_eq!(to_client.frames, f(&[b"M", b"", b"MDPC01", b"echo", b"hi"]));
@@ -93,14 +105,26 @@ fn majordomo_clients_reach_pirate_services_by_name() {
 fn a_majordomo_round_trip() {
     let mut e = engine();
     let mut out = Vec::new();
-    e.on_majordomo(f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]), at(0), &mut out);
+    e.on_majordomo(
+        f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(0),
+        &mut out,
+    );
     assert!(out.is_empty());
-    e.on_majordomo(f(&[b"C", b"", b"MDPC01", b"weather", b"paris"]), at(1), &mut out);
+    e.on_majordomo(
+        f(&[b"C", b"", b"MDPC01", b"weather", b"paris"]),
+        at(1),
+        &mut out,
+    );
     assert_eq!(
         only(&mut out).frames,
         f(&[b"W", b"", b"MDPW01", b"\x02", b"C", b"", b"paris"])
     );
-    e.on_majordomo(f(&[b"W", b"", b"MDPW01", b"\x03", b"C", b"", b"sunny"]), at(2), &mut out);
+    e.on_majordomo(
+        f(&[b"W", b"", b"MDPW01", b"\x03", b"C", b"", b"sunny"]),
+        at(2),
+        &mut out,
+    );
     assert_eq!(
         only(&mut out).frames,
         f(&[b"C", b"", b"MDPC01", b"weather", b"sunny"])
@@ -112,12 +136,28 @@ fn majordomo_protocol_errors_get_disconnect() {
     let disconnect = |id: &[u8]| f(&[id, b"", b"MDPW01", b"\x05"]);
     let mut e = engine();
     let mut out = Vec::new();
-    e.on_majordomo(f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]), at(0), &mut out);
-    e.on_majordomo(f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]), at(1), &mut out);
+    e.on_majordomo(
+        f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(0),
+        &mut out,
+    );
+    e.on_majordomo(
+        f(&[b"W", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(1),
+        &mut out,
+    );
     assert_eq!(only(&mut out).frames, disconnect(b"W"), "READY twice");
     e.on_majordomo(f(&[b"X", b"", b"MDPW01", b"\x04"]), at(2), &mut out);
-    assert_eq!(only(&mut out).frames, disconnect(b"X"), "heartbeat from a stranger");
-    e.on_majordomo(f(&[b"Y", b"", b"MDPW01", b"\x01", b"echo"]), at(3), &mut out);
+    assert_eq!(
+        only(&mut out).frames,
+        disconnect(b"X"),
+        "heartbeat from a stranger"
+    );
+    e.on_majordomo(
+        f(&[b"Y", b"", b"MDPW01", b"\x01", b"echo"]),
+        at(3),
+        &mut out,
+    );
     assert_eq!(
         only(&mut out).frames,
         disconnect(b"Y"),
@@ -136,7 +176,11 @@ fn mmi_service_is_answered_by_the_broker() {
     assert_eq!(ask(&mut e, b"mmi.service", b"echo", &mut out), b"404");
     e.on_backend(0, f(&[b"W", b"\x01"]), at(1), &mut out);
     assert_eq!(ask(&mut e, b"mmi.service", b"echo", &mut out), b"200");
-    e.on_majordomo(f(&[b"V", b"", b"MDPW01", b"\x01", b"weather"]), at(1), &mut out);
+    e.on_majordomo(
+        f(&[b"V", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(1),
+        &mut out,
+    );
     assert_eq!(ask(&mut e, b"mmi.service", b"weather", &mut out), b"200");
     assert_eq!(ask(&mut e, b"mmi.service", b"nothing", &mut out), b"404");
     assert_eq!(ask(&mut e, b"mmi.echo", b"x", &mut out), b"501");
@@ -150,7 +194,11 @@ fn majordomo_requests_wait_for_a_worker_then_expire() {
     e.on_majordomo(f(&[b"C2", b"", b"MDPC01", b"never", b"b"]), at(0), &mut out);
     assert!(out.is_empty());
     // A worker for "later" arrives in time and gets its request.
-    e.on_majordomo(f(&[b"W", b"", b"MDPW01", b"\x01", b"later"]), at(50), &mut out);
+    e.on_majordomo(
+        f(&[b"W", b"", b"MDPW01", b"\x01", b"later"]),
+        at(50),
+        &mut out,
+    );
     assert_eq!(only(&mut out).frames[4], b"C1");
     // "never" expires after 400 ms with a 504 naming the service.
     assert_eq!(e.next_wake(), at(100), "the first heartbeat comes first");
@@ -179,14 +227,25 @@ fn majordomo_services_are_bounded_and_forgotten_when_unused() {
     e.on_majordomo(f(&[b"C", b"", b"MDPC01", b"three", b"x"]), at(0), &mut out);
     let refused = only(&mut out);
     let (code, text) = parse_error(&refused.frames[4]).unwrap();
-    assert_eq!((code, text.as_str()), (503, "three: the broker already has 2 Majordomo services"));
+    assert_eq!(
+        (code, text.as_str()),
+        (503, "three: the broker already has 2 Majordomo services")
+    );
     // After the requests expired, the idle services are forgotten: room again.
     for t in (100..=600).step_by(100) {
         e.on_timer(at(t), &mut out);
     }
     out.clear();
-    assert_eq!(e.stats().services.len(), 1, "only the configured service remains");
-    e.on_majordomo(f(&[b"C", b"", b"MDPC01", b"three", b"x"]), at(601), &mut out);
+    assert_eq!(
+        e.stats().services.len(),
+        1,
+        "only the configured service remains"
+    );
+    e.on_majordomo(
+        f(&[b"C", b"", b"MDPC01", b"three", b"x"]),
+        at(601),
+        &mut out,
+    );
     assert!(out.is_empty(), "queued");
 }
 

@@ -99,7 +99,11 @@ fn equal_workers_are_used_least_recently_used_first() {
     let first_round = dispatched_to(&out);
     let mut sorted = first_round.clone();
     sorted.sort();
-    assert_eq!(sorted, ["w1", "w2", "w3"], "each worker once before any twice");
+    assert_eq!(
+        sorted,
+        ["w1", "w2", "w3"],
+        "each worker once before any twice"
+    );
     out.clear();
     for c in ["d", "e", "f"] {
         svc.offer(request(c), at(2), &mut out);
@@ -179,7 +183,7 @@ fn the_purge_visits_every_worker() {
     // Heartbeats go only to the live worker.
     let heartbeats: Vec<&Vec<u8>> = out
         .iter()
-        .filter(|o| o.purpose == Purpose::Control)
+        .filter(|o| matches!(o.purpose, Purpose::Heartbeat { .. }))
         .map(|o| &o.frames[0])
         .collect();
     assert_eq!(heartbeats, [&b"alive".to_vec()]);
@@ -204,7 +208,12 @@ fn heartbeats_are_answered_in_each_workers_framing() {
     svc.offer(request("b"), at(11), &mut out);
     for o in &out {
         match o.frames[0].as_slice() {
-            b"p" => assert_eq!(o.frames.len(), 4, "[wid, client, \"\", body]: {:?}", o.frames),
+            b"p" => assert_eq!(
+                o.frames.len(),
+                4,
+                "[wid, client, \"\", body]: {:?}",
+                o.frames
+            ),
             b"s" => assert_eq!(o.frames[1], b"", "seed framing keeps its empty frame"),
             other => panic!("unexpected {other:?}"),
         }
@@ -223,14 +232,23 @@ fn waiting_requests_time_out_and_a_full_queue_refuses_at_once() {
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].0, "c");
     assert_eq!(refused[0].1, 503);
-    assert!(refused[0].2.starts_with("echo: "), "names the service: {refused:?}");
+    assert!(
+        refused[0].2.starts_with("echo: "),
+        "names the service: {refused:?}"
+    );
 
     out.clear();
     assert_eq!(svc.next_deadline(), Some(at(500)));
     svc.expire_waiting(at(499), &mut out);
     assert!(out.is_empty(), "not before the timeout");
     svc.expire_waiting(at(500), &mut out);
-    assert_eq!(errors(&out).iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(), [("a", 504)]);
+    assert_eq!(
+        errors(&out)
+            .iter()
+            .map(|e| (e.0.as_str(), e.1))
+            .collect::<Vec<_>>(),
+        [("a", 504)]
+    );
     out.clear();
     svc.expire_waiting(at(600), &mut out);
     assert_eq!(errors(&out)[0].0, "b");
@@ -250,7 +268,10 @@ fn a_lost_worker_fails_what_it_held_at_once() {
     svc.tick(at(301), &mut out);
     let failed = errors(&out);
     assert_eq!(
-        failed.iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(),
+        failed
+            .iter()
+            .map(|e| (e.0.as_str(), e.1))
+            .collect::<Vec<_>>(),
         [("a", 502), ("b", 502)]
     );
     assert!(failed[0].2.contains("stopped heartbeating"), "{failed:?}");
@@ -297,7 +318,11 @@ fn with_retry_a_lost_workers_requests_go_to_another_worker() {
     svc.worker_heartbeat(b"w2", Some(1), at(4), &mut out);
     assert_eq!(dispatched_to(&out), ["w2"]);
     let retried = out.last().unwrap();
-    assert_eq!(retried.frames.last().unwrap(), b"body of a", "the same body again");
+    assert_eq!(
+        retried.frames.last().unwrap(),
+        b"body of a",
+        "the same body again"
+    );
     // max_attempts = 2: a second loss fails it.
     out.clear();
     svc.remove_worker(b"w2", Loss::Expired, at(5), &mut out);
@@ -333,7 +358,9 @@ fn pipelined_requests_from_one_client_are_matched_one_reply_each() {
         reply(&mut svc, "w", "dealer", at(2), &mut out);
     }
     assert_eq!(svc.held_count(), 0);
-    assert!(svc.worker_reply(b"w", &[b"dealer"], at(3), &mut out).is_err());
+    assert!(svc
+        .worker_reply(b"w", &[b"dealer"], at(3), &mut out)
+        .is_err());
 }
 
 #[test]
@@ -380,5 +407,9 @@ fn a_worker_never_holds_more_than_max_held() {
         svc.offer(request("c"), at(1), &mut out);
     }
     svc.worker_heartbeat(b"w", Some(255), at(2), &mut out);
-    assert_eq!(svc.credit_of(b"w"), Some(0), "255 held: no room whatever it says");
+    assert_eq!(
+        svc.credit_of(b"w"),
+        Some(0),
+        "255 held: no room whatever it says"
+    );
 }
