@@ -247,7 +247,8 @@ fn recv_message(socket: &zmq::Socket) -> zmq::Result<Option<Vec<zmq::Message>>> 
         Err(e) => return Err(e),
     }
     let mut more = first.get_more();
-    let mut frames = vec![first];
+    let mut frames = Vec::with_capacity(8);
+    frames.push(first);
     let mut overflow = false;
     while more {
         let mut part = zmq::Message::new();
@@ -266,7 +267,7 @@ fn recv_message(socket: &zmq::Socket) -> zmq::Result<Option<Vec<zmq::Message>>> 
 }
 
 /// Sends `frames` without blocking. On refusal (no such peer, or its queue is full) nothing
-/// has been sent and the frames come back with the error.
+/// has been sent and the frames come back with the error, the routing frame emptied.
 fn send_message(
     socket: &zmq::Socket,
     mut frames: Vec<zmq::Message>,
@@ -276,8 +277,8 @@ fn send_message(
     }
     let last = frames.len() - 1;
     let more = |i: usize| if i < last { zmq::SNDMORE } else { 0 };
-    // The routing frame is sent as a copy so that, if it is refused, the message is intact.
-    if let Err(err) = socket.send(&frames[0][..], zmq::DONTWAIT | more(0)) {
+    let route = std::mem::replace(&mut frames[0], zmq::Message::new());
+    if let Err(err) = socket.send(route, zmq::DONTWAIT | more(0)) {
         return Err((frames, err));
     }
     for (i, frame) in frames.drain(..).enumerate().skip(1) {
@@ -294,6 +295,8 @@ struct Loop {
     sockets: Sockets,
     engine: Engine<zmq::Message>,
     out: Vec<Outgoing<zmq::Message>>,
+    /// `out`'s previous buffer, kept to avoid an allocation per message.
+    spare: Vec<Outgoing<zmq::Message>>,
 }
 
 fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
@@ -301,16 +304,22 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
         sockets,
         engine: Engine::new(config, Instant::now()),
         out: Vec::new(),
+        spare: Vec::new(),
     };
     let mut drained: Option<oneshot::Sender<BrokerStats>> = None;
+    let sockets: Vec<Socket> = this.sockets.all().iter().map(|(s, _)| *s).collect();
+    let mut busy = false;
     loop {
-        let wait = this
-            .engine
-            .next_wake()
-            .saturating_duration_since(Instant::now());
-        // Round up so that the loop wakes at or after the deadline, never just before it.
-        let timeout = wait.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64;
-        let readable = {
+        // While messages keep coming the loop reads without polling (a poll is a system call);
+        // once a whole pass finds nothing it sleeps in poll until a socket, a command or the
+        // next timer wakes it.
+        if !busy {
+            let wait = this
+                .engine
+                .next_wake()
+                .saturating_duration_since(Instant::now());
+            // Round up so that the loop wakes at or after the deadline, never just before it.
+            let timeout = wait.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64;
             let all = this.sockets.all();
             let mut items: Vec<zmq::PollItem> = all
                 .iter()
@@ -324,29 +333,23 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
                     break;
                 }
             }
-            let readable: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
-            readable
-        };
-        let all: Vec<Socket> = this.sockets.all().iter().map(|(s, _)| *s).collect();
-        for (slot, socket) in all.iter().enumerate() {
-            if readable[slot] {
-                this.read_burst(*socket);
-            }
         }
-        if readable[all.len()] {
-            for command in inbox.drain() {
-                match command {
-                    Command::Stats(reply) => {
-                        let _ = reply.send(this.engine.stats());
+        busy = false;
+        for socket in &sockets {
+            busy |= this.read_burst(*socket) > 0;
+        }
+        for command in inbox.drain() {
+            match command {
+                Command::Stats(reply) => {
+                    let _ = reply.send(this.engine.stats());
+                }
+                Command::Drain { window, done } => {
+                    if drained.is_none() {
+                        let now = Instant::now();
+                        this.engine.start_drain(now, window, &mut this.out);
+                        this.flush(now);
                     }
-                    Command::Drain { window, done } => {
-                        if drained.is_none() {
-                            let now = Instant::now();
-                            this.engine.start_drain(now, window, &mut this.out);
-                            this.flush(now);
-                        }
-                        drained = Some(done);
-                    }
+                    drained = Some(done);
                 }
             }
         }
@@ -370,17 +373,18 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
 }
 
 impl Loop {
-    fn read_burst(&mut self, socket: Socket) {
-        for _ in 0..BURST {
+    /// Handles up to [`BURST`] waiting messages from `socket`; returns how many.
+    fn read_burst(&mut self, socket: Socket) -> usize {
+        for count in 0..BURST {
             let Some(zmq_socket) = self.sockets.get(socket) else {
-                return;
+                return count;
             };
             let frames = match recv_message(zmq_socket) {
                 Ok(Some(frames)) => frames,
-                Ok(None) => return,
+                Ok(None) => return count,
                 Err(err) => {
                     tracing::warn!(?socket, %err, "receive failed");
-                    return;
+                    return count;
                 }
             };
             let now = Instant::now();
@@ -391,16 +395,17 @@ impl Loop {
             }
             self.flush(now);
         }
+        BURST
     }
 
     /// Sends everything the engine produced; refused dispatches go back to the engine, which
     /// may produce more to send.
     fn flush(&mut self, now: Instant) {
         while !self.out.is_empty() {
-            let batch = std::mem::take(&mut self.out);
+            let mut batch = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
             let mut refused: Vec<(usize, WorkerId, Vec<Vec<zmq::Message>>, bool)> = Vec::new();
             let mut unreachable: Vec<(usize, WorkerId)> = Vec::new();
-            for message in batch {
+            for message in batch.drain(..) {
                 if let Purpose::Dispatch { service, worker } = &message.purpose {
                     // Later dispatches to a worker that just refused one are not attempted.
                     if let Some(entry) = refused
@@ -433,6 +438,7 @@ impl Loop {
                     }
                 }
             }
+            self.spare = batch;
             for (service, worker, frames, gone) in refused {
                 self.engine
                     .undeliverable(service, &worker, frames, gone, now, &mut self.out);
