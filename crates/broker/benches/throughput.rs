@@ -6,8 +6,11 @@
 //! own frames. Targets, each measured `runs` times, interleaved:
 //!
 //! - `proxy`: ROUTER ↔ DEALER `zmq::proxy` (round robin, no heartbeats, no flow control);
-//! - `broker`: the Troupe broker's socket loop, Paranoid Pirate frontend, seed-framed workers;
-//! - `majordomo/pp`: Majordomo clients to the same workers, by service name;
+//! - `broker`: the Troupe broker's socket loop, Paranoid Pirate frontend; the workers announce
+//!   their free concurrency in 3-byte control frames without the seed's empty frame, so they
+//!   get exactly the frames the proxy gives them (`[client, "", body]`);
+//! - `broker/seed`: the same with the seed framing (an empty frame before everything);
+//! - `majordomo/pp`: Majordomo clients to the `broker` workers, by service name;
 //! - `majordomo`: Majordomo clients and Majordomo workers (one request per worker at a time,
 //!   as the protocol has it).
 //!
@@ -27,6 +30,7 @@ use troupe_broker::socket_loop;
 enum Target {
     Proxy,
     Broker,
+    BrokerSeed,
     MajordomoToPirate,
     Majordomo,
 }
@@ -36,6 +40,7 @@ impl Target {
         match self {
             Target::Proxy => "proxy",
             Target::Broker => "broker",
+            Target::BrokerSeed => "broker/seed",
             Target::MajordomoToPirate => "majordomo/pp",
             Target::Majordomo => "majordomo",
         }
@@ -84,6 +89,7 @@ fn main() {
     let targets = [
         Target::Proxy,
         Target::Broker,
+        Target::BrokerSeed,
         Target::MajordomoToPirate,
         Target::Majordomo,
     ];
@@ -121,7 +127,7 @@ fn main() {
             rps / proxy_rps
         );
     }
-    let broker = &results[1].1;
+    let broker = &results[1].1; // Target::Broker
     let ratio = median(broker.iter().map(|m| m.requests_per_second).collect()) / proxy_rps;
     println!(
         "broker/proxy throughput ratio {ratio:.2} (target ≥ 0.80): {}",
@@ -150,8 +156,12 @@ fn measure(target: Target, params: Params) -> Measure {
         .map(|_| {
             let endpoint = worker_endpoint.clone();
             let stop = stop.clone();
-            let majordomo = target == Target::Majordomo;
-            std::thread::spawn(move || echo_worker(&endpoint, majordomo, &stop))
+            let framing = match target {
+                Target::Majordomo => WorkerFraming::Majordomo,
+                Target::BrokerSeed => WorkerFraming::Seed,
+                _ => WorkerFraming::Pirate,
+            };
+            std::thread::spawn(move || echo_worker(&endpoint, framing, &stop))
         })
         .collect();
     let start = Instant::now();
@@ -226,7 +236,7 @@ fn start_target(target: Target) -> (String, String, Stop) {
             });
             (front, back, stop)
         }
-        Target::Broker | Target::MajordomoToPirate | Target::Majordomo => {
+        Target::Broker | Target::BrokerSeed | Target::MajordomoToPirate | Target::Majordomo => {
             let config: BrokerConfig = toml::from_str(
                 r#"
                 frontend = "tcp://127.0.0.1:*"
@@ -242,7 +252,7 @@ fn start_target(target: Target) -> (String, String, Stop) {
                 socket_loop::start_blocking(config, tracing::Span::none()).expect("broker starts");
             let majordomo = bound.majordomo.clone().unwrap();
             let (clients, workers) = match target {
-                Target::Broker => (
+                Target::Broker | Target::BrokerSeed => (
                     bound.services[0].frontend.clone(),
                     bound.services[0].backend.clone(),
                 ),
@@ -257,22 +267,31 @@ fn start_target(target: Target) -> (String, String, Stop) {
     }
 }
 
-/// A DEALER echo loop. Paranoid Pirate (seed framing, announcing 64 free) or Majordomo
-/// control frames; any request is answered with its own frames.
-fn echo_worker(endpoint: &str, majordomo: bool, stop: &AtomicBool) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WorkerFraming {
+    /// Paranoid Pirate frames, 3-byte control frames announcing 64 free.
+    Pirate,
+    /// The seed framing, announcing 64 free.
+    Seed,
+    /// Majordomo.
+    Majordomo,
+}
+
+/// A DEALER echo loop: READY and a heartbeat every 500 ms in its framing; any request is
+/// answered with its own frames.
+fn echo_worker(endpoint: &str, framing: WorkerFraming, stop: &AtomicBool) {
     let context = zmq::Context::new();
     let socket = context.socket(zmq::DEALER).unwrap();
     socket.set_linger(0).unwrap();
     socket.connect(endpoint).unwrap();
-    let ready: Vec<&[u8]> = if majordomo {
-        vec![b"", b"MDPW01", b"\x01", b"echo-mdp"]
-    } else {
-        vec![b"", b"\x01\x01\x40"]
-    };
-    let heartbeat: Vec<&[u8]> = if majordomo {
-        vec![b"", b"MDPW01", b"\x04"]
-    } else {
-        vec![b"", b"\x02\x01\x40"]
+    let majordomo = framing == WorkerFraming::Majordomo;
+    let (ready, heartbeat): (Vec<&[u8]>, Vec<&[u8]>) = match framing {
+        WorkerFraming::Pirate => (vec![b"\x01\x01\x40"], vec![b"\x02\x01\x40"]),
+        WorkerFraming::Seed => (vec![b"", b"\x01\x01\x40"], vec![b"", b"\x02\x01\x40"]),
+        WorkerFraming::Majordomo => (
+            vec![b"", b"MDPW01", b"\x01", b"echo-mdp"],
+            vec![b"", b"MDPW01", b"\x04"],
+        ),
     };
     socket.send_multipart(&ready, 0).unwrap();
     let mut next_heartbeat = Instant::now() + Duration::from_millis(500);

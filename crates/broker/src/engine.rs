@@ -183,10 +183,7 @@ impl<F: Frame> Engine<F> {
             }
             BackendMessage::Reply { envelope, .. } => {
                 let (start, end) = envelope;
-                let held = {
-                    let route: Vec<&[u8]> = frames[start..end].iter().map(|f| f.bytes()).collect();
-                    service.worker_reply(&id, &route, now, out)
-                };
+                let held = service.worker_reply(&id, &frames[start..end], now, out);
                 let held = match held {
                     Ok(held) => held,
                     Err(why) => {
@@ -312,10 +309,7 @@ impl<F: Frame> Engine<F> {
                     return self.disconnect(&id, out);
                 };
                 let svc = self.service(index).expect("mapped workers have a service");
-                let held = {
-                    let client = frames[4].bytes();
-                    svc.worker_reply(&id, &[client], now, out)
-                };
+                let held = svc.worker_reply(&id, &frames[4..5], now, out);
                 if let Err(why) = held {
                     tracing::debug!(worker = %show_id(&id), ?why, "dropped a reply matching no request in flight");
                     return;
@@ -419,7 +413,7 @@ impl<F: Frame> Engine<F> {
         if let Some(svc) = self.service(service) {
             svc.undeliverable(worker, batch, gone, now, out);
         }
-        if gone {
+        if gone && self.majordomo_workers.get(worker) == Some(&service) {
             self.majordomo_workers.remove(worker);
         }
     }

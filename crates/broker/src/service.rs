@@ -127,8 +127,8 @@ pub enum Unmatched {
 pub struct Held<F> {
     /// Where the request came from.
     pub origin: Origin,
-    /// The routing frames the worker saw, which its reply must carry.
-    pub worker_envelope: Vec<Vec<u8>>,
+    /// The routing frames the worker saw, which its reply must carry (see [`flatten_route`]).
+    route: Vec<u8>,
     /// Workers the request has been given to, this one included.
     pub attempts: u32,
     /// The body, kept only when the service retries on worker loss.
@@ -141,6 +141,7 @@ struct Waiting<F> {
 }
 
 struct Worker<F> {
+    id: WorkerId,
     framing: Framing,
     credit: u32,
     sent_since_heard: u32,
@@ -180,8 +181,12 @@ pub struct Service<F> {
     settings: ServiceSettings,
     socket: Socket,
     worker_window: Duration,
-    workers: HashMap<WorkerId, Worker<F>>,
-    ready: BTreeSet<(Reverse<u32>, u64, WorkerId)>,
+    /// Workers by slot; `slots` finds a worker's slot from its identity.
+    workers: Vec<Option<Worker<F>>>,
+    slots: HashMap<WorkerId, usize>,
+    free_slots: Vec<usize>,
+    /// (credit, last use, slot) of every worker with credit: the first is the best.
+    ready: BTreeSet<(Reverse<u32>, u64, usize)>,
     waiting: VecDeque<Waiting<F>>,
     use_clock: u64,
     /// Counters since start.
@@ -202,7 +207,9 @@ impl<F: Frame> Service<F> {
             settings,
             socket,
             worker_window,
-            workers: HashMap::new(),
+            workers: Vec::new(),
+            slots: HashMap::new(),
+            free_slots: Vec::new(),
             ready: BTreeSet::new(),
             waiting: VecDeque::new(),
             use_clock: 0,
@@ -217,7 +224,16 @@ impl<F: Frame> Service<F> {
 
     /// Number of known workers.
     pub fn worker_count(&self) -> usize {
-        self.workers.len()
+        self.slots.len()
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Worker<F>> {
+        self.workers.iter().flatten()
+    }
+
+    fn worker_mut(&mut self, id: &[u8]) -> Option<(usize, &mut Worker<F>)> {
+        let slot = *self.slots.get(id)?;
+        self.workers[slot].as_mut().map(|w| (slot, w))
     }
 
     /// Number of requests waiting for a worker.
@@ -227,17 +243,18 @@ impl<F: Frame> Service<F> {
 
     /// Number of requests held by workers.
     pub fn held_count(&self) -> usize {
-        self.workers.values().map(|w| w.held.len()).sum()
+        self.live().map(|w| w.held.len()).sum()
     }
 
     /// Whether `worker` is known.
     pub fn knows(&self, worker: &[u8]) -> bool {
-        self.workers.contains_key(worker)
+        self.slots.contains_key(worker)
     }
 
     /// Credit the queue believes `worker` has (None if unknown).
     pub fn credit_of(&self, worker: &[u8]) -> Option<u32> {
-        self.workers.get(worker).map(|w| w.credit)
+        let slot = *self.slots.get(worker)?;
+        self.workers[slot].as_ref().map(|w| w.credit)
     }
 
     /// A new request: handed to the best worker, else queued, else refused at once.
@@ -279,46 +296,45 @@ impl<F: Frame> Service<F> {
         ));
     }
 
-    fn best_worker(&self) -> Option<WorkerId> {
-        self.ready.first().map(|(_, _, id)| id.clone())
+    fn best_worker(&self) -> Option<usize> {
+        self.ready.first().map(|&(_, _, slot)| slot)
     }
 
-    fn set_credit(&mut self, id: &[u8], credit: u32) {
-        let Some(worker) = self.workers.get_mut(id) else {
+    fn set_credit(&mut self, slot: usize, credit: u32) {
+        let Some(worker) = self.workers[slot].as_mut() else {
             return;
         };
         let credit = credit.min((MAX_HELD - worker.held.len()) as u32);
         if worker.credit > 0 {
             self.ready
-                .remove(&(Reverse(worker.credit), worker.last_used, id.to_vec()));
+                .remove(&(Reverse(worker.credit), worker.last_used, slot));
         }
         worker.credit = credit;
         if credit > 0 {
-            self.ready
-                .insert((Reverse(credit), worker.last_used, id.to_vec()));
+            self.ready.insert((Reverse(credit), worker.last_used, slot));
         }
     }
 
-    fn dispatch(&mut self, id: WorkerId, mut request: Request<F>, out: &mut Vec<Outgoing<F>>) {
-        let Some(worker) = self.workers.get_mut(&id) else {
+    fn dispatch(&mut self, slot: usize, mut request: Request<F>, out: &mut Vec<Outgoing<F>>) {
+        let Some(worker) = self.workers[slot].as_mut() else {
             return;
         };
         self.ready
-            .remove(&(Reverse(worker.credit), worker.last_used, id.clone()));
+            .remove(&(Reverse(worker.credit), worker.last_used, slot));
         self.use_clock += 1;
         worker.last_used = self.use_clock;
         worker.credit -= 1;
         worker.sent_since_heard = worker.sent_since_heard.saturating_add(1);
         request.attempts += 1;
-        let worker_envelope: Vec<Vec<u8>> = match (request.origin, worker.framing) {
+        let tagged = match (request.origin, worker.framing) {
             (Origin::Majordomo, Framing::Pirate | Framing::Seed) => {
-                vec![protocol::tag_majordomo_client(request.envelope[0].bytes())]
+                Some(protocol::tag_majordomo_client(request.envelope[0].bytes()))
             }
-            _ => request
-                .envelope
-                .iter()
-                .map(|f| f.bytes().to_vec())
-                .collect(),
+            _ => None,
+        };
+        let route = match &tagged {
+            Some(tagged) => flatten_route([tagged.as_slice()]),
+            None => flatten_route(request.envelope.iter().map(|f| f.bytes())),
         };
         let body_copy = self
             .settings
@@ -326,15 +342,15 @@ impl<F: Frame> Service<F> {
             .then(|| request.body.iter().map(|f| F::copy_of(f.bytes())).collect());
         let frames = match worker.framing {
             Framing::Pirate | Framing::Seed => {
-                let mut frames = Vec::with_capacity(4 + worker_envelope.len() + request.body.len());
-                frames.push(F::copy_of(&id));
+                let mut frames =
+                    Vec::with_capacity(4 + request.envelope.len() + request.body.len());
+                frames.push(F::copy_of(&worker.id));
                 if worker.framing == Framing::Seed {
                     frames.push(F::from_vec(Vec::new()));
                 }
-                if request.origin == Origin::Majordomo {
-                    frames.push(F::copy_of(&worker_envelope[0]));
-                } else {
-                    frames.append(&mut request.envelope);
+                match tagged {
+                    Some(tagged) => frames.push(F::from_vec(tagged)),
+                    None => frames.append(&mut request.envelope),
                 }
                 frames.push(F::from_vec(Vec::new()));
                 frames.append(&mut request.body);
@@ -345,19 +361,20 @@ impl<F: Frame> Service<F> {
                 tail.append(&mut request.envelope);
                 tail.push(F::from_vec(Vec::new()));
                 tail.append(&mut request.body);
-                protocol::majordomo_command(&id, protocol::MDP_REQUEST, tail)
+                protocol::majordomo_command(&worker.id, protocol::MDP_REQUEST, tail)
             }
         };
         worker.held.push_back(Held {
             origin: request.origin,
-            worker_envelope,
+            route,
             attempts: request.attempts,
             body: body_copy,
         });
         if worker.credit > 0 {
             self.ready
-                .insert((Reverse(worker.credit), worker.last_used, id.clone()));
+                .insert((Reverse(worker.credit), worker.last_used, slot));
         }
+        let id = worker.id.clone();
         self.stats.dispatched += 1;
         out.push(Outgoing {
             socket: self.socket,
@@ -390,9 +407,9 @@ impl<F: Frame> Service<F> {
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> bool {
-        if self.workers.contains_key(id) {
+        if self.slots.contains_key(id) {
             self.remove_worker(id, Loss::Restarted, now, out);
-        } else if self.workers.len() >= self.settings.max_workers {
+        } else if self.slots.len() >= self.settings.max_workers {
             return false;
         }
         self.stats.workers_joined += 1;
@@ -401,21 +418,30 @@ impl<F: Frame> Service<F> {
             worker = %show_id(id),
             ?framing,
             concurrency,
-            workers = self.workers.len() + 1,
+            workers = self.slots.len() + 1,
             "worker ready"
         );
-        self.workers.insert(
-            id.to_vec(),
-            Worker {
-                framing,
-                credit: 0,
-                sent_since_heard: 0,
-                expires_at: now + self.worker_window,
-                last_used: 0,
-                held: VecDeque::new(),
-            },
-        );
-        self.set_credit(id, concurrency as u32);
+        let worker = Worker {
+            id: id.to_vec(),
+            framing,
+            credit: 0,
+            sent_since_heard: 0,
+            expires_at: now + self.worker_window,
+            last_used: 0,
+            held: VecDeque::new(),
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.workers[slot] = Some(worker);
+                slot
+            }
+            None => {
+                self.workers.push(Some(worker));
+                self.workers.len() - 1
+            }
+        };
+        self.slots.insert(id.to_vec(), slot);
+        self.set_credit(slot, concurrency as u32);
         self.pump(out);
         true
     }
@@ -431,14 +457,15 @@ impl<F: Frame> Service<F> {
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> bool {
-        let Some(worker) = self.workers.get_mut(id) else {
+        let window = self.worker_window;
+        let Some((slot, worker)) = self.worker_mut(id) else {
             return false;
         };
-        worker.expires_at = now + self.worker_window;
+        worker.expires_at = now + window;
         if let Some(free) = concurrency {
             let credit = (free as u32).saturating_sub(worker.sent_since_heard);
             worker.sent_since_heard = 0;
-            self.set_credit(id, credit);
+            self.set_credit(slot, credit);
             self.pump(out);
         }
         true
@@ -447,34 +474,31 @@ impl<F: Frame> Service<F> {
     /// A reply from `id` carrying `envelope`: the matching held request (oldest first), which
     /// the caller forwards. Any message from a known worker proves it alive and the reply
     /// gives it one credit back.
-    pub fn worker_reply(
+    pub fn worker_reply<E: Frame>(
         &mut self,
         id: &[u8],
-        envelope: &[&[u8]],
+        envelope: &[E],
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> Result<Held<F>, Unmatched> {
-        let Some(worker) = self.workers.get_mut(id) else {
+        let window = self.worker_window;
+        let Some((slot, worker)) = self.worker_mut(id) else {
             self.stats.unmatched_replies += 1;
             return Err(Unmatched::UnknownWorker);
         };
-        worker.expires_at = now + self.worker_window;
+        worker.expires_at = now + window;
         worker.sent_since_heard = 0;
-        let position = worker.held.iter().position(|held| {
-            held.worker_envelope.len() == envelope.len()
-                && held
-                    .worker_envelope
-                    .iter()
-                    .zip(envelope)
-                    .all(|(a, b)| a.as_slice() == *b)
-        });
+        let position = worker
+            .held
+            .iter()
+            .position(|held| route_matches(&held.route, envelope));
         let Some(position) = position else {
             self.stats.unmatched_replies += 1;
             return Err(Unmatched::NotHeld);
         };
         let held = worker.held.remove(position).expect("position is valid");
         let credit = worker.credit + 1;
-        self.set_credit(id, credit);
+        self.set_credit(slot, credit);
         self.stats.replies += 1;
         self.pump(out);
         Ok(held)
@@ -490,12 +514,16 @@ impl<F: Frame> Service<F> {
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> bool {
-        let Some(worker) = self.workers.remove(id) else {
+        let Some(slot) = self.slots.remove(id) else {
             return false;
         };
+        let Some(worker) = self.workers[slot].take() else {
+            return false;
+        };
+        self.free_slots.push(slot);
         if worker.credit > 0 {
             self.ready
-                .remove(&(Reverse(worker.credit), worker.last_used, id.to_vec()));
+                .remove(&(Reverse(worker.credit), worker.last_used, slot));
         }
         self.stats.workers_lost += 1;
         let held = worker.held.len();
@@ -554,14 +582,18 @@ impl<F: Frame> Service<F> {
     ) {
         let deadline = now + self.settings.request_timeout;
         let mut returned = Vec::new();
-        if let Some(worker) = self.workers.get_mut(id) {
+        let mut returned_from = None;
+        let mut undone = 0;
+        if let Some((slot, worker)) = self.worker_mut(id) {
+            returned_from = Some(slot);
             for mut frames in batch.into_iter().rev() {
                 let Some(held) = worker.held.pop_back() else {
                     break;
                 };
+                let route_len = route_frames(&held.route).count();
                 let body_start = match worker.framing {
-                    Framing::Pirate => 2 + held.worker_envelope.len(),
-                    Framing::Seed => 3 + held.worker_envelope.len(),
+                    Framing::Pirate => 2 + route_len,
+                    Framing::Seed => 3 + route_len,
                     Framing::Majordomo => 6,
                 };
                 if frames.len() < body_start {
@@ -575,9 +607,10 @@ impl<F: Frame> Service<F> {
                     body,
                     attempts: held.attempts - 1,
                 });
-                self.stats.dispatched -= 1;
+                undone += 1;
             }
         }
+        self.stats.dispatched -= undone;
         // `returned` is newest first: pushing each to the front restores the original order.
         for request in returned {
             self.waiting.push_front(Waiting { request, deadline });
@@ -585,7 +618,9 @@ impl<F: Frame> Service<F> {
         if gone {
             self.remove_worker(id, Loss::Disconnected, now, out);
         } else {
-            self.set_credit(id, 0);
+            if let Some(slot) = returned_from {
+                self.set_credit(slot, 0);
+            }
             self.pump(out);
         }
     }
@@ -594,16 +629,16 @@ impl<F: Frame> Service<F> {
     /// request that waited too long, heartbeat every remaining worker.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Outgoing<F>>) {
         let expired: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.expires_at <= now)
-            .map(|(id, _)| id.clone())
+            .live()
+            .filter(|w| w.expires_at <= now)
+            .map(|w| w.id.clone())
             .collect();
         for id in expired {
             self.remove_worker(&id, Loss::Expired, now, out);
         }
         self.expire_waiting(now, out);
-        for (id, worker) in &self.workers {
+        for worker in self.workers.iter().flatten() {
+            let id = &worker.id;
             let frames = match worker.framing {
                 Framing::Majordomo => {
                     protocol::majordomo_command(id, protocol::MDP_HEARTBEAT, Vec::new())
@@ -653,7 +688,7 @@ impl<F: Frame> Service<F> {
 
     /// Whether nothing waits and nothing is held.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.workers.values().all(|w| w.held.is_empty())
+        self.waiting.is_empty() && self.live().all(|w| w.held.is_empty())
     }
 
     /// Answers every waiting and held request with `text` (503); used when the drain window
@@ -663,7 +698,7 @@ impl<F: Frame> Service<F> {
         for waiting in std::mem::take(&mut self.waiting) {
             failed.push((waiting.request.origin, waiting.request.envelope));
         }
-        for worker in self.workers.values_mut() {
+        for worker in self.workers.iter_mut().flatten() {
             for held in std::mem::take(&mut worker.held) {
                 failed.push((held.origin, client_envelope::<F>(&held, worker.framing)));
             }
@@ -676,11 +711,15 @@ impl<F: Frame> Service<F> {
 
     /// Majordomo DISCONNECT to every Majordomo worker (at shutdown).
     pub fn disconnect_workers(&self, out: &mut Vec<Outgoing<F>>) {
-        for (id, worker) in &self.workers {
+        for worker in self.live() {
             if worker.framing == Framing::Majordomo {
                 out.push(Outgoing {
                     socket: self.socket,
-                    frames: protocol::majordomo_command(id, protocol::MDP_DISCONNECT, Vec::new()),
+                    frames: protocol::majordomo_command(
+                        &worker.id,
+                        protocol::MDP_DISCONNECT,
+                        Vec::new(),
+                    ),
                     purpose: Purpose::Control,
                 });
             }
@@ -728,13 +767,47 @@ impl<F: Frame> Service<F> {
 
 /// The client's routing frames for a held request.
 fn client_envelope<F: Frame>(held: &Held<F>, framing: Framing) -> Vec<F> {
+    let mut frames = route_frames(&held.route);
     match (held.origin, framing) {
         (Origin::Majordomo, Framing::Pirate | Framing::Seed) => {
-            let tagged = &held.worker_envelope[0];
-            vec![F::copy_of(&tagged[protocol::MAJORDOMO_ROUTE_TAG.len()..])]
+            let tagged = frames.next().unwrap_or_default();
+            let client = tagged
+                .get(protocol::MAJORDOMO_ROUTE_TAG.len()..)
+                .unwrap_or_default();
+            vec![F::copy_of(client)]
         }
-        _ => held.worker_envelope.iter().map(|f| F::copy_of(f)).collect(),
+        _ => frames.map(F::copy_of).collect(),
     }
+}
+
+/// Routing frames in one buffer (one allocation per held request): each frame as its length
+/// (u32, little-endian) followed by its bytes.
+fn flatten_route<'a>(frames: impl IntoIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let size = frames.clone().into_iter().map(|f| 4 + f.len()).sum();
+    let mut route = Vec::with_capacity(size);
+    for frame in frames {
+        route.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        route.extend_from_slice(frame);
+    }
+    route
+}
+
+/// The frames of a flattened route.
+fn route_frames(route: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = route;
+    std::iter::from_fn(move || {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (frame, tail) = tail.split_at(len.min(tail.len()));
+        rest = tail;
+        Some(frame)
+    })
+}
+
+/// Whether `frames` are exactly the flattened `route`.
+fn route_matches<E: Frame>(route: &[u8], frames: &[E]) -> bool {
+    let mut stored = route_frames(route);
+    frames.iter().all(|f| stored.next() == Some(f.bytes())) && stored.next().is_none()
 }
 
 /// A worker identity for logs: text if printable, else hex.

@@ -68,7 +68,7 @@ fn ready(svc: &mut Service<Vec<u8>>, id: &str, concurrency: u8, now: Instant, ou
 }
 
 fn reply(svc: &mut Service<Vec<u8>>, id: &str, client: &str, now: Instant, out: &mut Out) {
-    svc.worker_reply(id.as_bytes(), &[client.as_bytes()], now, out)
+    svc.worker_reply(id.as_bytes(), &[client.as_bytes().to_vec()], now, out)
         .expect("reply matches a held request");
 }
 
@@ -278,7 +278,8 @@ fn a_lost_worker_fails_what_it_held_at_once() {
     assert_eq!(svc.worker_count(), 0);
     // Its late reply is dropped, not forwarded a second time.
     assert_eq!(
-        svc.worker_reply(b"w", &[b"a"], at(302), &mut out).err(),
+        svc.worker_reply(b"w", &[b"a".to_vec()], at(302), &mut out)
+            .err(),
         Some(Unmatched::UnknownWorker)
     );
 }
@@ -338,7 +339,8 @@ fn a_reply_matching_nothing_is_dropped_without_credit() {
     ready(&mut svc, "w", 1, at(0), &mut out);
     svc.offer(request("a"), at(1), &mut out);
     assert_eq!(
-        svc.worker_reply(b"w", &[b"zzz"], at(2), &mut out).err(),
+        svc.worker_reply(b"w", &[b"zzz".to_vec()], at(2), &mut out)
+            .err(),
         Some(Unmatched::NotHeld)
     );
     assert_eq!(svc.credit_of(b"w"), Some(0));
@@ -359,7 +361,7 @@ fn pipelined_requests_from_one_client_are_matched_one_reply_each() {
     }
     assert_eq!(svc.held_count(), 0);
     assert!(svc
-        .worker_reply(b"w", &[b"dealer"], at(3), &mut out)
+        .worker_reply(b"w", &[b"dealer".to_vec()], at(3), &mut out)
         .is_err());
 }
 
