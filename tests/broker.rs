@@ -28,7 +28,7 @@ struct Broker {
     frontend: String,
     backend: String,
     majordomo: String,
-    _config: tempfile::NamedTempFile,
+    config: tempfile::NamedTempFile,
 }
 
 /// Starts a node running only the broker; `extra` goes into its `[broker]` table.
@@ -69,7 +69,7 @@ bind = "tcp://127.0.0.1:{m}"
         frontend: format!("tcp://127.0.0.1:{f}"),
         backend: format!("tcp://127.0.0.1:{b}"),
         majordomo: format!("tcp://127.0.0.1:{m}"),
-        _config: config,
+        config,
     }
 }
 
@@ -575,4 +575,37 @@ fn an_address_in_use_fails_the_start_naming_the_key() {
     assert!(output.contains("cannot bind `broker.backend`"), "{output}");
     assert!(output.contains("Address already in use"), "{output}");
     stop_node(&mut first);
+}
+
+#[test]
+fn a_worker_rejoins_a_broker_that_restarted() {
+    let mut broker = start_broker("restart", "");
+    let mut worker = echo_worker(&broker.backend, &[]);
+    broker.node.wait_for(&["worker ready"], START);
+    let config = broker.config.path().to_path_buf();
+    broker.node.signal(libc::SIGKILL);
+    broker.node.wait_exit(STOP);
+    // Silent for its liveness window, the worker reconnects with a new socket (and backs off
+    // while nobody answers).
+    worker.wait_for(&["broker silent; reconnecting"], START);
+    let mut cmd = troupe();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--name", &format!("broker-restart2-{}", std::process::id())]);
+    let mut restarted = Proc::spawn(cmd);
+    restarted.wait_for(&["node ready"], START);
+    restarted.wait_for(&["worker ready"], START);
+    let mut client = PirateClient::new(broker.frontend.clone(), options(START));
+    assert_eq!(
+        client.request(vec![b"again".to_vec()]).unwrap(),
+        [b"again".to_vec()]
+    );
+    restarted.signal(libc::SIGTERM);
+    assert_eq!(
+        restarted.wait_exit(STOP).code(),
+        Some(0),
+        "{}",
+        restarted.output()
+    );
 }

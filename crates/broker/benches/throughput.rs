@@ -226,10 +226,13 @@ fn start_target(target: Target) -> (String, String, Stop) {
             }
             let front = frontend.get_last_endpoint().unwrap().unwrap();
             let back = backend.get_last_endpoint().unwrap().unwrap();
-            let thread = std::thread::spawn(move || {
-                // Returns with ETERM once the context is destroyed.
-                let _ = zmq::proxy(&frontend, &backend);
-            });
+            let thread = std::thread::Builder::new()
+                .name("zmq-proxy".into())
+                .spawn(move || {
+                    // Returns with ETERM once the context is destroyed.
+                    let _ = zmq::proxy(&frontend, &backend);
+                })
+                .unwrap();
             let stop: Stop = Box::new(move || {
                 let _ = context.destroy();
                 let _ = thread.join();

@@ -2,14 +2,15 @@
 //! current time, it appends the messages to send to an output list.
 //!
 //! Invariants:
-//! - a worker is in the map once, whatever it sends; the ready set holds exactly the workers
-//!   with credit left, ordered by credit (most first), then least recently used;
+//! - a worker is in the map once, whatever it sends; `with_credit` counts exactly the workers
+//!   with credit left, and the chosen worker has the most credit, then is the least recently
+//!   used;
 //! - every request is in exactly one place: waiting in the bounded queue, held by one worker,
 //!   or answered (reply, or error reply naming the service);
 //! - a worker never holds more than [`MAX_HELD`] requests, whatever credit it announces.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::ServiceSettings;
@@ -185,8 +186,8 @@ pub struct Service<F> {
     workers: Vec<Option<Worker<F>>>,
     slots: HashMap<WorkerId, usize>,
     free_slots: Vec<usize>,
-    /// (credit, last use, slot) of every worker with credit: the first is the best.
-    ready: BTreeSet<(Reverse<u32>, u64, usize)>,
+    /// Workers with credit left.
+    with_credit: usize,
     waiting: VecDeque<Waiting<F>>,
     use_clock: u64,
     /// Counters since start.
@@ -210,7 +211,7 @@ impl<F: Frame> Service<F> {
             workers: Vec::new(),
             slots: HashMap::new(),
             free_slots: Vec::new(),
-            ready: BTreeSet::new(),
+            with_credit: 0,
             waiting: VecDeque::new(),
             use_clock: 0,
             stats: ServiceStats::default(),
@@ -296,8 +297,19 @@ impl<F: Frame> Service<F> {
         ));
     }
 
+    /// The worker with the most credit, least recently used among equals. A scan: for the
+    /// tens to hundreds of workers a service has, cheaper than keeping an ordered index up to
+    /// date on every request and reply (the index cost more than the scan in the benchmark).
     fn best_worker(&self) -> Option<usize> {
-        self.ready.first().map(|&(_, _, slot)| slot)
+        if self.with_credit == 0 {
+            return None;
+        }
+        self.workers
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, w)| w.as_ref().filter(|w| w.credit > 0).map(|w| (slot, w)))
+            .max_by_key(|(slot, w)| (w.credit, Reverse(w.last_used), Reverse(*slot)))
+            .map(|(slot, _)| slot)
     }
 
     fn set_credit(&mut self, slot: usize, credit: u32) {
@@ -305,25 +317,24 @@ impl<F: Frame> Service<F> {
             return;
         };
         let credit = credit.min((MAX_HELD - worker.held.len()) as u32);
-        if worker.credit > 0 {
-            self.ready
-                .remove(&(Reverse(worker.credit), worker.last_used, slot));
+        match (worker.credit > 0, credit > 0) {
+            (false, true) => self.with_credit += 1,
+            (true, false) => self.with_credit -= 1,
+            _ => {}
         }
         worker.credit = credit;
-        if credit > 0 {
-            self.ready.insert((Reverse(credit), worker.last_used, slot));
-        }
     }
 
     fn dispatch(&mut self, slot: usize, mut request: Request<F>, out: &mut Vec<Outgoing<F>>) {
         let Some(worker) = self.workers[slot].as_mut() else {
             return;
         };
-        self.ready
-            .remove(&(Reverse(worker.credit), worker.last_used, slot));
         self.use_clock += 1;
         worker.last_used = self.use_clock;
         worker.credit -= 1;
+        if worker.credit == 0 {
+            self.with_credit -= 1;
+        }
         worker.sent_since_heard = worker.sent_since_heard.saturating_add(1);
         request.attempts += 1;
         let tagged = match (request.origin, worker.framing) {
@@ -370,10 +381,6 @@ impl<F: Frame> Service<F> {
             attempts: request.attempts,
             body: body_copy,
         });
-        if worker.credit > 0 {
-            self.ready
-                .insert((Reverse(worker.credit), worker.last_used, slot));
-        }
         let id = worker.id.clone();
         self.stats.dispatched += 1;
         out.push(Outgoing {
@@ -522,8 +529,7 @@ impl<F: Frame> Service<F> {
         };
         self.free_slots.push(slot);
         if worker.credit > 0 {
-            self.ready
-                .remove(&(Reverse(worker.credit), worker.last_used, slot));
+            self.with_credit -= 1;
         }
         self.stats.workers_lost += 1;
         let held = worker.held.len();
