@@ -175,7 +175,7 @@ impl Worker {
                 .spawn(move || handler_thread(jobs, events, handler))
                 .map_err(WorkerError::Thread)?;
         }
-        let mut session = Session {
+        let mut worker_loop = WorkerLoop {
             options: &self.options,
             context: &self.context,
             inbox: &self.inbox,
@@ -183,7 +183,7 @@ impl Worker {
             summary: WorkerSummary::default(),
             in_progress: 0,
         };
-        session.run()
+        worker_loop.run()
     }
 }
 
@@ -207,7 +207,7 @@ fn handler_thread(jobs: Arc<Mutex<Receiver<Job>>>, events: CommandSender<Event>,
     }
 }
 
-struct Session<'a> {
+struct WorkerLoop<'a> {
     options: &'a WorkerOptions,
     context: &'a zmq::Context,
     inbox: &'a CommandInbox<Event>,
@@ -216,7 +216,7 @@ struct Session<'a> {
     in_progress: usize,
 }
 
-impl Session<'_> {
+impl WorkerLoop<'_> {
     fn connect(&self) -> Result<zmq::Socket, WorkerError> {
         let socket = self.context.socket(zmq::DEALER)?;
         socket.set_linger(0)?;
