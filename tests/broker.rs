@@ -176,8 +176,10 @@ fn a_python_pirate_worker_and_lazy_pirate_client_work_unchanged() {
 #[test]
 fn malformed_messages_on_every_socket_are_dropped_and_the_broker_keeps_serving() {
     let mut broker = start_broker("malformed", "");
-    let mut worker = echo_worker(&broker.backend, &[]);
-    broker.node.wait_for(&["worker ready"], START);
+    let mut worker = echo_worker(&broker.backend, &["--framing", "pirate"]);
+    broker
+        .node
+        .wait_for(&["worker ready", "framing=Pirate"], START);
     let context = zmq::Context::new();
     for endpoint in [&broker.frontend, &broker.backend, &broker.majordomo] {
         let socket = context.socket(zmq::DEALER).unwrap();
@@ -608,4 +610,48 @@ fn a_worker_rejoins_a_broker_that_restarted() {
         "{}",
         restarted.output()
     );
+}
+
+#[test]
+fn extra_services_have_their_own_sockets_and_are_reachable_by_name() {
+    let (front, back) = (free_port(), free_port());
+    let mut broker = start_broker(
+        "services",
+        &format!(
+            "[[broker.services]]\nname = \"resize\"\nfrontend = \"tcp://127.0.0.1:{front}\"\nbackend = \"tcp://127.0.0.1:{back}\"\n"
+        ),
+    );
+    assert!(broker
+        .node
+        .printed(&["broker service listening", "service=resize"]));
+    let _echo = echo_worker(&broker.backend, &[]);
+    let _resize = echo_worker(&format!("tcp://127.0.0.1:{back}"), &["--concurrency", "2"]);
+    broker
+        .node
+        .wait_for(&["worker ready", "service=resize"], START);
+    if !broker.node.printed(&["worker ready", "service=echo"]) {
+        broker
+            .node
+            .wait_for(&["worker ready", "service=echo"], START);
+    }
+    let mut resize = PirateClient::new(format!("tcp://127.0.0.1:{front}"), options(START));
+    assert_eq!(
+        resize.request(vec![b"big".to_vec()]).unwrap(),
+        [b"big".to_vec()]
+    );
+    let mut mdp = MajordomoClient::new(broker.majordomo.clone(), options(START));
+    assert_eq!(
+        mdp.request("resize", vec![b"r".to_vec()]).unwrap(),
+        [b"r".to_vec()]
+    );
+    assert_eq!(
+        mdp.request("echo", vec![b"e".to_vec()]).unwrap(),
+        [b"e".to_vec()]
+    );
+    assert_eq!(
+        mdp.request("mmi.service", vec![b"resize".to_vec()])
+            .unwrap(),
+        [b"200".to_vec()]
+    );
+    stop_node(&mut broker);
 }

@@ -112,15 +112,26 @@ pub fn start_blocking(
 type Ready = oneshot::Receiver<Result<BoundEndpoints, BrokerError>>;
 
 fn spawn(config: BrokerConfig, span: Span) -> Result<(BrokerHandle, Ready), BrokerError> {
-    let context = zmq::Context::new();
+    // The command channel has a context of its own: the sockets' context is terminated by the
+    // thread when it ends, which waits for their last messages, and must not wait for the
+    // actor's end of the channel.
+    let control = zmq::Context::new();
     let (commands, inbox) =
-        zmq_thread::channel(&context).map_err(|e| BrokerError::Socket("command channel", e))?;
+        zmq_thread::channel(&control).map_err(|e| BrokerError::Socket("command channel", e))?;
     let (ready_tx, ready_rx) = oneshot::channel();
     troupe_core::span::spawn_role_thread("broker-sockets", span, "broker", move || {
+        let context = zmq::Context::new();
         match Sockets::bind(&context, &config) {
             Ok((sockets, endpoints)) => {
                 let _ = ready_tx.send(Ok(endpoints));
-                run(sockets, config, inbox);
+                let finished = run(sockets, config, inbox);
+                // Terminating the context waits, up to `linger`, until the last replies have
+                // left: a node exiting right after the drain must not lose them.
+                drop(context);
+                if let Some((done, stats)) = finished {
+                    let _ = done.send(stats);
+                }
+                tracing::debug!("broker socket thread ended");
             }
             Err(err) => {
                 let _ = ready_tx.send(Err(err));
@@ -299,7 +310,13 @@ struct Loop {
     spare: Vec<Outgoing<zmq::Message>>,
 }
 
-fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
+/// Runs until drained (or a fatal poll error); returns who asked for the drain and the final
+/// counters. The sockets are closed on return.
+fn run(
+    sockets: Sockets,
+    config: BrokerConfig,
+    inbox: CommandInbox<Command>,
+) -> Option<(oneshot::Sender<BrokerStats>, BrokerStats)> {
     let mut this = Loop {
         sockets,
         engine: Engine::new(config, Instant::now()),
@@ -364,12 +381,7 @@ fn run(sockets: Sockets, config: BrokerConfig, inbox: CommandInbox<Command>) {
         }
     }
     let stats = this.engine.stats();
-    // Closing the sockets waits up to `linger` for the last replies to leave.
-    drop(this);
-    if let Some(done) = drained {
-        let _ = done.send(stats);
-    }
-    tracing::debug!("broker socket thread ended");
+    drained.map(|done| (done, stats))
 }
 
 impl Loop {

@@ -24,6 +24,8 @@ use crate::protocol::{PPP_HEARTBEAT, PPP_READY, SEED_STOP};
 const SEED_VERSION: u8 = 1;
 /// Quiet period after which a stopping worker with nothing in progress leaves.
 const QUIET: Duration = Duration::from_millis(100);
+/// How long a leaving worker waits for its STOP to be sent.
+const LEAVE_LINGER_MS: i32 = 1000;
 
 /// How the worker frames its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,15 +148,18 @@ impl Worker {
                 "heartbeat interval and liveness must be positive".into(),
             ));
         }
-        let context = zmq::Context::new();
-        let (events, inbox) = zmq_thread::channel(&context)?;
+        // The socket's context is separate from the stop channel's, so that the worker can
+        // terminate it when it leaves (waiting for its last messages, STOP included) while
+        // stop handles still exist.
+        let control = zmq::Context::new();
+        let (events, inbox) = zmq_thread::channel(&control)?;
         let stop = WorkerStop {
             events: events.clone(),
         };
         Ok((
             Worker {
                 options,
-                context,
+                context: zmq::Context::new(),
                 events,
                 inbox,
             },
@@ -267,6 +272,8 @@ impl WorkerLoop<'_> {
                 let quiet = self.in_progress == 0 && now.duration_since(last_arrival) >= QUIET;
                 if quiet || now >= deadline {
                     if self.options.framing == WorkerFraming::Seed {
+                        // Give STOP time to leave: the context's termination waits for it.
+                        let _ = socket.set_linger(LEAVE_LINGER_MS);
                         let _ = self.send_control(&socket, SEED_STOP, 0);
                     }
                     return Ok(self.summary.clone());
