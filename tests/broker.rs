@@ -124,6 +124,13 @@ fn broker_error(result: &Result<Vec<Vec<u8>>, ClientError>) -> (u16, String) {
     }
 }
 
+/// Waits until a Python worker has received `count` more heartbeats from the broker.
+fn wait_for_heartbeats(worker: &mut Proc, count: u32) {
+    for _ in 0..count {
+        worker.wait_for(&["heartbeat from the broker"], START);
+    }
+}
+
 fn stop_node(broker: &mut Broker) {
     broker.node.signal(libc::SIGTERM);
     let status = broker.node.wait_exit(STOP);
@@ -134,7 +141,7 @@ fn stop_node(broker: &mut Broker) {
 fn a_python_pirate_worker_and_lazy_pirate_client_work_unchanged() {
     let mut broker = start_broker("ppp", "");
     let interval = HEARTBEAT.as_millis().to_string();
-    let worker = python(
+    let mut worker = python(
         "broker_ppp_worker.py",
         &[
             &broker.backend,
@@ -160,9 +167,9 @@ fn a_python_pirate_worker_and_lazy_pirate_client_work_unchanged() {
     );
     let status = client.wait_exit(START);
     assert!(status.success(), "client:\n{}", client.output());
-    // Heartbeats keep flowing both ways for a few intervals without a reconnect, and nothing
-    // the broker sent was rejected by the standard worker.
-    std::thread::sleep(HEARTBEAT * LIVENESS * 2);
+    // Heartbeats keep flowing both ways for two liveness windows without a reconnect, and
+    // nothing the broker sent was rejected by the standard worker.
+    wait_for_heartbeats(&mut worker, LIVENESS * 2);
     assert!(!worker.printed(&["INVALID"]), "{}", worker.output());
     assert!(!worker.printed(&["reconnecting"]), "{}", worker.output());
     // The same worker serves Majordomo clients of the service by name.
@@ -226,7 +233,7 @@ fn a_seed_framed_worker_is_answered_in_its_framing() {
         ],
     );
     assert!(client.wait_exit(START).success(), "{}", client.output());
-    std::thread::sleep(HEARTBEAT * 3);
+    wait_for_heartbeats(&mut worker, 3);
     assert!(!worker.printed(&["INVALID"]), "{}", worker.output());
     worker.signal(libc::SIGTERM);
     worker.wait_exit(STOP);
@@ -307,8 +314,8 @@ fn a_python_majordomo_worker_and_client_work_unchanged() {
             client.output()
         );
     }
-    // Several liveness windows pass with heartbeats only: the worker stays registered.
-    std::thread::sleep(HEARTBEAT * LIVENESS * 2);
+    // Two liveness windows pass with heartbeats only: the worker stays registered.
+    wait_for_heartbeats(&mut worker, LIVENESS * 2);
     assert!(!worker.printed(&["reconnecting"]), "{}", worker.output());
     assert!(!worker.printed(&["INVALID"]), "{}", worker.output());
     let mut mdp = MajordomoClient::new(broker.majordomo.clone(), options(START));

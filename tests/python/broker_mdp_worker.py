@@ -57,7 +57,7 @@ def main():
                 reply = [args.service.encode() + b":" + body[0]] + body[1:]
                 socket.send_multipart([b"", MDPW, REPLY, client, b""] + reply)
             elif command == HEARTBEAT:
-                pass
+                print("heartbeat from the broker", flush=True)
             elif command == DISCONNECT:
                 print("disconnected by the broker; reconnecting", flush=True)
                 socket.close()

@@ -61,6 +61,7 @@ def main():
                 socket.send_multipart([frames[0], b"", body])
             elif len(frames) == 1 and frames[0] == HEARTBEAT:
                 liveness = args.liveness
+                print("heartbeat from the broker", flush=True)
             else:
                 print("INVALID", frames, flush=True)
                 sys.exit(3)

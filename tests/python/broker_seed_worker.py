@@ -53,6 +53,7 @@ def main():
                 if rest[0][:1] != b"\x02":
                     print("INVALID", frames, flush=True)
                     sys.exit(3)
+                print("heartbeat from the broker", flush=True)
                 continue
             delimiter = rest.index(b"")
             envelope, body = rest[:delimiter], rest[delimiter + 1:]
