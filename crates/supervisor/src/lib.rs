@@ -1,59 +1,40 @@
 //! # troupe-supervisor
 //!
-//! The `supervisor` role: keeps OS services and actors alive under restart plans.
+//! The `supervisor` role: keeps OS services and actors alive under per-child restart plans in
+//! the style of Erlang's `director`.
 //!
-//! This crate currently provides the role's actor and its `[supervisor]` config section only;
-//! restart plans and process supervision are not implemented yet.
+//! - [`plan`]: restart plans ([`Plan`], [`PlanElement`], [`Count`]) and their evaluation.
+//! - [`spec`]: child specs ([`ChildSpec`]), the default spec and director's `append` merge.
+//! - [`core`]: [`SupervisorCore`], the sans-IO state machine: children, ordering, decisions,
+//!   API rules.
+//! - [`config`] and [`manifest`]: the `[supervisor]` table and `services_dir` manifests.
+//! - [`Supervisor`]: the actor that owns processes, actor children and timers; its API is in
+//!   [`messages`]. [`SupervisorRole`] is the role.
+//!
+//! Internals: `process` (fork on a dedicated thread, pidfd exit watch, process groups),
+//! `output` (bounded line capture, rotated log files), `ready` (readiness probes),
+//! [`actor_child`] (actor children on their own arbiters).
 
 #![warn(missing_docs, unreachable_pub)]
 
-use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use troupe_core::{Role, RoleContext, RoleError, Shutdown};
+pub mod actor_child;
+pub mod config;
+pub mod core;
+pub mod manifest;
+pub mod messages;
+pub mod plan;
+pub mod spec;
 
-/// The `[supervisor]` table.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisorConfig {
-    /// Folder whose sub-folders each hold one service's `manifest.json`.
-    pub services_dir: Option<String>,
-}
+mod actor;
+mod output;
+mod process;
+mod ready;
+mod role;
 
-/// The supervisor actor.
-pub struct Supervisor;
-
-impl Actor for Supervisor {
-    type Context = Context<Self>;
-}
-
-impl Handler<Shutdown> for Supervisor {
-    type Result = ();
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-/// The running `supervisor` role.
-pub struct SupervisorRole {
-    actor: Addr<Supervisor>,
-}
-
-impl Role for SupervisorRole {
-    const NAME: &'static str = "supervisor";
-    type Config = SupervisorConfig;
-
-    fn start_after() -> &'static [&'static str] {
-        &["ipc"]
-    }
-
-    async fn start(_config: SupervisorConfig, _ctx: RoleContext) -> Result<Self, RoleError> {
-        tracing::warn!("supervisor not implemented yet: no services are started");
-        Ok(SupervisorRole {
-            actor: Supervisor.start(),
-        })
-    }
-
-    async fn stop(self) {
-        let _ = self.actor.send(Shutdown).await;
-    }
-}
+pub use actor::{nested_supervisor, Escalation, Supervisor, SupervisorSetup};
+pub use actor_child::{ActorFactory, ExitNotice};
+pub use config::SupervisorConfig;
+pub use core::{ChildCounts, ChildError, ChildInfo, ChildStatus, SupervisorCore};
+pub use plan::{Backoff, Count, ExitReason, Plan, PlanElement, PlanFn};
+pub use role::SupervisorRole;
+pub use spec::{ChildSpec, ChildStart, ChildType, DefaultSpec, ProcessSpec, ReadyCheck};

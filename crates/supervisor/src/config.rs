@@ -1,0 +1,504 @@
+//! The `[supervisor]` config table: where services come from (`[[supervisor.services]]`, a
+//! `services_dir` of manifests), the default child spec, limits, and the conversion of a
+//! service entry into a [`ChildSpec`]. A manifest's `manifest.json` has the same fields as a
+//! `[[supervisor.services]]` entry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use troupe_core::ConfigError;
+
+use crate::plan::{Count, Plan};
+use crate::spec::{
+    check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, ProcessSpec, ReadyConfig,
+    DEFAULT_START_TIMEOUT,
+};
+
+/// In `command` and `args`, stands for the path of the running troupe executable.
+pub const TROUPE_EXE: &str = "${TROUPE_EXE}";
+
+/// The `[supervisor]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Folder whose sub-folders each hold one service's `manifest.json` (and optionally its
+    /// `config.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services_dir: Option<PathBuf>,
+    /// Where services from this file keep their `config.json` (`<state_dir>/<id>/`). Empty:
+    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/troupe/<node>`, else
+    /// `$HOME/.local/state/troupe/<node>`, else `/var/tmp/troupe-<node>`.
+    pub state_dir: String,
+    /// Most children this supervisor holds (services, manifests and API-started children).
+    pub max_children: usize,
+    /// Longer output lines are cut into pieces of this many bytes.
+    pub max_line_bytes: usize,
+    /// The default child spec that `append = true` services are merged with.
+    pub default: DefaultConfig,
+    /// The services.
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            services_dir: None,
+            state_dir: String::new(),
+            max_children: 4096,
+            max_line_bytes: 16 * 1024,
+            default: DefaultConfig::default(),
+            services: Vec::new(),
+        }
+    }
+}
+
+/// The `[supervisor.default]` table: director's default child spec.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultConfig {
+    /// Program of appending services that name none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Arguments put before an appending service's.
+    pub args: Vec<String>,
+    /// Environment under an appending service's.
+    pub env: BTreeMap<String, String>,
+    /// Plan put before an appending service's.
+    pub plan: Plan,
+    /// Added to an appending service's count.
+    pub count: Count,
+    /// Added to an appending service's terminate timeout.
+    pub terminate_timeout_ms: u64,
+}
+
+impl DefaultConfig {
+    /// As the core takes it.
+    pub fn to_spec(&self) -> DefaultSpec {
+        DefaultSpec {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            plan: self.plan.clone(),
+            count: self.count,
+            terminate_timeout: Duration::from_millis(self.terminate_timeout_ms),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One `[[supervisor.services]]` entry, or one `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique id; in a manifest it defaults to the folder's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The program. A relative path with a `/` is taken from `cwd` (for a manifest, from its
+    /// folder); a bare name is looked up in `PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Pass the node's environment on (default true).
+    #[serde(default = "yes")]
+    pub inherit_env: bool,
+    /// Working directory (for a manifest, default: its folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Restart plan (default: delete on a clean exit, restart otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// How many times the plan may run (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Count>,
+    /// 0: SIGKILL at once; else SIGTERM to the group, wait, SIGKILL (default 1000, 5000 for
+    /// type supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminate_timeout_ms: Option<u64>,
+    /// `worker` (default) or `supervisor`.
+    #[serde(default, rename = "type")]
+    pub child_type: ChildType,
+    /// Merge with `[supervisor.default]`.
+    #[serde(default)]
+    pub append: bool,
+    /// Services that must be running before this one starts.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Readiness check: running only once it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyConfig>,
+    /// Time allowed for the readiness check (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_ms: Option<u64>,
+    /// Also write output lines to this file, rotated by size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<LogFileSpec>,
+}
+
+impl ServiceConfig {
+    /// The child spec for this entry. `home` is the service's folder (manifests), whose
+    /// relative paths are resolved against it; `config_path` is where its `config.json` lives.
+    /// The error names the field.
+    pub fn to_spec(
+        &self,
+        id: &str,
+        home: Option<&Path>,
+        config_path: PathBuf,
+    ) -> Result<ChildSpec, String> {
+        check_id(id)?;
+        let cwd = match (&self.cwd, home) {
+            (Some(cwd), Some(home)) => Some(home.join(cwd)),
+            (Some(cwd), None) => Some(cwd.clone()),
+            (None, home) => home.map(Path::to_path_buf),
+        };
+        let command = self.command.as_ref().map(|c| match &cwd {
+            Some(dir) if c.contains('/') && !c.starts_with('/') && !c.starts_with(TROUPE_EXE) => {
+                dir.join(c).to_string_lossy().into_owned()
+            }
+            _ => c.clone(),
+        });
+        if command.as_deref() == Some("") {
+            return Err("command: must not be empty".into());
+        }
+        if command.is_none() && !self.append {
+            return Err("command: missing (required unless append = true)".into());
+        }
+        let log_file = match (&self.log_file, home) {
+            (Some(lf), Some(home)) => Some(LogFileSpec {
+                path: home.join(&lf.path),
+                ..lf.clone()
+            }),
+            (lf, _) => lf.clone(),
+        };
+        if let Some(lf) = &log_file {
+            if lf.max_bytes < 1024 {
+                return Err("log_file.max_bytes: must be at least 1024".into());
+            }
+        }
+        let ready = self
+            .ready
+            .as_ref()
+            .map(|r| r.compile().map_err(|e| format!("ready.{e}")))
+            .transpose()?;
+        let spec = ChildSpec {
+            id: id.to_string(),
+            start: ChildStart::Process(ProcessSpec {
+                command,
+                args: self.args.clone(),
+                env: self.env.clone(),
+                inherit_env: self.inherit_env,
+                cwd,
+                log_file,
+                config_path: Some(config_path),
+            }),
+            plan: self.plan.clone().unwrap_or_else(Plan::default_plan),
+            count: self.count.unwrap_or(Count::Finite(1)),
+            terminate_timeout: self
+                .terminate_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or_else(|| self.child_type.default_terminate_timeout()),
+            child_type: self.child_type,
+            append: self.append,
+            after: self.after.clone(),
+            ready,
+            start_timeout: self
+                .start_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_START_TIMEOUT),
+        };
+        if spec.append {
+            // Checked again once merged; here only what does not depend on the default.
+            spec.check().or_else(|e| {
+                if e.starts_with("command") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        } else {
+            spec.check()?;
+        }
+        Ok(spec)
+    }
+}
+
+impl SupervisorConfig {
+    /// The `state_dir` in effect for node `node`.
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        if !self.state_dir.is_empty() {
+            return PathBuf::from(&self.state_dir);
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(dir) = var("STATE_DIRECTORY") {
+            // systemd's StateDirectory=: may list several, the first is ours.
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return PathBuf::from(first);
+        }
+        if let Some(dir) = var("XDG_STATE_HOME") {
+            return PathBuf::from(dir).join("troupe").join(node);
+        }
+        if let Some(home) = var("HOME") {
+            return PathBuf::from(home).join(".local/state/troupe").join(node);
+        }
+        PathBuf::from(format!("/var/tmp/troupe-{node}"))
+    }
+
+    /// The child specs of `[[supervisor.services]]`, in an order where each comes after the
+    /// services it names in `after`. Errors name the key (`services[2].after`).
+    pub fn service_specs(&self, state_dir: &Path) -> Result<Vec<ChildSpec>, ConfigError> {
+        let mut specs = Vec::with_capacity(self.services.len());
+        for (i, service) in self.services.iter().enumerate() {
+            let prefix = format!("services[{i}]");
+            let id = service.id.clone().ok_or_else(|| {
+                ConfigError::new(format!("{prefix}.id"), "missing: every service needs an id")
+            })?;
+            let spec = service
+                .to_spec(&id, None, state_dir.join(&id).join("config.json"))
+                .map_err(|e| field_error(&prefix, &e))?;
+            if specs.iter().any(|s: &ChildSpec| s.id == id) {
+                return Err(ConfigError::new(
+                    format!("{prefix}.id"),
+                    format!("duplicate id \"{id}\": ids must be unique"),
+                ));
+            }
+            specs.push(spec);
+        }
+        order_by_after(specs).map_err(|(index, e)| field_error(&format!("services[{index}]"), &e))
+    }
+}
+
+/// `message` starts with the field it is about (`ready.tcp: ...`): move it into the key.
+pub(crate) fn field_error(prefix: &str, message: &str) -> ConfigError {
+    match message.split_once(": ") {
+        Some((field, rest)) if !field.contains(' ') => {
+            ConfigError::new(format!("{prefix}.{field}"), rest)
+        }
+        _ => ConfigError::new(prefix, message),
+    }
+}
+
+/// Orders `specs` so that each comes after the ones it names in `after`. On an unknown id or
+/// a cycle, returns the index of the offending spec and the error.
+pub fn order_by_after(specs: Vec<ChildSpec>) -> Result<Vec<ChildSpec>, (usize, String)> {
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(missing) = spec
+            .after
+            .iter()
+            .find(|a| !specs.iter().any(|s| &s.id == *a))
+        {
+            return Err((i, format!("after: no service has the id \"{missing}\"")));
+        }
+    }
+    let mut placed = vec![false; specs.len()];
+    let mut order = Vec::with_capacity(specs.len());
+    while order.len() < specs.len() {
+        let next = (0..specs.len()).find(|&i| {
+            !placed[i]
+                && specs[i].after.iter().all(|a| {
+                    specs
+                        .iter()
+                        .position(|s| &s.id == a)
+                        .is_some_and(|j| placed[j])
+                })
+        });
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                order.push(i);
+            }
+            None => {
+                let stuck = (0..specs.len()).find(|&i| !placed[i]).unwrap_or(0);
+                let ids: Vec<&str> = (0..specs.len())
+                    .filter(|&i| !placed[i])
+                    .map(|i| specs[i].id.as_str())
+                    .collect();
+                return Err((
+                    stuck,
+                    format!(
+                        "after: services {} start after each other in a cycle",
+                        ids.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mut slots: Vec<Option<ChildSpec>> = specs.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<SupervisorConfig, String> {
+        let value: toml::Value = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let json = serde_json::to_value(value).unwrap();
+        serde_path_to_error::deserialize(json).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    }
+
+    fn specs(toml_text: &str) -> Result<Vec<ChildSpec>, ConfigError> {
+        parse(toml_text).unwrap().service_specs(Path::new("/state"))
+    }
+
+    #[test]
+    fn a_full_service_entry_parses() {
+        let s = specs(
+            r#"
+            [[services]]
+            id = "db"
+            command = "/usr/bin/db"
+            ready = { tcp = "127.0.0.1:5432" }
+            [[services]]
+            id = "app"
+            command = "${TROUPE_EXE}"
+            args = ["echo-worker"]
+            env = { MODE = "fast" }
+            inherit_env = false
+            cwd = "/srv"
+            plan = ["restart", { restart_after_ms = 100 }, { restart_backoff = { initial_ms = 10, factor = 2.0, max_ms = 1000 } }, "wait", { stop = "gave up" }]
+            count = "infinity"
+            terminate_timeout_ms = 0
+            type = "supervisor"
+            after = ["db"]
+            ready = { log_line = "listening on \\d+" }
+            start_timeout_ms = 2000
+            log_file = { path = "/var/log/app.log", max_bytes = 4096, backups = 2 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s[1].id, "app");
+        assert_eq!(s[1].plan.0.len(), 5);
+        assert_eq!(s[1].count, Count::Infinity);
+        assert_eq!(s[1].terminate_timeout, Duration::ZERO);
+        assert_eq!(s[1].child_type, ChildType::Supervisor);
+        assert_eq!(s[1].start_timeout, Duration::from_millis(2000));
+        let p = s[1].process_spec().unwrap();
+        assert_eq!(p.command.as_deref(), Some("${TROUPE_EXE}"));
+        assert_eq!(
+            p.config_path.as_deref(),
+            Some(Path::new("/state/app/config.json"))
+        );
+        assert!(!p.inherit_env);
+        // Defaults: director's plan, count 1, 1 s terminate timeout.
+        assert_eq!(s[0].count, Count::Finite(1));
+        assert_eq!(s[0].plan.to_string(), "[fn:default]");
+        assert_eq!(s[0].terminate_timeout, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn services_are_ordered_by_after() {
+        let s = specs(
+            r#"
+            [[services]]
+            id = "c"
+            command = "x"
+            after = ["b"]
+            [[services]]
+            id = "a"
+            command = "x"
+            [[services]]
+            id = "b"
+            command = "x"
+            after = ["a"]
+            "#,
+        )
+        .unwrap();
+        let ids: Vec<_> = s.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn errors_name_the_service_and_field() {
+        let cases = [
+            ("[[services]]\ncommand = \"x\"", "services[0].id", "missing"),
+            ("[[services]]\nid = \"a b\"\ncommand = \"x\"", "services[0].id", "not a valid"),
+            ("[[services]]\nid = \"a\"", "services[0].command", "missing"),
+            (
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n[[services]]\nid = \"a\"\ncommand = \"y\"",
+                "services[1].id",
+                "duplicate",
+            ),
+            (
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\nafter = [\"zz\"]",
+                "services[0].after",
+                "zz",
+            ),
+            (
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\nafter = [\"b\"]\n[[services]]\nid = \"b\"\ncommand = \"x\"\nafter = [\"a\"]",
+                "services[0].after",
+                "cycle",
+            ),
+            (
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\nready = { log_line = \"(\" }",
+                "services[0].ready.log_line",
+                "regular expression",
+            ),
+            (
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\nenv = { \"A=B\" = \"1\" }",
+                "services[0].env",
+                "not a valid variable",
+            ),
+        ];
+        for (text, key, needle) in cases {
+            let err = specs(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_path() {
+        let err = parse("[[services]]\nid = \"a\"\ncommand = \"x\"\nrestart = true").unwrap_err();
+        assert!(err.starts_with("services[0]"), "{err}");
+        assert!(err.contains("unknown field `restart`"), "{err}");
+        let err = parse("[[services]]\nid = \"a\"\nplan = [\"reboot\"]").unwrap_err();
+        assert!(err.contains("services[0].plan[0]"), "{err}");
+        assert!(err.contains("unknown plan element"), "{err}");
+        let err = parse("[default]\ncount = \"lots\"").unwrap_err();
+        assert!(err.contains("default.count"), "{err}");
+    }
+
+    #[test]
+    fn state_dir_has_a_documented_default() {
+        let c = SupervisorConfig {
+            state_dir: "/data".into(),
+            ..SupervisorConfig::default()
+        };
+        assert_eq!(c.state_dir("n1"), Path::new("/data"));
+        let default = SupervisorConfig::default().state_dir("n1");
+        assert!(
+            default.ends_with("n1")
+                || default.starts_with("/var/tmp/troupe-n1")
+                || std::env::var_os("STATE_DIRECTORY").is_some(),
+            "{default:?}"
+        );
+    }
+
+    #[test]
+    fn the_default_table_round_trips() {
+        let c = parse(
+            "[default]\ncommand = \"/bin/w\"\nargs = [\"-v\"]\nplan = [\"restart\"]\ncount = 5\nterminate_timeout_ms = 1000",
+        )
+        .unwrap();
+        let d = c.default.to_spec();
+        assert_eq!(d.count, Count::Finite(5));
+        assert_eq!(d.terminate_timeout, Duration::from_millis(1000));
+        let again: SupervisorConfig =
+            serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(again.default.to_spec(), d);
+    }
+}

@@ -1,0 +1,332 @@
+//! OS process plumbing: start a service in its own session with a parent-death signal, learn
+//! of its exit through a pidfd, reap it, and signal its whole process group.
+//!
+//! # Where processes are forked
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not when the
+//! process does. Actors run on arbiter threads, and actor children get a fresh arbiter per
+//! start, so forking from an arbiter could kill a healthy service when an unrelated arbiter is
+//! replaced. Every fork therefore happens on a small fixed set of spawner threads that are
+//! started once and never exit: the parent-death signal then means exactly "the node process
+//! is gone". The spawners also keep the fork/exec handshake (a blocking read) off the
+//! arbiters.
+//!
+//! # Exit and reaping
+//!
+//! Right after the fork, the spawner opens a pidfd for the child (Linux 5.3 or later). The
+//! actor waits for it to become readable, which happens when the child has exited but is not
+//! yet reaped; at that moment its pid still pins its process group id, so the group's remaining
+//! members (grandchildren) are killed race-free before `waitid` reaps the child and reads its
+//! status. Every child is reaped this way: no zombies.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rustix::process::{pidfd_open, waitid, PidfdFlags, WaitId, WaitIdOptions};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::oneshot;
+
+use crate::plan::ExitReason;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    /// Program (already expanded).
+    pub(crate) program: String,
+    /// Arguments (already expanded).
+    pub(crate) args: Vec<String>,
+    /// Variables set on top of the inherited environment (or alone).
+    pub(crate) env: Vec<(String, String)>,
+    /// Whether the node's environment is passed on.
+    pub(crate) inherit_env: bool,
+    /// Working directory.
+    pub(crate) cwd: Option<PathBuf>,
+    /// Pipe stdout and stderr back (else both go to /dev/null).
+    pub(crate) capture_output: bool,
+    /// A directory to create first (the service's state folder); failure is not fatal.
+    pub(crate) make_dir: Option<PathBuf>,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    /// Its pid, also its process group and session id.
+    pub(crate) pid: u32,
+    /// Becomes readable when it exits.
+    pub(crate) pidfd: OwnedFd,
+    /// Read end of its stdout, when captured.
+    pub(crate) stdout: Option<OwnedFd>,
+    /// Read end of its stderr, when captured.
+    pub(crate) stderr: Option<OwnedFd>,
+}
+
+struct Job {
+    launch: Launch,
+    reply: oneshot::Sender<Result<Spawned, String>>,
+}
+
+/// Spawner threads. Each `fork` waits for the child's `exec` to succeed; a few threads keep
+/// several of those waits in flight, so starting many services is not one long sequence.
+const SPAWNERS: usize = 4;
+
+static SPAWNER: OnceLock<Vec<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+static NEXT_SPAWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// The node's open-file limit before [`raise_fd_limit`], given back to every service.
+static SERVICE_NOFILE: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+
+/// Each service costs the node three descriptors (pidfd, stdout, stderr), so a thousand
+/// services exceed the common soft limit of 1024. The soft limit is raised to the hard limit
+/// for the node; services get the original limit back, as a service manager would give them.
+fn raise_fd_limit() -> Option<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
+    if target <= soft {
+        return None;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: hard,
+        },
+    ) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = target,
+                "raised the open-file limit for supervising many services"
+            );
+            Some((soft, hard.unwrap_or(libc::RLIM_INFINITY)))
+        }
+        Err(e) => {
+            tracing::warn!(soft, error = %e, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
+fn spawner() -> Result<mpsc::Sender<Job>, String> {
+    let threads = SPAWNER.get_or_init(|| {
+        SERVICE_NOFILE.get_or_init(raise_fd_limit);
+        (0..SPAWNERS)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                let started = troupe_core::span::spawn_role_thread(
+                    &format!("troupe-spawn-{i}"),
+                    tracing::Span::current(),
+                    "supervisor",
+                    move || {
+                        for job in rx {
+                            let _ = job.reply.send(launch_now(&job.launch));
+                        }
+                    },
+                );
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "cannot start a process spawner thread");
+                }
+                Mutex::new(tx)
+            })
+            .collect()
+    });
+    let pick = NEXT_SPAWNER.fetch_add(1, Ordering::Relaxed) % threads.len();
+    Ok(threads[pick]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone())
+}
+
+/// Starts `launch` on a spawner thread.
+pub(crate) async fn spawn(launch: Launch) -> Result<Spawned, String> {
+    let (reply, answer) = oneshot::channel();
+    spawner()?
+        .send(Job { launch, reply })
+        .map_err(|_| "the process spawner thread has stopped".to_string())?;
+    answer
+        .await
+        .map_err(|_| "the process spawner thread has stopped".to_string())?
+}
+
+fn launch_now(launch: &Launch) -> Result<Spawned, String> {
+    if let Some(dir) = &launch.make_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the service's state folder");
+        }
+    }
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args);
+    if !launch.inherit_env {
+        cmd.env_clear();
+    }
+    cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &launch.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(Stdio::null());
+    if launch.capture_output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    let nofile = SERVICE_NOFILE.get().copied().flatten();
+    prepare_child(&mut cmd, std::process::id() as libc::pid_t, nofile);
+    let mut child = cmd.spawn().map_err(|e| {
+        let cwd = launch
+            .cwd
+            .as_ref()
+            .map(|d| format!(" in {}", d.display()))
+            .unwrap_or_default();
+        format!("cannot run {}{cwd}: {e}", launch.program)
+    })?;
+    let pid = child.id();
+    let pidfd = match pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        PidfdFlags::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Without a pidfd the child cannot be watched: do not leave it running.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "cannot watch process {pid} (pidfd_open: {e}; Linux 5.3 or later is needed)"
+            ));
+        }
+    };
+    Ok(Spawned {
+        pid,
+        pidfd,
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+    })
+}
+
+/// The one piece of `unsafe` needed to start a service: setup run in the forked child before
+/// `exec`.
+///
+/// - `setsid()`: the service gets its own session and process group (its pid), so a stop can
+///   signal the whole group, grandchildren included, and a terminal's signals never reach it.
+/// - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the service when the thread that forked it
+///   exits. Forks only happen on the spawner thread, which lives as long as the node process
+///   (see the module docs), so this fires only when the node is gone, even by SIGKILL.
+/// - The parent check closes the race where the node died between `fork` and `prctl`: the
+///   signal would then never come, so the child gives up instead of running unsupervised.
+/// - `nofile`: the open-file limit the node had before raising its own, restored for the
+///   service.
+fn prepare_child(cmd: &mut Command, parent: libc::pid_t, nofile: Option<(u64, u64)>) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be used. It calls setsid, prctl, getppid and setrlimit
+    // (plain system calls that neither allocate nor lock) and builds io::Errors from raw OS
+    // codes, which does not allocate either. It reads only values it owns (moved in).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some((soft, hard)) = nofile {
+                let limit = libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`. A group already gone is not an error.
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
+    match killpg(Pid::from_raw(pid as i32), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, %signal, error = %e, "cannot signal process group"),
+    }
+}
+
+/// Waits (without blocking the thread) until process `pid` exits, kills what is left of its
+/// group, reaps it and returns how it ended. Must run on the arbiter that owns the process.
+pub(crate) async fn wait_exit(pid: u32, pidfd: Arc<OwnedFd>) -> ExitReason {
+    // SAFETY: `register_with_interest` needs the descriptor to stay open and the same for the
+    // AsyncFd's whole life. An `OwnedFd` is closed only when dropped and its descriptor never
+    // changes; the `Arc` keeps it alive at least as long as this AsyncFd holds a clone.
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Cannot be watched here: kill it so that it does not run unsupervised, and reap
+            // it on the blocking pool.
+            let (pidfd, e) = e.into_parts();
+            tracing::error!(pid, error = %e, "cannot watch process; killing it");
+            signal_group(pid, Signal::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || {
+                waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+            })
+            .await;
+            return ExitReason::StartFailed(format!("cannot watch process {pid}: {e}"));
+        }
+    };
+    loop {
+        let mut ready = match fd.readable().await {
+            Ok(ready) => ready,
+            Err(e) => return ExitReason::StartFailed(format!("watching process {pid}: {e}")),
+        };
+        // The leader has exited and is not reaped: its pid still names its group.
+        signal_group(pid, Signal::SIGKILL);
+        match waitid(
+            WaitId::PidFd(fd.get_ref().as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(status)) => {
+                if let Some(code) = status.exit_status().filter(|_| status.exited()) {
+                    return ExitReason::Exited(code);
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return ExitReason::Signaled(signal);
+                }
+                return ExitReason::Exited(status.raw_signo());
+            }
+            Ok(None) => ready.clear_ready(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return ExitReason::StartFailed(format!("reaping process {pid}: {e}")),
+        }
+    }
+}
+
+/// Expands `${TROUPE_EXE}` in `text` to the running executable's path.
+pub(crate) fn expand_exe(text: &str) -> String {
+    if !text.contains(crate::config::TROUPE_EXE) {
+        return text.to_string();
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "troupe".to_string());
+    text.replace(crate::config::TROUPE_EXE, &exe)
+}

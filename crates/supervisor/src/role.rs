@@ -1,0 +1,184 @@
+//! The `supervisor` role: builds the children from the `[supervisor]` table and the
+//! `services_dir`, starts the [`Supervisor`] actor (publishing its address for other roles),
+//! and stops every child when the node stops.
+
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use troupe_core::services::ServiceChannels;
+use troupe_core::{ConfigError, Role, RoleContext, RoleError, Shutdown};
+
+use crate::actor::{Escalation, Supervisor, SupervisorSetup};
+use crate::config::{order_by_after, SupervisorConfig};
+use crate::manifest::{load_services_dir, Loaded};
+use crate::spec::ChildSpec;
+
+/// The running `supervisor` role.
+pub struct SupervisorRole {
+    actor: Addr<Supervisor>,
+    stopped: oneshot::Receiver<()>,
+}
+
+impl SupervisorRole {
+    /// The supervisor actor's address (also published in the node's registry).
+    pub fn address(&self) -> &Addr<Supervisor> {
+        &self.actor
+    }
+}
+
+impl Role for SupervisorRole {
+    const NAME: &'static str = "supervisor";
+    type Config = SupervisorConfig;
+
+    fn start_after() -> &'static [&'static str] {
+        &["ipc"]
+    }
+
+    fn validate(config: &SupervisorConfig) -> Result<(), ConfigError> {
+        if config.max_children == 0 {
+            return Err(ConfigError::new("max_children", "must be at least 1"));
+        }
+        if config.max_line_bytes < 64 {
+            return Err(ConfigError::new("max_line_bytes", "must be at least 64"));
+        }
+        if config.services.len() > config.max_children {
+            return Err(ConfigError::new(
+                "services",
+                format!(
+                    "{} services, more than max_children ({})",
+                    config.services.len(),
+                    config.max_children
+                ),
+            ));
+        }
+        if let Some(element) = config.default.plan.0.iter().find(
+            |e| matches!(e, crate::plan::PlanElement::RestartBackoff(b) if b.check().is_err()),
+        ) {
+            return Err(ConfigError::new(
+                "default.plan",
+                format!("invalid element {element}"),
+            ));
+        }
+        config.service_specs(&PathBuf::from("/")).map(|_| ())
+    }
+
+    async fn start(config: SupervisorConfig, ctx: RoleContext) -> Result<Self, RoleError> {
+        let state_dir = config.state_dir(&ctx.node);
+        let mut children = config
+            .service_specs(&state_dir)
+            .map_err(|e| RoleError::new(e.within("supervisor")))?;
+        let mut failed = Vec::new();
+        if let Some(dir) = config.services_dir.clone() {
+            let limit = config.max_children.saturating_sub(children.len());
+            let loaded = actix_rt::task::spawn_blocking(move || load_services_dir(&dir, limit))
+                .await
+                .map_err(|e| RoleError::new(format!("loading services_dir: {e}")))?
+                .map_err(|e| RoleError::new(format!("supervisor.{e}")))?;
+            let (services, broken) = split_manifests(loaded, &children);
+            failed = broken;
+            children = order_manifests(children, services, &mut failed);
+        }
+        let channels = ctx.published.lookup::<ServiceChannels>();
+        tracing::info!(
+            services = children.len(),
+            failed = failed.len(),
+            state_dir = %state_dir.display(),
+            ipc = channels.is_some(),
+            "supervisor starting"
+        );
+        let setup = SupervisorSetup {
+            children,
+            failed,
+            default: config.default.to_spec(),
+            max_children: config.max_children,
+            max_line_bytes: config.max_line_bytes,
+            state_dir,
+            channels,
+        };
+        let (stopped_tx, stopped) = oneshot::channel();
+        let actor = Supervisor::new(setup, Escalation::Node(ctx.clone()), Some(stopped_tx)).start();
+        ctx.published.publish(actor.clone());
+        Ok(SupervisorRole { actor, stopped })
+    }
+
+    async fn stop(self) {
+        if self.actor.send(Shutdown).await.is_ok() {
+            let _ = self.stopped.await;
+        }
+    }
+}
+
+/// Good manifests, and broken ones (with duplicates of an id already used marked broken).
+fn split_manifests(
+    loaded: Vec<Loaded>,
+    config_children: &[ChildSpec],
+) -> (Vec<ChildSpec>, Vec<(ChildSpec, String)>) {
+    let mut services: Vec<ChildSpec> = Vec::new();
+    let mut broken = Vec::new();
+    for item in loaded {
+        match item {
+            Loaded::Service(spec) => {
+                let taken = config_children
+                    .iter()
+                    .chain(services.iter())
+                    .any(|s| s.id == spec.id);
+                if taken {
+                    let reason = format!(
+                        "{}: field `id`: \"{}\" is already used by another service",
+                        manifest_path(&spec),
+                        spec.id
+                    );
+                    broken.push((placeholder(&spec.id), reason));
+                } else {
+                    services.push(*spec);
+                }
+            }
+            Loaded::Broken { id, reason } => broken.push((placeholder(&id), reason)),
+        }
+    }
+    (services, broken)
+}
+
+/// Config services first, then manifests, each after the services it names in `after`. A
+/// manifest whose `after` names no service or closes a cycle is marked broken instead.
+fn order_manifests(
+    config_children: Vec<ChildSpec>,
+    mut services: Vec<ChildSpec>,
+    broken: &mut Vec<(ChildSpec, String)>,
+) -> Vec<ChildSpec> {
+    let first = config_children.len();
+    loop {
+        let all: Vec<ChildSpec> = config_children
+            .iter()
+            .chain(services.iter())
+            .cloned()
+            .collect();
+        match order_by_after(all) {
+            Ok(ordered) => return ordered,
+            Err((index, reason)) if index >= first => {
+                let spec = services.remove(index - first);
+                let reason = format!(
+                    "{}: field `{}",
+                    manifest_path(&spec),
+                    reason.replacen(": ", "`: ", 1)
+                );
+                broken.push((placeholder(&spec.id), reason));
+            }
+            // Config services were validated alone; an error can only come from a manifest.
+            Err(_) => return config_children,
+        }
+    }
+}
+
+fn manifest_path(spec: &ChildSpec) -> String {
+    spec.process_spec()
+        .and_then(|p| p.config_path.as_ref())
+        .and_then(|c| c.parent())
+        .map(|d| d.join("manifest.json").display().to_string())
+        .unwrap_or_else(|| "manifest.json".into())
+}
+
+fn placeholder(id: &str) -> ChildSpec {
+    ChildSpec::process(id, "")
+}

@@ -1,0 +1,440 @@
+//! Child specs: what a child is (a process or an actor), its plan, its timeouts and its start
+//! ordering; the default child spec and director's `append` merge.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actor_child::ActorFactory;
+use crate::plan::{Count, Plan};
+
+/// Whether a child is a worker or a supervisor of its own children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildType {
+    /// An ordinary child.
+    #[default]
+    Worker,
+    /// A child that supervises children itself; its escalation reaches this supervisor as its
+    /// exit.
+    Supervisor,
+}
+
+impl ChildType {
+    /// The terminate timeout a child of this type gets when its spec names none.
+    pub fn default_terminate_timeout(self) -> Duration {
+        match self {
+            ChildType::Worker => Duration::from_millis(1000),
+            // Director waits forever for a supervisor; a node's shutdown is bounded, so a
+            // nested supervisor gets a long but finite time to stop its own children.
+            ChildType::Supervisor => Duration::from_millis(5000),
+        }
+    }
+}
+
+/// A readiness check: a child counts as running only once it passes.
+#[derive(Debug, Clone)]
+pub enum ReadyCheck {
+    /// A TCP connection to this address succeeds.
+    Tcp(String),
+    /// A line of the child's stdout or stderr matches this expression.
+    LogLine(regex::Regex),
+    /// This command (program and arguments) exits with status 0.
+    Exec(Vec<String>),
+}
+
+impl PartialEq for ReadyCheck {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ReadyCheck::Tcp(a), ReadyCheck::Tcp(b)) => a == b,
+            (ReadyCheck::LogLine(a), ReadyCheck::LogLine(b)) => a.as_str() == b.as_str(),
+            (ReadyCheck::Exec(a), ReadyCheck::Exec(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ReadyCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyCheck::Tcp(addr) => write!(f, "tcp {addr}"),
+            ReadyCheck::LogLine(re) => write!(f, "log line /{}/", re.as_str()),
+            ReadyCheck::Exec(argv) => write!(f, "exec {}", argv.join(" ")),
+        }
+    }
+}
+
+/// The config form of a [`ReadyCheck`]: `{ tcp = "HOST:PORT" }`, `{ log_line = "regex" }` or
+/// `{ exec = ["program", "arg", ...] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ReadyConfig {
+    /// See [`ReadyCheck::Tcp`].
+    Tcp(String),
+    /// See [`ReadyCheck::LogLine`].
+    LogLine(String),
+    /// See [`ReadyCheck::Exec`].
+    Exec(Vec<String>),
+}
+
+impl ReadyConfig {
+    /// Checks and compiles the check; the message says what is wrong.
+    pub fn compile(&self) -> Result<ReadyCheck, String> {
+        match self {
+            ReadyConfig::Tcp(addr) => {
+                let ok = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if ok {
+                    Ok(ReadyCheck::Tcp(addr.clone()))
+                } else {
+                    Err(format!("tcp: \"{addr}\" is not HOST:PORT"))
+                }
+            }
+            ReadyConfig::LogLine(re) => regex::Regex::new(re)
+                .map(ReadyCheck::LogLine)
+                .map_err(|e| format!("log_line: invalid regular expression: {e}")),
+            ReadyConfig::Exec(argv) if argv.is_empty() || argv[0].is_empty() => {
+                Err("exec: needs a program, e.g. [\"pg_isready\", \"-q\"]".into())
+            }
+            ReadyConfig::Exec(argv) => Ok(ReadyCheck::Exec(argv.clone())),
+        }
+    }
+}
+
+/// A per-service log file with size-based rotation: `path`, then `path.1` … `path.<backups>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFileSpec {
+    /// The file the service's output lines are appended to.
+    pub path: PathBuf,
+    /// Size at which the file is rotated (default 10 MiB).
+    #[serde(default = "LogFileSpec::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (default 3; 0 truncates instead of keeping one).
+    #[serde(default = "LogFileSpec::default_backups")]
+    pub backups: u32,
+}
+
+impl LogFileSpec {
+    fn default_max_bytes() -> u64 {
+        10 * 1024 * 1024
+    }
+    fn default_backups() -> u32 {
+        3
+    }
+}
+
+/// An OS process to run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProcessSpec {
+    /// The program; `None` takes the default child spec's when appending. `${TROUPE_EXE}`
+    /// stands for the running troupe executable.
+    pub command: Option<String>,
+    /// Its arguments (`${TROUPE_EXE}` expanded too).
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Whether the node's own environment is passed on (default true).
+    pub inherit_env: bool,
+    /// Working directory (default: the node's).
+    pub cwd: Option<PathBuf>,
+    /// Where its output lines are also written.
+    pub log_file: Option<LogFileSpec>,
+    /// Where its persisted `config.json` lives (given to the ipc hub).
+    pub config_path: Option<PathBuf>,
+}
+
+/// What a child is.
+#[derive(Clone)]
+pub enum ChildStart {
+    /// An OS process.
+    Process(ProcessSpec),
+    /// An actor made by a factory, run on its own arbiter.
+    Actor(ActorFactory),
+}
+
+impl fmt::Debug for ChildStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChildStart::Process(p) => f.debug_tuple("Process").field(p).finish(),
+            ChildStart::Actor(_) => f.write_str("Actor"),
+        }
+    }
+}
+
+/// One child: what to start and how to keep it alive.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// Unique among the supervisor's children.
+    pub id: String,
+    /// What to start.
+    pub start: ChildStart,
+    /// The restart plan.
+    pub plan: Plan,
+    /// How many times the plan may run.
+    pub count: Count,
+    /// 0: SIGKILL at once; otherwise SIGTERM, wait this long, SIGKILL (actors: ask, wait, drop).
+    pub terminate_timeout: Duration,
+    /// Worker or supervisor.
+    pub child_type: ChildType,
+    /// Merge with the default child spec (director's `append`).
+    pub append: bool,
+    /// Children that must be running before this one starts.
+    pub after: Vec<String>,
+    /// The child is running only once this passes.
+    pub ready: Option<ReadyCheck>,
+    /// How long the readiness check may take.
+    pub start_timeout: Duration,
+}
+
+/// Default of `start_timeout` when a readiness check is given.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ChildSpec {
+    /// A process child with director's defaults: the default plan, count 1, a worker.
+    pub fn process(id: impl Into<String>, command: impl Into<String>) -> Self {
+        Self::new(
+            id,
+            ChildStart::Process(ProcessSpec {
+                command: Some(command.into()),
+                inherit_env: true,
+                ..ProcessSpec::default()
+            }),
+        )
+    }
+
+    /// An actor child with director's defaults; see [`ActorFactory::new`].
+    pub fn actor(id: impl Into<String>, factory: ActorFactory) -> Self {
+        Self::new(id, ChildStart::Actor(factory))
+    }
+
+    fn new(id: impl Into<String>, start: ChildStart) -> Self {
+        ChildSpec {
+            id: id.into(),
+            start,
+            plan: Plan::default_plan(),
+            count: Count::Finite(1),
+            terminate_timeout: ChildType::Worker.default_terminate_timeout(),
+            child_type: ChildType::Worker,
+            append: false,
+            after: Vec::new(),
+            ready: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+
+    /// Sets the plan.
+    pub fn with_plan(mut self, plan: Plan) -> Self {
+        self.plan = plan;
+        self
+    }
+
+    /// Sets the count.
+    pub fn with_count(mut self, count: Count) -> Self {
+        self.count = count;
+        self
+    }
+
+    /// Sets the arguments of a process child.
+    pub fn with_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        if let ChildStart::Process(p) = &mut self.start {
+            p.args = args.into_iter().map(Into::into).collect();
+        }
+        self
+    }
+
+    /// The process part, if this is a process child.
+    pub fn process_spec(&self) -> Option<&ProcessSpec> {
+        match &self.start {
+            ChildStart::Process(p) => Some(p),
+            ChildStart::Actor(_) => None,
+        }
+    }
+
+    /// Checks what the types cannot; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        check_id(&self.id)?;
+        match &self.start {
+            ChildStart::Process(p) => {
+                if !p.command.as_deref().is_some_and(|c| !c.is_empty()) {
+                    return Err(
+                        "command: missing (and the default child spec has none to append to)"
+                            .into(),
+                    );
+                }
+                if let Some(key) = p
+                    .env
+                    .keys()
+                    .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+                {
+                    return Err(format!("env: \"{key}\" is not a valid variable name"));
+                }
+            }
+            ChildStart::Actor(_) => {
+                if matches!(self.ready, Some(ReadyCheck::LogLine(_))) {
+                    return Err("ready: an actor child has no output for log_line".into());
+                }
+            }
+        }
+        if self.after.iter().any(|a| a == &self.id) {
+            return Err(format!("after: \"{}\" cannot start after itself", self.id));
+        }
+        Ok(())
+    }
+}
+
+/// Ids are used in logs, environment variables and file names: keep them plain.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || "-_.@".contains(c);
+    if id.is_empty() || id.len() > 128 || !id.chars().all(valid) || id.starts_with('.') {
+        return Err(format!(
+            "id: \"{id}\" is not a valid child id; use 1 to 128 letters, digits and - _ . @ (not starting with .)"
+        ));
+    }
+    Ok(())
+}
+
+/// The default child spec (director's `DefaultChildspec`): what `append = true` children are
+/// merged with. Its built-in value adds nothing: no command, no args, empty plan, count 0,
+/// terminate timeout 0.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DefaultSpec {
+    /// Program for appended children that name none.
+    pub command: Option<String>,
+    /// Put before an appended child's arguments.
+    pub args: Vec<String>,
+    /// Under an appended child's environment (the child's values win).
+    pub env: BTreeMap<String, String>,
+    /// Put before an appended child's plan.
+    pub plan: Plan,
+    /// Added to an appended child's count.
+    pub count: Count,
+    /// Added to an appended child's terminate timeout.
+    pub terminate_timeout: Duration,
+}
+
+impl Default for Count {
+    fn default() -> Self {
+        Count::Finite(0)
+    }
+}
+
+impl DefaultSpec {
+    /// `child` as it runs: unchanged unless it appends, else merged as director does (counts
+    /// and timeouts added, plan = default's then the child's, args appended, command taken
+    /// from the default when the child names none).
+    pub fn merge(&self, mut child: ChildSpec) -> ChildSpec {
+        if !child.append {
+            return child;
+        }
+        let mut plan = self.plan.0.clone();
+        plan.append(&mut child.plan.0);
+        child.plan = Plan(plan);
+        child.count = self.count.plus(child.count);
+        child.terminate_timeout = self
+            .terminate_timeout
+            .saturating_add(child.terminate_timeout);
+        if let ChildStart::Process(p) = &mut child.start {
+            if p.command.is_none() {
+                p.command = self.command.clone();
+            }
+            let mut args = self.args.clone();
+            args.append(&mut p.args);
+            p.args = args;
+            let mut env = self.env.clone();
+            env.append(&mut p.env);
+            p.env = env;
+        }
+        child
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlanElement;
+
+    #[test]
+    fn append_merges_as_director_does() {
+        let default = DefaultSpec {
+            command: Some("/bin/worker".into()),
+            args: vec!["--base".into()],
+            env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "1".into())]),
+            plan: Plan(vec![PlanElement::Restart]),
+            count: Count::Finite(5),
+            terminate_timeout: Duration::from_millis(1000),
+        };
+        let mut child = ChildSpec::process("one", "x");
+        if let ChildStart::Process(p) = &mut child.start {
+            p.command = None;
+            p.args = vec!["--mine".into()];
+            p.env = BTreeMap::from([("B".into(), "2".into())]);
+        }
+        child.append = true;
+        let merged = default.merge(child.clone());
+        // Count 1 (the child's built-in) + 5, timeout 1000 + 1000, plan default's then child's.
+        assert_eq!(merged.count, Count::Finite(6));
+        assert_eq!(merged.terminate_timeout, Duration::from_millis(2000));
+        assert_eq!(merged.plan.0.len(), 2);
+        assert_eq!(merged.plan.0[0], PlanElement::Restart);
+        assert!(matches!(merged.plan.0[1], PlanElement::Decide(_)));
+        let p = merged.process_spec().unwrap();
+        assert_eq!(p.command.as_deref(), Some("/bin/worker"));
+        assert_eq!(p.args, ["--base", "--mine"]);
+        assert_eq!(p.env["A"], "1");
+        assert_eq!(p.env["B"], "2");
+
+        // Without append, the default is not used at all.
+        child.append = false;
+        let alone = default.merge(child);
+        assert_eq!(alone.count, Count::Finite(1));
+        assert_eq!(alone.process_spec().unwrap().command, None);
+        assert!(alone.check().unwrap_err().contains("command"));
+    }
+
+    #[test]
+    fn the_built_in_default_adds_nothing() {
+        let mut child = ChildSpec::process("one", "/bin/true").with_args(["a"]);
+        child.append = true;
+        let merged = DefaultSpec::default().merge(child.clone());
+        assert_eq!(merged.count, child.count);
+        assert_eq!(merged.terminate_timeout, child.terminate_timeout);
+        assert_eq!(merged.plan.0.len(), 1);
+        assert_eq!(merged.process_spec(), child.process_spec());
+    }
+
+    #[test]
+    fn infinity_absorbs_in_append() {
+        let default = DefaultSpec {
+            count: Count::Infinity,
+            ..DefaultSpec::default()
+        };
+        let mut child = ChildSpec::process("one", "/bin/true");
+        child.append = true;
+        assert_eq!(default.merge(child).count, Count::Infinity);
+    }
+
+    #[test]
+    fn ids_and_ready_checks_are_checked() {
+        for bad in ["", "a b", "../x", ".hidden", "é"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+        for good in ["echo", "db-1", "a.b_c@d"] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        assert!(ReadyConfig::Tcp("127.0.0.1:80".into()).compile().is_ok());
+        assert!(ReadyConfig::Tcp("127.0.0.1".into())
+            .compile()
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        assert!(ReadyConfig::LogLine("(".into())
+            .compile()
+            .unwrap_err()
+            .contains("log_line"));
+        assert!(ReadyConfig::Exec(vec![]).compile().is_err());
+    }
+}
