@@ -662,3 +662,53 @@ fn extra_services_have_their_own_sockets_and_are_reachable_by_name() {
     );
     stop_node(&mut broker);
 }
+
+#[test]
+fn a_supervised_echo_worker_answers_troupe_call() {
+    // The layout of the default node (configs/single.toml), on free ports: the supervisor
+    // keeps `troupe echo-worker` running behind the broker.
+    let (f, b, m) = (free_port(), free_port(), free_port());
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+roles = ["supervisor", "broker"]
+shutdown_timeout = "10s"
+[supervisor]
+state_dir = "{state}"
+[[supervisor.services]]
+id = "echo"
+command = "${{TROUPE_EXE}}"
+args = ["echo-worker", "--connect", "tcp://127.0.0.1:{b}", "--concurrency", "4"]
+terminate_timeout_ms = 3000
+[broker]
+frontend = "tcp://127.0.0.1:{f}"
+backend = "tcp://127.0.0.1:{b}"
+[broker.majordomo]
+bind = "tcp://127.0.0.1:{m}"
+"#,
+        state = state.path().display()
+    );
+    let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    config.write_all(text.as_bytes()).unwrap();
+    let mut cmd = troupe();
+    cmd.arg("run").arg("--config").arg(config.path()).args([
+        "--name",
+        &format!("broker-supervised-{}", std::process::id()),
+    ]);
+    let mut node = Proc::spawn(cmd);
+    node.wait_for(&["node ready"], START);
+    node.wait_for(&["worker ready", "service=echo", "concurrency=4"], START);
+    let mut call = troupe();
+    call.args([
+        "call",
+        "echo",
+        "hello",
+        "--endpoint",
+        &format!("tcp://127.0.0.1:{m}"),
+    ]);
+    let (status, output) = run_to_end(call, START);
+    assert!(status.success(), "{output}");
+    assert_eq!(output.trim(), "hello");
+    node.signal(libc::SIGTERM);
+    assert_eq!(node.wait_exit(STOP).code(), Some(0), "{}", node.output());
+}
