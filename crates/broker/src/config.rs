@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     pub max_message_size: i64,
     /// How long unsent messages are kept when a socket closes at shutdown.
     pub linger: Duration,
+    /// The host other machines reach this broker at, registered with the beacons for sockets
+    /// bound to every interface (`0.0.0.0`, `*`); empty: this machine's host name.
+    pub advertise_host: String,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +71,7 @@ impl Default for BrokerConfig {
             hwm: 10_000,
             max_message_size: 16 * 1024 * 1024,
             linger: Duration::from_millis(500),
+            advertise_host: String::new(),
         }
     }
 }
@@ -207,6 +211,18 @@ impl BrokerConfig {
             "majordomo.max_services",
         )?;
         check_service_name(&self.service).map_err(|m| ConfigError::new("service", m))?;
+        if self
+            .advertise_host
+            .contains(|c: char| !(c.is_ascii_alphanumeric() || "-.:[]".contains(c)))
+        {
+            return Err(ConfigError::new(
+                "advertise_host",
+                format!(
+                    "\"{}\" is not a host name or IP address",
+                    self.advertise_host.escape_debug()
+                ),
+            ));
+        }
 
         let mut names = HashSet::from([self.service.as_str()]);
         let mut endpoints = HashSet::new();
@@ -362,6 +378,7 @@ mod tests {
             ("heartbeat_interval = \"0s\"", "`heartbeat_interval`"),
             ("service = \"mmi.x\"", "reserved"),
             ("service = \"a b\"", "without spaces"),
+            ("advertise_host = \"a/b\"", "`advertise_host`"),
             ("backend = \"tcp://127.0.0.1:7501\"", "`backend`"),
             (
                 "[[services]]\nname = \"echo\"\nfrontend = \"tcp://a:1\"\nbackend = \"tcp://a:2\"",

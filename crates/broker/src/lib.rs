@@ -9,7 +9,8 @@
 //! - The logic is sans-IO: [`service::Service`] is one service's worker queue (credit, least
 //!   recently used among equals, expiry, requests waiting and held), [`engine::Engine`]
 //!   routes every socket's messages to services; both take the time as an input.
-//! - [`socket_loop`] is the thread that owns the sockets and runs the engine.
+//! - [`socket_loop`] is the thread that owns the sockets and runs the engine;
+//!   [`discovery`] is what it registers with the cluster's beacons.
 //! - [`worker`] and [`client`] are the Rust APIs for programs on either side of the broker;
 //!   [`protocol`] holds the frame formats, including the documented error reply.
 
@@ -18,6 +19,7 @@
 pub mod actor;
 pub mod client;
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod protocol;
