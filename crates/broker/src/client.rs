@@ -4,6 +4,19 @@
 //! Both turn the broker's error replies into [`ClientError::Broker`].
 //!
 //! Retrying resends the request: use `retries > 0` only for requests that are safe to repeat.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use troupe_broker::client::{ClientError, ClientOptions, MajordomoClient};
+//!
+//! let options = ClientOptions { timeout: Duration::from_secs(2), retries: 1 };
+//! let mut client = MajordomoClient::new("tcp://127.0.0.1:7500", options);
+//! match client.request("echo", vec![b"hello".to_vec()]) {
+//!     Ok(reply) => println!("{}", String::from_utf8_lossy(&reply[0])),
+//!     Err(ClientError::Broker { code, message }) => eprintln!("broker error {code}: {message}"),
+//!     Err(other) => eprintln!("{other}"),
+//! }
+//! ```
 
 use std::time::Duration;
 

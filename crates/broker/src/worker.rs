@@ -11,6 +11,24 @@
 //! arrived for a short quiet period (or `drain_timeout` passes), then sends STOP. Standard
 //! Paranoid Pirate has no STOP: the worker stops heartbeating, serves what is in progress and
 //! disconnects; the broker notices after its liveness window.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use troupe_broker::worker::{Worker, WorkerOptions};
+//!
+//! # fn main() -> Result<(), troupe_broker::worker::WorkerError> {
+//! let options = WorkerOptions {
+//!     concurrency: 4,
+//!     ..WorkerOptions::new("tcp://127.0.0.1:7502")
+//! };
+//! let (worker, stop) = Worker::new(options)?;
+//! // Call `stop.stop()` from anywhere (a signal handler's thread, say) to leave gracefully.
+//! # drop(stop);
+//! let summary = worker.run(Arc::new(|body: Vec<Vec<u8>>| body))?;
+//! println!("handled {} requests", summary.handled);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
