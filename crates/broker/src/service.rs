@@ -533,14 +533,13 @@ impl<F: Frame> Service<F> {
         }
         self.stats.workers_lost += 1;
         let held = worker.held.len();
-        let log = |level_warn: bool| {
-            if level_warn {
-                tracing::warn!(service = %self.settings.name, worker = %show_id(id), held, "worker {}; removed", why.describe());
-            } else {
-                tracing::info!(service = %self.settings.name, worker = %show_id(id), held, "worker {}; removed", why.describe());
-            }
-        };
-        log(why == Loss::Expired || held > 0);
+        let (service, worker_id, why_text) = (&self.settings.name, show_id(id), why.describe());
+        // A worker leaving empty-handed is routine; one lost with requests, or silent, is not.
+        if why == Loss::Expired || held > 0 {
+            tracing::warn!(%service, worker = %worker_id, held, "worker {why_text}; removed");
+        } else {
+            tracing::info!(%service, worker = %worker_id, held, "worker {why_text}; removed");
+        }
         let mut retry = Vec::new();
         for held in worker.held {
             let can_retry = self.settings.retry_on_worker_loss
