@@ -151,15 +151,15 @@ impl<F: Frame> Engine<F> {
         let Some(service) = self.services.get_mut(index).and_then(|s| s.as_mut()) else {
             return;
         };
-        let id = frames[0].bytes().to_vec();
+        let id = frames[0].bytes();
         match message {
             BackendMessage::Control {
                 framing,
                 control: Control::Ready,
                 concurrency,
             } => {
-                if !service.worker_ready(&id, framing, concurrency, now, out) {
-                    tracing::warn!(service = %service.name(), worker = %show_id(&id), max_workers, "worker refused: the service has max_workers workers");
+                if !service.worker_ready(id, framing, concurrency, now, out) {
+                    tracing::warn!(service = %service.name(), worker = %show_id(id), max_workers, "worker refused: the service has max_workers workers");
                 }
             }
             BackendMessage::Control {
@@ -169,25 +169,25 @@ impl<F: Frame> Engine<F> {
             } => {
                 // A heartbeat from an unknown worker (the broker restarted, or it was purged
                 // while partitioned) registers it: PPP workers only send READY on connect.
-                if !service.worker_heartbeat(&id, Some(concurrency), now, out)
-                    && !service.worker_ready(&id, framing, concurrency, now, out)
+                if !service.worker_heartbeat(id, Some(concurrency), now, out)
+                    && !service.worker_ready(id, framing, concurrency, now, out)
                 {
-                    tracing::debug!(worker = %show_id(&id), "heartbeat from a refused worker");
+                    tracing::debug!(worker = %show_id(id), "heartbeat from a refused worker");
                 }
             }
             BackendMessage::Control {
                 control: Control::Stop,
                 ..
             } => {
-                service.remove_worker(&id, Loss::Stopped, now, out);
+                service.remove_worker(id, Loss::Stopped, now, out);
             }
             BackendMessage::Reply { envelope, .. } => {
                 let (start, end) = envelope;
-                let held = service.worker_reply(&id, &frames[start..end], now, out);
+                let held = service.worker_reply(id, &frames[start..end], now, out);
                 let held = match held {
                     Ok(held) => held,
                     Err(why) => {
-                        tracing::debug!(worker = %show_id(&id), ?why, "dropped a reply matching no request in flight");
+                        tracing::debug!(worker = %show_id(id), ?why, "dropped a reply matching no request in flight");
                         return;
                     }
                 };
