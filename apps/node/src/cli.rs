@@ -26,6 +26,9 @@ pub enum Command {
     EchoWorker(EchoWorkerArgs),
     /// Send one request to a service through a broker's Majordomo socket and print the reply.
     Call(CallArgs),
+    /// Ask the cluster's beacons: list nodes, look up a resource, show a node's requirements,
+    /// or watch changes.
+    Cluster(troupe_beacon::cli::ClusterArgs),
 }
 
 /// Flags of `troupe echo-worker`.

@@ -1,5 +1,7 @@
 //! Role composition: start the selected roles in order, each on its own arbiter; stop them in
-//! reverse, each within the shutdown timeout.
+//! reverse, each within the shutdown timeout. When `[cluster]` names beacons, the cluster
+//! client starts first on an arbiter of its own (so that roles find its address in the
+//! published registry) and stops last (so that the node deregisters once its roles are down).
 //!
 //! Each role gets an arbiter (an OS thread with its own event loop) whose thread enters the
 //! role's tracing span and is marked as the role's for the panic policy. A role's lifetime on
@@ -28,6 +30,7 @@ struct RoleSlot {
 pub struct RunningNode {
     name: Arc<str>,
     roles: Vec<RoleSlot>,
+    cluster: Option<RoleSlot>,
     shutdown_timeout: Duration,
     /// Handles roles published, for in-process callers (tests, embedding programs).
     pub published: Published,
@@ -49,6 +52,8 @@ pub struct NodePlan {
     pub name: Arc<str>,
     /// Roles in start order.
     pub roles: Vec<PreparedRole>,
+    /// The cluster client, started before the roles.
+    pub cluster: Option<PreparedRole>,
     /// Deadline for each role to stop.
     pub shutdown_timeout: Duration,
     /// The node's effective configuration.
@@ -68,11 +73,14 @@ impl RunningNode {
         let mut node = RunningNode {
             name: plan.name.clone(),
             roles: Vec::new(),
+            cluster: None,
             shutdown_timeout: plan.shutdown_timeout,
             published: Published::default(),
             stop_requests,
         };
-        for role in plan.roles {
+        let cluster = plan.cluster.into_iter().map(|client| (true, client));
+        let roles = plan.roles.into_iter().map(|role| (false, role));
+        for (is_cluster, role) in cluster.chain(roles) {
             let name = role.name;
             let ctx = RoleContext {
                 node: plan.name.clone(),
@@ -82,7 +90,11 @@ impl RunningNode {
                 published: node.published.clone(),
                 control: control.clone(),
             };
-            tracing::info!(node = %node.name, role = name, "starting role");
+            if is_cluster {
+                tracing::info!(node = %node.name, "starting the cluster client");
+            } else {
+                tracing::info!(node = %node.name, role = name, "starting role");
+            }
             let since = Instant::now();
             let (slot, started) = launch(role, ctx);
             node.roles.push(slot);
@@ -101,6 +113,10 @@ impl RunningNode {
                 }
             };
             match outcome {
+                Ok(()) if is_cluster => {
+                    node.cluster = node.roles.pop();
+                    tracing::info!(node = %node.name, "cluster client started");
+                }
                 Ok(()) => tracing::info!(
                     node = %node.name,
                     role = name,
@@ -142,9 +158,10 @@ impl RunningNode {
         }
     }
 
-    /// Stops every role in reverse start order, each within the shutdown timeout.
+    /// Stops every role in reverse start order, then the cluster client, each within the
+    /// shutdown timeout.
     pub async fn stop(&mut self) {
-        while let Some(mut slot) = self.roles.pop() {
+        while let Some(mut slot) = self.roles.pop().or_else(|| self.cluster.take()) {
             let since = Instant::now();
             drop(slot.stop.take());
             match tokio::time::timeout(self.shutdown_timeout.get(), &mut slot.stopped).await {
@@ -247,6 +264,7 @@ mod tests {
                 name: Arc::from(settings.name.as_str()),
                 roles: settings.roles,
                 shutdown_timeout: settings.shutdown_timeout,
+                cluster: settings.cluster,
                 effective: Arc::new(settings.effective),
             };
             let mut node = RunningNode::start(plan, control, requests, &mut signals)

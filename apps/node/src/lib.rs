@@ -36,6 +36,7 @@ pub fn main_with(known: RoleSet) -> i32 {
         Command::CheckConfig(args) => check_config(&known, args),
         Command::EchoWorker(args) => broker_tools::echo_worker(args),
         Command::Call(args) => broker_tools::call(args),
+        Command::Cluster(args) => cluster(&known, args),
     }
 }
 
@@ -66,6 +67,31 @@ fn check_config(known: &RoleSet, args: NodeArgs) -> i32 {
     }
 }
 
+/// `troupe cluster …`: the node's `[cluster]` table says which beacons to ask, and how.
+fn cluster(known: &RoleSet, args: troupe_beacon::cli::ClusterArgs) -> i32 {
+    let node_args = NodeArgs {
+        config: args.config.clone(),
+        roles: None,
+        name: None,
+        log_level: None,
+        log_format: cli::LogFormat::Text,
+    };
+    let settings = match load(known, &node_args) {
+        Ok(settings) => settings,
+        Err(err) => return config_failure(err),
+    };
+    let level = args.log_level.clone().unwrap_or_else(|| "warn".to_string());
+    if let Err(err) = logging::init(Some(&level), cli::LogFormat::Text) {
+        return config_failure(err);
+    }
+    let table = settings.effective[troupe_beacon::ClusterConfig::TABLE].clone();
+    let cluster = match serde_json::from_value(table) {
+        Ok(cluster) => cluster,
+        Err(err) => return config_failure(ConfigError::new("cluster", err.to_string())),
+    };
+    troupe_beacon::cli::run(args, cluster, &settings.name)
+}
+
 fn run(known: &RoleSet, args: NodeArgs) -> i32 {
     let settings = match load(known, &args) {
         Ok(settings) => settings,
@@ -78,6 +104,7 @@ fn run(known: &RoleSet, args: NodeArgs) -> i32 {
         name: Arc::from(settings.name.as_str()),
         roles: settings.roles,
         shutdown_timeout: settings.shutdown_timeout,
+        cluster: settings.cluster,
         effective: Arc::new(settings.effective),
     };
     actix_rt::System::new().block_on(run_node(plan))

@@ -1,19 +1,21 @@
 //! Layered node configuration: built-in defaults < TOML file < environment < flags.
 //!
 //! The layers are merged by the `config` crate into one document, which is then checked key
-//! by key: the top level knows `name`, `roles`, `shutdown_timeout` and one table per known
-//! role; each role table is parsed by its role (unknown keys and bad values are errors that
-//! name the key). Every known role's table is checked, selected or not, so that a typo in a
-//! table for later is found now.
+//! by key: the top level knows `name`, `roles`, `shutdown_timeout`, the `[cluster]` table (the
+//! beacons this node registers with, parsed by `troupe_beacon::ClusterConfig`) and one table
+//! per known role; each role table is parsed by its role (unknown keys and bad values are
+//! errors that name the key). Every known role's table is checked, selected or not, so that a
+//! typo in a table for later is found now.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use config::{Environment, File, FileFormat};
 use serde_json::{json, Map, Value};
+use troupe_beacon::{ClusterClient, ClusterConfig};
 use troupe_core::role::start_order;
 use troupe_core::settings::Duration;
-use troupe_core::{ConfigError, PreparedRole, RoleSet};
+use troupe_core::{ConfigError, PreparedRole, Role, RoleSet};
 
 /// The config used when no `--config` is given: every role on one machine, on loopback.
 /// It is `configs/single.toml`, embedded.
@@ -28,7 +30,7 @@ pub const RESERVED_ENV: &[&str] = &[
     troupe_core::services::ENV_IPC_SOCKET,
 ];
 
-const TOP_LEVEL_KEYS: &[&str] = &["name", "roles", "shutdown_timeout"];
+const TOP_LEVEL_KEYS: &[&str] = &["name", "roles", "shutdown_timeout", ClusterConfig::TABLE];
 
 /// The highest layer: values given as command-line flags.
 #[derive(Debug, Default, Clone)]
@@ -47,6 +49,8 @@ pub struct NodeSettings {
     pub roles: Vec<PreparedRole>,
     /// Deadline for each role to stop.
     pub shutdown_timeout: Duration,
+    /// The cluster client, when `[cluster]` names beacons: started before the roles.
+    pub cluster: Option<PreparedRole>,
     /// The whole effective document (every default filled in), for display and for roles.
     pub effective: Value,
 }
@@ -76,6 +80,8 @@ fn merge(
     for (name, section) in known.default_sections() {
         defaults[name] = section;
     }
+    defaults[ClusterConfig::TABLE] = serde_json::to_value(ClusterConfig::default())
+        .map_err(|err| ConfigError::new(ClusterConfig::TABLE, err.to_string()))?;
     let mut builder = config::Config::builder()
         .add_source(File::from_str(&defaults.to_string(), FileFormat::Json));
     builder = match file {
@@ -98,6 +104,8 @@ fn merge(
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("roles")
+            .with_list_parse_key("cluster.beacons")
+            .with_list_parse_key("cluster.requires")
             .source(Some(env)),
     );
     if let Some(name) = &overrides.name {
@@ -177,6 +185,7 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         serde_json::from_value(doc.remove("shutdown_timeout").unwrap_or(Value::Null))
             .map_err(|err| ConfigError::new("shutdown_timeout", err.to_string()))?;
     let selected = parse_roles(known, doc.remove("roles"))?;
+    let (cluster_effective, cluster) = parse_cluster(doc.remove(ClusterConfig::TABLE), &selected)?;
 
     let mut effective = Map::new();
     effective.insert("name".into(), Value::String(name.clone()));
@@ -205,12 +214,41 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         "roles".into(),
         json!(roles.iter().map(|r| r.name).collect::<Vec<_>>()),
     );
+    effective.insert(ClusterConfig::TABLE.into(), cluster_effective);
     Ok(NodeSettings {
         name,
         roles,
         shutdown_timeout,
+        cluster,
         effective: Value::Object(effective),
     })
+}
+
+/// Parses the `[cluster]` table; its `resource` defaults to the first role the user listed.
+/// Returns its effective value and, when it names beacons, the client ready to start.
+fn parse_cluster(
+    section: Option<Value>,
+    selected: &[String],
+) -> Result<(Value, Option<PreparedRole>), ConfigError> {
+    let mut section = section.unwrap_or_else(|| json!({}));
+    if let (Value::Object(table), Some(first)) = (&mut section, selected.first()) {
+        if table
+            .get("resource")
+            .map_or(true, |r| r.as_str() == Some(""))
+        {
+            table.insert("resource".into(), Value::String(first.clone()));
+        }
+    }
+    let client = RoleSet::new().with::<ClusterClient>();
+    let effective = client.parse(ClusterClient::NAME, section.clone())?;
+    let has_beacons = effective["beacons"]
+        .as_array()
+        .is_some_and(|beacons| !beacons.is_empty());
+    let prepared = match has_beacons {
+        true => Some(client.prepare(ClusterClient::NAME, section)?),
+        false => None,
+    };
+    Ok((effective, prepared))
 }
 
 fn parse_name(value: Option<Value>) -> Result<String, ConfigError> {
@@ -526,6 +564,41 @@ mod tests {
             Ok(_) => panic!("missing file accepted"),
         };
         assert!(err.message.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn cluster_table_is_checked_and_defaults_its_resource() {
+        let f = file("roles = [\"supervisor\", \"ipc\"]\n[cluster]\nrequires = [\"broker\"]");
+        let s = load(&known(), Some(f.path()), vec![], &Overrides::default()).unwrap();
+        assert_eq!(s.effective["cluster"]["resource"], "supervisor");
+        assert!(s.cluster.is_none(), "no beacons: no cluster client");
+        let vars = env(&[(
+            "TROUPE_CLUSTER__BEACONS",
+            "tcp://127.0.0.1:1,tcp://127.0.0.1:2",
+        )]);
+        let s = load(&known(), Some(f.path()), vars, &Overrides::default()).unwrap();
+        assert_eq!(
+            s.effective["cluster"]["beacons"].as_array().unwrap().len(),
+            2
+        );
+        assert!(s.cluster.is_some());
+        let s = load(&known(), None, vec![], &Overrides::default()).unwrap();
+        assert!(
+            s.cluster.is_some(),
+            "the embedded default registers with its beacon"
+        );
+
+        let err = load_err("roles = [\"ipc\"]\n[cluster]\nbeacon = []", &[]);
+        assert_eq!(err.key, "cluster.beacon");
+        let err = load_err(
+            "roles = [\"ipc\"]\n[cluster]\nbeacons = [\"localhost:7400\"]",
+            &[],
+        );
+        assert_eq!(err.key, "cluster.beacons[0]");
+        let err = load_err("roles = [\"ipc\"]\n[cluster]\nresource = \"a b\"", &[]);
+        assert_eq!(err.key, "cluster.resource");
+        let err = load_err("roles = [\"ipc\"]", &[("TROUPE_CLUSTER__LIVENESS", "0")]);
+        assert_eq!(err.key, "cluster.liveness");
     }
 
     #[test]

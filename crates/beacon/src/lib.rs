@@ -1,64 +1,58 @@
 //! # troupe-beacon
 //!
-//! The `beacon` role: the cluster registry of nodes, resources and requirements.
+//! The cluster registry: which nodes are up, what each offers (its *resource*, one role name)
+//! and needs (its *requirements*), and where to reach it (its *endpoints*).
 //!
-//! This crate currently provides the role's actor and its `[beacon]` config section only; the
-//! registry protocol and the client actor are not implemented yet.
+//! - [`BeaconRole`] is the `beacon` role: a ZeroMQ ROUTER (on its own thread) in front of the
+//!   sans-IO [`registry::Registry`] and [`server::core::BeaconCore`]. Configured by the
+//!   `[beacon]` table ([`BeaconConfig`]).
+//! - [`client::BeaconClient`] is the actor every node whose `[cluster]` table
+//!   ([`ClusterConfig`]) names beacons runs: it registers the node with each beacon,
+//!   heartbeats, re-registers with a beacon that forgot it, and answers its roles'
+//!   questions (`GetRequirements`, `LookupResource`, `AwaitRequirements`, `Subscribe`,
+//!   `AddEndpoints`...). The node runs it as the internal role [`client::ClusterClient`].
+//! - [`protocol`] is the wire format (JSON, one document per frame), documented for other
+//!   languages in `docs/protocols/beacon.md`; [`auth`] the cookie challenge–response.
+//! - [`cli`] holds the operator commands `troupe cluster list|lookup|requirements|watch`.
+//!
+//! A role uses the cluster through the client the node publishes — here, waiting for its
+//! requirements at start instead of failing, then registering the endpoints it opened:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use actix::Addr;
+//! use troupe_beacon::client::{AddEndpoints, AwaitRequirements, BeaconClient};
+//!
+//! # async fn start(ctx: troupe_core::RoleContext) -> Result<(), troupe_core::RoleError> {
+//! let cluster = ctx
+//!     .published
+//!     .lookup::<Addr<BeaconClient>>()
+//!     .ok_or_else(|| troupe_core::RoleError::new("this role needs [cluster] beacons"))?;
+//! let wait = AwaitRequirements { timeout: Duration::from_secs(30) };
+//! match cluster.send(wait).await {
+//!     Ok(Ok(requirements)) => {
+//!         for node in &requirements.offers["broker"] {
+//!             tracing::info!(node = %node.name, frontend = ?node.endpoints.get("frontend"), "broker found");
+//!         }
+//!     }
+//!     Ok(Err(err)) => tracing::warn!(%err, "starting without every requirement"),
+//!     Err(_) => return Err(troupe_core::RoleError::new("the cluster client has stopped")),
+//! }
+//! let endpoints = [("api".to_string(), "tcp://10.0.0.5:9000".to_string())];
+//! let _ = cluster.send(AddEndpoints(endpoints.into())).await;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs, unreachable_pub)]
 
-use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use troupe_core::settings::ZmqEndpoint;
-use troupe_core::{Role, RoleContext, RoleError, Shutdown};
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
 
-/// The `[beacon]` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BeaconConfig {
-    /// Where the beacon's ROUTER socket binds.
-    pub bind: ZmqEndpoint,
-}
-
-impl Default for BeaconConfig {
-    fn default() -> Self {
-        BeaconConfig {
-            bind: "tcp://127.0.0.1:7400".parse().expect("valid default"),
-        }
-    }
-}
-
-/// The beacon actor.
-pub struct Beacon;
-
-impl Actor for Beacon {
-    type Context = Context<Self>;
-}
-
-impl Handler<Shutdown> for Beacon {
-    type Result = ();
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-/// The running `beacon` role.
-pub struct BeaconRole {
-    actor: Addr<Beacon>,
-}
-
-impl Role for BeaconRole {
-    const NAME: &'static str = "beacon";
-    type Config = BeaconConfig;
-
-    async fn start(_config: BeaconConfig, _ctx: RoleContext) -> Result<Self, RoleError> {
-        tracing::warn!("beacon not implemented yet: no socket is bound");
-        Ok(BeaconRole {
-            actor: Beacon.start(),
-        })
-    }
-
-    async fn stop(self) {
-        let _ = self.actor.send(Shutdown).await;
-    }
-}
+pub use client::{BeaconClient, ClusterClient, ClusterConfig};
+pub use server::{BeaconConfig, BeaconRole};

@@ -1,0 +1,295 @@
+//! The cluster client actor: owns the [`ClientCore`], drives it with a tick and the frames from
+//! the socket thread, and keeps the callers waiting for answers.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use troupe_core::zmq_thread::CommandSender;
+use troupe_core::Shutdown;
+
+use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
+use crate::client::socket::{Frames, LinkEvent, SocketAction, ToDealers};
+use crate::client::{
+    AddEndpoints, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf,
+    ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
+    Unsubscribe,
+};
+use crate::protocol::Node;
+
+/// The cluster client actor. See the [module docs](crate::client) for its messages.
+pub struct BeaconClient {
+    core: ClientCore,
+    socket: CommandSender<ToDealers>,
+    answers: HashMap<u64, oneshot::Sender<Result<Answer, ClientError>>>,
+    awaiting: HashMap<u64, oneshot::Sender<Result<Requirements, ClientError>>>,
+    subscribers: HashMap<SubscriptionId, Recipient<ClusterEvent>>,
+    left: Vec<oneshot::Sender<()>>,
+    next_token: u64,
+    tick: Duration,
+}
+
+impl BeaconClient {
+    pub(crate) fn new(core: ClientCore, socket: CommandSender<ToDealers>) -> Self {
+        BeaconClient {
+            core,
+            socket,
+            answers: HashMap::new(),
+            awaiting: HashMap::new(),
+            subscribers: HashMap::new(),
+            left: Vec::new(),
+            next_token: 1,
+            tick: Duration::from_millis(50),
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Carries out the core's actions; `answers_batch` when they answer a batch of frames.
+    fn apply(&mut self, actions: Vec<Action>, answers_batch: bool) {
+        let mut socket_actions = Vec::new();
+        let mut gone = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send { link, frame } => {
+                    socket_actions.push(SocketAction::Send { link, frame })
+                }
+                Action::Reset { link } => socket_actions.push(SocketAction::Reset { link }),
+                Action::Answer { token, result } => {
+                    if let Some(caller) = self.answers.remove(&token) {
+                        let _ = caller.send(result);
+                    }
+                }
+                Action::Awaited { token, result } => {
+                    if let Some(caller) = self.awaiting.remove(&token) {
+                        let _ = caller.send(result);
+                    }
+                }
+                Action::Deliver {
+                    subscription,
+                    event,
+                } => match self.subscribers.get(&subscription) {
+                    Some(recipient) if recipient.connected() => recipient.do_send(event),
+                    _ => gone.push(subscription),
+                },
+                Action::Left => {
+                    for caller in self.left.drain(..) {
+                        let _ = caller.send(());
+                    }
+                }
+            }
+        }
+        for subscription in gone {
+            self.subscribers.remove(&subscription);
+            let actions = self.core.unsubscribe(subscription);
+            socket_actions.extend(actions.into_iter().filter_map(|a| match a {
+                Action::Send { link, frame } => Some(SocketAction::Send { link, frame }),
+                _ => None,
+            }));
+        }
+        if !socket_actions.is_empty() || answers_batch {
+            let command = ToDealers::Run {
+                actions: socket_actions,
+                answers_batch,
+            };
+            if self.socket.send(command).is_err() {
+                tracing::error!("the cluster client's socket thread has stopped");
+            }
+        }
+    }
+
+    fn ask(&mut self, query: Query) -> oneshot::Receiver<Result<Answer, ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        if self.answers.len() >= MAX_PENDING {
+            let _ = tx.send(Err(ClientError::Busy(MAX_PENDING)));
+            return rx;
+        }
+        let token = self.token();
+        self.answers.insert(token, tx);
+        let actions = self.core.query(Instant::now(), token, query);
+        self.apply(actions, false);
+        rx
+    }
+}
+
+impl Actor for BeaconClient {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let actions = self.core.start(Instant::now());
+        self.apply(actions, false);
+        ctx.run_interval(self.tick, |actor, _| {
+            let actions = actor.core.tick(Instant::now());
+            actor.apply(actions, false);
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let _ = self.socket.send(ToDealers::Stop);
+    }
+}
+
+impl Handler<Frames> for BeaconClient {
+    type Result = ();
+
+    fn handle(&mut self, frames: Frames, _: &mut Self::Context) {
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        for (link, event) in frames.0 {
+            actions.extend(match event {
+                LinkEvent::Frame(frame) => self.core.received(now, link, &frame),
+                LinkEvent::Connected => self.core.connected(now, link),
+                LinkEvent::Disconnected => self.core.disconnected(now, link),
+            });
+        }
+        self.apply(actions, true);
+    }
+}
+
+async fn requirements(
+    rx: oneshot::Receiver<Result<Answer, ClientError>>,
+) -> Result<Requirements, ClientError> {
+    match rx.await {
+        Ok(Ok(Answer::Requirements(requirements))) => Ok(requirements),
+        Ok(Ok(Answer::Nodes(_))) => Err(ClientError::Unexpected),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ClientError::Stopped),
+    }
+}
+
+async fn nodes(
+    rx: oneshot::Receiver<Result<Answer, ClientError>>,
+) -> Result<Vec<Node>, ClientError> {
+    match rx.await {
+        Ok(Ok(Answer::Nodes(nodes))) => Ok(nodes),
+        Ok(Ok(Answer::Requirements(_))) => Err(ClientError::Unexpected),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ClientError::Stopped),
+    }
+}
+
+impl Handler<GetRequirements> for BeaconClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, _: GetRequirements, _: &mut Self::Context) -> Self::Result {
+        let node = self.core.node().to_string();
+        Box::pin(requirements(self.ask(Query::Requirements(node))))
+    }
+}
+
+impl Handler<GetRequirementsOf> for BeaconClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, of: GetRequirementsOf, _: &mut Self::Context) -> Self::Result {
+        Box::pin(requirements(self.ask(Query::Requirements(of.0))))
+    }
+}
+
+impl Handler<LookupResource> for BeaconClient {
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
+
+    fn handle(&mut self, lookup: LookupResource, _: &mut Self::Context) -> Self::Result {
+        Box::pin(nodes(self.ask(Query::Lookup(lookup.0))))
+    }
+}
+
+impl Handler<ListNodes> for BeaconClient {
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Self::Context) -> Self::Result {
+        Box::pin(nodes(self.ask(Query::List)))
+    }
+}
+
+impl Handler<AwaitRequirements> for BeaconClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, wait: AwaitRequirements, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let token = self.token();
+        self.awaiting.insert(token, tx);
+        let actions = self
+            .core
+            .await_requirements(Instant::now(), token, wait.timeout);
+        self.apply(actions, false);
+        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Stopped)) })
+    }
+}
+
+impl Handler<Subscribe> for BeaconClient {
+    type Result = Result<SubscriptionId, ClientError>;
+
+    fn handle(&mut self, subscribe: Subscribe, _: &mut Self::Context) -> Self::Result {
+        let id = SubscriptionId(self.token());
+        let actions =
+            self.core
+                .subscribe(Instant::now(), id, subscribe.resources, subscribe.since)?;
+        self.subscribers.insert(id, subscribe.recipient);
+        self.apply(actions, false);
+        Ok(id)
+    }
+}
+
+impl Handler<Unsubscribe> for BeaconClient {
+    type Result = ();
+
+    fn handle(&mut self, unsubscribe: Unsubscribe, _: &mut Self::Context) {
+        self.subscribers.remove(&unsubscribe.0);
+        let actions = self.core.unsubscribe(unsubscribe.0);
+        self.apply(actions, false);
+    }
+}
+
+impl Handler<AddEndpoints> for BeaconClient {
+    type Result = Result<(), ClientError>;
+
+    fn handle(&mut self, add: AddEndpoints, _: &mut Self::Context) -> Self::Result {
+        let actions = self.core.update_endpoints(Instant::now(), add.0, &[])?;
+        self.apply(actions, false);
+        Ok(())
+    }
+}
+
+impl Handler<RemoveEndpoints> for BeaconClient {
+    type Result = Result<(), ClientError>;
+
+    fn handle(&mut self, remove: RemoveEndpoints, _: &mut Self::Context) -> Self::Result {
+        let actions = self
+            .core
+            .update_endpoints(Instant::now(), Default::default(), &remove.0)?;
+        self.apply(actions, false);
+        Ok(())
+    }
+}
+
+/// Deregisters the node from every beacon, waiting at most the given time for their answers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leave(pub(crate) Duration);
+
+impl Handler<Leave> for BeaconClient {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, leave: Leave, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.left.push(tx);
+        let now = Instant::now();
+        let actions = self.core.leave(now + leave.0);
+        self.apply(actions, false);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<Shutdown> for BeaconClient {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
