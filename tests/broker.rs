@@ -712,3 +712,124 @@ bind = "tcp://127.0.0.1:{m}"
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(STOP).code(), Some(0), "{}", node.output());
 }
+
+/// The endpoints of the online nodes offering `broker`, as `troupe cluster lookup` reports
+/// them, by node name.
+fn broker_lookup(beacon: &str) -> Vec<(String, serde_json::Value)> {
+    let mut cmd = troupe();
+    cmd.args(["cluster", "lookup", "broker", "--json", "--beacon", beacon]);
+    let (status, output) = run_to_end(cmd, START);
+    assert!(status.success(), "{output}");
+    let json_line = output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {output}"));
+    let answer: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    answer["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["endpoints"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Asks the beacon until `check` holds for the broker node's endpoints (`Null` when the node
+/// is not offered), up to [`START`].
+fn wait_for_lookup(
+    beacon: &str,
+    node: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + START;
+    loop {
+        let nodes = broker_lookup(beacon);
+        let endpoints = nodes
+            .iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, e)| e.clone())
+            .unwrap_or(serde_json::Value::Null);
+        if check(&endpoints) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_broker_registers_with_the_beacon_and_deregisters_before_draining() {
+    let beacon_port = free_port();
+    let beacon_at = format!("tcp://127.0.0.1:{beacon_port}");
+    let mut beacon_config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        beacon_config,
+        "roles = [\"beacon\"]\n[beacon]\nbind = \"{beacon_at}\"\n"
+    )
+    .unwrap();
+    let mut cmd = troupe();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(beacon_config.path())
+        .args([
+            "--name",
+            &format!("beacon-for-broker-{}", std::process::id()),
+        ]);
+    let mut beacon = Proc::spawn(cmd);
+    beacon.wait_for(&["node ready"], START);
+
+    let mut broker = start_broker(
+        "registered",
+        &format!(
+            "drain_timeout = \"10s\"\n[cluster]\nbeacons = [\"{beacon_at}\"]\nresource = \"broker\"\n"
+        ),
+    );
+    let node = format!("broker-registered-{}", std::process::id());
+    assert!(
+        broker
+            .node
+            .printed(&["broker endpoints registered with the cluster"]),
+        "{}",
+        broker.node.output()
+    );
+    let (frontend, backend, majordomo) = (
+        broker.frontend.clone(),
+        broker.backend.clone(),
+        broker.majordomo.clone(),
+    );
+    wait_for_lookup(&beacon_at, &node, "the broker's endpoints", |e| {
+        e["echo.frontend"] == frontend.as_str()
+            && e["echo.backend"] == backend.as_str()
+            && e["majordomo"] == majordomo.as_str()
+    });
+
+    // A request in flight, then SIGTERM: the endpoints are withdrawn first, and the request
+    // still completes during the drain.
+    let mut worker = echo_worker(&broker.backend, &["--delay", "5s"]);
+    broker.node.wait_for(&["worker ready"], START);
+    let pending = request_in_thread(&broker.frontend, "last one", START);
+    worker.wait_for(&["request received"], START);
+    broker.node.signal(libc::SIGTERM);
+    broker
+        .node
+        .wait_for(&["broker endpoints removed from the cluster"], START);
+    // The node itself is still registered (draining), without the broker's endpoints.
+    wait_for_lookup(&beacon_at, &node, "the endpoints withdrawn", |e| {
+        e.is_object() && e.get("echo.frontend").is_none() && e.get("majordomo").is_none()
+    });
+    let (result, _) = pending.join().unwrap();
+    assert_eq!(result.unwrap(), [b"last one".to_vec()]);
+    assert_eq!(
+        broker.node.wait_exit(STOP).code(),
+        Some(0),
+        "{}",
+        broker.node.output()
+    );
+    beacon.signal(libc::SIGTERM);
+    assert_eq!(beacon.wait_exit(STOP).code(), Some(0));
+}
