@@ -1,6 +1,8 @@
-//! The command line: `troupe run`, `troupe check-config` and their shared node flags.
+//! The command line: `troupe run`, `troupe check-config` and their shared node flags, and the
+//! broker's tools `troupe echo-worker` and `troupe call`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -20,9 +22,75 @@ pub enum Command {
     Run(NodeArgs),
     /// Validate the configuration and print the effective merged result as TOML.
     CheckConfig(NodeArgs),
+    /// Run a Paranoid Pirate worker that answers every request with its own body.
+    EchoWorker(EchoWorkerArgs),
+    /// Send one request to a service through a broker's Majordomo socket and print the reply.
+    Call(CallArgs),
     /// Ask the cluster's beacons: list nodes, look up a resource, show a node's requirements,
     /// or watch changes.
     Cluster(troupe_beacon::cli::ClusterArgs),
+}
+
+/// Flags of `troupe echo-worker`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoWorkerArgs {
+    /// The broker backend to connect to.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7502")]
+    pub connect: String,
+    /// Requests handled at once (1 to 255), announced to the broker as free concurrency.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub concurrency: u8,
+    /// Framing: `seed` (announces its concurrency, leaves with STOP) or `pirate` (standard
+    /// Paranoid Pirate, concurrency 1 as far as the broker knows).
+    #[arg(long, value_enum, default_value_t = EchoFraming::Seed)]
+    pub framing: EchoFraming,
+    /// Time between heartbeats; must match the broker's `heartbeat_interval`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Silent heartbeat intervals after which the broker is considered gone (reconnect).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub liveness: u32,
+    /// How long each request takes before its reply is sent (to simulate work).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// On SIGTERM/SIGINT, how long to keep serving requests already sent before leaving.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log filter (default: RUST_LOG, else `info`).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// How `troupe echo-worker` frames its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EchoFraming {
+    /// The seed's framing.
+    Seed,
+    /// Standard Paranoid Pirate.
+    Pirate,
+}
+
+/// Flags of `troupe call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// The service to call, e.g. `echo`.
+    pub service: String,
+    /// The request body (one frame).
+    pub payload: String,
+    /// The broker's Majordomo socket.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7500")]
+    pub endpoint: String,
+    /// How long to wait for the reply (per attempt).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Attempts after the first when no reply comes (only for requests safe to repeat).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<troupe_core::settings::Duration>()
+        .map(|d| d.get())
 }
 
 /// Flags shared by `run` and `check-config`. Flags override the environment, which overrides

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod broker_tools;
 pub mod cli;
 pub mod compose;
 pub mod heartbeat;
@@ -33,6 +34,8 @@ pub fn main_with(known: RoleSet) -> i32 {
     match cli.command {
         Command::Run(args) => run(&known, args),
         Command::CheckConfig(args) => check_config(&known, args),
+        Command::EchoWorker(args) => broker_tools::echo_worker(args),
+        Command::Call(args) => broker_tools::call(args),
         Command::Cluster(args) => cluster(&known, args),
     }
 }

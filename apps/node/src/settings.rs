@@ -497,7 +497,7 @@ mod tests {
         );
         assert_eq!(err.key, "broker.frontendd");
         assert!(
-            err.message.contains("expected `frontend` or `backend`"),
+            err.message.contains("expected one of") && err.message.contains("`frontend`"),
             "{err}"
         );
     }

@@ -1,71 +1,33 @@
 //! # troupe-broker
 //!
-//! The `broker` role: a ZeroMQ load balancer between clients and workers.
+//! The `broker` role: a ZeroMQ load balancer between clients and workers, speaking Paranoid
+//! Pirate (RFC 6), the seed's variant of it (free concurrency in the control frame, STOP), and
+//! Majordomo 0.1 (RFC 7).
 //!
-//! This crate currently provides the role's actor and its `[broker]` config section only; the
-//! protocols and the worker queue are not implemented yet.
+//! - [`BrokerConfig`] is the `[broker]` table; [`BrokerRole`] the role, [`BrokerActor`] its
+//!   control-plane actor.
+//! - The logic is sans-IO: [`service::Service`] is one service's worker queue (credit, least
+//!   recently used among equals, expiry, requests waiting and held), [`engine::Engine`]
+//!   routes every socket's messages to services; both take the time as an input.
+//! - [`socket_loop`] is the thread that owns the sockets and runs the engine;
+//!   [`discovery`] is what it registers with the cluster's beacons.
+//! - [`worker`] and [`client`] are the Rust APIs for programs on either side of the broker;
+//!   [`protocol`] holds the frame formats, including the documented error reply.
 
 #![warn(missing_docs, unreachable_pub)]
 
-use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use troupe_core::settings::ZmqEndpoint;
-use troupe_core::{Role, RoleContext, RoleError, Shutdown};
+pub mod actor;
+pub mod client;
+pub mod config;
+pub mod discovery;
+pub mod engine;
+pub mod error;
+pub mod protocol;
+pub mod service;
+pub mod socket_loop;
+pub mod worker;
 
-/// The `[broker]` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    /// Where clients connect (ROUTER bind address).
-    pub frontend: ZmqEndpoint,
-    /// Where workers connect (ROUTER bind address).
-    pub backend: ZmqEndpoint,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            frontend: "tcp://127.0.0.1:7501".parse().expect("valid default"),
-            backend: "tcp://127.0.0.1:7502".parse().expect("valid default"),
-        }
-    }
-}
-
-/// The broker's control-plane actor.
-pub struct Broker;
-
-impl Actor for Broker {
-    type Context = Context<Self>;
-}
-
-impl Handler<Shutdown> for Broker {
-    type Result = ();
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-/// The running `broker` role.
-pub struct BrokerRole {
-    actor: Addr<Broker>,
-}
-
-impl Role for BrokerRole {
-    const NAME: &'static str = "broker";
-    type Config = BrokerConfig;
-
-    fn start_after() -> &'static [&'static str] {
-        &["beacon", "supervisor"]
-    }
-
-    async fn start(_config: BrokerConfig, _ctx: RoleContext) -> Result<Self, RoleError> {
-        tracing::warn!("broker not implemented yet: no sockets are bound");
-        Ok(BrokerRole {
-            actor: Broker.start(),
-        })
-    }
-
-    async fn stop(self) {
-        let _ = self.actor.send(Shutdown).await;
-    }
-}
+pub use actor::{BrokerActor, BrokerRole, GetEndpoints, GetStats};
+pub use config::BrokerConfig;
+pub use engine::BrokerStats;
+pub use error::BrokerError;

@@ -9,8 +9,8 @@
 //!
 //! Run with `make bench`, or `cargo bench -p troupe-supervisor --bench supervisor` after
 //! `cargo build --release --bins`. `SUPERVISOR_BENCH_QUICK=1` runs a short version;
-//! `SUPERVISOR_BENCH_RUNS` sets the number of runs (default 3). supervisord is installed with
-//! pip if missing.
+//! `SUPERVISOR_BENCH_RUNS` sets the number of runs (default 3); `SUPERVISOR_BENCH_ONLY=restart`
+//! or `=scale` runs one of the two. supervisord is installed with pip if missing.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -49,35 +49,44 @@ fn main() {
         settings.kills, settings.services, settings.runs
     );
 
+    let only = std::env::var("SUPERVISOR_BENCH_ONLY").unwrap_or_default();
     let mut restart: HashMap<&str, Vec<(f64, f64)>> = HashMap::new();
     let mut scale: HashMap<&str, Vec<(f64, f64)>> = HashMap::new();
     for run in 1..=settings.runs {
         for kind in [Kind::Troupe, Kind::Supervisord] {
-            let (median, p99) = restart_latency(kind, &troupe, settings.kills);
-            println!(
-                "run {run} restart {:<11} median {median:7.2} ms  p99 {p99:7.2} ms",
-                kind.name()
-            );
-            restart.entry(kind.name()).or_default().push((median, p99));
-            let (all, per) = scale_run(kind, &troupe, settings.services);
-            println!(
-                "run {run} scale   {:<11} all running {all:6.3} s  RSS {per:6.2} KiB/service",
-                kind.name()
-            );
-            scale.entry(kind.name()).or_default().push((all, per));
+            if only != "scale" {
+                let (median, p99) = restart_latency(kind, &troupe, settings.kills);
+                println!(
+                    "run {run} restart {:<11} median {median:7.2} ms  p99 {p99:7.2} ms",
+                    kind.name()
+                );
+                restart.entry(kind.name()).or_default().push((median, p99));
+            }
+            if only != "restart" {
+                let (all, per) = scale_run(kind, &troupe, settings.services);
+                println!(
+                    "run {run} scale   {:<11} all running {all:6.3} s  RSS {per:6.2} KiB/service",
+                    kind.name()
+                );
+                scale.entry(kind.name()).or_default().push((all, per));
+            }
         }
     }
 
-    let med = |v: &[(f64, f64)], first: bool| {
-        median(
-            &v.iter()
-                .map(|p| if first { p.0 } else { p.1 })
-                .collect::<Vec<_>>(),
-        )
-    };
+    println!();
+    if only != "scale" {
+        report_restart(&restart, &settings);
+    }
+    if only != "restart" {
+        report_scale(&scale, &settings);
+    }
+}
+
+type Samples<'a> = HashMap<&'a str, Vec<(f64, f64)>>;
+
+fn report_restart(restart: &Samples, settings: &Settings) {
     let (t, s) = (&restart["troupe"], &restart["supervisord"]);
     let (tm, tp, sm, sp) = (med(t, true), med(t, false), med(s, true), med(s, false));
-    println!();
     println!(
         "restart latency (median of {} runs of {} kills)",
         settings.runs, settings.kills
@@ -89,6 +98,9 @@ fn main() {
         sm / tm,
         sp / tp
     );
+}
+
+fn report_scale(scale: &Samples, settings: &Settings) {
     let (t, s) = (&scale["troupe"], &scale["supervisord"]);
     let (ta, tr, sa, sr) = (med(t, true), med(t, false), med(s, true), med(s, false));
     println!(
@@ -102,6 +114,16 @@ fn main() {
         sa / ta,
         sr / tr
     );
+}
+
+/// The median of the first (or second) member of each run's pair.
+fn med(runs: &[(f64, f64)], first: bool) -> f64 {
+    median(
+        &runs
+            .iter()
+            .map(|p| if first { p.0 } else { p.1 })
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -183,6 +205,26 @@ impl Drop for Running {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// Waits until the supervisor says it has started (its own log line).
+    fn wait_started(&self, kind: Kind) {
+        let (file, marker) = match kind {
+            Kind::Troupe => ("troupe.log", "node ready"),
+            Kind::Supervisord => ("supervisord.log", "supervisord started with pid"),
+        };
+        let path = self._dir.path().join(file);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains(marker)) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: not started in 60 s",
+                kind.name()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -338,6 +380,7 @@ impl PidReader {
 fn scale_run(kind: Kind, troupe: &Path, n: usize) -> (f64, f64) {
     let idle = {
         let running = launch(kind, troupe, tempfile::tempdir().unwrap(), &[]);
+        running.wait_started(kind);
         settle_rss(running.child.id())
     };
     let services: Vec<(String, Vec<String>)> = (0..n)
@@ -363,6 +406,15 @@ fn scale_run(kind: Kind, troupe: &Path, n: usize) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let all = since.elapsed().as_secs_f64();
+    if let Kind::Troupe = kind {
+        // The node's own measure, from its supervisor's start to its last child running.
+        let log =
+            std::fs::read_to_string(running._dir.path().join("troupe.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("all children running")) {
+            let own = line.split("elapsed_ms=").nth(1).unwrap_or("?");
+            println!("        (troupe's own report: all children running after {own} ms)");
+        }
+    }
     let full = settle_rss(pid);
     (all, (full - idle) / n as f64)
 }

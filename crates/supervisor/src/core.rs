@@ -331,7 +331,7 @@ impl SupervisorCore {
 
     /// Generation `generation` of `id` did not become ready in time: stop it, then apply its
     /// plan.
-    pub fn on_start_timeout(&mut self, id: &str, generation: u64, now: Instant) -> Vec<Command> {
+    pub fn on_start_timeout(&mut self, id: &str, generation: u64, _now: Instant) -> Vec<Command> {
         let Some(child) = self.get_mut(id) else {
             return Vec::new();
         };
@@ -354,7 +354,6 @@ impl SupervisorCore {
                     since,
                     then: AfterStop::Crash(ExitReason::NotReady(timeout)),
                 };
-                let _ = now;
                 vec![Command::Stop {
                     id: id.to_string(),
                     generation,

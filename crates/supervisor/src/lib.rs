@@ -26,6 +26,7 @@ pub mod plan;
 pub mod spec;
 
 mod actor;
+mod exec;
 mod output;
 mod process;
 mod ready;

@@ -1,19 +1,19 @@
 //! OS process plumbing: start a service in its own session with a parent-death signal, learn
 //! of its exit through a pidfd, reap it, and signal its whole process group.
 //!
-//! # Where processes are forked
+//! # Where processes are started
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not when the
 //! process does. Actors run on arbiter threads, and actor children get a fresh arbiter per
 //! start, so forking from an arbiter could kill a healthy service when an unrelated arbiter is
 //! replaced. Every fork therefore happens on a small fixed set of spawner threads that are
 //! started once and never exit: the parent-death signal then means exactly "the node process
-//! is gone". The spawners also keep the fork/exec handshake (a blocking read) off the
-//! arbiters.
+//! is gone". The spawners also keep the wait for the child's `execve` (the spawning thread is
+//! suspended until then, see `exec.rs`) off the arbiters.
 //!
 //! # Exit and reaping
 //!
-//! Right after the fork, the spawner opens a pidfd for the child (Linux 5.3 or later). The
+//! Right after the child's `execve`, the spawner opens a pidfd for the child (Linux 5.3 or later). The
 //! actor waits for it to become readable, which happens when the child has exited but is not
 //! yet reaped; at that moment its pid still pins its process group id, so the group's remaining
 //! members (grandchildren) are killed race-free before `waitid` reaps the child and reads its
@@ -21,9 +21,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,6 +33,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
+use crate::exec::{self, ExecPlan};
 use crate::plan::ExitReason;
 
 /// What to start.
@@ -166,41 +165,36 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the service's state folder");
         }
     }
-    let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args);
-    if !launch.inherit_env {
-        cmd.env_clear();
-    }
-    cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &launch.cwd {
-        cmd.current_dir(cwd);
-    }
-    cmd.stdin(Stdio::null());
-    if launch.capture_output {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
     let nofile = SERVICE_NOFILE.get().copied().flatten();
-    prepare_child(&mut cmd, std::process::id() as libc::pid_t, nofile);
-    let mut child = cmd.spawn().map_err(|e| {
+    let cannot_run = |e: io::Error| {
         let cwd = launch
             .cwd
             .as_ref()
             .map(|d| format!(" in {}", d.display()))
             .unwrap_or_default();
         format!("cannot run {}{cwd}: {e}", launch.program)
-    })?;
-    let pid = child.id();
-    let pidfd = match pidfd_open(
-        rustix::process::Pid::from_child(&child),
-        PidfdFlags::empty(),
-    ) {
+    };
+    let plan = ExecPlan::new(
+        &launch.program,
+        &launch.args,
+        &launch.env,
+        launch.inherit_env,
+        launch.cwd.as_deref(),
+        launch.capture_output,
+        nofile,
+    )
+    .map_err(cannot_run)?;
+    let child = exec::start(&plan).map_err(cannot_run)?;
+    let pid = child.pid;
+    let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("the kernel returned pid 0")?;
+    let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(e) => {
             // Without a pidfd the child cannot be watched: do not leave it running.
-            let _ = child.kill();
-            let _ = child.wait();
+            signal_group(pid, Signal::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid(2) on our own child, writing into a local.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
             return Err(format!(
                 "cannot watch process {pid} (pidfd_open: {e}; Linux 5.3 or later is needed)"
             ));
@@ -209,58 +203,9 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
     Ok(Spawned {
         pid,
         pidfd,
-        stdout: child.stdout.take().map(OwnedFd::from),
-        stderr: child.stderr.take().map(OwnedFd::from),
+        stdout: child.stdout,
+        stderr: child.stderr,
     })
-}
-
-/// The one piece of `unsafe` needed to start a service: setup run in the forked child before
-/// `exec`.
-///
-/// - `setsid()`: the service gets its own session and process group (its pid), so a stop can
-///   signal the whole group, grandchildren included, and a terminal's signals never reach it.
-/// - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the service when the thread that forked it
-///   exits. Forks only happen on the spawner thread, which lives as long as the node process
-///   (see the module docs), so this fires only when the node is gone, even by SIGKILL.
-/// - The parent check closes the race where the node died between `fork` and `prctl`: the
-///   signal would then never come, so the child gives up instead of running unsupervised.
-/// - `nofile`: the open-file limit the node had before raising its own, restored for the
-///   service.
-fn prepare_child(cmd: &mut Command, parent: libc::pid_t, nofile: Option<(u64, u64)>) {
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be used. It calls setsid, prctl, getppid and setrlimit
-    // (plain system calls that neither allocate nor lock) and builds io::Errors from raw OS
-    // codes, which does not allocate either. It reads only values it owns (moved in).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if let Some((soft, hard)) = nofile {
-                let limit = libc::rlimit {
-                    rlim_cur: soft as libc::rlim_t,
-                    rlim_max: hard as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Sends `signal` to the process group led by `pid`. A group already gone is not an error.

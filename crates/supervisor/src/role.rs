@@ -39,8 +39,11 @@ impl Role for SupervisorRole {
         if config.max_children == 0 {
             return Err(ConfigError::new("max_children", "must be at least 1"));
         }
-        if config.max_line_bytes < 64 {
-            return Err(ConfigError::new("max_line_bytes", "must be at least 64"));
+        if !(64..=1 << 20).contains(&config.max_line_bytes) {
+            return Err(ConfigError::new(
+                "max_line_bytes",
+                "must be from 64 to 1048576 (1 MiB)",
+            ));
         }
         if config.services.len() > config.max_children {
             return Err(ConfigError::new(

@@ -1,0 +1,226 @@
+//! The control plane: the `broker` role and its actor. The actor owns the handle on the
+//! socket thread, answers stats queries, registers the broker's endpoints with the cluster's
+//! beacons when the node has them, and on stop deregisters, then drains the broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use troupe_beacon::client::{AddEndpoints, BeaconClient, RemoveEndpoints};
+use troupe_core::{Role, RoleContext, RoleError, Shutdown};
+
+use crate::config::BrokerConfig;
+use crate::discovery;
+use crate::engine::BrokerStats;
+use crate::error::BrokerError;
+use crate::socket_loop::{self, BoundEndpoints, BrokerHandle};
+
+/// Longest wait for the cluster client to take an endpoint change.
+const CLUSTER_CALL: Duration = Duration::from_secs(1);
+
+/// The broker's actor.
+pub struct BrokerActor {
+    handle: BrokerHandle,
+    endpoints: BoundEndpoints,
+    drain_timeout: Duration,
+    /// The cluster client and the endpoint names registered with it.
+    registered: Option<(Addr<BeaconClient>, Vec<String>)>,
+}
+
+impl Actor for BrokerActor {
+    type Context = Context<Self>;
+}
+
+/// Asks for the broker's counters.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BrokerStats, BrokerError>")]
+pub struct GetStats;
+
+impl Handler<GetStats> for BrokerActor {
+    type Result = ResponseFuture<Result<BrokerStats, BrokerError>>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.stats().await })
+    }
+}
+
+/// Asks for the addresses the broker is bound to.
+#[derive(Debug, Message)]
+#[rtype(result = "BoundEndpoints")]
+pub struct GetEndpoints;
+
+impl Handler<GetEndpoints> for BrokerActor {
+    type Result = MessageResult<GetEndpoints>;
+
+    fn handle(&mut self, _: GetEndpoints, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.endpoints.clone())
+    }
+}
+
+/// Deregisters from the beacons, drains the broker (see
+/// [`crate::socket_loop::Command::Drain`]), then stops the actor. Answered once the socket
+/// thread has ended.
+impl Handler<Shutdown> for BrokerActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        let handle = self.handle.clone();
+        let window = self.drain_timeout;
+        let registered = self.registered.take();
+        Box::pin(
+            async move {
+                if let Some((cluster, names)) = registered {
+                    deregister(&cluster, names).await;
+                }
+                handle.drain(window).await
+            }
+            .into_actor(self)
+            .map(|result, _, ctx| {
+                match result {
+                    Ok(stats) => log_summary(&stats),
+                    Err(err) => tracing::warn!(%err, "broker drain did not complete"),
+                }
+                ctx.stop();
+            }),
+        )
+    }
+}
+
+fn log_summary(stats: &BrokerStats) {
+    for service in &stats.services {
+        let s = &service.stats;
+        tracing::info!(
+            service = %service.name,
+            requests = s.requests,
+            replies = s.replies,
+            refused = s.refused,
+            timed_out = s.timed_out,
+            lost = s.lost,
+            retried = s.retried,
+            "broker service totals"
+        );
+    }
+    tracing::info!(
+        malformed = stats.malformed,
+        undeliverable_replies = stats.undeliverable_replies,
+        "broker stopped"
+    );
+}
+
+/// The running `broker` role.
+pub struct BrokerRole {
+    actor: Addr<BrokerActor>,
+}
+
+impl Role for BrokerRole {
+    const NAME: &'static str = "broker";
+    type Config = BrokerConfig;
+
+    fn start_after() -> &'static [&'static str] {
+        &["beacon", "supervisor"]
+    }
+
+    fn validate(config: &BrokerConfig) -> Result<(), troupe_core::ConfigError> {
+        config.validate()
+    }
+
+    async fn start(config: BrokerConfig, ctx: RoleContext) -> Result<Self, RoleError> {
+        warn_if_drain_outlasts_shutdown(&config, &ctx);
+        let drain_timeout = config.drain_timeout.get();
+        let advertise_host = config.advertise_host.clone();
+        let (handle, endpoints) = socket_loop::start(config, tracing::Span::current())
+            .await
+            .map_err(RoleError::new)?;
+        for service in &endpoints.services {
+            tracing::info!(
+                service = %service.name,
+                frontend = %service.frontend,
+                backend = %service.backend,
+                "broker service listening"
+            );
+        }
+        if let Some(majordomo) = &endpoints.majordomo {
+            tracing::info!(%majordomo, "broker Majordomo socket listening");
+        }
+        let registered = match ctx.published.lookup::<Addr<BeaconClient>>() {
+            Some(cluster) => {
+                let advertised = discovery::advertised_endpoints(
+                    &endpoints,
+                    &advertise_host,
+                    &discovery::host_name(),
+                );
+                register(&cluster, advertised)
+                    .await
+                    .map(|names| (cluster, names))
+            }
+            None => None,
+        };
+        let actor = BrokerActor {
+            handle,
+            endpoints,
+            drain_timeout,
+            registered,
+        }
+        .start();
+        ctx.published.publish(actor.clone());
+        Ok(BrokerRole { actor })
+    }
+
+    async fn stop(self) {
+        let _ = self.actor.send(Shutdown).await;
+    }
+}
+
+/// Adds `endpoints` to the node's registration; returns their names if the cluster client took
+/// them. A refusal is logged: the broker serves all the same, it is only not discoverable.
+async fn register(
+    cluster: &Addr<BeaconClient>,
+    endpoints: BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let names: Vec<String> = endpoints.keys().cloned().collect();
+    let shown = format!("{endpoints:?}");
+    match tokio::time::timeout(CLUSTER_CALL, cluster.send(AddEndpoints(endpoints))).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!(endpoints = %shown, "broker endpoints registered with the cluster");
+            Some(names)
+        }
+        Ok(Ok(Err(err))) => {
+            tracing::warn!(%err, endpoints = %shown, "the cluster client refused the broker's endpoints; clients must be given them");
+            None
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(endpoints = %shown, "the cluster client did not take the broker's endpoints");
+            None
+        }
+    }
+}
+
+/// Removes the broker's endpoints from the node's registration, so that no new client finds
+/// a broker that is going away.
+async fn deregister(cluster: &Addr<BeaconClient>, names: Vec<String>) {
+    match tokio::time::timeout(CLUSTER_CALL, cluster.send(RemoveEndpoints(names))).await {
+        Ok(Ok(Ok(()))) => tracing::info!("broker endpoints removed from the cluster"),
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "could not remove the broker's endpoints"),
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!("the cluster client was gone before the broker's endpoints were removed")
+        }
+    }
+}
+
+fn warn_if_drain_outlasts_shutdown(config: &BrokerConfig, ctx: &RoleContext) {
+    let shutdown = ctx
+        .config
+        .get("shutdown_timeout")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<troupe_core::settings::Duration>().ok());
+    if let Some(shutdown) = shutdown {
+        if config.drain_timeout >= shutdown {
+            tracing::warn!(
+                drain_timeout = %config.drain_timeout,
+                shutdown_timeout = %shutdown,
+                "broker.drain_timeout is not shorter than shutdown_timeout: the node may abandon the broker before its drain ends"
+            );
+        }
+    }
+}

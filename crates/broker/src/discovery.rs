@@ -1,0 +1,120 @@
+//! What the broker registers with the cluster's beacons: one named endpoint per socket
+//! (`<service>.frontend`, `<service>.backend`, `majordomo`), with wildcard hosts replaced by an
+//! address other machines can reach.
+
+use std::collections::BTreeMap;
+
+use crate::socket_loop::BoundEndpoints;
+
+/// Name of the Majordomo socket's endpoint.
+pub const MAJORDOMO_ENDPOINT: &str = "majordomo";
+
+/// The endpoints to register for `bound` sockets. A socket bound to every interface
+/// (`tcp://0.0.0.0:…`, `tcp://[::]:…`, `tcp://*:…`) is advertised at `advertise_host`, or at
+/// `host_name` when that is empty; other addresses are registered as bound.
+pub fn advertised_endpoints(
+    bound: &BoundEndpoints,
+    advertise_host: &str,
+    host_name: &str,
+) -> BTreeMap<String, String> {
+    let host = if advertise_host.is_empty() {
+        host_name
+    } else {
+        advertise_host
+    };
+    let mut endpoints = BTreeMap::new();
+    for service in &bound.services {
+        endpoints.insert(
+            format!("{}.frontend", service.name),
+            advertise(&service.frontend, host),
+        );
+        endpoints.insert(
+            format!("{}.backend", service.name),
+            advertise(&service.backend, host),
+        );
+    }
+    if let Some(majordomo) = &bound.majordomo {
+        endpoints.insert(MAJORDOMO_ENDPOINT.to_string(), advertise(majordomo, host));
+    }
+    endpoints
+}
+
+/// `endpoint` with a wildcard TCP host replaced by `host`.
+fn advertise(endpoint: &str, host: &str) -> String {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.to_string();
+    };
+    let Some((bound_host, port)) = rest.rsplit_once(':') else {
+        return endpoint.to_string();
+    };
+    match bound_host {
+        "*" | "0.0.0.0" | "[::]" | "::" if !host.is_empty() => format!("tcp://{host}:{port}"),
+        _ => endpoint.to_string(),
+    }
+}
+
+/// This machine's host name, or an empty string if it has none.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket_loop::ServiceEndpoints;
+
+    fn bound(frontend: &str, backend: &str, majordomo: Option<&str>) -> BoundEndpoints {
+        BoundEndpoints {
+            services: vec![ServiceEndpoints {
+                name: "echo".into(),
+                frontend: frontend.into(),
+                backend: backend.into(),
+            }],
+            majordomo: majordomo.map(String::from),
+        }
+    }
+
+    #[test]
+    fn every_socket_is_registered_by_name() {
+        let endpoints = advertised_endpoints(
+            &bound(
+                "tcp://127.0.0.1:7501",
+                "tcp://127.0.0.1:7502",
+                Some("tcp://127.0.0.1:7500"),
+            ),
+            "",
+            "hub-1",
+        );
+        let expected: BTreeMap<String, String> = [
+            ("echo.backend", "tcp://127.0.0.1:7502"),
+            ("echo.frontend", "tcp://127.0.0.1:7501"),
+            ("majordomo", "tcp://127.0.0.1:7500"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(endpoints, expected);
+    }
+
+    #[test]
+    fn wildcard_hosts_are_advertised_at_a_reachable_name() {
+        let b = bound("tcp://0.0.0.0:7501", "tcp://[::]:7502", None);
+        let by_host_name = advertised_endpoints(&b, "", "hub-1");
+        assert_eq!(by_host_name["echo.frontend"], "tcp://hub-1:7501");
+        assert_eq!(by_host_name["echo.backend"], "tcp://hub-1:7502");
+        assert!(!by_host_name.contains_key("majordomo"));
+        let configured = advertised_endpoints(&b, "10.0.0.1", "hub-1");
+        assert_eq!(configured["echo.frontend"], "tcp://10.0.0.1:7501");
+        let ipc = bound("ipc:///run/b.sock", "tcp://10.0.0.2:7502", None);
+        let kept = advertised_endpoints(&ipc, "10.0.0.1", "hub-1");
+        assert_eq!(kept["echo.frontend"], "ipc:///run/b.sock");
+        assert_eq!(kept["echo.backend"], "tcp://10.0.0.2:7502");
+    }
+}

@@ -1,0 +1,569 @@
+//! The broker's whole logic, sans-IO: every message received on any socket goes in with the
+//! current time, the messages to send come out. The socket loop owns the sockets and the clock;
+//! this owns the services, the Majordomo service table, heartbeat timing and the drain.
+//!
+//! Invariants: Paranoid Pirate services occupy indices `0..pirate_count` for the broker's
+//! life (index = frontend/backend pair); Majordomo-only services are created on demand, at
+//! most `max_services` at once, and forgotten once they have neither workers nor requests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::config::BrokerConfig;
+use crate::protocol::{self, BackendMessage, Control, Frame, Framing, MajordomoMessage};
+use crate::service::{
+    show_id, Loss, Origin, Outgoing, Purpose, Request, Service, ServiceStats, Socket, WorkerId,
+};
+
+/// What the broker has done since it started.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStats {
+    /// Each service's counters and current state.
+    pub services: Vec<ServiceSnapshot>,
+    /// Messages dropped because they fit no protocol.
+    pub malformed: u64,
+    /// Replies to clients that the frontend could not route (client gone or not reading).
+    pub undeliverable_replies: u64,
+}
+
+/// One service in [`BrokerStats`].
+#[derive(Debug, Clone)]
+pub struct ServiceSnapshot {
+    /// Its name.
+    pub name: String,
+    /// Known workers.
+    pub workers: usize,
+    /// Requests waiting for a worker.
+    pub waiting: usize,
+    /// Requests held by workers.
+    pub held: usize,
+    /// Counters.
+    pub stats: ServiceStats,
+}
+
+/// The broker's logic.
+pub struct Engine<F> {
+    config: BrokerConfig,
+    services: Vec<Option<Service<F>>>,
+    pirate_count: usize,
+    by_name: HashMap<String, usize>,
+    majordomo_workers: HashMap<WorkerId, usize>,
+    worker_window: Duration,
+    next_heartbeat: Instant,
+    drain_deadline: Option<Instant>,
+    malformed: u64,
+    malformed_unreported: u64,
+    undeliverable_replies: u64,
+}
+
+impl<F: Frame> Engine<F> {
+    /// An engine for a validated `config`, starting at `now`.
+    pub fn new(config: BrokerConfig, now: Instant) -> Self {
+        let interval = config.heartbeat_interval.get();
+        let worker_window = interval * config.liveness;
+        let mut services = Vec::new();
+        let mut by_name = HashMap::new();
+        for (i, pirate) in config.pirate_services().into_iter().enumerate() {
+            by_name.insert(pirate.settings.name.clone(), i);
+            services.push(Some(Service::new(
+                i,
+                pirate.settings,
+                Socket::Backend(i),
+                worker_window,
+            )));
+        }
+        Engine {
+            pirate_count: services.len(),
+            services,
+            by_name,
+            majordomo_workers: HashMap::new(),
+            worker_window,
+            next_heartbeat: now + interval,
+            drain_deadline: None,
+            malformed: 0,
+            malformed_unreported: 0,
+            undeliverable_replies: 0,
+            config,
+        }
+    }
+
+    fn service(&mut self, index: usize) -> Option<&mut Service<F>> {
+        self.services.get_mut(index).and_then(|s| s.as_mut())
+    }
+
+    fn malformed(&mut self, socket: Socket, why: protocol::Invalid) {
+        self.malformed += 1;
+        self.malformed_unreported += 1;
+        tracing::debug!(?socket, reason = why.0, "dropped a malformed message");
+    }
+
+    /// Whether the broker is draining (refusing new requests).
+    pub fn is_draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// A message from a client on the frontend of Paranoid Pirate service `index`.
+    pub fn on_frontend(
+        &mut self,
+        index: usize,
+        mut frames: Vec<F>,
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        let Some(delimiter) = protocol::envelope_end(&frames) else {
+            return self.malformed(
+                Socket::Frontend(index),
+                protocol::Invalid("request without an envelope, an empty delimiter and a body"),
+            );
+        };
+        let body = frames.split_off(delimiter + 1);
+        frames.truncate(delimiter);
+        let request = Request {
+            origin: Origin::Frontend(index),
+            envelope: frames,
+            body,
+            attempts: 0,
+        };
+        let draining = self.is_draining();
+        let Some(service) = self.service(index) else {
+            return;
+        };
+        if draining {
+            service.refuse(request, "the broker is shutting down", out);
+        } else {
+            service.offer(request, now, out);
+        }
+    }
+
+    /// A message from a worker on the backend of Paranoid Pirate service `index`.
+    pub fn on_backend(
+        &mut self,
+        index: usize,
+        mut frames: Vec<F>,
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        let message = match protocol::parse_backend(&frames) {
+            Ok(message) => message,
+            Err(why) => return self.malformed(Socket::Backend(index), why),
+        };
+        let max_workers = self.config.max_workers;
+        let Some(service) = self.services.get_mut(index).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let id = frames[0].bytes();
+        match message {
+            BackendMessage::Control {
+                framing,
+                control: Control::Ready,
+                concurrency,
+            } => {
+                if !service.worker_ready(id, framing, concurrency, now, out) {
+                    tracing::warn!(service = %service.name(), worker = %show_id(id), max_workers, "worker refused: the service has max_workers workers");
+                }
+            }
+            BackendMessage::Control {
+                framing,
+                control: Control::Heartbeat,
+                concurrency,
+            } => {
+                // A heartbeat from an unknown worker (the broker restarted, or it was purged
+                // while partitioned) registers it: PPP workers only send READY on connect.
+                if !service.worker_heartbeat(id, Some(concurrency), now, out)
+                    && !service.worker_ready(id, framing, concurrency, now, out)
+                {
+                    tracing::debug!(worker = %show_id(id), "heartbeat from a refused worker");
+                }
+            }
+            BackendMessage::Control {
+                control: Control::Stop,
+                ..
+            } => {
+                service.remove_worker(id, Loss::Stopped, now, out);
+            }
+            BackendMessage::Reply { envelope, .. } => {
+                let (start, end) = envelope;
+                let held = service.worker_reply(id, &frames[start..end], now, out);
+                let held = match held {
+                    Ok(held) => held,
+                    Err(why) => {
+                        tracing::debug!(worker = %show_id(id), ?why, "dropped a reply matching no request in flight");
+                        return;
+                    }
+                };
+                match held.origin {
+                    Origin::Frontend(i) => {
+                        let reply = frames.split_off(start);
+                        out.push(Outgoing {
+                            socket: Socket::Frontend(i),
+                            frames: reply,
+                            purpose: Purpose::Reply,
+                        });
+                    }
+                    Origin::Majordomo => {
+                        let body = frames.split_off(end + 1);
+                        let tagged = frames[start].bytes();
+                        let client = F::copy_of(&tagged[protocol::MAJORDOMO_ROUTE_TAG.len()..]);
+                        out.push(Outgoing {
+                            socket: Socket::Majordomo,
+                            frames: protocol::majordomo_client_reply(client, service.name(), body),
+                            purpose: Purpose::Reply,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message on the Majordomo socket, from a client or a worker.
+    pub fn on_majordomo(&mut self, mut frames: Vec<F>, now: Instant, out: &mut Vec<Outgoing<F>>) {
+        let message = match protocol::parse_majordomo(&frames) {
+            Ok(message) => message,
+            Err(why) => return self.malformed(Socket::Majordomo, why),
+        };
+        let id = frames[0].bytes().to_vec();
+        match message {
+            MajordomoMessage::Request { service } => {
+                let service = service.to_string();
+                if service.as_bytes().starts_with(protocol::MMI_PREFIX) {
+                    let answer = self.management(&service, frames[4].bytes());
+                    let client = frames.swap_remove(0);
+                    out.push(Outgoing {
+                        socket: Socket::Majordomo,
+                        frames: protocol::majordomo_client_reply(
+                            client,
+                            &service,
+                            vec![F::copy_of(answer.as_bytes())],
+                        ),
+                        purpose: Purpose::Reply,
+                    });
+                    return;
+                }
+                let body = frames.split_off(4);
+                frames.truncate(1);
+                let request = Request {
+                    origin: Origin::Majordomo,
+                    envelope: frames,
+                    body,
+                    attempts: 0,
+                };
+                let draining = self.is_draining();
+                match self.service_for(&service, now) {
+                    Some(index) => {
+                        let svc = self.service(index).expect("index just looked up");
+                        if draining {
+                            svc.refuse(request, "the broker is shutting down", out);
+                        } else {
+                            svc.offer(request, now, out);
+                        }
+                    }
+                    None => {
+                        // A throwaway service only to phrase the refusal in the usual format.
+                        let settings = self.config.settings_for(&service);
+                        let mut temp: Service<F> = Service::new(
+                            usize::MAX,
+                            settings,
+                            Socket::Majordomo,
+                            self.worker_window,
+                        );
+                        let text = format!(
+                            "the broker already has {} Majordomo services",
+                            self.config.majordomo.max_services
+                        );
+                        temp.refuse(request, &text, out);
+                    }
+                }
+            }
+            MajordomoMessage::Ready { service } => {
+                let service = service.to_string();
+                if let Some(old) = self.majordomo_workers.remove(&id) {
+                    // RFC 7: READY from a worker already registered is a protocol error.
+                    if let Some(svc) = self.service(old) {
+                        svc.remove_worker(&id, Loss::Restarted, now, out);
+                    }
+                    return self.disconnect(&id, out);
+                }
+                if service.as_bytes().starts_with(protocol::MMI_PREFIX) {
+                    return self.disconnect(&id, out);
+                }
+                if let Some(&index) = self.by_name.get(&service) {
+                    if index < self.pirate_count {
+                        tracing::warn!(%service, worker = %show_id(&id), "Majordomo worker refused: this service is served by Paranoid Pirate workers on its backend");
+                        return self.disconnect(&id, out);
+                    }
+                }
+                let Some(index) = self.service_for(&service, now) else {
+                    tracing::warn!(%service, "Majordomo worker refused: too many services");
+                    return self.disconnect(&id, out);
+                };
+                let svc = self.service(index).expect("index just looked up");
+                if svc.worker_ready(&id, Framing::Majordomo, 1, now, out) {
+                    self.majordomo_workers.insert(id, index);
+                } else {
+                    tracing::warn!(%service, "Majordomo worker refused: the service has max_workers workers");
+                    self.disconnect(&id, out);
+                }
+            }
+            MajordomoMessage::Reply => {
+                let Some(&index) = self.majordomo_workers.get(&id) else {
+                    return self.disconnect(&id, out);
+                };
+                let svc = self.service(index).expect("mapped workers have a service");
+                let held = svc.worker_reply(&id, &frames[4..5], now, out);
+                if let Err(why) = held {
+                    tracing::debug!(worker = %show_id(&id), ?why, "dropped a reply matching no request in flight");
+                    return;
+                }
+                let body = frames.split_off(6);
+                let client = frames.swap_remove(4);
+                out.push(Outgoing {
+                    socket: Socket::Majordomo,
+                    frames: protocol::majordomo_client_reply(client, svc.name(), body),
+                    purpose: Purpose::Reply,
+                });
+            }
+            MajordomoMessage::Heartbeat => {
+                let known = match self.majordomo_workers.get(&id) {
+                    Some(&index) => self
+                        .service(index)
+                        .is_some_and(|svc| svc.worker_heartbeat(&id, None, now, out)),
+                    None => false,
+                };
+                if !known {
+                    self.disconnect(&id, out);
+                }
+            }
+            MajordomoMessage::Disconnect => {
+                if let Some(index) = self.majordomo_workers.remove(&id) {
+                    if let Some(svc) = self.service(index) {
+                        svc.remove_worker(&id, Loss::Stopped, now, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnect(&self, worker: &[u8], out: &mut Vec<Outgoing<F>>) {
+        out.push(Outgoing {
+            socket: Socket::Majordomo,
+            frames: protocol::majordomo_command(worker, protocol::MDP_DISCONNECT, Vec::new()),
+            purpose: Purpose::Control,
+        });
+    }
+
+    /// The answer to a `mmi.` request.
+    fn management(&self, service: &str, body: &[u8]) -> &'static str {
+        if service != "mmi.service" {
+            return "501";
+        }
+        let has_workers = std::str::from_utf8(body)
+            .ok()
+            .and_then(|name| self.by_name.get(name))
+            .and_then(|&i| self.services.get(i).and_then(|s| s.as_ref()))
+            .is_some_and(|svc| svc.worker_count() > 0);
+        if has_workers {
+            "200"
+        } else {
+            "404"
+        }
+    }
+
+    /// The index of service `name`, creating a Majordomo service if there is room.
+    fn service_for(&mut self, name: &str, _now: Instant) -> Option<usize> {
+        if let Some(&index) = self.by_name.get(name) {
+            return Some(index);
+        }
+        let majordomo_services = self.by_name.len() - self.pirate_count;
+        if majordomo_services >= self.config.majordomo.max_services {
+            return None;
+        }
+        let index = match self.services[self.pirate_count..]
+            .iter()
+            .position(|s| s.is_none())
+        {
+            Some(free) => self.pirate_count + free,
+            None => {
+                self.services.push(None);
+                self.services.len() - 1
+            }
+        };
+        let settings = self.config.settings_for(name);
+        self.services[index] = Some(Service::new(
+            index,
+            settings,
+            Socket::Majordomo,
+            self.worker_window,
+        ));
+        self.by_name.insert(name.to_string(), index);
+        Some(index)
+    }
+
+    /// Sends the socket refused. `batch` holds every refused dispatch to `worker` of
+    /// `service`, in the order they were produced; `gone` says the peer is disconnected
+    /// (rather than not reading).
+    pub fn undeliverable(
+        &mut self,
+        service: usize,
+        worker: &[u8],
+        batch: Vec<Vec<F>>,
+        gone: bool,
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        if let Some(svc) = self.service(service) {
+            svc.undeliverable(worker, batch, gone, now, out);
+        }
+        if gone && self.majordomo_workers.get(worker) == Some(&service) {
+            self.majordomo_workers.remove(worker);
+        }
+    }
+
+    /// A heartbeat the socket could not route: the worker's connection is gone, so it is
+    /// removed now rather than after its liveness window.
+    pub fn worker_unreachable(
+        &mut self,
+        service: usize,
+        worker: &[u8],
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        if let Some(svc) = self.service(service) {
+            svc.remove_worker(worker, Loss::Disconnected, now, out);
+        }
+        if self.majordomo_workers.get(worker) == Some(&service) {
+            self.majordomo_workers.remove(worker);
+        }
+    }
+
+    /// A reply the frontend could not route: counted.
+    pub fn reply_undeliverable(&mut self) {
+        self.undeliverable_replies += 1;
+    }
+
+    /// When the socket loop must call [`Engine::on_timer`] next.
+    pub fn next_wake(&self) -> Instant {
+        let mut wake = self.next_heartbeat;
+        for svc in self.services.iter().flatten() {
+            if let Some(deadline) = svc.next_deadline() {
+                wake = wake.min(deadline);
+            }
+        }
+        if let Some(deadline) = self.drain_deadline {
+            wake = wake.min(deadline);
+        }
+        wake
+    }
+
+    /// Timed work: heartbeats and purges when due, expired waits.
+    pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Outgoing<F>>) {
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.config.heartbeat_interval.get();
+            for svc in self.services.iter_mut().flatten() {
+                svc.tick(now, out);
+            }
+            let services = &self.services;
+            self.majordomo_workers.retain(|id, index| {
+                services
+                    .get(*index)
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|svc| svc.knows(id))
+            });
+            for index in self.pirate_count..self.services.len() {
+                let unused = self.services[index]
+                    .as_ref()
+                    .is_some_and(|svc| svc.worker_count() == 0 && svc.is_idle());
+                if unused {
+                    let svc = self.services[index].take().expect("checked");
+                    self.by_name.remove(svc.name());
+                }
+            }
+            if self.malformed_unreported > 0 {
+                tracing::warn!(
+                    count = self.malformed_unreported,
+                    total = self.malformed,
+                    "dropped malformed messages since the last heartbeat"
+                );
+                self.malformed_unreported = 0;
+            }
+        } else {
+            for svc in self.services.iter_mut().flatten() {
+                if svc.next_deadline().is_some_and(|d| d <= now) {
+                    svc.expire_waiting(now, out);
+                }
+            }
+        }
+    }
+
+    /// Stops accepting requests; the drain ends when nothing waits or is held, or at
+    /// `now + window`. Requests waiting for a service that has no worker at all are answered
+    /// at once: nothing could serve them within the window.
+    pub fn start_drain(&mut self, now: Instant, window: Duration, out: &mut Vec<Outgoing<F>>) {
+        self.drain_deadline = Some(now + window);
+        for svc in self.services.iter_mut().flatten() {
+            if svc.worker_count() == 0 {
+                svc.fail_everything(
+                    "the broker is shutting down and the service has no worker",
+                    out,
+                );
+            }
+        }
+        tracing::info!(
+            window = %troupe_core::settings::Duration(window),
+            held = self.services.iter().flatten().map(|s| s.held_count()).sum::<usize>(),
+            waiting = self.services.iter().flatten().map(|s| s.waiting_count()).sum::<usize>(),
+            "draining: new requests are refused"
+        );
+    }
+
+    /// During a drain: whether it has ended. When the window has run out, every remaining
+    /// request is answered with an error first. Majordomo workers are told to disconnect.
+    pub fn drain_finished(&mut self, now: Instant, out: &mut Vec<Outgoing<F>>) -> bool {
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        let idle = self.services.iter().flatten().all(|s| s.is_idle());
+        if !idle && now < deadline {
+            return false;
+        }
+        if !idle {
+            let left: usize = self
+                .services
+                .iter()
+                .flatten()
+                .map(|s| s.held_count() + s.waiting_count())
+                .sum();
+            tracing::warn!(
+                left,
+                "drain window over; answering the remaining requests with errors"
+            );
+        }
+        for svc in self.services.iter_mut().flatten() {
+            svc.fail_everything("the broker stopped before the request completed", out);
+            svc.disconnect_workers(out);
+        }
+        true
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            services: self
+                .services
+                .iter()
+                .flatten()
+                .map(|svc| ServiceSnapshot {
+                    name: svc.name().to_string(),
+                    workers: svc.worker_count(),
+                    waiting: svc.waiting_count(),
+                    held: svc.held_count(),
+                    stats: svc.stats.clone(),
+                })
+                .collect(),
+            malformed: self.malformed,
+            undeliverable_replies: self.undeliverable_replies,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

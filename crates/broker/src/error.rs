@@ -1,0 +1,25 @@
+//! The broker crate's errors.
+
+/// What can go wrong starting or talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A socket could not be bound to its configured address.
+    #[error("cannot bind `{key}` to {endpoint}: {source}")]
+    Bind {
+        /// The config key of the address.
+        key: String,
+        /// The address.
+        endpoint: String,
+        /// ZeroMQ's reason.
+        source: zmq::Error,
+    },
+    /// Creating or configuring a socket failed.
+    #[error("cannot set up the {0}: {1}")]
+    Socket(&'static str, zmq::Error),
+    /// The socket thread could not be started.
+    #[error("cannot start the broker's socket thread: {0}")]
+    Thread(std::io::Error),
+    /// The socket thread has ended.
+    #[error("the broker's socket thread has stopped")]
+    Stopped,
+}

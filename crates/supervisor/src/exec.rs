@@ -1,0 +1,372 @@
+//! Starting a service process the way `posix_spawn` does: `clone(CLONE_VM | CLONE_VFORK)`
+//! followed by `execve`, with the setup a service needs done in the child in between.
+//!
+//! A plain `fork` copies the node's page tables and the `exec` right after throws the copy
+//! away; with many services that copying is most of the cost of starting them. With
+//! `CLONE_VM` the child borrows the node's memory until it calls `execve`, and `CLONE_VFORK`
+//! suspends the calling (spawner) thread until then, so nothing the child reads can change
+//! under it. The price is that the child may only make system calls: no allocation, no locks,
+//! no Rust runtime. Everything it needs is prepared beforehand in an [`ExecPlan`].
+//!
+//! The child, before `execve`:
+//! - puts every signal with a handler (and SIGPIPE, which Rust ignores) back to its default
+//!   action, so that no handler of the node ever runs in the service;
+//! - `setsid()`: the service gets its own session and process group (its pid), so a stop can
+//!   signal the whole group, grandchildren included, and a terminal's signals never reach it;
+//! - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the service when the thread that started it
+//!   exits; spawner threads live as long as the node (see `process.rs`), so this fires only
+//!   when the node is gone, even by SIGKILL;
+//! - checks that its parent is still the node: if the node died between `clone` and `prctl`
+//!   the signal would never come, so the child gives up instead of running unsupervised;
+//! - restores the open-file limit the node had before raising its own;
+//! - wires stdin to /dev/null and stdout/stderr to pipes (or /dev/null), changes directory,
+//!   and restores the signal mask the spawner thread had.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// Everything the child needs, as C strings prepared in the parent.
+pub(crate) struct ExecPlan {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    capture_output: bool,
+    nofile: Option<(u64, u64)>,
+}
+
+/// A started child.
+pub(crate) struct Started {
+    pub(crate) pid: u32,
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+}
+
+fn c_string(text: impl Into<Vec<u8>>, what: &str) -> io::Result<CString> {
+    CString::new(text).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+impl ExecPlan {
+    /// Resolves `program` (on the service's `PATH` when it has no `/`) and prepares the
+    /// argument and environment arrays.
+    pub(crate) fn new(
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+        inherit_env: bool,
+        cwd: Option<&Path>,
+        capture_output: bool,
+        nofile: Option<(u64, u64)>,
+    ) -> io::Result<ExecPlan> {
+        let mut vars: Vec<(OsString, OsString)> = if inherit_env {
+            std::env::vars_os().collect()
+        } else {
+            Vec::new()
+        };
+        for (key, value) in env {
+            vars.retain(|(k, _)| k.as_os_str() != OsStr::new(key));
+            vars.push((key.into(), value.into()));
+        }
+        let search_path = vars
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = resolve(program, &search_path)?;
+        let envp = vars
+            .into_iter()
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend(v.into_vec());
+                c_string(entry, "an environment variable")
+            })
+            .collect::<io::Result<_>>()?;
+        let argv = std::iter::once(program)
+            .chain(args.iter().map(String::as_str))
+            .map(|a| c_string(a, "an argument"))
+            .collect::<io::Result<_>>()?;
+        Ok(ExecPlan {
+            path: c_string(path.into_os_string().into_vec(), "the command")?,
+            argv,
+            envp,
+            cwd: cwd
+                .map(|d| c_string(d.as_os_str().as_bytes(), "the working directory"))
+                .transpose()?,
+            capture_output,
+            nofile,
+        })
+    }
+}
+
+/// The executable `program` names: itself when it holds a `/` (relative ones resolved by the
+/// child after its `chdir`), else the first executable file of that name on `search_path`.
+fn resolve(program: &str, search_path: &OsStr) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    for dir in std::env::split_paths(search_path) {
+        let candidate = dir.join(program);
+        let Ok(c) = CString::new(candidate.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: access(2) reads the NUL-terminated path we own.
+        let executable = unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
+        if executable && candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// Where the child failed, written by the child into the parent's memory (shared by CLONE_VM).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+enum Stage {
+    None = 0,
+    Session,
+    ParentDeath,
+    ParentGone,
+    FileLimit,
+    Stdio,
+    Chdir,
+    Exec,
+}
+
+impl Stage {
+    fn describe(self) -> &'static str {
+        match self {
+            Stage::None => "",
+            Stage::Session => "setsid",
+            Stage::ParentDeath => "prctl(PR_SET_PDEATHSIG)",
+            Stage::ParentGone => "the node exited while starting it",
+            Stage::FileLimit => "setrlimit(RLIMIT_NOFILE)",
+            Stage::Stdio => "redirecting stdin/stdout/stderr",
+            Stage::Chdir => "changing to the working directory",
+            Stage::Exec => "",
+        }
+    }
+}
+
+#[repr(C)]
+struct ChildArgs {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    stdio: [libc::c_int; 3],
+    parent: libc::pid_t,
+    nofile: Option<libc::rlimit>,
+    mask: libc::sigset_t,
+    failed_stage: Stage,
+    failed_errno: libc::c_int,
+}
+
+/// The child's stack: it runs only the setup below, which needs little.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts `plan` and returns the child once it has called `execve` successfully.
+pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
+    let stdin = open_dev_null(libc::O_RDONLY)?;
+    let (stdout, stderr, out_read, err_read) = if plan.capture_output {
+        let (r1, w1) = pipe()?;
+        let (r2, w2) = pipe()?;
+        (w1, w2, Some(r1), Some(r2))
+    } else {
+        (
+            open_dev_null(libc::O_WRONLY)?,
+            open_dev_null(libc::O_WRONLY)?,
+            None,
+            None,
+        )
+    };
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let mut stack = vec![0u8; CHILD_STACK];
+    let (pid, stage, errno) = clone_and_exec(
+        ChildArgs {
+            path: plan.path.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            cwd: plan.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            stdio: [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+            parent: std::process::id() as libc::pid_t,
+            nofile: plan.nofile.map(|(soft, hard)| libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            }),
+            // SAFETY: an all-zero sigset_t is a valid (empty) set; clone_and_exec fills it in.
+            mask: unsafe { std::mem::zeroed() },
+            failed_stage: Stage::None,
+            failed_errno: 0,
+        },
+        &mut stack,
+    )?;
+    drop((stdin, stdout, stderr));
+    if stage != Stage::None {
+        let error = io::Error::from_raw_os_error(errno);
+        return Err(match stage.describe() {
+            "" => error,
+            step => io::Error::new(error.kind(), format!("{step}: {error}")),
+        });
+    }
+    Ok(Started {
+        pid: pid as u32,
+        stdout: out_read,
+        stderr: err_read,
+    })
+}
+
+/// The `unsafe` core: clones a child sharing our memory, lets it run [`child_main`] until its
+/// `execve` (or its exit on failure), and reaps it when it failed. Returns the pid and, on
+/// failure, the stage and errno the child recorded.
+fn clone_and_exec(
+    mut args: ChildArgs,
+    stack: &mut [u8],
+) -> io::Result<(libc::pid_t, Stage, libc::c_int)> {
+    // SAFETY:
+    // - All signals are blocked around the clone, so no signal handler of the node can run in
+    //   the child while it shares our memory; the child resets handlers before unblocking.
+    // - CLONE_VFORK suspends this thread until the child has exec'd or exited, so `args`,
+    //   `stack` and everything they point to (owned by the caller) stay valid and unchanged
+    //   for as long as the child uses them; other threads never see them.
+    // - The stack pointer passed is the 16-byte-aligned top of a buffer we own and keep alive
+    //   across the call.
+    // - The child only makes system calls (see `child_main`) and leaves by execve or _exit.
+    // - `read_volatile` reads what the child wrote into `args` after clone returns.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = (top as usize & !15) as *mut libc::c_void;
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
+        if pid == -1 {
+            return Err(clone_error);
+        }
+        let stage = std::ptr::read_volatile(&args.failed_stage);
+        let errno = std::ptr::read_volatile(&args.failed_errno);
+        if stage != Stage::None {
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        Ok((pid, stage, errno))
+    }
+}
+
+/// Runs in the child, on the borrowed memory, until `execve`. System calls only.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` clone_and_exec passed, alive and not touched by anyone
+    // else until we exec or exit (CLONE_VFORK). Every call below is a system call wrapper that
+    // neither allocates nor takes locks.
+    unsafe {
+        let args = &mut *(arg as *mut ChildArgs);
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..=libc::SIGRTMAX() {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && (current.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE)
+                && current.sa_sigaction != libc::SIG_DFL
+            {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        if libc::setsid() == -1 {
+            fail(args, Stage::Session);
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) == -1
+        {
+            fail(args, Stage::ParentDeath);
+        }
+        if libc::getppid() != args.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(args, Stage::ParentGone);
+        }
+        if let Some(limit) = args.nofile {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                fail(args, Stage::FileLimit);
+            }
+        }
+        // Move the three descriptors above 2 first, so that none is overwritten by another's
+        // dup2 whatever numbers they had; the copies are close-on-exec.
+        let stdio = args.stdio;
+        let mut high = [0; 3];
+        for (i, fd) in stdio.iter().enumerate() {
+            high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+            if high[i] == -1 {
+                fail(args, Stage::Stdio);
+            }
+        }
+        for (target, fd) in high.iter().enumerate() {
+            if libc::dup2(*fd, target as libc::c_int) == -1 {
+                fail(args, Stage::Stdio);
+            }
+        }
+        if !args.cwd.is_null() && libc::chdir(args.cwd) == -1 {
+            fail(args, Stage::Chdir);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
+        libc::execve(args.path, args.argv, args.envp);
+        fail(args, Stage::Exec)
+    }
+}
+
+/// Records where and why the child failed, then ends it. Child side only.
+unsafe fn fail(args: &mut ChildArgs, stage: Stage) -> ! {
+    args.failed_errno = *libc::__errno_location();
+    args.failed_stage = stage;
+    libc::_exit(127)
+}
+
+fn open_dev_null(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: open(2) with a static NUL-terminated path; the descriptor is owned from here.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
