@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Troupe: one node of an actor platform whose roles are chosen by configuration.
 #[derive(Debug, Parser)]
-#[command(name = "troupe", version, about, propagate_version = true)]
+#[command(name = "troupe", version, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
