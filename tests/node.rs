@@ -169,3 +169,43 @@ fn json_logs_carry_node_and_role() {
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(STOP).code(), Some(0));
 }
+
+#[test]
+fn a_second_signal_ends_a_slow_shutdown_at_once() {
+    // A service that ignores SIGTERM holds the supervisor's stop for a minute; the second
+    // signal must end the node at once instead.
+    let state = tempfile::tempdir().unwrap();
+    let file = config_file(&format!(
+        r#"
+roles = ["supervisor"]
+shutdown_timeout = "60s"
+[supervisor]
+state_dir = "{}"
+[[supervisor.services]]
+id = "stubborn"
+command = "sh"
+args = ["-c", "trap '' TERM; echo stubborn up; while :; do sleep 1; done"]
+terminate_timeout_ms = 60000
+"#,
+        state.path().display()
+    ));
+    let mut cmd = troupe();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(file.path())
+        .args(["--name", &unique_name("second-signal")]);
+    let mut node = Proc::spawn(cmd);
+    node.wait_for(&["node ready"], START);
+    node.wait_for(&["stubborn up"], START);
+    node.signal(libc::SIGTERM);
+    node.wait_for(&["signal received; stopping node"], STOP);
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit(STOP);
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        node.output()
+    );
+    assert!(node.printed(&["second signal; exiting at once"]));
+}
