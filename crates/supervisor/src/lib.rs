@@ -11,8 +11,8 @@
 //! - [`Supervisor`]: the actor that owns processes, actor children and timers; its API is in
 //!   [`messages`]. [`SupervisorRole`] is the role.
 //!
-//! Internals: `process` (fork on a dedicated thread, pidfd exit watch, process groups),
-//! `output` (bounded line capture, rotated log files), `ready` (readiness probes),
+//! Internals: `process` and `exec` (clone + exec on dedicated threads, pidfd exit watch,
+//! process groups), `output` (bounded line capture, rotated log files), `ready` (readiness probes),
 //! [`actor_child`] (actor children on their own arbiters).
 
 #![warn(missing_docs, unreachable_pub)]

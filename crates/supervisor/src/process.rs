@@ -73,7 +73,7 @@ struct Job {
     reply: oneshot::Sender<Result<Spawned, String>>,
 }
 
-/// Spawner threads. Each `fork` waits for the child's `exec` to succeed; a few threads keep
+/// Spawner threads. Each start waits for the child's `exec` to succeed; a few threads keep
 /// several of those waits in flight, so starting many services is not one long sequence.
 const SPAWNERS: usize = 4;
 
