@@ -152,23 +152,14 @@ impl Registry {
             if self.nodes.len() >= self.config.max_nodes {
                 return Err(RegistryError::Full(self.config.max_nodes));
             }
-            let key: Arc<str> = Arc::from(name);
-            self.by_resource
-                .entry(view.resource.clone())
-                .or_default()
-                .insert(key.clone());
-            self.deadlines.insert((due, key.clone()));
-            self.nodes.insert(
-                key,
-                Entry {
-                    view: view.clone(),
-                    heartbeat,
-                    last_seen: now,
-                    offline_since: None,
-                    owner,
-                    indexed_at: due,
-                },
-            );
+            self.insert_new(Entry {
+                view: view.clone(),
+                heartbeat,
+                last_seen: now,
+                offline_since: None,
+                owner,
+                indexed_at: due,
+            });
             self.online += 1;
             events.push(self.emit(EventKind::Nodeup, view));
             return Ok(events);
@@ -424,30 +415,20 @@ impl Registry {
                 crate::protocol::MIN_HEARTBEAT_MS,
                 crate::protocol::MAX_HEARTBEAT_MS,
             ));
-            let key: Arc<str> = Arc::from(node.name.as_str());
-            let due = now + self.config.offline_ttl;
             let view = Node::new(NodeView {
                 status: Status::Offline,
                 heartbeat_ms: heartbeat.as_millis() as u64,
                 last_seen_ms: None,
                 ..node
             });
-            self.by_resource
-                .entry(view.resource.clone())
-                .or_default()
-                .insert(key.clone());
-            self.deadlines.insert((due, key.clone()));
-            self.nodes.insert(
-                key,
-                Entry {
-                    view,
-                    heartbeat,
-                    last_seen: now,
-                    offline_since: Some(now),
-                    owner: None,
-                    indexed_at: due,
-                },
-            );
+            self.insert_new(Entry {
+                view,
+                heartbeat,
+                last_seen: now,
+                offline_since: Some(now),
+                owner: None,
+                indexed_at: now + self.config.offline_ttl,
+            });
             restored += 1;
         }
         (restored, skipped)
@@ -480,6 +461,17 @@ impl Registry {
             self.online -= 1;
         }
         self.emit(EventKind::Removed, entry.view)
+    }
+
+    /// Adds a node not yet known, indexed by its resource and its next deadline.
+    fn insert_new(&mut self, entry: Entry) {
+        let key: Arc<str> = Arc::from(entry.view.name.as_str());
+        self.by_resource
+            .entry(entry.view.resource.clone())
+            .or_default()
+            .insert(key.clone());
+        self.deadlines.insert((entry.indexed_at, key.clone()));
+        self.nodes.insert(key, entry);
     }
 
     fn emit(&mut self, kind: EventKind, node: Node) -> Event {
