@@ -42,13 +42,8 @@ pub fn troupe() -> Command {
     cmd
 }
 
-/// A port on loopback that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod ports;
+pub use ports::free_port;
 
 /// A running process whose stderr and stdout lines are collected as they arrive.
 pub struct Proc {

@@ -20,6 +20,10 @@
 //! measurement lasts, `TROUPE_BIN` points at another `troupe` binary, and naming a part
 //! (`throughput`, `failure_detection`, `memory`) runs only that part.
 
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,12 +88,6 @@ fn troupe_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A `troupe` process, killed when dropped.
 struct Node {

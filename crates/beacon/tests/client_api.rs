@@ -1,6 +1,10 @@
 //! The cluster client's actor API as a role uses it, against a real beacon on a loopback port,
 //! in one process: waiting for requirements, adding endpoints at run time, subscribing.
 
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,12 +21,6 @@ use troupe_core::settings::Duration as ConfigDuration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
 
 fn member(port: u16, resource: &str, requires: &[&str]) -> ClusterConfig {
     ClusterConfig {
