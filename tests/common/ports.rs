@@ -32,5 +32,8 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 between {FIRST} and {}", FIRST + SPAN);
+    panic!(
+        "no free port on 127.0.0.1 between {FIRST} and {}",
+        FIRST + SPAN
+    );
 }

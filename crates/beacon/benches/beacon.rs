@@ -88,7 +88,6 @@ fn troupe_bin() -> PathBuf {
     bin
 }
 
-
 /// A `troupe` process, killed when dropped.
 struct Node {
     child: Child,

@@ -21,7 +21,6 @@ use troupe_core::settings::Duration as ConfigDuration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-
 fn member(port: u16, resource: &str, requires: &[&str]) -> ClusterConfig {
     ClusterConfig {
         beacons: vec![format!("tcp://127.0.0.1:{port}").parse().unwrap()],
