@@ -42,7 +42,7 @@ impl AsyncClient {
             })?;
         Ok(AsyncClient {
             stream,
-            state: ClientState::new(options.max_frame_bytes, options.inbox_max),
+            state: ClientState::new(&options),
             options,
         })
     }
@@ -82,8 +82,8 @@ impl AsyncClient {
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         if !self.state.write_buf.is_empty() {
-            self.stream.write_all(&self.state.write_buf).await?;
-            self.state.write_buf.clear();
+            self.stream.write_all(self.state.outgoing()).await?;
+            self.state.written();
         }
         Ok(())
     }

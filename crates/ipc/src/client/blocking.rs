@@ -1,6 +1,7 @@
 //! [`Client`]: the blocking client over a `std` Unix stream.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,14 +19,9 @@ pub struct Client {
     stream: UnixStream,
     state: ClientState,
     options: ClientOptions,
-    /// Where reads land before they join the decode buffer.
-    scratch: Box<[u8]>,
     /// The socket's read timeout now, to set it only when it changes.
     read_timeout: Option<Duration>,
 }
-
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 64 * 1024;
 
 impl Client {
     /// Connects to the hub at `path` (not registered yet).
@@ -45,9 +41,8 @@ impl Client {
         })?;
         Ok(Client {
             stream,
-            state: ClientState::new(options.max_frame_bytes, options.inbox_max),
+            state: ClientState::new(&options),
             options,
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             read_timeout: None,
         })
     }
@@ -94,8 +89,8 @@ impl Client {
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         if !self.state.write_buf.is_empty() {
-            self.stream.write_all(&self.state.write_buf)?;
-            self.state.write_buf.clear();
+            self.stream.write_all(self.state.outgoing())?;
+            self.state.written();
         }
         Ok(())
     }
@@ -125,8 +120,12 @@ impl Client {
     }
 
     /// The next delivered message, request or failure report; blocks until one arrives.
+    #[inline]
     pub fn recv(&mut self) -> Result<Incoming, ClientError> {
         loop {
+            if let Some(message) = self.state.next_message() {
+                return Ok(Incoming::Message(message));
+            }
             if let Some(incoming) = self.state.next_incoming()? {
                 return Ok(incoming);
             }
@@ -264,12 +263,9 @@ impl Client {
             self.stream.set_read_timeout(timeout)?;
             self.read_timeout = timeout;
         }
-        match self.stream.read(&mut self.scratch) {
+        match read_into(&self.stream, &mut self.state) {
             Ok(0) => Err(ClientError::Closed),
-            Ok(n) => {
-                self.state.read_buf.extend_from_slice(&self.scratch[..n]);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(err) => match err.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                     Err(ClientError::Timeout(timeout.unwrap_or_default()))
@@ -279,4 +275,20 @@ impl Client {
             },
         }
     }
+}
+
+/// One read(2) from `stream` straight into the spare room of the state's read buffer.
+fn read_into(stream: &UnixStream, state: &mut ClientState) -> io::Result<usize> {
+    state.reserve_for_read();
+    let spare = state.read_buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes to the buffer it is given.
+    let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let filled = state.read_buf.len() + n;
+    // SAFETY: the first `n` bytes of the spare room were just written by read(2).
+    unsafe { state.read_buf.set_len(filled) };
+    Ok(n)
 }

@@ -26,11 +26,11 @@ pub mod gproc;
 mod state;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use asynchronous::AsyncClient;
 pub use blocking::Client;
+pub use smol_str::SmolStr;
 
 use crate::wire::ErrorCode;
 
@@ -40,7 +40,7 @@ pub enum Destination {
     /// The connection the process registered first.
     Pid(u32),
     /// The connection holding the name.
-    Name(Arc<str>),
+    Name(SmolStr),
 }
 
 impl From<u32> for Destination {
@@ -51,13 +51,13 @@ impl From<u32> for Destination {
 
 impl From<&str> for Destination {
     fn from(name: &str) -> Self {
-        Destination::Name(Arc::from(name))
+        Destination::Name(SmolStr::new(name))
     }
 }
 
 impl From<String> for Destination {
     fn from(name: String) -> Self {
-        Destination::Name(Arc::from(name))
+        Destination::Name(SmolStr::new(name))
     }
 }
 
@@ -223,6 +223,10 @@ pub struct ClientOptions {
     pub inbox_max: usize,
     /// How long `register`, `attach`, `stats` and `request_config` wait for the hub.
     pub op_timeout: Duration,
+    /// Recompute the checksum of every frame from the hub. Off by default: the hub verifies
+    /// every frame it accepts and forwards it unchanged, or builds it itself, over a local
+    /// socket that cannot damage it; lengths and envelopes are checked either way.
+    pub verify_checksums: bool,
 }
 
 impl Default for ClientOptions {
@@ -231,6 +235,7 @@ impl Default for ClientOptions {
             max_frame_bytes: 1 << 20,
             inbox_max: 65_536,
             op_timeout: Duration::from_secs(10),
+            verify_checksums: false,
         }
     }
 }

@@ -4,21 +4,46 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use super::{ClientError, Destination, Failure, Incoming, Message, Request, RequestKind, Target};
-use crate::wire::frame::{Found, HEADER_LEN};
+use super::{
+    ClientError, ClientOptions, Destination, Failure, Incoming, Message, Request, RequestKind,
+    Target,
+};
+use crate::wire::envelope::{EnvelopeError, RawEnvelope};
+use crate::wire::frame::{seal_frames, Found, HEADER_LEN};
 use crate::wire::{Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
+use smol_str::SmolStr;
 
 /// Correlation ids are unique per process, so the hub can key requests by (pid, id) even
 /// when a process has several connections.
 static NEXT_CORR: AtomicU64 = AtomicU64::new(1);
 
+/// Ids a client takes from [`NEXT_CORR`] at once, so that queueing a message does not
+/// touch a shared counter every time.
+const CORR_BLOCK: u64 = 1 << 16;
+
 /// A fresh correlation id.
 pub(crate) fn next_corr() -> u64 {
     NEXT_CORR.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A client's own supply of correlation ids, unique in the process.
+struct CorrIds {
+    next: u64,
+    end: u64,
+}
+
+impl CorrIds {
+    fn next(&mut self) -> u64 {
+        if self.next == self.end {
+            self.next = NEXT_CORR.fetch_add(CORR_BLOCK, Ordering::Relaxed);
+            self.end = self.next + CORR_BLOCK;
+        }
+        self.next += 1;
+        self.next - 1
+    }
 }
 
 /// The answer to an operation: the hub's `Ok`, a `Reply`, or an `Error`.
@@ -46,29 +71,48 @@ pub(crate) struct ClientState {
     decoder: FrameDecoder,
     inbox: VecDeque<Incoming>,
     inbox_max: usize,
-    last_name: Option<Arc<str>>,
+    last_name: Option<SmolStr>,
+    corr_ids: CorrIds,
 }
 
 impl ClientState {
-    pub(crate) fn new(max_frame: usize, inbox_max: usize) -> ClientState {
+    pub(crate) fn new(options: &ClientOptions) -> ClientState {
+        let decoder = FrameDecoder::new(MIN_FRAME, options.max_frame_bytes, None);
+        let decoder = if options.verify_checksums {
+            decoder
+        } else {
+            decoder.trusting_checksums()
+        };
         ClientState {
             pid: std::process::id(),
             read_buf: BytesMut::with_capacity(64 * 1024),
             write_buf: BytesMut::new(),
-            decoder: FrameDecoder::new(MIN_FRAME, max_frame, None),
+            decoder,
             inbox: VecDeque::new(),
-            inbox_max,
+            inbox_max: options.inbox_max,
             last_name: None,
+            corr_ids: CorrIds { next: 0, end: 0 },
         }
     }
 
     /// Queues a frame with a fresh correlation id (or `corr` when not 0); returns the id.
     pub(crate) fn queue(&mut self, mut env: Envelope<'_>) -> u64 {
         if env.corr == 0 {
-            env.corr = next_corr();
+            env.corr = self.corr_ids.next();
         }
-        env.write(&mut self.write_buf, self.pid);
+        env.write_unsealed(&mut self.write_buf, self.pid);
         env.corr
+    }
+
+    /// Everything queued, sealed and ready to write; [`written`](Self::written) once it is.
+    pub(crate) fn outgoing(&mut self) -> &[u8] {
+        seal_frames(&mut self.write_buf);
+        &self.write_buf
+    }
+
+    /// The queued frames were written.
+    pub(crate) fn written(&mut self) {
+        self.write_buf.clear();
     }
 
     /// Queues a message or request to `to`.
@@ -94,6 +138,7 @@ impl ClientState {
     }
 
     /// The next delivered message, request or failure report among what has been read.
+    #[inline]
     pub(crate) fn next_incoming(&mut self) -> Result<Option<Incoming>, ClientError> {
         if let Some(incoming) = self.inbox.pop_front() {
             return Ok(Some(incoming));
@@ -107,6 +152,30 @@ impl ClientState {
                 Some(Item::Error(failure)) => return Ok(Some(Incoming::Failure(failure))),
             }
         }
+    }
+
+    /// The common case, built in place: a whole, well-formed message at the front of the
+    /// read buffer. Anything else is left to the general decoder, which reports problems.
+    #[inline]
+    pub(crate) fn next_message(&mut self) -> Option<Message> {
+        if !self.inbox.is_empty() {
+            return None;
+        }
+        let (sender, length) = self.decoder.frame_at_start(&self.read_buf)?;
+        let raw = RawEnvelope::parse(&self.read_buf[HEADER_LEN..length]).ok()?;
+        if !matches!(raw.kind, Kind::Send | Kind::Broadcast) {
+            return None;
+        }
+        let to = destination(raw.pid, raw.name, &mut self.last_name).ok()?;
+        let message = Message {
+            from: sender,
+            to,
+            corr: raw.corr,
+            broadcast: raw.kind == Kind::Broadcast,
+            body: raw.body.to_vec(),
+        };
+        self.read_buf.advance(length);
+        Some(message)
     }
 
     /// The answer to `awaited` among what has been read; everything else read meanwhile
@@ -131,40 +200,62 @@ impl ClientState {
     }
 
     /// Decodes the next frame in place.
+    #[inline]
     fn decode_one(&mut self) -> Result<Option<Item>, ClientError> {
         loop {
-            let Some(found) = self.decoder.locate(&mut self.read_buf, false) else {
-                return Ok(None);
-            };
-            let Found::Frame { pid, length } = found else {
-                continue; // the hub does not send these
-            };
-            let item = self.item(pid, length);
-            self.read_buf.advance(length);
-            return item.map(Some);
+            let (skipped, found) = self.decoder.scan(&self.read_buf, false);
+            if skipped > 0 {
+                self.read_buf.advance(skipped);
+            }
+            match found {
+                None => return Ok(None),
+                Some(Found::Frame { pid, length }) => {
+                    let item = self.item(pid, length);
+                    self.read_buf.advance(length);
+                    return item.map(Some);
+                }
+                // A decoder that expects no particular pid finds neither of these; skip
+                // such a frame all the same rather than stall on it.
+                Some(Found::Foreign { length, .. }) => self.read_buf.advance(length),
+                Some(Found::Oversize { length }) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the hub sent a frame of {length} bytes, over max_frame_bytes"
+                    )))
+                }
+            }
         }
     }
 
+    #[inline]
     fn item(&mut self, sender: u32, length: usize) -> Result<Item, ClientError> {
-        let env = Envelope::parse(&self.read_buf[HEADER_LEN..length])
-            .map_err(|err| ClientError::Protocol(format!("bad frame from the hub: {err}")))?;
+        let raw = RawEnvelope::parse(&self.read_buf[HEADER_LEN..length]).map_err(bad_frame)?;
+        if matches!(raw.kind, Kind::Send | Kind::Broadcast) {
+            // The common case: the name is the one of the message before, most of the time.
+            let to = destination(raw.pid, raw.name, &mut self.last_name).map_err(bad_frame)?;
+            return Ok(Item::Incoming(Incoming::Message(Message {
+                from: sender,
+                to,
+                corr: raw.corr,
+                broadcast: raw.kind == Kind::Broadcast,
+                body: raw.body.to_vec(),
+            })));
+        }
+        let env = raw.checked().map_err(bad_frame)?;
         Ok(match env.kind {
             Kind::Ok => Item::Answer(env.corr, Answer::Ok),
             Kind::Reply => Item::Answer(env.corr, Answer::Reply(env.body.to_vec())),
             Kind::Error => Item::Error(Failure {
                 corr: env.corr,
                 code: ErrorCode::from_u32(env.arg),
-                destination: (env.pid != 0 || !env.name.is_empty())
-                    .then(|| destination(&env, &mut self.last_name)),
+                destination: (env.pid != 0 || !env.name.is_empty()).then(|| {
+                    if env.name.is_empty() {
+                        Destination::Pid(env.pid)
+                    } else {
+                        Destination::Name(env.name.into())
+                    }
+                }),
                 message: String::from_utf8_lossy(env.body).into_owned(),
             }),
-            Kind::Send | Kind::Broadcast => Item::Incoming(Incoming::Message(Message {
-                from: sender,
-                to: destination(&env, &mut self.last_name),
-                corr: env.corr,
-                broadcast: env.kind == Kind::Broadcast,
-                body: env.body.to_vec(),
-            })),
             Kind::Request | Kind::PushConfig | Kind::Invoke => {
                 let kind = match env.kind {
                     Kind::Request => RequestKind::Request,
@@ -187,6 +278,10 @@ impl ClientState {
     }
 }
 
+fn bad_frame(err: EnvelopeError) -> ClientError {
+    ClientError::Protocol(format!("bad frame from the hub: {err}"))
+}
+
 /// One decoded frame.
 enum Item {
     Answer(u64, Answer),
@@ -194,17 +289,23 @@ enum Item {
     Incoming(Incoming),
 }
 
-/// The frame's destination; a name equal to the last one seen shares its allocation.
-fn destination(env: &Envelope<'_>, last_name: &mut Option<Arc<str>>) -> Destination {
-    if env.name.is_empty() {
-        return Destination::Pid(env.pid);
+/// A message's destination; a name equal to the last one seen is not checked again.
+#[inline]
+fn destination(
+    pid: u32,
+    name: &[u8],
+    last_name: &mut Option<SmolStr>,
+) -> Result<Destination, EnvelopeError> {
+    if name.is_empty() {
+        return Ok(Destination::Pid(pid));
     }
     match last_name {
-        Some(name) if &**name == env.name => Destination::Name(name.clone()),
+        Some(last) if last.as_bytes() == name => Ok(Destination::Name(last.clone())),
         _ => {
-            let name: Arc<str> = Arc::from(env.name);
+            let name = std::str::from_utf8(name).map_err(|_| EnvelopeError::NameNotUtf8)?;
+            let name = SmolStr::new(name);
             *last_name = Some(name.clone());
-            Destination::Name(name)
+            Ok(Destination::Name(name))
         }
     }
 }

@@ -200,6 +200,22 @@ struct Conn {
     last_damage_log: Option<Instant>,
 }
 
+/// The last destination the fast path looked up.
+#[derive(Default)]
+struct Route<'a> {
+    pid: u32,
+    name: &'a [u8],
+    to: Option<ConnId>,
+}
+
+/// Frames lying back to back in a reader's batch, all for one receiver.
+struct Run {
+    to: ConnId,
+    start: usize,
+    end: usize,
+    frames: usize,
+}
+
 #[derive(Debug)]
 struct Pending {
     requester: ConnId,
@@ -291,7 +307,42 @@ impl Hub {
         if damage != Damage::default() {
             self.note_damage(conn, damage, now);
         }
+        let mut fast = self.may_take_fast_path(conn);
+        let mut route = Route::default();
+        let mut run: Option<Run> = None;
         for &(at, item) in found {
+            if let (true, Found::Frame { length, .. }) = (fast, item) {
+                let frame = &frames[at..at + length];
+                if let Some(to) = self.connected_receiver(frame, &mut route) {
+                    self.stats.frames_in += 1;
+                    self.stats.bytes_in += length as u64;
+                    self.stats.delivered += 1;
+                    match &mut run {
+                        Some(run) if run.to == to && run.end == at => {
+                            run.end += length;
+                            run.frames += 1;
+                        }
+                        _ => {
+                            if let Some(done) = run.take() {
+                                self.deliver_run(frames, done);
+                            }
+                            run = Some(Run {
+                                to,
+                                start: at,
+                                end: at + length,
+                                frames: 1,
+                            });
+                        }
+                    }
+                    continue;
+                }
+            }
+            // Anything else may change who is connected: deliver the run so far first, and
+            // look routes up afresh afterwards.
+            if let Some(done) = run.take() {
+                self.deliver_run(frames, done);
+            }
+            route = Route::default();
             match self.conns.get(&conn) {
                 Some(c) if !c.closing => {}
                 _ => break,
@@ -301,8 +352,46 @@ impl Hub {
                 Found::Foreign { pid, .. } => self.foreign(conn, pid, now),
                 Found::Oversize { length } => self.oversize(conn, length, now),
             }
+            fast = self.may_take_fast_path(conn);
+        }
+        if let Some(done) = run.take() {
+            self.deliver_run(frames, done);
         }
         self.backpressure(conn, now)
+    }
+
+    fn deliver_run(&mut self, frames: &[u8], run: Run) {
+        self.push_run(run.to, &frames[run.start..run.end], run.frames);
+    }
+
+    /// Whether frames from `conn` may take the fast path: it is registered and open.
+    fn may_take_fast_path(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.registered && !c.closing)
+    }
+
+    /// The fast path: when `frame` is a well-formed `Send` to a connected receiver, that
+    /// receiver. Anything else (other kinds, mailboxes, errors) is left to [`Hub::frame`].
+    /// `route` remembers the last destination looked up, as a run of messages usually goes
+    /// to one receiver.
+    #[inline]
+    fn connected_receiver<'a>(&self, frame: &'a [u8], route: &mut Route<'a>) -> Option<ConnId> {
+        let (pid, name) = envelope::send_destination(&frame[HEADER_LEN..])?;
+        if let Some(to) = route.to.filter(|_| route.pid == pid && route.name == name) {
+            return Some(to);
+        }
+        let to = if name.is_empty() {
+            self.pids.get(&pid)?.first().copied()?
+        } else {
+            *self.names.get(std::str::from_utf8(name).ok()?)?
+        };
+        *route = Route {
+            pid,
+            name,
+            to: Some(to),
+        };
+        Some(to)
     }
 
     /// The writer of `conn` wrote the first `bytes` bytes of its batch.
@@ -335,9 +424,13 @@ impl Hub {
             return;
         };
         if c.outbox.busy() {
-            // Wait for the writer's report so that what it wrote is known exactly.
+            // Wait for the writer's report so that what it wrote is known exactly; meanwhile
+            // nothing new is routed to it (it would go to the mailbox instead).
             c.hung_up = true;
             c.closing = true;
+            let pid = c.peer.pid;
+            let name = c.name.clone();
+            self.unlist(conn, pid, name.as_deref());
         } else {
             self.cleanup(conn, now);
         }
@@ -904,13 +997,18 @@ impl Hub {
 
     /// Queues a copy of `frame` towards `conn`.
     fn push(&mut self, conn: ConnId, frame: &[u8]) {
+        self.push_run(conn, frame, 1);
+    }
+
+    /// Queues a copy of `count` whole frames lying back to back in `frames` towards `conn`.
+    fn push_run(&mut self, conn: ConnId, frames: &[u8], count: usize) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         if c.hung_up {
             return;
         }
-        c.outbox.push(frame);
+        c.outbox.push_run(frames, count);
         self.queued_to(conn);
     }
 
@@ -1019,8 +1117,20 @@ impl Hub {
         let pid = c.peer.pid;
         self.unlist(conn, pid, c.name.as_deref());
         self.effects.push(Effect::Finish { conn });
-        for frame in c.outbox.drain() {
-            self.reroute(frame, now);
+        let unwritten = c.outbox.drain();
+        if !unwritten.is_empty() {
+            // Messages held for this connection's addresses since it was unlisted were sent
+            // after these: take them out and hold them again behind, to keep each sender's
+            // order.
+            let mut addresses = vec![Address::Pid(pid)];
+            addresses.extend(c.name.clone().map(Address::Name));
+            let later = self.mailboxes.take(&addresses);
+            for frame in unwritten {
+                self.reroute(frame, now);
+            }
+            for held in later {
+                self.reroute(held.frame, now);
+            }
         }
         for key in std::mem::take(&mut c.serving) {
             let Some(pending) = self.requests.get(&key) else {

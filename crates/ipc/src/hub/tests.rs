@@ -121,6 +121,28 @@ impl Bench {
         flow
     }
 
+    /// Feeds several frames from `conn` as one read, as a reader hands them over.
+    fn input_many(&mut self, conn: ConnId, pid: u32, envelopes: &[Envelope<'_>]) -> Flow {
+        let mut bytes = Vec::new();
+        let mut found = Vec::new();
+        for envelope in envelopes {
+            let frame = envelope.to_frame(pid);
+            found.push((
+                bytes.len(),
+                Found::Frame {
+                    pid,
+                    length: frame.len(),
+                },
+            ));
+            bytes.extend_from_slice(&frame);
+        }
+        let flow = self
+            .hub
+            .receive(conn, &bytes, &found, Damage::default(), self.now);
+        self.pump();
+        flow
+    }
+
     /// Writes everything the hub hands to writers, except to blocked connections.
     fn pump(&mut self) {
         loop {
@@ -942,4 +964,69 @@ fn metrics_events_and_config_requests_need_a_channel() {
             })
         ]
     );
+}
+
+#[test]
+fn one_read_of_mixed_frames_keeps_each_receivers_order() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    b.client(2, 200, "sink");
+    b.client(3, 300, "other");
+    let to = |name: &'static str, body: &'static [u8], corr: u64| Envelope {
+        name,
+        body,
+        corr,
+        ..env(Kind::Send)
+    };
+    let by_pid = Envelope {
+        pid: 200,
+        body: b"by pid",
+        corr: 4,
+        ..env(Kind::Send)
+    };
+    let request = Envelope {
+        name: "sink",
+        body: b"request",
+        corr: 3,
+        arg: 1000,
+        ..env(Kind::Request)
+    };
+    let frames = [
+        to("sink", b"one", 1),
+        to("sink", b"two", 2),
+        request,
+        by_pid,
+        to("other", b"elsewhere", 5),
+        to("nobody", b"held", 6),
+        to("sink", b"three", 7),
+    ];
+    assert_eq!(b.input_many(1, 100, &frames), Flow::Go);
+    let bodies: Vec<Vec<u8>> = b.take(2).into_iter().map(|o| o.body).collect();
+    let want: Vec<&[u8]> = vec![b"one", b"two", b"request", b"by pid", b"three"];
+    assert_eq!(bodies, want);
+    assert_eq!(b.take(3)[0].body, b"elsewhere");
+    assert_eq!(b.hub.stats().mailbox_messages, 1);
+    assert_eq!(
+        b.hub.stats().frames_in,
+        7 + 3,
+        "three registrations, then the read"
+    );
+}
+
+#[test]
+fn a_message_for_a_receiver_that_hung_up_mid_write_is_held_not_lost() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    b.client(2, 200, "sink");
+    b.blocked.push(2);
+    b.send(1, 100, "sink", 0, b"first", 1);
+    // The peer hangs up while its writer still has "first".
+    b.hub.hangup(2, b.now);
+    b.send(1, 100, "sink", 0, b"second", 2);
+    assert!(b.take(1).is_empty(), "the sender is not told of a failure");
+    b.writer_failed(2);
+    assert_eq!(b.hub.stats().mailbox_messages, 2);
+    b.client(3, 201, "sink");
+    let bodies: Vec<Vec<u8>> = b.take(3).into_iter().map(|o| o.body).collect();
+    assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
 }

@@ -94,6 +94,8 @@ pub(crate) async fn write_loop(
             Ok(()) => (batch.len(), false),
             Err(written) => (written, true),
         };
+        // Let go of the batch before reporting, so that the hub can reuse its buffer.
+        drop(batch);
         hub.do_send(Written {
             conn,
             bytes,

@@ -14,9 +14,9 @@
 //!
 //! All integers are little-endian. `docs/protocols/ipc.md` is the full specification.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
-use super::frame::write_frame;
+use super::frame::seal;
 
 /// The envelope version this crate speaks.
 pub const VERSION: u8 = 1;
@@ -38,6 +38,7 @@ macro_rules! kinds {
 
         impl Kind {
             /// The kind with wire value `value`.
+            #[inline]
             pub fn from_u8(value: u8) -> Option<Kind> {
                 match value {
                     $($value => Some(Kind::$name),)*
@@ -206,7 +207,69 @@ impl<'a> Envelope<'a> {
     }
 
     /// Parses a frame's payload.
+    #[inline]
     pub fn parse(payload: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
+        RawEnvelope::parse(payload)?.checked()
+    }
+
+    /// Appends the whole frame (header, envelope, name, body) sent by `sender_pid` to `out`.
+    pub fn write(&self, out: &mut BytesMut, sender_pid: u32) {
+        let start = out.len();
+        self.write_unsealed(out, sender_pid);
+        seal(&mut out[start..]);
+    }
+
+    /// Like [`write`](Self::write), leaving the checksum to [`seal_frames`]. A writer that
+    /// queues many frames seals them all just before they go out: the checksum then reads
+    /// bytes that are already settled in the cache instead of bytes still being stored.
+    pub fn write_unsealed(&self, out: &mut BytesMut, sender_pid: u32) {
+        let name = &self.name.as_bytes()[..self.name.len().min(u16::MAX as usize)];
+        let length = MIN_FRAME + name.len() + self.body.len();
+        let mut fixed = [0u8; MIN_FRAME];
+        fixed[0..4].copy_from_slice(&(length as u32).to_le_bytes());
+        fixed[4..8].copy_from_slice(&sender_pid.to_le_bytes());
+        fixed[12] = VERSION;
+        fixed[13] = self.kind as u8;
+        fixed[14..16].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        fixed[16..20].copy_from_slice(&self.pid.to_le_bytes());
+        fixed[20..28].copy_from_slice(&self.corr.to_le_bytes());
+        fixed[28..32].copy_from_slice(&self.arg.to_le_bytes());
+        out.reserve(length);
+        out.extend_from_slice(&fixed);
+        out.extend_from_slice(name);
+        out.extend_from_slice(self.body);
+    }
+
+    /// The whole frame as its own buffer.
+    pub fn to_frame(&self, sender_pid: u32) -> bytes::Bytes {
+        let mut out = BytesMut::with_capacity(MIN_FRAME + self.name.len() + self.body.len());
+        self.write(&mut out, sender_pid);
+        out.freeze()
+    }
+}
+
+/// An envelope whose name is not yet checked as UTF-8: a reader that knows the name it
+/// expects compares bytes and checks only a name it has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEnvelope<'a> {
+    /// What the frame is.
+    pub kind: Kind,
+    /// Destination or counterpart pid.
+    pub pid: u32,
+    /// Correlation id.
+    pub corr: u64,
+    /// Kind-specific argument.
+    pub arg: u32,
+    /// The name's bytes.
+    pub name: &'a [u8],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// Parses a frame's payload, all but the name's encoding.
+    #[inline]
+    pub fn parse(payload: &'a [u8]) -> Result<RawEnvelope<'a>, EnvelopeError> {
         if payload.len() < ENVELOPE_LEN {
             return Err(EnvelopeError::Truncated(payload.len()));
         }
@@ -222,40 +285,43 @@ impl<'a> Envelope<'a> {
         if payload.len() < name_end {
             return Err(EnvelopeError::Truncated(payload.len()));
         }
-        let name = std::str::from_utf8(&payload[ENVELOPE_LEN..name_end])
-            .map_err(|_| EnvelopeError::NameNotUtf8)?;
-        Ok(Envelope {
+        Ok(RawEnvelope {
             kind,
             pid,
             corr,
             arg,
-            name,
+            name: &payload[ENVELOPE_LEN..name_end],
             body: &payload[name_end..],
         })
     }
 
-    /// Appends the whole frame (header, envelope, name, body) sent by `sender_pid` to `out`.
-    pub fn write(&self, out: &mut BytesMut, sender_pid: u32) {
-        let name = &self.name.as_bytes()[..self.name.len().min(u16::MAX as usize)];
-        write_frame(out, sender_pid, |out| {
-            out.reserve(ENVELOPE_LEN + name.len() + self.body.len());
-            out.put_u8(VERSION);
-            out.put_u8(self.kind as u8);
-            out.put_u16_le(name.len() as u16);
-            out.put_u32_le(self.pid);
-            out.put_u64_le(self.corr);
-            out.put_u32_le(self.arg);
-            out.put_slice(name);
-            out.put_slice(self.body);
-        });
+    /// The envelope, once its name is checked.
+    #[inline]
+    pub fn checked(self) -> Result<Envelope<'a>, EnvelopeError> {
+        let name = std::str::from_utf8(self.name).map_err(|_| EnvelopeError::NameNotUtf8)?;
+        Ok(Envelope {
+            kind: self.kind,
+            pid: self.pid,
+            corr: self.corr,
+            arg: self.arg,
+            name,
+            body: self.body,
+        })
     }
+}
 
-    /// The whole frame as its own buffer.
-    pub fn to_frame(&self, sender_pid: u32) -> bytes::Bytes {
-        let mut out = BytesMut::with_capacity(MIN_FRAME + self.name.len() + self.body.len());
-        self.write(&mut out, sender_pid);
-        out.freeze()
+/// When `payload` is a well-formed `Send`, its destination pid and name (not yet checked
+/// as UTF-8): what the hub needs to route the common message without parsing it whole.
+#[inline]
+pub fn send_destination(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let fixed = payload.get(..ENVELOPE_LEN)?;
+    if fixed[0] != VERSION || fixed[1] != Kind::Send as u8 {
+        return None;
     }
+    let name_len = u16::from_le_bytes([fixed[2], fixed[3]]) as usize;
+    let pid = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+    let name = payload.get(ENVELOPE_LEN..ENVELOPE_LEN + name_len)?;
+    Some((pid, name))
 }
 
 /// Checks a name a client registers or addresses: 1 to 255 bytes, no control characters.

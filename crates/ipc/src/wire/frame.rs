@@ -16,11 +16,29 @@ pub const HEADER_LEN: usize = 12;
 
 /// The checksum of a frame whose header starts with `head` (length and pid) and whose
 /// payload is `payload`.
+#[inline]
 pub fn checksum(head: &[u8], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(head);
     hasher.update(payload);
     hasher.finalize()
+}
+
+/// Fills in the checksum of the one frame that `frame` holds.
+pub fn seal(frame: &mut [u8]) {
+    let crc = checksum(&frame[..8], &frame[HEADER_LEN..]);
+    frame[8..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills in the checksum of every frame in `frames`, which holds whole frames written
+/// unsealed (their length fields are right).
+pub fn seal_frames(frames: &mut [u8]) {
+    let mut at = 0;
+    while frames.len() - at >= HEADER_LEN {
+        let length = (read_u32(frames, at) as usize).clamp(HEADER_LEN, frames.len() - at);
+        seal(&mut frames[at..at + length]);
+        at += length;
+    }
 }
 
 /// Appends one frame to `out`: the header, then whatever `write_payload` appends.
@@ -31,8 +49,7 @@ pub fn write_frame(out: &mut BytesMut, pid: u32, write_payload: impl FnOnce(&mut
     let length = (out.len() - start) as u32;
     out[start..start + 4].copy_from_slice(&length.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&pid.to_le_bytes());
-    let crc = checksum(&out[start..start + 8], &out[start + HEADER_LEN..]);
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    seal(&mut out[start..]);
 }
 
 /// One whole, verified frame.
@@ -106,6 +123,7 @@ pub struct FrameDecoder {
     min_frame: usize,
     max_frame: usize,
     expected_pid: Option<u32>,
+    verify_checksums: bool,
     damage: Damage,
     skipping: bool,
 }
@@ -121,9 +139,24 @@ impl FrameDecoder {
             min_frame: min_frame.max(HEADER_LEN),
             max_frame,
             expected_pid,
+            verify_checksums: true,
             damage: Damage::default(),
             skipping: false,
         }
+    }
+
+    /// The same decoder taking checksums on trust: for a stream whose writer only sends frames
+    /// it built or verified itself (what the hub sends its clients), where recomputing them
+    /// would find nothing. Lengths are still checked against the limits.
+    pub fn trusting_checksums(mut self) -> Self {
+        self.verify_checksums = false;
+        self
+    }
+
+    /// Whether `frame`'s checksum is right (or taken on trust).
+    #[inline]
+    fn checksum_ok(&self, frame: &[u8]) -> bool {
+        !self.verify_checksums || read_u32(frame, 8) == checksum(&frame[..8], &frame[HEADER_LEN..])
     }
 
     /// Damage seen so far.
@@ -193,7 +226,39 @@ impl FrameDecoder {
     /// of damage come before it (all of `buf` that cannot start a frame when there is none
     /// yet) and the frame, which then starts at that offset. Damage is counted here, so
     /// the caller must not scan the same damage twice.
+    #[inline]
     pub fn scan(&mut self, buf: &[u8], eof: bool) -> (usize, Option<Found>) {
+        // The common case, kept small enough to inline: a whole valid frame right here.
+        if let Some((pid, length)) = self.frame_at_start(buf) {
+            return (0, Some(Found::Frame { pid, length }));
+        }
+        self.scan_slow(buf, eof)
+    }
+
+    /// `(pid, length)` of a valid frame from the expected sender (any sender without one)
+    /// that starts `buf` and is whole in it; `None` leaves everything else to
+    /// [`scan`](Self::scan).
+    #[inline]
+    pub fn frame_at_start(&mut self, buf: &[u8]) -> Option<(u32, usize)> {
+        if buf.len() < HEADER_LEN {
+            return None;
+        }
+        let length = read_u32(buf, 0) as usize;
+        let pid = read_u32(buf, 4);
+        if length < self.min_frame
+            || length > self.max_frame
+            || buf.len() < length
+            || self.expected_pid.is_some_and(|p| p != pid)
+            || !self.checksum_ok(&buf[..length])
+        {
+            return None;
+        }
+        self.skipping = false;
+        Some((pid, length))
+    }
+
+    #[inline(never)]
+    fn scan_slow(&mut self, buf: &[u8], eof: bool) -> (usize, Option<Found>) {
         let mut at = 0;
         loop {
             let rest = &buf[at..];
@@ -212,7 +277,7 @@ impl FrameDecoder {
                 // the stream.
                 if length <= self.max_frame
                     && rest.len() >= length
-                    && read_u32(rest, 8) == checksum(&rest[..8], &rest[HEADER_LEN..length])
+                    && self.checksum_ok(&rest[..length])
                 {
                     self.skipping = false;
                     return (at, Some(Found::Foreign { pid, length }));
@@ -235,8 +300,7 @@ impl FrameDecoder {
                 }
                 return (at, None);
             }
-            let crc = read_u32(rest, 8);
-            if crc != checksum(&rest[..8], &rest[HEADER_LEN..length]) {
+            if !self.checksum_ok(&rest[..length]) {
                 at += self.skip(1);
                 continue;
             }
@@ -256,6 +320,7 @@ impl FrameDecoder {
     }
 }
 
+#[inline]
 fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
@@ -376,6 +441,32 @@ mod tests {
         let mut buf = BytesMut::from(&other[..other.len() - 1]);
         assert_eq!(decoder.decode(&mut buf), None);
         assert_eq!(decoder.damage().skipped_bytes, 1);
+    }
+
+    #[test]
+    fn a_trusting_decoder_skips_the_checksum_but_not_the_limits() {
+        let mut wrong = frame(0, b"from the hub").to_vec();
+        wrong[8] ^= 0xff;
+        let checking = decode_all(&mut FrameDecoder::new(HEADER_LEN, 64, None), &wrong);
+        assert!(checking.is_empty(), "a checking decoder sees damage");
+        let mut trusting = FrameDecoder::new(HEADER_LEN, 64, None).trusting_checksums();
+        let got = decode_all(&mut trusting, &wrong);
+        assert_eq!(got.len(), 1);
+        assert_eq!(trusting.damage(), Damage::default());
+        let too_long = frame(0, &[0; 100]);
+        let mut trusting = FrameDecoder::new(HEADER_LEN, 64, None).trusting_checksums();
+        assert!(decode_all(&mut trusting, &too_long).is_empty());
+        assert_eq!(trusting.damage().skipped_bytes, too_long.len() as u64);
+    }
+
+    #[test]
+    fn sealing_fills_in_each_frames_checksum() {
+        let mut frames = [frame(7, b"one").to_vec(), frame(7, b"three").to_vec()].concat();
+        let sealed = frames.clone();
+        frames[8..12].fill(0);
+        frames[23..27].fill(0);
+        seal_frames(&mut frames);
+        assert_eq!(frames, sealed);
     }
 
     #[test]
