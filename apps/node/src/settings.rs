@@ -96,7 +96,22 @@ fn merge(
         }
         None => builder.add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml)),
     };
-    let env = config_env(known, env)?;
+    let mut env = config_env(known, env)?;
+    // An empty list variable means an empty list (`TROUPE_CLUSTER__BEACONS=` runs a node
+    // outside any cluster), not a list of one empty string.
+    let mut emptied = Vec::new();
+    for (variable, key) in [
+        ("TROUPE_CLUSTER__BEACONS", "cluster.beacons"),
+        ("TROUPE_CLUSTER__REQUIRES", "cluster.requires"),
+    ] {
+        if env
+            .get(variable)
+            .is_some_and(|value| value.trim().is_empty())
+        {
+            env.remove(variable);
+            emptied.push(key);
+        }
+    }
     let mut builder = builder.add_source(
         Environment::with_prefix("TROUPE")
             .prefix_separator("_")
@@ -108,6 +123,11 @@ fn merge(
             .with_list_parse_key("cluster.requires")
             .source(Some(env)),
     );
+    for key in emptied {
+        builder = builder
+            .set_override(key, Vec::<String>::new())
+            .map_err(|err| ConfigError::new(key, err.to_string()))?;
+    }
     if let Some(name) = &overrides.name {
         builder = builder
             .set_override("name", name.as_str())
@@ -572,6 +592,16 @@ mod tests {
         let s = load(&known(), Some(f.path()), vec![], &Overrides::default()).unwrap();
         assert_eq!(s.effective["cluster"]["resource"], "supervisor");
         assert!(s.cluster.is_none(), "no beacons: no cluster client");
+        let vars = env(&[(
+            "TROUPE_CLUSTER__BEACONS",
+            "tcp://127.0.0.1:1,tcp://127.0.0.1:2",
+        )]);
+        let s = load(&known(), Some(f.path()), vars, &Overrides::default()).unwrap();
+        assert!(s.cluster.is_some());
+        let none = env(&[("TROUPE_CLUSTER__BEACONS", "")]);
+        let s = load(&known(), None, none, &Overrides::default()).unwrap();
+        assert!(s.cluster.is_none(), "an empty variable empties the list");
+        assert_eq!(s.effective["cluster"]["beacons"], serde_json::json!([]));
         let vars = env(&[(
             "TROUPE_CLUSTER__BEACONS",
             "tcp://127.0.0.1:1,tcp://127.0.0.1:2",

@@ -186,6 +186,7 @@ fn start_hub(troupe: &Path, socket: &Path) -> Child {
         .args(["run", "--roles", "ipc", "--log-level", "warn", "--name"])
         .arg(format!("ipc-bench-{}", std::process::id()))
         .env("TROUPE_IPC__SOCKET", socket)
+        .env("TROUPE_CLUSTER__BEACONS", "")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

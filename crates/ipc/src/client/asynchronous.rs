@@ -117,6 +117,9 @@ impl AsyncClient {
     /// The next delivered message, request or failure report.
     pub async fn recv(&mut self) -> Result<Incoming, ClientError> {
         loop {
+            if let Some(message) = self.state.next_message() {
+                return Ok(Incoming::Message(message));
+            }
             if let Some(incoming) = self.state.next_incoming()? {
                 return Ok(incoming);
             }

@@ -166,7 +166,16 @@ impl ClientState {
         if !matches!(raw.kind, Kind::Send | Kind::Broadcast) {
             return None;
         }
-        let to = destination(raw.pid, raw.name, &mut self.last_name).ok()?;
+        let to = if raw.name.is_empty() {
+            Destination::Pid(raw.pid)
+        } else {
+            // A name not seen just before goes the general way, which checks it.
+            let last = self.last_name.as_ref()?;
+            if last.as_bytes() != raw.name {
+                return None;
+            }
+            Destination::Name(last.clone())
+        };
         let message = Message {
             from: sender,
             to,

@@ -288,6 +288,30 @@ mod tests {
     }
 
     #[test]
+    fn a_run_larger_than_a_batch_is_cut_between_frames() {
+        let mut outbox = Outbox::default();
+        let frame = f(&vec![7; BATCH_BYTES / 4]);
+        let run: Vec<u8> = (0..10).flat_map(|_| frame.clone()).collect();
+        outbox.push_run(&run, 10);
+        outbox.push(&f(b"after"));
+        let mut frames = 0;
+        let mut bytes = 0;
+        while let Some(batch) = outbox.take_batch() {
+            assert!(batch.len() <= BATCH_BYTES);
+            assert_eq!(
+                whole_frames(&batch, batch.len()).1,
+                batch.len(),
+                "a batch holds whole frames only"
+            );
+            bytes += batch.len();
+            frames += outbox.written(batch.len());
+        }
+        assert_eq!(frames, 11);
+        assert_eq!(bytes, run.len() + 17);
+        assert_eq!(outbox.bytes(), 0);
+    }
+
+    #[test]
     fn envelopes_are_written_in_place() {
         let mut outbox = Outbox::default();
         outbox.push_envelope(&Envelope::new(crate::wire::Kind::Ok), 0);
