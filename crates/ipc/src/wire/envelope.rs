@@ -235,9 +235,18 @@ impl<'a> Envelope<'a> {
         fixed[20..28].copy_from_slice(&self.corr.to_le_bytes());
         fixed[28..32].copy_from_slice(&self.arg.to_le_bytes());
         out.reserve(length);
-        out.extend_from_slice(&fixed);
-        out.extend_from_slice(name);
-        out.extend_from_slice(self.body);
+        let start = out.len();
+        let spare = &mut out.spare_capacity_mut()[..length];
+        // SAFETY: `spare` has room for `length` bytes (reserved above), and the three copies
+        // below fill exactly those bytes, from sources that cannot overlap `out`'s spare room.
+        unsafe {
+            let at = spare.as_mut_ptr().cast::<u8>();
+            std::ptr::copy_nonoverlapping(fixed.as_ptr(), at, MIN_FRAME);
+            std::ptr::copy_nonoverlapping(name.as_ptr(), at.add(MIN_FRAME), name.len());
+            let body_at = at.add(MIN_FRAME + name.len());
+            std::ptr::copy_nonoverlapping(self.body.as_ptr(), body_at, self.body.len());
+            out.set_len(start + length);
+        }
     }
 
     /// The whole frame as its own buffer.
