@@ -30,7 +30,8 @@ pub fn checksum(head: &[u8], payload: &[u8]) -> u32 {
 #[derive(Debug, Clone, Default)]
 pub struct Checksums {
     head: [u8; 8],
-    head_crc: Option<u32>,
+    /// A hasher that has seen `head` (and picked its CPU features once).
+    after_head: Option<crc32fast::Hasher>,
 }
 
 impl Checksums {
@@ -38,16 +39,16 @@ impl Checksums {
     #[inline]
     pub fn of(&mut self, frame: &[u8]) -> u32 {
         let head: [u8; 8] = frame[..8].try_into().expect("a frame has a header");
-        let head_crc = match self.head_crc {
-            Some(crc) if head == self.head => crc,
+        let mut hasher = match &self.after_head {
+            Some(hasher) if head == self.head => hasher.clone(),
             _ => {
-                let crc = crc32fast::hash(&head);
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&head);
                 self.head = head;
-                self.head_crc = Some(crc);
-                crc
+                self.after_head = Some(hasher.clone());
+                hasher
             }
         };
-        let mut hasher = crc32fast::Hasher::new_with_initial(head_crc);
         hasher.update(&frame[HEADER_LEN..]);
         hasher.finalize()
     }
