@@ -1,0 +1,170 @@
+//! The hub's per-message work without sockets: what a 64 KiB read of 64-byte messages costs
+//! to check, to route, and to seal, in nanoseconds per message.
+//!
+//! These are the pieces `benches/hub.rs` measures together with the kernel's copies and the
+//! three processes; here each runs alone in one thread, so a change to one of them shows up
+//! without the noise of a shared machine. The CRC of each frame is also computed the plain way
+//! (`frame::checksum`, header and payload in one hasher) to show what remembering a repeated
+//! header's share saves.
+//!
+//! Run with `cargo bench -p troupe-ipc --bench core` (or `make bench`); medians of 9 rounds.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use troupe_ipc::hub::{Hub, Limits, Peer};
+use troupe_ipc::wire::frame::{checksum, seal_frames, Damage, Found, FrameDecoder, HEADER_LEN};
+use troupe_ipc::wire::{Envelope, Kind, MIN_FRAME};
+use troupe_ipc::IpcConfig;
+
+const READ: usize = 64 * 1024;
+const ROUNDS: usize = 9;
+const READS_PER_ROUND: usize = 2_000;
+const SENDER: u32 = 100;
+const RECEIVER: u32 = 200;
+
+fn main() {
+    let read = one_read();
+    let frames = frames_in(&read);
+    println!(
+        "hub core: one {} KiB read of {} frames of 64-byte messages; ns per message, median of {ROUNDS}",
+        READ / 1024,
+        frames.len()
+    );
+    println!();
+    println!("| step | ns per message |");
+    println!("|---|---|");
+
+    let plain = per_message(frames.len(), || {
+        for &(at, length) in &frames {
+            black_box(checksum(
+                &read[at..at + 8],
+                &read[at + HEADER_LEN..at + length],
+            ));
+        }
+    });
+    println!("| CRC-32 of each frame, plain | {plain:.1} |");
+
+    let mut decoder = FrameDecoder::new(MIN_FRAME, 1 << 20, Some(SENDER));
+    let scan = per_message(frames.len(), || {
+        black_box(found_in(&mut decoder, &read));
+    });
+    println!("| decoder: find and check each frame | {scan:.1} |");
+
+    let (mut hub, now) = hub_with_two_clients();
+    let found = found_in(&mut decoder, &read);
+    let route = per_message(frames.len(), || {
+        hub.receive(1, &read, &found, Damage::default(), now);
+        for (conn, batch) in hub.take_writes() {
+            let written = batch.len();
+            drop(batch);
+            hub.written(conn, written, now);
+        }
+    });
+    assert_eq!(
+        hub.stats().delivered as usize,
+        frames.len() * ROUNDS * READS_PER_ROUND
+    );
+    println!("| hub: route to the receiver's outbox and hand to its writer | {route:.1} |");
+
+    let mut unsealed = read.clone();
+    let seal = per_message(frames.len(), || {
+        seal_frames(&mut unsealed);
+    });
+    assert_eq!(unsealed, read);
+    println!("| sender: seal (checksum) each queued frame | {seal:.1} |");
+}
+
+/// 64-byte messages from [`SENDER`] to the name `sink`, filling one read.
+fn one_read() -> BytesMut {
+    let body = [0xa5u8; 64];
+    let mut read = BytesMut::new();
+    let mut corr = 0;
+    while read.len() + MIN_FRAME + 4 + body.len() <= READ {
+        corr += 1;
+        let message = Envelope {
+            corr,
+            name: "sink",
+            body: &body,
+            ..Envelope::new(Kind::Send)
+        };
+        message.write(&mut read, SENDER);
+    }
+    read
+}
+
+/// `(offset, length)` of every frame in `read`.
+fn frames_in(read: &[u8]) -> Vec<(usize, usize)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < read.len() {
+        let length = u32::from_le_bytes(read[at..at + 4].try_into().expect("a header")) as usize;
+        frames.push((at, length));
+        at += length;
+    }
+    frames
+}
+
+/// What a connection's reader hands the hub for `read`.
+fn found_in(decoder: &mut FrameDecoder, read: &[u8]) -> Vec<(usize, Found)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    loop {
+        let (skipped, item) = decoder.scan(&read[at..], false);
+        at += skipped;
+        match item {
+            Some(item @ Found::Frame { length, .. }) => {
+                found.push((at, item));
+                at += length;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(at, read.len(), "the read is whole frames");
+    found
+}
+
+/// A hub with the sender (connection 1) and the receiver `sink` (connection 2) registered.
+fn hub_with_two_clients() -> (Hub, Instant) {
+    let now = Instant::now();
+    let mut hub = Hub::new(Limits::from_config(&IpcConfig::default()));
+    for (conn, pid, name) in [(1, SENDER, ""), (2, RECEIVER, "sink")] {
+        hub.connect(conn, Peer { pid, uid: 0 }, now);
+        let register = Envelope {
+            pid,
+            corr: 1,
+            name,
+            ..Envelope::new(Kind::Register)
+        }
+        .to_frame(pid);
+        let found = [(
+            0,
+            Found::Frame {
+                pid,
+                length: register.len(),
+            },
+        )];
+        hub.receive(conn, &register, &found, Damage::default(), now);
+    }
+    for (conn, batch) in hub.take_writes() {
+        hub.written(conn, batch.len(), now);
+    }
+    (hub, now)
+}
+
+/// Median over [`ROUNDS`] of the time `work` takes per message, `work` handling one read of
+/// `messages` messages and running [`READS_PER_ROUND`] times a round.
+fn per_message(messages: usize, mut work: impl FnMut()) -> f64 {
+    let mut rounds: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let since = Instant::now();
+            for _ in 0..READS_PER_ROUND {
+                work();
+            }
+            since.elapsed().as_nanos() as f64 / (READS_PER_ROUND * messages) as f64
+        })
+        .collect();
+    rounds.sort_by(|a, b| a.partial_cmp(b).expect("numbers"));
+    rounds[ROUNDS / 2]
+}
