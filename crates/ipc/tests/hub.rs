@@ -9,7 +9,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use support::{quick_config, TestHub, WAIT};
-use troupe_ipc::client::{gproc, AsyncClient, Client, ClientError, Destination, Incoming};
+use troupe_ipc::client::{
+    gproc, AsyncClient, Client, ClientError, ClientOptions, Destination, Incoming,
+};
 use troupe_ipc::wire::{Envelope, ErrorCode, Kind};
 use troupe_ipc::{ByteSize, GetStats, IpcConfig};
 
@@ -68,6 +70,31 @@ fn blocking_and_async_clients_exchange_messages_and_requests() {
         .unwrap();
     assert_eq!(reply, b"re: question");
     server.join().unwrap();
+}
+
+#[test]
+fn a_client_that_verifies_checksums_reads_everything_the_hub_sends() {
+    let hub = TestHub::start(quick_config());
+    let options = ClientOptions {
+        verify_checksums: true,
+        ..ClientOptions::default()
+    };
+    let mut checking = Client::connect_with(&hub.path, options).unwrap();
+    checking.register(Some("checking")).unwrap();
+    let mut sender = client(&hub, "sender");
+    for i in 0..100u32 {
+        sender.queue("checking", &i.to_le_bytes());
+    }
+    // Both clients are this process; its pid reaches the connection that registered first.
+    sender.queue(std::process::id(), b"by pid");
+    sender.flush().unwrap();
+    for i in 0..100u32 {
+        assert_eq!(expect_message(&mut checking).body, i.to_le_bytes());
+    }
+    let by_pid = expect_message(&mut checking);
+    assert_eq!(by_pid.to, Destination::Pid(std::process::id()));
+    // Frames the hub builds itself (the answer to Stats) pass the check too.
+    assert!(checking.stats().unwrap()["frames_in"].as_u64().unwrap() >= 103);
 }
 
 #[test]
