@@ -722,14 +722,6 @@ impl Hub {
 
     fn message(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &[u8], now: Instant) {
         let pid = self.conns[&conn].peer.pid;
-        if env.kind == Kind::Send {
-            // The common case, kept free of allocation: a message to a connected receiver.
-            if let Some(to) = self.resolve_envelope(env) {
-                self.stats.delivered += 1;
-                self.push(to, frame);
-                return;
-            }
-        }
         let address = match destination(env) {
             Ok(address) => address,
             Err(why) => {
@@ -971,17 +963,6 @@ impl Hub {
             if self.conns.contains_key(&conn) {
                 self.effects.push(Effect::Resume { conn });
             }
-        }
-    }
-
-    /// The connection a `Send` or `Request` is for, if it is connected.
-    fn resolve_envelope(&self, env: &Envelope<'_>) -> Option<ConnId> {
-        if !env.name.is_empty() {
-            self.names.get(env.name).copied()
-        } else {
-            self.pids
-                .get(&env.pid)
-                .and_then(|owners| owners.first().copied())
         }
     }
 
