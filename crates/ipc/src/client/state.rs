@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BytesMut};
+use smol_str::SmolStr;
 
 use super::{
     ClientError, ClientOptions, Destination, Failure, Incoming, Message, Request, RequestKind,
@@ -14,7 +15,6 @@ use super::{
 use crate::wire::envelope::{EnvelopeError, RawEnvelope};
 use crate::wire::frame::{seal_frames, Found, HEADER_LEN};
 use crate::wire::{Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
-use smol_str::SmolStr;
 
 /// Correlation ids are unique per process, so the hub can key requests by (pid, id) even
 /// when a process has several connections.
