@@ -1,5 +1,6 @@
 //! The hub's per-message work without sockets: what a 64 KiB read of 64-byte messages costs
-//! to check, to route, and to seal, in nanoseconds per message.
+//! to check, to route, and to seal, in nanoseconds per message; and what a receiving client
+//! spends on each message, through one socket pair in one thread.
 //!
 //! These are the pieces `benches/hub.rs` measures together with the kernel's copies and the
 //! three processes; here each runs alone in one thread, so a change to one of them shows up
@@ -10,9 +11,12 @@
 //! Run with `cargo bench -p troupe-ipc --bench core` (or `make bench`); medians of 9 rounds.
 
 use std::hint::black_box;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use troupe_ipc::client::{Client, ClientOptions, Incoming};
 use troupe_ipc::hub::{Hub, Limits, Peer};
 use troupe_ipc::wire::frame::{checksum, seal_frames, Damage, Found, FrameDecoder, HEADER_LEN};
 use troupe_ipc::wire::{Envelope, Kind, MIN_FRAME};
@@ -46,6 +50,16 @@ fn main() {
     });
     println!("| CRC-32 of each frame, plain | {plain:.1} |");
 
+    let table = per_message(frames.len(), || {
+        for &(at, length) in &frames {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&read[at..at + 8]);
+            hasher.update(&read[at + HEADER_LEN..at + length]);
+            black_box(hasher.finalize());
+        }
+    });
+    println!("| CRC-32 of each frame, crc32fast | {table:.1} |");
+
     let mut decoder = FrameDecoder::new(MIN_FRAME, 1 << 20, Some(SENDER));
     let scan = per_message(frames.len(), || {
         black_box(found_in(&mut decoder, &read));
@@ -74,6 +88,33 @@ fn main() {
     });
     assert_eq!(unsealed, read);
     println!("| sender: seal (checksum) each queued frame | {seal:.1} |");
+
+    let receive = receive_per_message(&read, frames.len());
+    println!(
+        "| receiver: write, read and take each message as the hub delivers it | {receive:.1} |"
+    );
+}
+
+/// The receiving client's work: `read` (what the hub forwards) written into one end of a
+/// socket pair and taken message by message from the other with [`Client::recv`].
+fn receive_per_message(read: &[u8], messages: usize) -> f64 {
+    let (mut hub_end, client_end) = UnixStream::pair().expect("a socket pair");
+    let options = ClientOptions {
+        inbox_max: 1 << 20,
+        ..ClientOptions::default()
+    };
+    let mut client = Client::from_stream(client_end, options);
+    per_message(messages, || {
+        hub_end.write_all(read).expect("write");
+        for _ in 0..messages {
+            match client.recv().expect("a message") {
+                Incoming::Message(message) => {
+                    black_box(message);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
 }
 
 /// 64-byte messages from [`SENDER`] to the name `sink`, filling one read.
@@ -153,16 +194,30 @@ fn hub_with_two_clients() -> (Hub, Instant) {
     (hub, now)
 }
 
-/// Median over [`ROUNDS`] of the time `work` takes per message, `work` handling one read of
+/// CPU time of this thread, in nanoseconds: unlike the wall clock it does not count the
+/// moments a busy machine gives the core to another process.
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Median over [`ROUNDS`] of the CPU time `work` takes per message, `work` handling one read of
 /// `messages` messages and running [`READS_PER_ROUND`] times a round.
 fn per_message(messages: usize, mut work: impl FnMut()) -> f64 {
     let mut rounds: Vec<f64> = (0..ROUNDS)
         .map(|_| {
-            let since = Instant::now();
+            let since = thread_cpu_ns();
             for _ in 0..READS_PER_ROUND {
                 work();
             }
-            since.elapsed().as_nanos() as f64 / (READS_PER_ROUND * messages) as f64
+            (thread_cpu_ns() - since) as f64 / (READS_PER_ROUND * messages) as f64
         })
         .collect();
     rounds.sort_by(|a, b| a.partial_cmp(b).expect("numbers"));

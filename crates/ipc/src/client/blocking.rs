@@ -39,12 +39,18 @@ impl Client {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Client {
+        Ok(Client::from_stream(stream, options))
+    }
+
+    /// A client on a connection made elsewhere: a descriptor inherited from a parent, or
+    /// one end of a socket pair.
+    pub fn from_stream(stream: UnixStream, options: ClientOptions) -> Client {
+        Client {
             stream,
             state: ClientState::new(&options),
             options,
             read_timeout: None,
-        })
+        }
     }
 
     /// Connects to the hub named by `TROUPE_IPC_SOCKET`.

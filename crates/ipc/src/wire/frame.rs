@@ -11,6 +11,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::crc;
+
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 12;
 
@@ -18,20 +20,17 @@ pub const HEADER_LEN: usize = 12;
 /// payload is `payload`.
 #[inline]
 pub fn checksum(head: &[u8], payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(head);
-    hasher.update(payload);
-    hasher.finalize()
+    crc::update(crc::update(0, head), payload)
 }
 
 /// Computes frames' checksums, remembering the share of the last header: the frames of one
-/// stream usually repeat their first eight bytes (one sender, often one size), and the CRC of
-/// those bytes is a chain of table lookups that every payload byte would otherwise wait for.
+/// stream usually repeat their first eight bytes (one sender, often one size), and that share
+/// need not be computed again.
 #[derive(Debug, Clone, Default)]
 pub struct Checksums {
     head: [u8; 8],
-    /// A hasher that has seen `head` (and picked its CPU features once).
-    after_head: Option<crc32fast::Hasher>,
+    /// The checksum of `head` alone, when `head` is set.
+    head_crc: Option<u32>,
 }
 
 impl Checksums {
@@ -45,19 +44,16 @@ impl Checksums {
         else {
             return checksum(frame, &[]);
         };
-        let head = *head;
-        let mut hasher = match &self.after_head {
-            Some(hasher) if head == self.head => hasher.clone(),
+        let head_crc = match self.head_crc {
+            Some(head_crc) if *head == self.head => head_crc,
             _ => {
-                let mut hasher = crc32fast::Hasher::new();
-                hasher.update(&head);
-                self.head = head;
-                self.after_head = Some(hasher.clone());
-                hasher
+                let head_crc = crc::update(0, head);
+                self.head = *head;
+                self.head_crc = Some(head_crc);
+                head_crc
             }
         };
-        hasher.update(&frame[HEADER_LEN..]);
-        hasher.finalize()
+        crc::update(head_crc, &frame[HEADER_LEN..])
     }
 }
 

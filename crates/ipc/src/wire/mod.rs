@@ -1,7 +1,8 @@
 //! The hub's wire format, shared by the hub and the client library: [`frame`] (the seed's
-//! length / pid / checksum header, with CRC-32) and [`envelope`] (kind, destination,
+//! length / pid / checksum header, with CRC-32 computed by [`crc`]) and [`envelope`] (kind, destination,
 //! correlation id and body inside the payload). `docs/protocols/ipc.md` specifies both.
 
+pub mod crc;
 pub mod envelope;
 pub mod frame;
 
