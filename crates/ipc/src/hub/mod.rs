@@ -31,7 +31,7 @@ use crate::wire::frame::{Damage, Found, HEADER_LEN};
 use crate::wire::{envelope, Envelope, ErrorCode, Kind};
 
 use mailbox::{MailboxLimits, Mailboxes};
-use outbox::Outbox;
+use outbox::{ChunkPool, Outbox};
 pub use stats::HubStats;
 use timers::{Timer, Timers};
 
@@ -239,6 +239,8 @@ pub struct Hub {
     touched: Vec<ConnId>,
     stats: HubStats,
     stopping: bool,
+    /// Outbox buffers to reuse.
+    chunks: ChunkPool,
 }
 
 impl Hub {
@@ -264,6 +266,7 @@ impl Hub {
             touched: Vec::new(),
             stats: HubStats::default(),
             stopping: false,
+            chunks: ChunkPool::default(),
         }
     }
 
@@ -400,7 +403,7 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let frames = c.outbox.written(bytes);
+        let frames = c.outbox.written(bytes, &mut self.chunks);
         c.last_progress = now;
         self.stats.frames_out += frames as u64;
         if c.hung_up {
@@ -989,7 +992,7 @@ impl Hub {
         if c.hung_up {
             return;
         }
-        c.outbox.push_run(frames, count);
+        c.outbox.push_run(frames, count, &mut self.chunks);
         self.queued_to(conn);
     }
 
@@ -1001,7 +1004,7 @@ impl Hub {
         if c.hung_up {
             return;
         }
-        c.outbox.push_envelope(env, 0);
+        c.outbox.push_envelope(env, 0, &mut self.chunks);
         self.queued_to(conn);
     }
 

@@ -1,12 +1,17 @@
-//! What the hub has queued towards one connection: one contiguous buffer of whole frames
-//! waiting for the connection's writer, and the batch the writer is writing now.
+//! What the hub has queued towards one connection: chunks of whole frames waiting for the
+//! connection's writer, and the chunk the writer is writing now.
 //!
 //! Frames are copied in once — a run of frames lying back to back in a sender's read with
-//! one copy — and handed to the writer as one buffer, so a frame costs a copy of its bytes
-//! and no allocation of its own. The outbox remembers each run's size and frame count, not
-//! each frame; frames are self-delimiting (their first four bytes are their length), so where
-//! one ends is read from the bytes in the rare cases that need it (a run larger than a batch,
-//! a batch written in part). A writer's buffer comes back once written and is reused.
+//! one copy — at the end of the last chunk, and each chunk goes to the writer whole, so a
+//! frame costs a copy of its bytes and no allocation of its own. A chunk takes new frames
+//! until it holds [`CHUNK_BYTES`] (a run is never split, so a chunk can exceed that by one
+//! read). A written chunk's buffer comes back and is reused, so a busy connection cycles
+//! through the same few buffers, which stay in the CPU's caches, instead of asking the
+//! allocator for fresh memory that the kernel must first map and zero. The buffers go back to
+//! a [`ChunkPool`] shared by every connection of the hub.
+//!
+//! Each chunk counts its frames; frames are self-delimiting (their first four bytes are their
+//! length), so where one ends is read from the bytes only when a chunk was written in part.
 
 use std::collections::VecDeque;
 
@@ -15,29 +20,61 @@ use bytes::{Bytes, BytesMut};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::Envelope;
 
-/// Most bytes handed to a writer at once (at least one frame is always handed), so that
-/// its progress reports come regularly.
-const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes after which a chunk takes no more frames: also about the most handed to a writer at
+/// once, so that its progress reports come regularly.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Room a new chunk is made with: enough to finish it with one more read's frames.
+const CHUNK_CAPACITY: usize = CHUNK_BYTES + 64 * 1024;
+
+/// Emptied chunks a hub keeps for reuse (8 MiB and a bit).
+const POOL_CHUNKS: usize = 32;
+
+/// Emptied chunk buffers, shared by every connection's outbox.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkPool {
+    free: Vec<BytesMut>,
+}
+
+impl ChunkPool {
+    fn take(&mut self) -> BytesMut {
+        self.free
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(CHUNK_CAPACITY))
+    }
+
+    /// Keeps `buffer` for reuse unless the pool is full or the buffer grew unusually large
+    /// (for a frame longer than a chunk).
+    fn give(&mut self, mut buffer: BytesMut) {
+        if self.free.len() < POOL_CHUNKS && buffer.capacity() <= 2 * CHUNK_CAPACITY {
+            buffer.clear();
+            self.free.push(buffer);
+        }
+    }
+}
+
+/// Whole frames back to back, and how many.
+#[derive(Debug, Default)]
+struct Chunk {
+    bytes: BytesMut,
+    frames: usize,
+}
 
 /// Frames queued towards one connection, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    /// Frames not yet handed to the writer.
-    waiting: BytesMut,
-    /// `(bytes, frames)` of every queued run of frames, handed ones first.
-    runs: VecDeque<(usize, usize)>,
-    /// The batch the writer has, and how many runs it holds.
+    /// Frames not yet handed to the writer, oldest chunk first.
+    waiting: VecDeque<Chunk>,
+    /// The chunk the writer has, and how many frames it holds.
     handed: Option<(Bytes, usize)>,
-    /// The part of a batch its writer did not write (the connection is ending).
+    /// The part of a chunk its writer did not write (the connection is ending).
     leftover: Option<Bytes>,
-    /// A written batch's buffer, for the frames after the next batch.
-    spare: Option<BytesMut>,
     /// Bytes of every queued frame, handed or not.
     bytes: usize,
 }
 
 /// The length of the frame that starts `frames` (all of `frames` if that is shorter, as
-/// only a batch cut short by a failed write can be).
+/// only a chunk cut short by a failed write can be).
 fn frame_len(frames: &[u8]) -> usize {
     match frames.get(..4) {
         Some(head) => {
@@ -64,36 +101,46 @@ fn whole_frames(frames: &[u8], bytes: usize) -> (usize, usize) {
 
 impl Outbox {
     /// Queues a copy of `count` whole frames lying back to back in `frames`.
-    pub(crate) fn push_run(&mut self, frames: &[u8], count: usize) {
-        self.waiting.extend_from_slice(frames);
-        self.queued(frames.len(), count);
+    pub(crate) fn push_run(&mut self, frames: &[u8], count: usize, pool: &mut ChunkPool) {
+        let chunk = self.open_chunk(pool);
+        chunk.bytes.extend_from_slice(frames);
+        chunk.frames += count;
+        self.bytes += frames.len();
     }
 
     /// Queues a copy of one whole frame.
     #[cfg(test)]
     pub(crate) fn push(&mut self, frame: &[u8]) {
-        self.push_run(frame, 1);
+        self.push_run(frame, 1, &mut ChunkPool::default());
     }
 
     /// Queues the frame `env` makes, sent by `sender_pid`.
-    pub(crate) fn push_envelope(&mut self, env: &Envelope<'_>, sender_pid: u32) {
-        let before = self.waiting.len();
-        env.write(&mut self.waiting, sender_pid);
-        self.queued(self.waiting.len() - before, 1);
+    pub(crate) fn push_envelope(
+        &mut self,
+        env: &Envelope<'_>,
+        sender_pid: u32,
+        pool: &mut ChunkPool,
+    ) {
+        let chunk = self.open_chunk(pool);
+        let before = chunk.bytes.len();
+        env.write(&mut chunk.bytes, sender_pid);
+        chunk.frames += 1;
+        self.bytes += chunk.bytes.len() - before;
     }
 
-    fn queued(&mut self, bytes: usize, frames: usize) {
-        self.bytes += bytes;
-        let handed = self.handed.as_ref().map_or(0, |(_, runs)| *runs);
-        let has_unhanded = self.runs.len() > handed;
-        match self.runs.back_mut() {
-            // Runs are kept apart only where a batch may need to be cut.
-            Some(last) if has_unhanded && last.0 + bytes <= BATCH_BYTES => {
-                last.0 += bytes;
-                last.1 += frames;
-            }
-            _ => self.runs.push_back((bytes, frames)),
+    /// The chunk new frames go to: the last one, or a new one once that is full.
+    fn open_chunk(&mut self, pool: &mut ChunkPool) -> &mut Chunk {
+        if self
+            .waiting
+            .back()
+            .map_or(true, |last| last.bytes.len() >= CHUNK_BYTES)
+        {
+            self.waiting.push_back(Chunk {
+                bytes: pool.take(),
+                frames: 0,
+            });
         }
+        self.waiting.back_mut().expect("a chunk was just ensured")
     }
 
     /// Bytes queued (handed or not).
@@ -101,7 +148,7 @@ impl Outbox {
         self.bytes
     }
 
-    /// Whether the writer is writing a batch.
+    /// Whether the writer is writing a chunk.
     pub(crate) fn busy(&self) -> bool {
         self.handed.is_some()
     }
@@ -111,73 +158,34 @@ impl Outbox {
         !self.waiting.is_empty()
     }
 
-    /// The next batch for an idle writer: waiting frames, in order.
+    /// The next batch for an idle writer: the oldest waiting chunk.
     pub(crate) fn take_batch(&mut self) -> Option<Bytes> {
-        if self.busy() || self.waiting.is_empty() || self.leftover.is_some() {
+        if self.busy() || self.leftover.is_some() {
             return None;
         }
-        let (mut size, mut runs) = (0, 0);
-        for &(bytes, _) in &self.runs {
-            if runs > 0 && size + bytes > BATCH_BYTES {
-                break;
-            }
-            size += bytes;
-            runs += 1;
-        }
-        if size > BATCH_BYTES {
-            // One run larger than a batch: hand its first frames only.
-            let (count, cut) = whole_frames(&self.waiting, BATCH_BYTES);
-            let (count, cut) = if count == 0 {
-                (1, frame_len(&self.waiting))
-            } else {
-                (count, cut)
-            };
-            let first = self.runs.front_mut().expect("a run");
-            first.0 -= cut;
-            first.1 -= count;
-            self.runs.push_front((cut, count));
-            size = cut;
-        }
-        let batch = if size == self.waiting.len() {
-            let fresh = self.spare.take().unwrap_or_default();
-            std::mem::replace(&mut self.waiting, fresh).freeze()
-        } else {
-            self.waiting.split_to(size).freeze()
-        };
-        self.handed = Some((batch.clone(), runs));
+        let chunk = self.waiting.pop_front()?;
+        let batch = chunk.bytes.freeze();
+        self.handed = Some((batch.clone(), chunk.frames));
         Some(batch)
     }
 
     /// The writer wrote the first `written` bytes of its batch and is idle again (and let go
-    /// of the batch). Returns how many whole frames that was.
-    pub(crate) fn written(&mut self, written: usize) -> usize {
-        let Some((batch, runs)) = self.handed.take() else {
+    /// of the batch, whose buffer goes back to `pool`). Returns how many whole frames that was.
+    pub(crate) fn written(&mut self, written: usize, pool: &mut ChunkPool) -> usize {
+        let Some((batch, frames)) = self.handed.take() else {
             return 0;
         };
-        let (mut frames, mut bytes) = (0, 0);
-        for _ in 0..runs {
-            let (run_bytes, run_frames) = self.runs.pop_front().expect("handed runs are queued");
-            bytes += run_bytes;
-            frames += run_frames;
-        }
-        let covered = if written >= batch.len() {
-            batch.len()
-        } else {
+        if written < batch.len() {
             // Written in part: the connection is ending, and the rest is given back by
             // `drain`, frame by frame.
             let (count, size) = whole_frames(&batch, written);
-            frames = count;
-            size
-        };
-        debug_assert_eq!(bytes, batch.len());
-        self.bytes -= covered;
-        if covered < batch.len() {
-            self.leftover = Some(batch.slice(covered..));
-        } else if let Ok(mut buffer) = batch.try_into_mut() {
-            buffer.clear();
-            if self.spare.is_none() {
-                self.spare = Some(buffer);
-            }
+            self.bytes -= size;
+            self.leftover = Some(batch.slice(size..));
+            return count;
+        }
+        self.bytes -= batch.len();
+        if let Ok(buffer) = batch.try_into_mut() {
+            pool.give(buffer);
         }
         frames
     }
@@ -188,15 +196,19 @@ impl Outbox {
         let sources = [
             self.leftover.take(),
             self.handed.take().map(|(batch, _)| batch),
-            Some(self.waiting.split().freeze()),
-        ];
-        for mut source in sources.into_iter().flatten() {
+        ]
+        .into_iter()
+        .chain(
+            self.waiting
+                .drain(..)
+                .map(|chunk| Some(chunk.bytes.freeze())),
+        );
+        for mut source in sources.flatten() {
             while !source.is_empty() {
                 let length = frame_len(&source);
                 frames.push(source.split_to(length));
             }
         }
-        self.runs.clear();
         self.bytes = 0;
         frames
     }
@@ -214,6 +226,12 @@ mod tests {
         frame
     }
 
+    impl Outbox {
+        fn written_(&mut self, written: usize) -> usize {
+            self.written(written, &mut ChunkPool::default())
+        }
+    }
+
     fn cat(frames: &[&[u8]]) -> Bytes {
         Bytes::from(frames.iter().flat_map(|t| f(t)).collect::<Vec<u8>>())
     }
@@ -228,10 +246,10 @@ mod tests {
         assert!(outbox.busy());
         outbox.push(&f(b"c"));
         assert!(outbox.take_batch().is_none(), "one batch at a time");
-        assert_eq!(outbox.written(29), 2);
+        assert_eq!(outbox.written_(29), 2);
         assert_eq!(outbox.bytes(), 13);
         assert_eq!(outbox.take_batch().unwrap(), cat(&[b"c"]));
-        assert_eq!(outbox.written(0), 0);
+        assert_eq!(outbox.written_(0), 0);
         assert_eq!(
             outbox.drain(),
             vec![cat(&[b"c"])],
@@ -245,7 +263,7 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(&cat(&[b"one", b"two", b"three"]));
         outbox.take_batch().unwrap();
-        assert_eq!(outbox.written(30), 2);
+        assert_eq!(outbox.written_(30), 2);
         assert_eq!(outbox.drain(), vec![cat(&[b"three"])]);
     }
 
@@ -258,7 +276,7 @@ mod tests {
         outbox.take_batch().unwrap();
         outbox.push(&f(b"four"));
         // "one" and a piece of "two" reached the socket.
-        assert_eq!(outbox.written(19), 1);
+        assert_eq!(outbox.written_(19), 1);
         assert_eq!(outbox.bytes(), 15 + 17 + 16);
         let rest: Vec<Bytes> = outbox.drain();
         assert_eq!(
@@ -268,53 +286,99 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_bounded_but_never_empty() {
+    fn a_chunk_is_bounded_but_never_empty() {
         let mut outbox = Outbox::default();
-        let big = f(&vec![0; BATCH_BYTES * 2]);
+        let big = f(&vec![0; CHUNK_BYTES * 2]);
         outbox.push(&big);
         outbox.push(&f(b"x"));
         assert_eq!(outbox.take_batch().unwrap().len(), big.len());
-        outbox.written(big.len());
+        assert_eq!(outbox.written_(big.len()), 1);
         assert_eq!(outbox.take_batch().unwrap(), cat(&[b"x"]));
 
         let mut outbox = Outbox::default();
-        let third = f(&vec![1; BATCH_BYTES / 3]);
-        for _ in 0..4 {
+        let third = f(&vec![1; CHUNK_BYTES / 3]);
+        for _ in 0..6 {
             outbox.push(&third);
         }
-        assert_eq!(outbox.take_batch().unwrap().len(), 2 * third.len());
-        assert_eq!(outbox.written(2 * third.len()), 2);
-        assert_eq!(outbox.take_batch().unwrap().len(), 2 * third.len());
+        // A chunk takes frames until it holds CHUNK_BYTES: three of these just pass it.
+        assert!(3 * third.len() >= CHUNK_BYTES);
+        assert_eq!(outbox.take_batch().unwrap().len(), 3 * third.len());
+        assert_eq!(outbox.written_(3 * third.len()), 3);
+        assert_eq!(outbox.take_batch().unwrap().len(), 3 * third.len());
+        assert_eq!(outbox.written_(3 * third.len()), 3);
+        assert_eq!(outbox.bytes(), 0);
     }
 
     #[test]
-    fn a_run_larger_than_a_batch_is_cut_between_frames() {
-        let mut outbox = Outbox::default();
-        let frame = f(&vec![7; BATCH_BYTES / 4]);
-        let run: Vec<u8> = (0..10).flat_map(|_| frame.clone()).collect();
-        outbox.push_run(&run, 10);
-        outbox.push(&f(b"after"));
-        let mut frames = 0;
-        let mut bytes = 0;
-        while let Some(batch) = outbox.take_batch() {
-            assert!(batch.len() <= BATCH_BYTES);
-            assert_eq!(
-                whole_frames(&batch, batch.len()).1,
-                batch.len(),
-                "a batch holds whole frames only"
-            );
-            bytes += batch.len();
-            frames += outbox.written(batch.len());
+    fn written_chunks_are_reused_through_the_pool() {
+        let mut pool = ChunkPool::default();
+        let mut first = Outbox::default();
+        let frame = f(&vec![3; CHUNK_BYTES / 2]);
+        first.push_run(&frame, 1, &mut pool);
+        let batch = first.take_batch().unwrap();
+        let address = batch.as_ptr();
+        drop(batch);
+        first.written(frame.len(), &mut pool);
+
+        // Another connection's next chunk is that buffer.
+        let mut second = Outbox::default();
+        second.push_run(&f(b"next"), 1, &mut pool);
+        let batch = second.take_batch().unwrap();
+        assert_eq!(
+            batch.as_ptr(),
+            address,
+            "the written chunk's buffer is reused"
+        );
+        assert_eq!(batch, cat(&[b"next"]));
+    }
+
+    #[test]
+    fn the_pool_keeps_neither_too_many_nor_outsized_buffers() {
+        let mut pool = ChunkPool::default();
+        for _ in 0..POOL_CHUNKS + 5 {
+            pool.give(BytesMut::with_capacity(CHUNK_CAPACITY));
         }
-        assert_eq!(frames, 11);
-        assert_eq!(bytes, run.len() + 17);
+        assert_eq!(pool.free.len(), POOL_CHUNKS);
+        let mut pool = ChunkPool::default();
+        pool.give(BytesMut::with_capacity(4 * CHUNK_CAPACITY));
+        assert!(pool.free.is_empty());
+    }
+
+    #[test]
+    fn frames_queued_while_a_chunk_is_written_follow_it_in_order() {
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        let mut frames = 0;
+        let mut out = Vec::new();
+        for i in 0..2_000u32 {
+            let frame = f(&i.to_le_bytes().repeat(100));
+            expected.extend_from_slice(&frame);
+            outbox.push(&frame);
+            if i % 300 == 0 {
+                if let Some(batch) = outbox.take_batch() {
+                    out.extend_from_slice(&batch);
+                    frames += outbox.written_(batch.len());
+                }
+            }
+        }
+        while let Some(batch) = outbox.take_batch() {
+            assert!(batch.len() < CHUNK_BYTES + 500);
+            out.extend_from_slice(&batch);
+            frames += outbox.written_(batch.len());
+        }
+        assert_eq!(frames, 2_000);
+        assert!(out == expected, "every frame once, in order");
         assert_eq!(outbox.bytes(), 0);
     }
 
     #[test]
     fn envelopes_are_written_in_place() {
         let mut outbox = Outbox::default();
-        outbox.push_envelope(&Envelope::new(crate::wire::Kind::Ok), 0);
+        outbox.push_envelope(
+            &Envelope::new(crate::wire::Kind::Ok),
+            0,
+            &mut ChunkPool::default(),
+        );
         assert_eq!(outbox.bytes(), crate::wire::MIN_FRAME);
         let frames = outbox.drain();
         assert_eq!(frames.len(), 1);
