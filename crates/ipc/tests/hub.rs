@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::{quick_config, TestHub, WAIT};
 use troupe_ipc::client::{
-    gproc, AsyncClient, Client, ClientError, ClientOptions, Destination, Incoming,
+    gproc, Addressed, AsyncClient, Client, ClientError, ClientOptions, Destination, Incoming,
 };
 use troupe_ipc::wire::{Envelope, ErrorCode, Kind};
 use troupe_ipc::{ByteSize, GetStats, IpcConfig};
@@ -64,12 +64,34 @@ fn blocking_and_async_clients_exchange_messages_and_requests() {
     let message = expect_message(&mut blocking);
     assert_eq!(message.body, b"hello from async");
     assert_eq!(message.from, std::process::id());
-    assert_eq!(message.to, Destination::Name("blocking".into()));
+    assert_eq!(message.to, Addressed::Name);
     let reply = blocking
         .request("async", b"question", Duration::from_secs(10))
         .unwrap();
     assert_eq!(reply, b"re: question");
     server.join().unwrap();
+}
+
+#[test]
+fn a_broadcast_reaches_every_name_with_the_prefix_and_says_so() {
+    let hub = TestHub::start(quick_config());
+    let mut first = client(&hub, "worker.first");
+    let mut second = client(&hub, "worker.second");
+    let mut other = client(&hub, "other");
+    let mut sender = client(&hub, "sender");
+    sender.broadcast("worker.", b"to all workers").unwrap();
+    sender.send("other", b"to other alone").unwrap();
+    for worker in [&mut first, &mut second] {
+        let message = expect_message(worker);
+        assert_eq!(message.body, b"to all workers");
+        assert_eq!(message.to, Addressed::Broadcast { prefix_len: 7 });
+    }
+    let message = expect_message(&mut other);
+    assert_eq!(
+        message.body, b"to other alone",
+        "the broadcast did not reach `other`"
+    );
+    assert_eq!(message.to, Addressed::Name);
 }
 
 #[test]
@@ -92,7 +114,7 @@ fn a_client_that_verifies_checksums_reads_everything_the_hub_sends() {
         assert_eq!(expect_message(&mut checking).body, i.to_le_bytes());
     }
     let by_pid = expect_message(&mut checking);
-    assert_eq!(by_pid.to, Destination::Pid(std::process::id()));
+    assert_eq!(by_pid.to, Addressed::Pid);
     // Frames the hub builds itself (the answer to Stats) pass the check too.
     assert!(checking.stats().unwrap()["frames_in"].as_u64().unwrap() >= 103);
 }

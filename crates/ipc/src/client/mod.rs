@@ -124,14 +124,29 @@ pub enum Incoming {
 pub struct Message {
     /// The sending process (checked by the hub).
     pub from: u32,
-    /// The address it was sent to (this client's pid or name, or a broadcast prefix).
-    pub to: Destination,
+    /// How the sender addressed it.
+    pub to: Addressed,
     /// The sender's correlation id.
     pub corr: u64,
-    /// Sent as a broadcast.
-    pub broadcast: bool,
     /// The bytes.
     pub body: Vec<u8>,
+}
+
+/// How a delivered message was addressed. The hub delivers a message only to the connection
+/// its address names, so the address itself is this client's: its pid, its registered name,
+/// or a prefix of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Addressed {
+    /// To this process's pid.
+    Pid,
+    /// To this connection's registered name.
+    Name,
+    /// A broadcast to every name starting with the first `prefix_len` bytes of this
+    /// connection's name.
+    Broadcast {
+        /// The prefix's length in bytes.
+        prefix_len: usize,
+    },
 }
 
 /// What kind of answer a [`Request`] wants.

@@ -6,11 +6,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BytesMut};
-use smol_str::SmolStr;
 
 use super::{
-    ClientError, ClientOptions, Destination, Failure, Incoming, Message, Request, RequestKind,
-    Target,
+    Addressed, ClientError, ClientOptions, Destination, Failure, Incoming, Message, Request,
+    RequestKind, Target,
 };
 use crate::wire::envelope::{EnvelopeError, RawEnvelope};
 use crate::wire::frame::{seal_frames, Found, HEADER_LEN};
@@ -71,7 +70,6 @@ pub(crate) struct ClientState {
     decoder: FrameDecoder,
     inbox: VecDeque<Incoming>,
     inbox_max: usize,
-    last_name: Option<SmolStr>,
     corr_ids: CorrIds,
 }
 
@@ -90,7 +88,6 @@ impl ClientState {
             decoder,
             inbox: VecDeque::new(),
             inbox_max: options.inbox_max,
-            last_name: None,
             corr_ids: CorrIds { next: 0, end: 0 },
         }
     }
@@ -166,21 +163,10 @@ impl ClientState {
         if !matches!(raw.kind, Kind::Send | Kind::Broadcast) {
             return None;
         }
-        let to = if raw.name.is_empty() {
-            Destination::Pid(raw.pid)
-        } else {
-            // A name not seen just before goes the general way, which checks it.
-            let last = self.last_name.as_ref()?;
-            if last.as_bytes() != raw.name {
-                return None;
-            }
-            Destination::Name(last.clone())
-        };
         let message = Message {
             from: sender,
-            to,
+            to: addressed(raw.kind, raw.name),
             corr: raw.corr,
-            broadcast: raw.kind == Kind::Broadcast,
             body: raw.body.to_vec(),
         };
         self.read_buf.advance(length);
@@ -239,13 +225,10 @@ impl ClientState {
     fn item(&mut self, sender: u32, length: usize) -> Result<Item, ClientError> {
         let raw = RawEnvelope::parse(&self.read_buf[HEADER_LEN..length]).map_err(bad_frame)?;
         if matches!(raw.kind, Kind::Send | Kind::Broadcast) {
-            // The common case: the name is the one of the message before, most of the time.
-            let to = destination(raw.pid, raw.name, &mut self.last_name).map_err(bad_frame)?;
             return Ok(Item::Incoming(Incoming::Message(Message {
                 from: sender,
-                to,
+                to: addressed(raw.kind, raw.name),
                 corr: raw.corr,
-                broadcast: raw.kind == Kind::Broadcast,
                 body: raw.body.to_vec(),
             })));
         }
@@ -298,23 +281,15 @@ enum Item {
     Incoming(Incoming),
 }
 
-/// A message's destination; a name equal to the last one seen is not checked again.
+/// How a `Send` or `Broadcast` frame addressed this client: the name in it is this
+/// connection's (or a prefix of it), as the hub routed it here, so only its length matters.
 #[inline]
-fn destination(
-    pid: u32,
-    name: &[u8],
-    last_name: &mut Option<SmolStr>,
-) -> Result<Destination, EnvelopeError> {
-    if name.is_empty() {
-        return Ok(Destination::Pid(pid));
-    }
-    match last_name {
-        Some(last) if last.as_bytes() == name => Ok(Destination::Name(last.clone())),
-        _ => {
-            let name = std::str::from_utf8(name).map_err(|_| EnvelopeError::NameNotUtf8)?;
-            let name = SmolStr::new(name);
-            *last_name = Some(name.clone());
-            Ok(Destination::Name(name))
-        }
+fn addressed(kind: Kind, name: &[u8]) -> Addressed {
+    match (kind, name.is_empty()) {
+        (Kind::Broadcast, _) => Addressed::Broadcast {
+            prefix_len: name.len(),
+        },
+        (_, true) => Addressed::Pid,
+        (_, false) => Addressed::Name,
     }
 }
