@@ -6,7 +6,8 @@
 //! executable started again with a mode argument.
 //!
 //! - Throughput: a sender writes N messages of S bytes as fast as it can (frames written in
-//!   64 KiB batches), a receiver takes them one by one as owned buffers; the time runs from
+//!   64 KiB batches), addressed to the receiver's name or to its pid, a receiver takes them
+//!   one by one as owned buffers; the time runs from
 //!   the sender's first write to the receiver's last message (CLOCK_MONOTONIC, shared by
 //!   the processes).
 //! - Latency: a ping client sends one message of S bytes and waits for the echo, N times;
@@ -30,6 +31,23 @@ use std::time::{Duration, Instant};
 use troupe_ipc::client::{Client, ClientOptions, Incoming};
 
 const SIZES: [usize; 2] = [64, 4096];
+
+/// How the hub's sender addresses the receiver: by its registered name (`"bench-sink"`, ten
+/// bytes in every frame and a name to match), or by its pid (gproc's `send(pid, data)`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Addressing {
+    Name,
+    Pid,
+}
+
+impl Addressing {
+    fn label(self) -> &'static str {
+        match self {
+            Addressing::Name => "to a name",
+            Addressing::Pid => "to a pid",
+        }
+    }
+}
 const BATCH: usize = 64 * 1024;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -40,7 +58,12 @@ fn main() {
         Some("relay-send") => relay_send(Path::new(&args[2]), num(&args[3]), num(&args[4])),
         Some("relay-recv") => relay_recv(Path::new(&args[2]), num(&args[3])),
         Some("relay-echo") => relay_echo(Path::new(&args[2])),
-        Some("hub-send") => hub_send(Path::new(&args[2]), num(&args[3]), num(&args[4])),
+        Some("hub-send") => hub_send(
+            Path::new(&args[2]),
+            num(&args[3]),
+            num(&args[4]),
+            args.get(5).map(|pid| num(pid) as u32),
+        ),
         Some("hub-recv") => hub_recv(Path::new(&args[2]), num(&args[3])),
         Some("hub-echo") => hub_echo(Path::new(&args[2])),
         _ => orchestrate(),
@@ -94,7 +117,11 @@ fn orchestrate() {
     println!("| payload | hub msg/s | relay msg/s | hub / relay | target | hub CPU/msg | relay CPU/msg | CPU ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut throughput_ratios = Vec::new();
-    for (i, &size) in SIZES.iter().enumerate() {
+    let cases = SIZES
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &size)| [Addressing::Name, Addressing::Pid].map(|a| (i, size, a)));
+    for (i, size, addressing) in cases {
         let count = plan.messages[i];
         let mut hub = Vec::new();
         let mut relay = Vec::new();
@@ -107,7 +134,14 @@ fn orchestrate() {
             };
             for through_hub in order {
                 if through_hub {
-                    hub.push(hub_throughput(&hub_socket, node.id(), count, size));
+                    let hub_pid = node.id();
+                    hub.push(hub_throughput(
+                        &hub_socket,
+                        hub_pid,
+                        count,
+                        size,
+                        addressing,
+                    ));
                 } else {
                     relay.push(relay_throughput(dir.path(), count, size));
                 }
@@ -122,7 +156,8 @@ fn orchestrate() {
         let ratio = h / r;
         throughput_ratios.push(ratio);
         println!(
-            "| {size} B | {h:.0} | {r:.0} | {ratio:.2} | ≥ 0.70 {} | {:.2} µs | {:.2} µs | {:.2} |",
+            "| {size} B, {} | {h:.0} | {r:.0} | {ratio:.2} | ≥ 0.70 {} | {:.2} µs | {:.2} µs | {:.2} |",
+            addressing.label(),
             if ratio >= 0.7 { "met" } else { "NOT met" },
             hc / 1e3,
             rc / 1e3,
@@ -271,12 +306,22 @@ fn measure(
     (count as f64 / ((end - start) / 1e9), cpu)
 }
 
-fn hub_throughput(socket: &Path, hub_pid: u32, count: usize, size: usize) -> Throughput {
+fn hub_throughput(
+    socket: &Path,
+    hub_pid: u32,
+    count: usize,
+    size: usize,
+    addressing: Addressing,
+) -> Throughput {
     let s = |v: &dyn ToString| v.to_string();
     let path = socket.display().to_string();
     let hub_cpu = process_cpu_ns(hub_pid);
     let (mut receiver, mut out) = party("hub-recv", &[path.clone(), s(&count)]);
-    let (mut sender, mut sent) = party("hub-send", &[path, s(&count), s(&size)]);
+    let mut send_args = vec![path, s(&count), s(&size)];
+    if addressing == Addressing::Pid {
+        send_args.push(s(&receiver.id()));
+    }
+    let (mut sender, mut sent) = party("hub-send", &send_args);
     let (per_second, cpu) = measure(count, (&mut sender, &mut sent), (&mut receiver, &mut out));
     let hub_cpu = process_cpu_ns(hub_pid) - hub_cpu;
     Throughput {
@@ -418,15 +463,23 @@ fn hub_client(socket: &Path, name: &str) -> Client {
     client
 }
 
-fn hub_send(socket: &Path, count: usize, size: usize) {
+fn hub_send(socket: &Path, count: usize, size: usize, to_pid: Option<u32>) {
     let mut client = hub_client(socket, "bench-source");
     ready();
     let payload = vec![0xa5; size];
     println!("result {}", monotonic_ns());
-    let per_frame = troupe_ipc::wire::MIN_FRAME + "bench-sink".len() + size;
+    let name_len = if to_pid.is_some() {
+        0
+    } else {
+        "bench-sink".len()
+    };
+    let per_frame = troupe_ipc::wire::MIN_FRAME + name_len + size;
     let mut queued = 0;
     for _ in 0..count {
-        client.queue("bench-sink", &payload);
+        match to_pid {
+            Some(pid) => client.queue(pid, &payload),
+            None => client.queue("bench-sink", &payload),
+        };
         queued += per_frame;
         if queued >= BATCH {
             client.flush().expect("write");
