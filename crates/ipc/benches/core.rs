@@ -11,7 +11,7 @@
 //! Run with `cargo bench -p troupe-ipc --bench core` (or `make bench`); medians of 9 rounds.
 
 use std::hint::black_box;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -89,10 +89,32 @@ fn main() {
     assert_eq!(unsealed, read);
     println!("| sender: seal (checksum) each queued frame | {seal:.1} |");
 
+    let send = send_per_message(frames.len());
+    println!("| sender: queue, seal and write each 64-byte message to a name | {send:.1} |");
+
     let receive = receive_per_message(&read, frames.len());
     println!(
         "| receiver: write, read and take each message as the hub delivers it | {receive:.1} |"
     );
+}
+
+/// The sending client's work: `messages` messages queued to the name `sink` and written to
+/// one end of a socket pair at once (the other end is drained, in the same thread).
+fn send_per_message(messages: usize) -> f64 {
+    let (client_end, mut hub_end) = UnixStream::pair().expect("a socket pair");
+    let mut client = Client::from_stream(client_end, ClientOptions::default());
+    let body = [0xa5u8; 64];
+    let mut drain = vec![0u8; 2 * READ];
+    per_message(messages, || {
+        for _ in 0..messages {
+            client.queue("sink", &body);
+        }
+        client.flush().expect("write");
+        let mut left = messages * (MIN_FRAME + 4 + body.len());
+        while left > 0 {
+            left -= hub_end.read(&mut drain).expect("read");
+        }
+    })
 }
 
 /// The receiving client's work: `read` (what the hub forwards) written into one end of a
