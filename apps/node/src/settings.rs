@@ -252,10 +252,7 @@ fn parse_cluster(
 ) -> Result<(Value, Option<PreparedRole>), ConfigError> {
     let mut section = section.unwrap_or_else(|| json!({}));
     if let (Value::Object(table), Some(first)) = (&mut section, selected.first()) {
-        if table
-            .get("resource")
-            .map_or(true, |r| r.as_str() == Some(""))
-        {
+        if table.get("resource").is_none_or(|r| r.as_str() == Some("")) {
             table.insert("resource".into(), Value::String(first.clone()));
         }
     }

@@ -286,7 +286,7 @@ fn echo_baseline(port: u16, reply: Vec<u8>, stop: Arc<AtomicBool>) -> std::threa
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = values.len();
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0

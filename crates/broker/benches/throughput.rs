@@ -141,7 +141,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     if n == 0 {
         return 0.0;
     }
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0

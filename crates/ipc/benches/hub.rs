@@ -127,7 +127,7 @@ fn orchestrate() {
         let mut relay = Vec::new();
         for run in 0..plan.runs {
             // Alternate which goes first, so neither always gets the quieter moment.
-            let order: [bool; 2] = if run % 2 == 0 {
+            let order: [bool; 2] = if run.is_multiple_of(2) {
                 [true, false]
             } else {
                 [false, true]
@@ -250,7 +250,7 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).expect("numbers"));
     let n = values.len();
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0

@@ -151,7 +151,7 @@ impl LogFiles {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped == 1 || dropped % 10_000 == 0 {
+                if dropped == 1 || dropped.is_multiple_of(10_000) {
                     tracing::warn!(
                         dropped,
                         file = %file.path.display(),

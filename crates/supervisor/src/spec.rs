@@ -260,7 +260,7 @@ impl ChildSpec {
         check_id(&self.id)?;
         match &self.start {
             ChildStart::Process(p) => {
-                if !p.command.as_deref().is_some_and(|c| !c.is_empty()) {
+                if p.command.as_deref().is_none_or(str::is_empty) {
                     return Err(
                         "command: missing (and the default child spec has none to append to)"
                             .into(),

@@ -1113,7 +1113,7 @@ impl ClientCore {
         let unattached: Vec<SubscriptionId> = self
             .subscriptions
             .iter()
-            .filter(|(_, s)| s.link.is_none() && s.retry_at.map_or(true, |at| at <= now))
+            .filter(|(_, s)| s.link.is_none() && s.retry_at.is_none_or(|at| at <= now))
             .map(|(id, _)| *id)
             .collect();
         for sub in unattached {

@@ -321,7 +321,7 @@ impl BeaconCore {
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Outbound>) {
         let events = self.registry.tick(now);
         self.fan_out(&events, out);
-        if self.next_sweep.map_or(true, |at| at <= now) {
+        if self.next_sweep.is_none_or(|at| at <= now) {
             self.next_sweep = Some(now + Duration::from_secs(1));
             self.sweep_sessions(now);
         }

@@ -1194,9 +1194,9 @@ impl Hub {
         };
         c.damage.skipped_bytes += damage.skipped_bytes;
         c.damage.resyncs += damage.resyncs;
-        let quiet = c.last_damage_log.map_or(true, |at| {
-            now.saturating_duration_since(at) >= Duration::from_secs(1)
-        });
+        let quiet = c
+            .last_damage_log
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
         if quiet {
             c.last_damage_log = Some(now);
             tracing::warn!(

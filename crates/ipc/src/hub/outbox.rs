@@ -133,7 +133,7 @@ impl Outbox {
         if self
             .waiting
             .back()
-            .map_or(true, |last| last.bytes.len() >= CHUNK_BYTES)
+            .is_none_or(|last| last.bytes.len() >= CHUNK_BYTES)
         {
             self.waiting.push_back(Chunk {
                 bytes: pool.take(),
