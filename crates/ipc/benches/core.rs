@@ -172,18 +172,7 @@ fn frames_in(read: &[u8]) -> Vec<(usize, usize)> {
 /// What a connection's reader hands the hub for `read`.
 fn found_in(decoder: &mut FrameDecoder, read: &[u8]) -> Vec<(usize, Found)> {
     let mut found = Vec::new();
-    let mut at = 0;
-    loop {
-        let (skipped, item) = decoder.scan(&read[at..], false);
-        at += skipped;
-        match item {
-            Some(item @ Found::Frame { length, .. }) => {
-                found.push((at, item));
-                at += length;
-            }
-            _ => break,
-        }
-    }
+    let at = decoder.scan_read(read, &mut found);
     assert_eq!(at, read.len(), "the read is whole frames");
     found
 }

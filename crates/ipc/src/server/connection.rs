@@ -39,23 +39,8 @@ pub(crate) async fn read_loop(
         // buffer; the hub is done with it by the time this task reads again, so the buffer
         // is reused rather than reallocated.
         let mut found = Vec::new();
-        let mut at = 0;
-        let mut oversize = false;
-        loop {
-            let (skipped, item) = decoder.scan(&buf[at..], false);
-            at += skipped;
-            let Some(item) = item else {
-                break;
-            };
-            found.push((at, item));
-            match item {
-                Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
-                Found::Oversize { .. } => {
-                    oversize = true;
-                    break;
-                }
-            }
-        }
+        let at = decoder.scan_read(&buf, &mut found);
+        let oversize = matches!(found.last(), Some((_, Found::Oversize { .. })));
         let frames = buf.split_to(at).freeze();
         let total = decoder.damage();
         let damage = Damage {

@@ -23,56 +23,37 @@ pub fn checksum(head: &[u8], payload: &[u8]) -> u32 {
     crc::update(crc::update(0, head), payload)
 }
 
-/// Computes frames' checksums, remembering the share of the last header: the frames of one
-/// stream usually repeat their first eight bytes (one sender, often one size), and that share
-/// need not be computed again.
-#[derive(Debug, Clone, Default)]
-pub struct Checksums {
-    head: [u8; 8],
-    /// The checksum of `head` alone, when `head` is set.
-    head_crc: Option<u32>,
-}
-
-impl Checksums {
-    /// The checksum of the whole frame `frame` (its checksum field is not read). Bytes too
-    /// few for a header are no frame: their checksum is that of what there is.
-    #[inline]
-    pub fn of(&mut self, frame: &[u8]) -> u32 {
-        let Some(head) = frame
-            .first_chunk::<8>()
-            .filter(|_| frame.len() >= HEADER_LEN)
-        else {
-            return checksum(frame, &[]);
-        };
-        let head_crc = match self.head_crc {
-            Some(head_crc) if *head == self.head => head_crc,
-            _ => {
-                let head_crc = crc::update(0, head);
-                self.head = *head;
-                self.head_crc = Some(head_crc);
-                head_crc
-            }
-        };
-        crc::update(head_crc, &frame[HEADER_LEN..])
-    }
-}
-
 /// Fills in the checksum of the one frame that `frame` holds.
 pub fn seal(frame: &mut [u8]) {
-    let crc = checksum(&frame[..8], &frame[HEADER_LEN..]);
+    let crc = crc::frame(frame);
     frame[8..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Fills in the checksum of every frame in `frames`, which holds whole frames written
 /// unsealed (their length fields are right).
 pub fn seal_frames(frames: &mut [u8]) {
-    let mut sums = Checksums::default();
+    // Four at a time, as the checksums of four frames can be computed together.
+    let mut group = [(0, 0); 4];
+    let mut grouped = 0;
     let mut at = 0;
     while frames.len() - at >= HEADER_LEN {
         let length = (read_u32(frames, at) as usize).clamp(HEADER_LEN, frames.len() - at);
-        let crc = sums.of(&frames[at..at + length]);
-        frames[at + 8..at + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        group[grouped] = (at, length);
+        grouped += 1;
         at += length;
+        if grouped == 4 {
+            // Element by element: a copy of the whole array would be made with vector
+            // moves, which wait for the scalar writes just made to it.
+            let frame = |i: usize| &frames[group[i].0..group[i].0 + group[i].1];
+            let sums = crc::frames4(&[frame(0), frame(1), frame(2), frame(3)]);
+            for ((at, _), sum) in group.into_iter().zip(sums) {
+                frames[at + 8..at + HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+            }
+            grouped = 0;
+        }
+    }
+    for &(at, length) in &group[..grouped] {
+        seal(&mut frames[at..at + length]);
     }
 }
 
@@ -159,7 +140,6 @@ pub struct FrameDecoder {
     max_frame: usize,
     expected_pid: Option<u32>,
     verify_checksums: bool,
-    sums: Checksums,
     damage: Damage,
     skipping: bool,
 }
@@ -176,7 +156,6 @@ impl FrameDecoder {
             max_frame,
             expected_pid,
             verify_checksums: true,
-            sums: Checksums::default(),
             damage: Damage::default(),
             skipping: false,
         }
@@ -192,8 +171,8 @@ impl FrameDecoder {
 
     /// Whether `frame`'s checksum is right (or taken on trust).
     #[inline]
-    fn checksum_ok(&mut self, frame: &[u8]) -> bool {
-        !self.verify_checksums || read_u32(frame, 8) == self.sums.of(frame)
+    fn checksum_ok(&self, frame: &[u8]) -> bool {
+        !self.verify_checksums || read_u32(frame, 8) == crc::frame(frame)
     }
 
     /// Damage seen so far.
@@ -257,6 +236,80 @@ impl FrameDecoder {
         let (skipped, found) = self.scan(buf, eof);
         buf.advance(skipped);
         found
+    }
+
+    /// Everything found in `buf`, appended to `found` with where it starts: frames and
+    /// foreign frames, up to the end of the whole frames there, or up to and including an
+    /// oversized one (after which the stream cannot go on). Returns how many bytes were
+    /// scanned: the frames found and the damage between them, so the caller keeps
+    /// `buf[returned..]` for the next read.
+    pub fn scan_read(&mut self, buf: &[u8], found: &mut Vec<(usize, Found)>) -> usize {
+        let mut run = [(0, 0); 4];
+        let mut at = 0;
+        loop {
+            let whole = self.frames_at_start(&buf[at..], &mut run);
+            if whole > 0 {
+                for &(pid, length) in &run[..whole] {
+                    found.push((at, Found::Frame { pid, length }));
+                    at += length;
+                }
+                continue;
+            }
+            let (skipped, item) = self.scan(&buf[at..], false);
+            at += skipped;
+            let Some(item) = item else {
+                return at;
+            };
+            found.push((at, item));
+            match item {
+                Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
+                Found::Oversize { .. } => return at,
+            }
+        }
+    }
+
+    /// The valid frames from the expected sender (any sender without one) that follow one
+    /// another from the start of `buf`, whole, up to four, their checksums computed
+    /// together: `(pid, length)` of each in `run`, and how many. 0 leaves what starts `buf`
+    /// to [`scan`](Self::scan).
+    #[inline]
+    fn frames_at_start(&mut self, buf: &[u8], run: &mut [(u32, usize); 4]) -> usize {
+        let mut headers = 0;
+        let mut at = 0;
+        while headers < 4 && buf.len() - at >= HEADER_LEN {
+            let length = read_u32(buf, at) as usize;
+            let pid = read_u32(buf, at + 4);
+            if length < self.min_frame
+                || length > self.max_frame
+                || buf.len() - at < length
+                || self.expected_pid.is_some_and(|p| p != pid)
+            {
+                break;
+            }
+            run[headers] = (pid, length);
+            headers += 1;
+            at += length;
+        }
+        let mut valid = headers;
+        if self.verify_checksums && headers > 0 {
+            let mut starts = [0; 4];
+            for i in 1..headers {
+                starts[i] = starts[i - 1] + run[i - 1].1;
+            }
+            let frame = |i: usize| &buf[starts[i]..starts[i] + run[i].1];
+            let sums = if headers == 4 {
+                crc::frames4(&[frame(0), frame(1), frame(2), frame(3)])
+            } else {
+                [0, 1, 2, 3].map(|i| if i < headers { crc::frame(frame(i)) } else { 0 })
+            };
+            valid = (0..headers)
+                .position(|i| read_u32(frame(i), 8) != sums[i])
+                .unwrap_or(headers);
+        }
+        if valid > 0 {
+            self.skipping = false;
+        }
+        valid
     }
 
     /// Looks for the next frame in `buf` without consuming anything: returns how many bytes
@@ -359,7 +412,8 @@ impl FrameDecoder {
 
 #[inline]
 fn read_u32(buf: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+    let bytes = &buf[at..at + 4];
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 #[cfg(test)]
@@ -497,18 +551,25 @@ mod tests {
     }
 
     #[test]
-    fn checksums_remembering_the_header_match_the_plain_ones() {
-        let mut sums = Checksums::default();
-        for (pid, payload) in [(1, &b"a"[..]), (1, b"b"), (2, b"b"), (2, b"longer payload")] {
-            let f = frame(pid, payload);
-            assert_eq!(sums.of(&f), checksum(&f[..8], &f[HEADER_LEN..]));
-            assert_eq!(sums.of(&f), read_u32(&f, 8));
+    fn sealing_fills_in_the_checksum_of_frames_four_at_a_time_and_the_rest() {
+        // 4 + 4 + 3 frames of mixed lengths, some alike (folded together), some not.
+        let frames: Vec<Bytes> = (0..11u32)
+            .map(|i| {
+                frame(
+                    40 + i % 3,
+                    &vec![i as u8; [3, 60, 61, 90, 200][i as usize % 5]],
+                )
+            })
+            .collect();
+        let sealed: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let mut unsealed = sealed.clone();
+        let mut at = 0;
+        for f in &frames {
+            unsealed[at + 8..at + HEADER_LEN].fill(0);
+            at += f.len();
         }
-        assert_eq!(
-            sums.of(b"short"),
-            crc32fast::hash(b"short"),
-            "no panic on a short slice"
-        );
+        seal_frames(&mut unsealed);
+        assert_eq!(unsealed, sealed);
     }
 
     #[test]
@@ -519,6 +580,98 @@ mod tests {
         frames[23..27].fill(0);
         seal_frames(&mut frames);
         assert_eq!(frames, sealed);
+    }
+
+    /// What `scan_read` finds, the way the hub reads: frame by frame with `scan`.
+    fn scan_one_at_a_time(decoder: &mut FrameDecoder, buf: &[u8]) -> (usize, Vec<(usize, Found)>) {
+        let mut found = Vec::new();
+        let mut at = 0;
+        loop {
+            let (skipped, item) = decoder.scan(&buf[at..], false);
+            at += skipped;
+            let Some(item) = item else {
+                return (at, found);
+            };
+            found.push((at, item));
+            match item {
+                Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
+                Found::Oversize { .. } => return (at, found),
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_scanned_at_once_finds_what_frame_by_frame_scanning_finds() {
+        let mut stream = Vec::new();
+        for i in 0..40u32 {
+            let mut f = frame(
+                if i == 17 { 8 } else { 7 },
+                &vec![i as u8; 40 + i as usize % 7],
+            )
+            .to_vec();
+            match i {
+                // A bad checksum in the middle of a group of four, then one at its end.
+                5 | 11 => f[20] ^= 1,
+                // Garbage between frames.
+                23 => stream.extend_from_slice(&[0xee; 9]),
+                _ => {}
+            }
+            stream.extend_from_slice(&f);
+        }
+        // A frame cut short by the end of the read.
+        stream.extend_from_slice(&frame(7, &[1; 50])[..30]);
+        let mut at_once = FrameDecoder::new(HEADER_LEN, 1 << 10, Some(7));
+        let mut found = Vec::new();
+        let scanned = at_once.scan_read(&stream, &mut found);
+        let mut one_by_one = FrameDecoder::new(HEADER_LEN, 1 << 10, Some(7));
+        assert_eq!(
+            (scanned, found),
+            scan_one_at_a_time(&mut one_by_one, &stream)
+        );
+        assert_eq!(at_once.damage(), one_by_one.damage());
+        assert_eq!(at_once.damage().resyncs, 3);
+        assert_eq!(scanned, stream.len() - 30);
+    }
+
+    #[test]
+    fn a_read_scanned_at_once_stops_at_an_oversized_frame() {
+        let mut stream = [frame(7, b"one"), frame(7, b"two")].concat();
+        let mut big = frame(7, &[0; 100]).to_vec();
+        stream.append(&mut big);
+        let mut decoder = FrameDecoder::new(HEADER_LEN, 64, Some(7));
+        let mut found = Vec::new();
+        let scanned = decoder.scan_read(&stream, &mut found);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[2], (30, Found::Oversize { length: 112 }));
+        assert_eq!(scanned, 30);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scanning_a_read_at_once_agrees_with_frame_by_frame_on_any_damage(
+            pieces in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6),
+                 0..4u8),
+                1..30),
+        ) {
+            let mut stream = Vec::new();
+            for (payload, garbage, flip) in &pieces {
+                let mut f = frame(7, payload).to_vec();
+                if *flip == 0 {
+                    let at = payload.len() % f.len();
+                    f[at] ^= 0x10;
+                }
+                stream.extend_from_slice(&f);
+                stream.extend_from_slice(garbage);
+            }
+            let mut at_once = FrameDecoder::new(HEADER_LEN, 1 << 10, Some(7));
+            let mut found = Vec::new();
+            let scanned = at_once.scan_read(&stream, &mut found);
+            let mut one_by_one = FrameDecoder::new(HEADER_LEN, 1 << 10, Some(7));
+            proptest::prop_assert_eq!((scanned, found), scan_one_at_a_time(&mut one_by_one, &stream));
+            proptest::prop_assert_eq!(at_once.damage(), one_by_one.damage());
+        }
     }
 
     #[test]
