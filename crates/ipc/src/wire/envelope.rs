@@ -242,7 +242,10 @@ impl<'a> Envelope<'a> {
         unsafe {
             let at = spare.as_mut_ptr().cast::<u8>();
             std::ptr::copy_nonoverlapping(fixed.as_ptr(), at, MIN_FRAME);
-            std::ptr::copy_nonoverlapping(name.as_ptr(), at.add(MIN_FRAME), name.len());
+            // (A call to copy nothing is not free: messages to a pid have no name.)
+            if !name.is_empty() {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), at.add(MIN_FRAME), name.len());
+            }
             let body_at = at.add(MIN_FRAME + name.len());
             std::ptr::copy_nonoverlapping(self.body.as_ptr(), body_at, self.body.len());
             out.set_len(start + length);
