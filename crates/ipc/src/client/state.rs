@@ -35,6 +35,7 @@ struct CorrIds {
 }
 
 impl CorrIds {
+    #[inline]
     fn next(&mut self) -> u64 {
         if self.next == self.end {
             self.next = NEXT_CORR.fetch_add(CORR_BLOCK, Ordering::Relaxed);
@@ -93,6 +94,9 @@ impl ClientState {
     }
 
     /// Queues a frame with a fresh correlation id (or `corr` when not 0); returns the id.
+    /// (Inlined into the caller, which usually knows the kind, and often that there is no
+    /// name: messages are queued one at a time, by the million.)
+    #[inline]
     pub(crate) fn queue(&mut self, mut env: Envelope<'_>) -> u64 {
         if env.corr == 0 {
             env.corr = self.corr_ids.next();

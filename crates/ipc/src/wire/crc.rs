@@ -42,36 +42,80 @@ const HEADER: usize = 12;
 /// they are.
 #[inline]
 pub fn frame(frame: &[u8]) -> u32 {
-    if frame.len() < HEADER {
-        return update(0, frame);
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if folding::frame_fits(frame) && folding::available() {
-            // SAFETY: as in `update`; `frame_fits` checked the length `fold_frame` needs.
-            return !unsafe { folding::fold_frame(frame) };
-        }
-    }
-    update(update(0, &frame[..HEAD]), &frame[HEADER..])
+    FrameSums::new().one(frame)
 }
 
 /// The checksums of four frames, as [`frame`] computes each.
 #[inline]
 pub fn frames4(frames: &[&[u8]; 4]) -> [u32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if folding::wide_fits(frames) && folding::wide_available() {
-            // SAFETY: the CPU has the instructions `fold_frames4` is compiled for (checked
-            // just now), and `wide_fits` checked the lengths it needs.
-            return unsafe { folding::fold_frames4(frames) };
-        }
+    FrameSums::new().four(frames)
+}
+
+/// Frame checksums by the best means this CPU has, looked up once: for code that checksums
+/// many frames in a row (the lookup is a few loads and tests, but per frame it shows).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameSums {
+    /// PCLMULQDQ folding, one frame at a time.
+    folding: bool,
+    /// AVX-512 VPCLMULQDQ folding, four frames at a time.
+    wide: bool,
+}
+
+impl Default for FrameSums {
+    fn default() -> Self {
+        Self::new()
     }
-    [
-        frame(frames[0]),
-        frame(frames[1]),
-        frame(frames[2]),
-        frame(frames[3]),
-    ]
+}
+
+impl FrameSums {
+    /// What this CPU can do.
+    #[inline]
+    pub fn new() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let (folding, wide) = {
+            let folding = folding::available();
+            (folding, folding && folding::wide_available())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (folding, wide) = (false, false);
+        FrameSums { folding, wide }
+    }
+
+    /// The checksum of one frame; see [`frame`].
+    #[inline]
+    pub fn one(self, frame: &[u8]) -> u32 {
+        if frame.len() < HEADER {
+            return update(0, frame);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.folding && folding::frame_fits(frame) {
+                // SAFETY: the CPU has the instructions `fold_frame` is compiled for (`new`
+                // checked), and `frame_fits` checked the length it needs.
+                return !unsafe { folding::fold_frame(frame) };
+            }
+        }
+        update(update(0, &frame[..HEAD]), &frame[HEADER..])
+    }
+
+    /// The checksums of four frames; see [`frames4`].
+    #[inline]
+    pub fn four(self, frames: &[&[u8]; 4]) -> [u32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.wide && folding::wide_fits(frames) {
+                // SAFETY: the CPU has the instructions `fold_frames4` is compiled for (`new`
+                // checked), and `wide_fits` checked the lengths it needs.
+                return unsafe { folding::fold_frames4(frames) };
+            }
+        }
+        [
+            self.one(frames[0]),
+            self.one(frames[1]),
+            self.one(frames[2]),
+            self.one(frames[3]),
+        ]
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

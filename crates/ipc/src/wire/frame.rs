@@ -33,6 +33,7 @@ pub fn seal(frame: &mut [u8]) {
 /// unsealed (their length fields are right).
 pub fn seal_frames(frames: &mut [u8]) {
     // Four at a time, as the checksums of four frames can be computed together.
+    let sums = crc::FrameSums::new();
     let mut group = [(0, 0); 4];
     let mut grouped = 0;
     let mut at = 0;
@@ -45,15 +46,16 @@ pub fn seal_frames(frames: &mut [u8]) {
             // Element by element: a copy of the whole array would be made with vector
             // moves, which wait for the scalar writes just made to it.
             let frame = |i: usize| &frames[group[i].0..group[i].0 + group[i].1];
-            let sums = crc::frames4(&[frame(0), frame(1), frame(2), frame(3)]);
-            for ((at, _), sum) in group.into_iter().zip(sums) {
+            let four = sums.four(&[frame(0), frame(1), frame(2), frame(3)]);
+            for ((at, _), sum) in group.into_iter().zip(four) {
                 frames[at + 8..at + HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
             }
             grouped = 0;
         }
     }
     for &(at, length) in &group[..grouped] {
-        seal(&mut frames[at..at + length]);
+        let sum = sums.one(&frames[at..at + length]);
+        frames[at + 8..at + HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
     }
 }
 
@@ -140,6 +142,7 @@ pub struct FrameDecoder {
     max_frame: usize,
     expected_pid: Option<u32>,
     verify_checksums: bool,
+    sums: crc::FrameSums,
     damage: Damage,
     skipping: bool,
 }
@@ -156,6 +159,7 @@ impl FrameDecoder {
             max_frame,
             expected_pid,
             verify_checksums: true,
+            sums: crc::FrameSums::new(),
             damage: Damage::default(),
             skipping: false,
         }
@@ -172,7 +176,7 @@ impl FrameDecoder {
     /// Whether `frame`'s checksum is right (or taken on trust).
     #[inline]
     fn checksum_ok(&self, frame: &[u8]) -> bool {
-        !self.verify_checksums || read_u32(frame, 8) == crc::frame(frame)
+        !self.verify_checksums || read_u32(frame, 8) == self.sums.one(frame)
     }
 
     /// Damage seen so far.
@@ -298,9 +302,15 @@ impl FrameDecoder {
             }
             let frame = |i: usize| &buf[starts[i]..starts[i] + run[i].1];
             let sums = if headers == 4 {
-                crc::frames4(&[frame(0), frame(1), frame(2), frame(3)])
+                self.sums.four(&[frame(0), frame(1), frame(2), frame(3)])
             } else {
-                [0, 1, 2, 3].map(|i| if i < headers { crc::frame(frame(i)) } else { 0 })
+                [0, 1, 2, 3].map(|i| {
+                    if i < headers {
+                        self.sums.one(frame(i))
+                    } else {
+                        0
+                    }
+                })
             };
             valid = (0..headers)
                 .position(|i| read_u32(frame(i), 8) != sums[i])
