@@ -11,7 +11,7 @@
 //! A frame's checksum covers its first eight bytes and then everything after the checksum
 //! field. [`frame`] folds that as one message, its first block put together from both sides
 //! of the gap, so a frame costs one short fold and no separate pass over its header. Where
-//! the CPU has AVX-512 and VPCLMULQDQ, [`frames4`] folds four frames at once, one in each
+//! the CPU has AVX-512 and VPCLMULQDQ, [`FrameSums::four`] folds four frames at once, one in each
 //! 128-bit lane of a register: the sender seals, and the hub checks, frames four at a time.
 //!
 //! Shorter and longer inputs (where `crc32fast` folds four blocks at a time), and CPUs
@@ -43,12 +43,6 @@ const HEADER: usize = 12;
 #[inline]
 pub fn frame(frame: &[u8]) -> u32 {
     FrameSums::new().one(frame)
-}
-
-/// The checksums of four frames, as [`frame`] computes each.
-#[inline]
-pub fn frames4(frames: &[&[u8]; 4]) -> [u32; 4] {
-    FrameSums::new().four(frames)
 }
 
 /// Frame checksums by the best means this CPU has, looked up once: for code that checksums
@@ -98,7 +92,7 @@ impl FrameSums {
         update(update(0, &frame[..HEAD]), &frame[HEADER..])
     }
 
-    /// The checksums of four frames; see [`frames4`].
+    /// The checksums of four frames, as [`frame`] computes each.
     #[inline]
     pub fn four(self, frames: &[&[u8]; 4]) -> [u32; 4] {
         #[cfg(target_arch = "x86_64")]
@@ -414,7 +408,11 @@ mod folding {
 
 #[cfg(test)]
 mod tests {
-    use super::{frame, frames4, update, FrameSums};
+    use super::{frame, update, FrameSums};
+
+    fn frames4(frames: &[&[u8]; 4]) -> [u32; 4] {
+        FrameSums::new().four(frames)
+    }
     use proptest::prelude::*;
 
     fn reference(crc: u32, data: &[u8]) -> u32 {

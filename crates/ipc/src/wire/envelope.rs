@@ -219,7 +219,7 @@ impl<'a> Envelope<'a> {
         seal(&mut out[start..]);
     }
 
-    /// Like [`write`](Self::write), leaving the checksum to [`seal_frames`]. A writer that
+    /// Like [`write`](Self::write), leaving the checksum to [`seal_frames`](crate::wire::frame::seal_frames). A writer that
     /// queues many frames seals them all just before they go out: the checksum then reads
     /// bytes that are already settled in the cache instead of bytes still being stored.
     #[inline]
