@@ -51,6 +51,10 @@ pub enum ChannelError {
     /// The service's process exited while the request was in flight.
     #[error("the service exited while the request was in flight")]
     ServiceExited,
+    /// The service's channel connection closed while the request was in flight, before
+    /// the supervisor saw its process exit (it may have closed the connection, or be exiting).
+    #[error("the service's channel closed while the request was in flight")]
+    ChannelClosed,
     /// The service answered with an error.
     #[error("the service refused: {0}")]
     Refused(String),

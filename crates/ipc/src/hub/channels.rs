@@ -401,10 +401,7 @@ impl Hub {
 
     /// The channel connection `conn` of `service` has gone.
     pub(super) fn channel_closed(&mut self, service: &str, conn: ConnId) {
-        let error = ChannelError::Failed(
-            "the service's channel closed while the request was in flight".into(),
-        );
-        self.detach(service, conn, error);
+        self.detach(service, conn, ChannelError::ChannelClosed);
     }
 
     fn detach(&mut self, service: &str, conn: ConnId, error: ChannelError) {
