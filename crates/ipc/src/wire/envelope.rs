@@ -219,9 +219,10 @@ impl<'a> Envelope<'a> {
         seal(&mut out[start..]);
     }
 
-    /// Like [`write`](Self::write), leaving the checksum to [`seal_frames`](crate::wire::frame::seal_frames). A writer that
-    /// queues many frames seals them all just before they go out: the checksum then reads
-    /// bytes that are already settled in the cache instead of bytes still being stored.
+    /// Like [`write`](Self::write), leaving the checksum to
+    /// [`seal_frames`](crate::wire::frame::seal_frames). A writer that queues many frames
+    /// seals them all just before they go out: the checksum then reads bytes that are
+    /// already settled in the cache instead of bytes still being stored.
     #[inline]
     pub fn write_unsealed(&self, out: &mut BytesMut, sender_pid: u32) {
         let name = &self.name.as_bytes()[..self.name.len().min(u16::MAX as usize)];
