@@ -10,6 +10,9 @@
 //!
 //! Run with `cargo bench -p troupe-ipc --bench core` (or `make bench`); medians of 9 rounds.
 
+#[path = "common/clock.rs"]
+mod clock;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -208,15 +211,7 @@ fn hub_with_two_clients() -> (Hub, Instant) {
 /// CPU time of this thread, in nanoseconds: unlike the wall clock it does not count the
 /// moments a busy machine gives the core to another process.
 fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    clock::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Median over [`ROUNDS`] of the CPU time `work` takes per message, `work` handling one read of

@@ -22,6 +22,9 @@
 //! `cargo build --release --bin troupe`. `IPC_BENCH_QUICK=1` runs a short version;
 //! `IPC_BENCH_RUNS=N` sets the repetitions (medians are reported).
 
+#[path = "common/clock.rs"]
+mod clock;
+
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -440,15 +443,7 @@ fn ready() {
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine, so a
 /// sender's start and a receiver's end can be compared.
 fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    clock::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 // ---- through the hub ----

@@ -204,6 +204,11 @@ impl Bench {
         self.got.remove(&conn).unwrap_or_default()
     }
 
+    /// The bodies of what `conn` was sent, in order.
+    fn bodies(&mut self, conn: ConnId) -> Vec<Vec<u8>> {
+        self.take(conn).into_iter().map(|o| o.body).collect()
+    }
+
     fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
@@ -341,7 +346,7 @@ fn held_messages_reach_a_late_receiver_in_order() {
     assert_eq!(b.hub.stats().mailbox_messages, 3);
     b.advance(Duration::from_secs(9));
     b.client(3, 300, "late");
-    let bodies: Vec<Vec<u8>> = b.take(3).into_iter().map(|o| o.body).collect();
+    let bodies = b.bodies(3);
     assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     b.advance(Duration::from_secs(5));
     assert!(b.take(1).is_empty(), "nothing expired: all were delivered");
@@ -543,7 +548,7 @@ fn what_a_leaving_receiver_did_not_take_is_held_for_the_next() {
     b.writer_failed(2);
     assert_eq!(b.hub.stats().mailbox_messages, 2);
     b.client(3, 201, "sink");
-    let bodies: Vec<Vec<u8>> = b.take(3).into_iter().map(|o| o.body).collect();
+    let bodies = b.bodies(3);
     assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
 }
 
@@ -1001,7 +1006,7 @@ fn one_read_of_mixed_frames_keeps_each_receivers_order() {
         to("sink", b"three", 7),
     ];
     assert_eq!(b.input_many(1, 100, &frames), Flow::Go);
-    let bodies: Vec<Vec<u8>> = b.take(2).into_iter().map(|o| o.body).collect();
+    let bodies = b.bodies(2);
     let want: Vec<&[u8]> = vec![b"one", b"two", b"request", b"by pid", b"three"];
     assert_eq!(bodies, want);
     assert_eq!(b.take(3)[0].body, b"elsewhere");
@@ -1027,7 +1032,7 @@ fn a_message_for_a_receiver_that_hung_up_mid_write_is_held_not_lost() {
     b.writer_failed(2);
     assert_eq!(b.hub.stats().mailbox_messages, 2);
     b.client(3, 201, "sink");
-    let bodies: Vec<Vec<u8>> = b.take(3).into_iter().map(|o| o.body).collect();
+    let bodies = b.bodies(3);
     assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
 }
 
