@@ -64,24 +64,34 @@ fn serves_python_and_rust_clients_on_a_private_socket_removed_at_sigterm() {
     assert_eq!(reply, b"ping");
     rust.send("py-echo", b"a message").unwrap();
     echo.wait_for(&["message", &rust.pid().to_string(), "a message"], WAIT);
-
-    let mut sender = python("ipc_peer.py");
-    sender
-        .args([
-            "send", "--to", "rust", "--count", "3", "--tag", "py", "--socket",
-        ])
-        .arg(&socket);
-    let mut sender = Proc::spawn(sender);
-    for i in 0..3 {
-        match rust.recv_timeout(WAIT).unwrap() {
-            Some(Incoming::Message(m)) => {
-                assert_eq!(m.body, format!("py:{i}").as_bytes());
-                assert_eq!(m.from, sender.pid());
-            }
-            other => panic!("{other:?}"),
-        }
+    // Queued one after another, these go as one Batch frame.
+    for body in ["first of three", "second of three", "third of three"] {
+        rust.queue("py-echo", body.as_bytes());
     }
-    sender.wait_exit(WAIT);
+    rust.flush().unwrap();
+    for body in ["first of three", "second of three", "third of three"] {
+        echo.wait_for(&["message", &rust.pid().to_string(), body], WAIT);
+    }
+
+    // A frame per message, then batches of two from the Python client.
+    for batch in ["1", "2"] {
+        let mut sender = python("ipc_peer.py");
+        sender
+            .args(["send", "--to", "rust", "--count", "3", "--batch", batch])
+            .args(["--tag", "py", "--socket"])
+            .arg(&socket);
+        let mut sender = Proc::spawn(sender);
+        for i in 0..3 {
+            match rust.recv_timeout(WAIT).unwrap() {
+                Some(Incoming::Message(m)) => {
+                    assert_eq!(m.body, format!("py:{i}").as_bytes(), "batch {batch}");
+                    assert_eq!(m.from, sender.pid());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        sender.wait_exit(WAIT);
+    }
 
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(STOP).code(), Some(0), "{}", node.output());
@@ -171,26 +181,30 @@ fn an_absent_receivers_mailbox_reports_overflow_and_expiry_to_the_sender() {
     let linger = (Duration::from_millis(ttl_ms) + WAIT)
         .as_secs_f64()
         .to_string();
-    let mut sender = python("ipc_peer.py");
-    sender
-        .args([
-            "send", "--to", "nobody", "--count", "3", "--linger", &linger, "--socket",
-        ])
-        .arg(&socket);
-    let mut sender = Proc::spawn(sender);
-    let full = sender.wait_for(&["error MailboxFull"], WAIT);
-    assert!(
-        full.contains("seq=2") && full.contains("to=nobody"),
-        "{full}"
-    );
-    assert!(full.contains("mailbox_max_messages"), "{full}");
-    let first = sender.wait_for(&["error Expired"], WAIT);
-    assert!(
-        first.contains("seq=0") && first.contains("mailbox_ttl"),
-        "{first}"
-    );
-    let second = sender.wait_for(&["error Expired"], WAIT);
-    assert!(second.contains("seq=1"), "{second}");
+    // A frame per message, then batches of two: either way each message is reported.
+    for batch in ["1", "2"] {
+        let mut sender = python("ipc_peer.py");
+        sender
+            .args(["send", "--to", "nobody", "--count", "4", "--batch", batch])
+            .args(["--linger", &linger, "--socket"])
+            .arg(&socket);
+        let mut sender = Proc::spawn(sender);
+        for seq in ["seq=2", "seq=3"] {
+            let full = sender.wait_for(&["error MailboxFull"], WAIT);
+            assert!(
+                full.contains(seq) && full.contains("to=nobody"),
+                "batch {batch}: {full}"
+            );
+            assert!(full.contains("mailbox_max_messages"), "{full}");
+        }
+        let first = sender.wait_for(&["error Expired"], WAIT);
+        assert!(
+            first.contains("seq=0") && first.contains("mailbox_ttl"),
+            "batch {batch}: {first}"
+        );
+        let second = sender.wait_for(&["error Expired"], WAIT);
+        assert!(second.contains("seq=1"), "batch {batch}: {second}");
+    }
 }
 
 #[test]

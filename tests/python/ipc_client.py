@@ -8,7 +8,6 @@ library only. Imported by the ipc_*.py test programs; usable on its own:
     kind, frame = c.recv()
 """
 
-import itertools
 import os
 import socket
 import struct
@@ -20,7 +19,7 @@ HEADER = struct.Struct("<III")  # length, pid, checksum
 ENVELOPE = struct.Struct("<BBHIQI")  # version, kind, name_len, pid, corr, arg
 MIN_FRAME = HEADER.size + ENVELOPE.size
 
-REGISTER, SEND, REQUEST, REPLY, BROADCAST, STATS = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+REGISTER, SEND, REQUEST, REPLY, BROADCAST, STATS, BATCH = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 ATTACH, REQUEST_CONFIG, METRIC, EVENT = 0x10, 0x11, 0x12, 0x13
 PUSH_CONFIG, INVOKE, OK, ERROR = 0x20, 0x21, 0x40, 0x41
 
@@ -34,7 +33,7 @@ ERROR_NAMES = {
 }
 REFUSED = 20
 
-_corr = itertools.count(1)
+_corr = [1]
 
 
 class HubError(Exception):
@@ -67,8 +66,31 @@ def encode(kind, pid=0, corr=0, arg=0, name="", body=b"", sender=None):
     return head + struct.pack("<I", zlib.crc32(head + payload)) + payload
 
 
-def next_corr():
-    return next(_corr)
+def next_corr(count=1):
+    """The first of `count` fresh, consecutive correlation ids (a batch needs one each)."""
+    first = _corr[0]
+    _corr[0] += count
+    return first
+
+
+def batch_body(bodies):
+    """The body of a Batch frame (section 3): each message as u32 length, then its bytes."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in bodies)
+
+
+def unbatch(frame):
+    """A Batch frame's messages as the Send frames they stand for (message i has corr + i)."""
+    bodies, at = [], 0
+    for _ in range(frame.arg):
+        if at + 4 > len(frame.body):
+            break
+        (length,) = struct.unpack_from("<I", frame.body, at)
+        bodies.append(frame.body[at + 4:at + 4 + length])
+        at += 4 + length
+    if at != len(frame.body) or len(bodies) != frame.arg:
+        raise ValueError("a batch whose messages do not fill its body exactly")
+    return [Frame(frame.sender, SEND, frame.pid, frame.corr + i, 0, frame.name, body)
+            for i, body in enumerate(bodies)]
 
 
 class Decoder:
@@ -99,7 +121,11 @@ class Decoder:
             del self.buf[:length]
             _, kind, name_len, pid, corr, arg = ENVELOPE.unpack_from(frame, HEADER.size)
             name = frame[MIN_FRAME:MIN_FRAME + name_len].decode()
-            yield Frame(sender, kind, pid, corr, arg, name, frame[MIN_FRAME + name_len:])
+            whole = Frame(sender, kind, pid, corr, arg, name, frame[MIN_FRAME + name_len:])
+            if kind == BATCH:
+                yield from unbatch(whole)
+            else:
+                yield whole
 
 
 class Client:
@@ -173,6 +199,14 @@ class Client:
             self.write(encode(SEND, pid=to, corr=corr, body=body))
         else:
             self.write(encode(SEND, corr=corr, name=to, body=body))
+        return corr
+
+    def send_batch(self, to, bodies):
+        """Sends `bodies` to `to` in one Batch frame; returns the first message's corr."""
+        corr = next_corr(len(bodies))
+        pid, name = (to, "") if isinstance(to, int) else (0, to)
+        self.write(encode(BATCH, pid=pid, corr=corr, arg=len(bodies), name=name,
+                          body=batch_body(bodies)))
         return corr
 
     def request(self, to, body, timeout=5.0):

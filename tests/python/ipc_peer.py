@@ -1,8 +1,9 @@
 """A process that talks to the troupe ipc hub, for the integration tests (stdlib only).
 
 Modes (every line printed is flushed; tests wait on them):
-  send --to NAME|PID --count N --tag T [--size B] [--linger S]
-        register, send N messages "T:i" (padded to B bytes), print "sent N", then print
+  send --to NAME|PID --count N --tag T [--size B] [--batch K] [--linger S]
+        register, send N messages "T:i" (padded to B bytes; K to a Batch frame when K > 1),
+        print "sent N", then print
         "error <ErrorName> corr=<c> to=<dest> <text>" for every failure report that
         arrives within S seconds, then "done".
   echo --name NAME
@@ -34,10 +35,18 @@ def send(args):
     c = Client.connect(args.socket)
     c.register()
     corrs = {}
+    bodies = []
     for i in range(args.count):
         body = f"{args.tag}:{i}".encode()
-        body += b"." * max(0, args.size - len(body))
-        corrs[c.send(dest(args.to), body)] = i
+        bodies.append(body + b"." * max(0, args.size - len(body)))
+    for start in range(0, args.count, max(1, args.batch)):
+        group = bodies[start:start + max(1, args.batch)]
+        if args.batch > 1:
+            first = c.send_batch(dest(args.to), group)
+        else:
+            first = c.send(dest(args.to), group[0])
+        for i in range(len(group)):
+            corrs[first + i] = start + i
     say("sent", args.count)
     try:
         while True:
@@ -91,6 +100,7 @@ def main():
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--tag", default="m")
     parser.add_argument("--size", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--linger", type=float, default=0.0)
     parser.add_argument("--name", default="")
     parser.add_argument("--claim", type=int, default=1)

@@ -88,6 +88,9 @@ impl Client {
 
     /// Like [`send`](Self::send) without writing yet: the message waits in the client until
     /// [`flush`](Self::flush) (or any other operation) writes everything queued at once.
+    /// Messages queued one after another to the same destination travel in one frame (a
+    /// `Batch` of up to [`ClientOptions::batch_bytes`](super::ClientOptions::batch_bytes));
+    /// the receiver gets them one by one, each with its own correlation id.
     pub fn queue(&mut self, to: impl Target, body: &[u8]) -> u64 {
         self.state.queue_to(Kind::Send, &to, body, 0)
     }

@@ -242,6 +242,10 @@ pub struct ClientOptions {
     /// every frame it accepts and forwards it unchanged, or builds it itself, over a local
     /// socket that cannot damage it; lengths and envelopes are checked either way.
     pub verify_checksums: bool,
+    /// Largest frame that messages queued one after another to one destination are gathered
+    /// into (a `Batch`; the receiver's client hands them out one by one). 0: a frame per
+    /// message.
+    pub batch_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -251,6 +255,7 @@ impl Default for ClientOptions {
             inbox_max: 65_536,
             op_timeout: Duration::from_secs(10),
             verify_checksums: false,
+            batch_bytes: 16 * 1024,
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::wire::envelope::{EnvelopeError, RawEnvelope};
 use crate::wire::frame::{seal_frames, Found, HEADER_LEN};
-use crate::wire::{Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
+use crate::wire::{batch, Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
 
 /// Correlation ids are unique per process, so the hub can key requests by (pid, id) even
 /// when a process has several connections.
@@ -35,6 +35,12 @@ struct CorrIds {
 }
 
 impl CorrIds {
+    /// Whether the next id is `corr` (without taking it).
+    #[inline]
+    fn next_is(&self, corr: u64) -> bool {
+        self.next != self.end && self.next == corr
+    }
+
     #[inline]
     fn next(&mut self) -> u64 {
         if self.next == self.end {
@@ -72,6 +78,24 @@ pub(crate) struct ClientState {
     inbox: VecDeque<Incoming>,
     inbox_max: usize,
     corr_ids: CorrIds,
+    batch_bytes: usize,
+    /// The last queued frame, while it is a `Send` or `Batch` that a further message to the
+    /// same destination may join.
+    open_batch: Option<OpenBatch>,
+}
+
+/// What [`ClientState::join_batch`] needs of the open frame, kept here rather than read
+/// back from bytes just written.
+#[derive(Clone, Copy)]
+struct OpenBatch {
+    /// Where the frame starts in the write buffer.
+    start: usize,
+    pid: u32,
+    name_len: usize,
+    /// Messages in it (1: still a `Send`).
+    count: u32,
+    /// The correlation id the next message must have to join.
+    next_corr: u64,
 }
 
 impl ClientState {
@@ -90,6 +114,8 @@ impl ClientState {
             inbox: VecDeque::new(),
             inbox_max: options.inbox_max,
             corr_ids: CorrIds { next: 0, end: 0 },
+            batch_bytes: options.batch_bytes,
+            open_batch: None,
         }
     }
 
@@ -98,6 +124,7 @@ impl ClientState {
     /// name: messages are queued one at a time, by the million.)
     #[inline]
     pub(crate) fn queue(&mut self, mut env: Envelope<'_>) -> u64 {
+        self.open_batch = None;
         if env.corr == 0 {
             env.corr = self.corr_ids.next();
         }
@@ -107,18 +134,45 @@ impl ClientState {
 
     /// Everything queued, sealed and ready to write; [`written`](Self::written) once it is.
     pub(crate) fn outgoing(&mut self) -> &[u8] {
+        self.open_batch = None;
         seal_frames(&mut self.write_buf);
         &self.write_buf
     }
 
     /// The queued frames were written.
     pub(crate) fn written(&mut self) {
+        self.open_batch = None;
         self.write_buf.clear();
     }
 
-    /// Queues a message or request to `to`.
+    /// Queues a message or request to `to`. A message to the destination of the message
+    /// queued just before it joins that one's frame (a `Batch`) while the frame stays
+    /// within `batch_bytes`.
+    #[inline]
     pub(crate) fn queue_to(&mut self, kind: Kind, to: &impl Target, body: &[u8], arg: u32) -> u64 {
         let (pid, name) = to.parts();
+        if kind == Kind::Send && self.batch_bytes > 0 {
+            if let Some(corr) = self.join_batch(pid, name.as_bytes(), body) {
+                return corr;
+            }
+            let start = self.write_buf.len();
+            let corr = self.queue(Envelope {
+                kind,
+                pid,
+                arg,
+                name,
+                body,
+                corr: 0,
+            });
+            self.open_batch = Some(OpenBatch {
+                start,
+                pid,
+                name_len: name.len(),
+                count: 1,
+                next_corr: corr.wrapping_add(1),
+            });
+            return corr;
+        }
         self.queue(Envelope {
             kind,
             pid,
@@ -127,6 +181,45 @@ impl ClientState {
             body,
             corr: 0,
         })
+    }
+
+    /// Adds `body` to the open `Send` or `Batch` frame when it goes to `pid`/`name`, has
+    /// room, and the next correlation id continues its own; the id, if so. A `Send` becomes
+    /// a `Batch` of one first.
+    #[inline]
+    fn join_batch(&mut self, pid: u32, name: &[u8], body: &[u8]) -> Option<u64> {
+        let open = self.open_batch.as_mut()?;
+        let start = open.start;
+        let body_at = start + MIN_FRAME + open.name_len;
+        let grows = batch::ENTRY_HEADER * (1 + (open.count == 1) as usize) + body.len();
+        if open.pid != pid
+            || open.name_len != name.len()
+            || open.count >= batch::MAX_BATCH_MESSAGES
+            || self.write_buf.len() - start + grows > self.batch_bytes
+            || !self.corr_ids.next_is(open.next_corr)
+            || (!name.is_empty() && &self.write_buf[start + MIN_FRAME..body_at] != name)
+        {
+            return None;
+        }
+        if open.count == 1 {
+            // The single message's body gets its length in front of it.
+            let body_len = self.write_buf.len() - body_at;
+            self.write_buf.extend_from_slice(&[0; batch::ENTRY_HEADER]);
+            let entry_at = body_at + batch::ENTRY_HEADER;
+            self.write_buf
+                .copy_within(body_at..body_at + body_len, entry_at);
+            self.write_buf[body_at..entry_at].copy_from_slice(&(body_len as u32).to_le_bytes());
+            self.write_buf[start + 13] = Kind::Batch as u8;
+        }
+        open.count += 1;
+        open.next_corr = open.next_corr.wrapping_add(1);
+        let count = open.count;
+        batch::append(&mut self.write_buf, body);
+        let length = (self.write_buf.len() - start) as u32;
+        let frame = &mut self.write_buf[start..];
+        frame[0..4].copy_from_slice(&length.to_le_bytes());
+        frame[28..32].copy_from_slice(&count.to_le_bytes());
+        Some(self.corr_ids.next())
     }
 
     /// Bytes the next read should make room for.
@@ -148,6 +241,7 @@ impl ClientState {
             match self.decode_one()? {
                 None => return Ok(None),
                 Some(Item::Incoming(incoming)) => return Ok(Some(incoming)),
+                Some(Item::Queued) => return Ok(self.inbox.pop_front()),
                 // An answer nobody waits for any more (its caller gave up).
                 Some(Item::Answer(..)) => {}
                 Some(Item::Error(failure)) => return Ok(Some(Incoming::Failure(failure))),
@@ -164,14 +258,20 @@ impl ClientState {
         }
         let (sender, length) = self.decoder.frame_at_start(&self.read_buf)?;
         let raw = RawEnvelope::parse(&self.read_buf[HEADER_LEN..length]).ok()?;
-        if !matches!(raw.kind, Kind::Send | Kind::Broadcast) {
-            return None;
-        }
-        let message = Message {
-            from: sender,
-            to: addressed(raw.kind, raw.name),
-            corr: raw.corr,
-            body: raw.body.to_vec(),
+        let message = match raw.kind {
+            Kind::Send | Kind::Broadcast => Message {
+                from: sender,
+                to: addressed(raw.kind, raw.name),
+                corr: raw.corr,
+                body: raw.body.to_vec(),
+            },
+            Kind::Batch => {
+                let mut messages = unbatch(sender, &raw).ok()?;
+                let first = messages.next()?;
+                self.inbox.extend(messages.map(Incoming::Message));
+                first
+            }
+            _ => return None,
         };
         self.read_buf.advance(length);
         Some(message)
@@ -190,6 +290,7 @@ impl ClientState {
                 }
                 Some(Item::Error(failure)) => Incoming::Failure(failure),
                 Some(Item::Incoming(incoming)) => incoming,
+                Some(Item::Queued) => continue,
             };
             if self.inbox.len() >= self.inbox_max {
                 return Err(ClientError::InboxFull(self.inbox.len()));
@@ -228,6 +329,11 @@ impl ClientState {
     #[inline]
     fn item(&mut self, sender: u32, length: usize) -> Result<Item, ClientError> {
         let raw = RawEnvelope::parse(&self.read_buf[HEADER_LEN..length]).map_err(bad_frame)?;
+        if raw.kind == Kind::Batch {
+            let messages = unbatch(sender, &raw)?;
+            self.inbox.extend(messages.map(Incoming::Message));
+            return Ok(Item::Queued);
+        }
         if matches!(raw.kind, Kind::Send | Kind::Broadcast) {
             return Ok(Item::Incoming(Incoming::Message(Message {
                 from: sender,
@@ -275,7 +381,11 @@ impl ClientState {
 }
 
 fn bad_frame(err: EnvelopeError) -> ClientError {
-    ClientError::Protocol(format!("bad frame from the hub: {err}"))
+    bad_frame_text(err.to_string())
+}
+
+fn bad_frame_text(why: String) -> ClientError {
+    ClientError::Protocol(format!("bad frame from the hub: {why}"))
 }
 
 /// One decoded frame.
@@ -283,6 +393,26 @@ enum Item {
     Answer(u64, Answer),
     Error(Failure),
     Incoming(Incoming),
+    /// A batch's messages, put at the back of the inbox.
+    Queued,
+}
+
+/// The messages of a `Batch` frame from `sender`, each with its own correlation id.
+fn unbatch<'a>(
+    sender: u32,
+    raw: &RawEnvelope<'a>,
+) -> Result<impl Iterator<Item = Message> + 'a, ClientError> {
+    batch::check(raw.body, raw.arg).map_err(|why| bad_frame_text(format!("bad batch: {why}")))?;
+    let to = addressed(raw.kind, raw.name);
+    let first = raw.corr;
+    Ok(batch::Entries::new(raw.body)
+        .enumerate()
+        .map(move |(index, body)| Message {
+            from: sender,
+            to,
+            corr: first.wrapping_add(index as u64),
+            body: body.to_vec(),
+        }))
 }
 
 /// How a `Send` or `Broadcast` frame addressed this client: the name in it is this
@@ -295,5 +425,181 @@ fn addressed(kind: Kind, name: &[u8]) -> Addressed {
         },
         (_, true) => Addressed::Pid,
         (_, false) => Addressed::Name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::FrameDecoder;
+
+    fn state(batch_bytes: usize) -> ClientState {
+        ClientState::new(&ClientOptions {
+            batch_bytes,
+            verify_checksums: true,
+            ..ClientOptions::default()
+        })
+    }
+
+    /// The kinds and message counts of the frames `sender` has queued, checked as a hub
+    /// checks them.
+    fn frames(sender: &mut ClientState) -> Vec<(Kind, u32, usize)> {
+        let bytes = sender.outgoing().to_vec();
+        let mut decoder = FrameDecoder::new(MIN_FRAME, 1 << 20, Some(sender.pid));
+        let mut found = Vec::new();
+        assert_eq!(decoder.scan_read(&bytes, &mut found), bytes.len());
+        assert_eq!(
+            decoder.damage(),
+            Default::default(),
+            "every frame is sealed"
+        );
+        found
+            .iter()
+            .map(|&(at, item)| {
+                let Found::Frame { length, .. } = item else {
+                    panic!("{item:?}")
+                };
+                let frame = &bytes[at..at + length];
+                let raw = RawEnvelope::parse(&frame[HEADER_LEN..]).unwrap();
+                if raw.kind == Kind::Batch {
+                    batch::check(raw.body, raw.arg).unwrap();
+                }
+                (raw.kind, crate::wire::envelope::messages_in(frame), length)
+            })
+            .collect()
+    }
+
+    /// Everything `sender` queued, as a receiver's client hands it out.
+    fn received(sender: &mut ClientState) -> Vec<Incoming> {
+        let mut receiver = state(0);
+        receiver.read_buf.extend_from_slice(sender.outgoing());
+        let mut got = Vec::new();
+        loop {
+            if let Some(message) = receiver.next_message() {
+                got.push(Incoming::Message(message));
+            } else if let Some(incoming) = receiver.next_incoming().unwrap() {
+                got.push(incoming);
+            } else {
+                break;
+            }
+        }
+        assert!(receiver.read_buf.is_empty());
+        got
+    }
+
+    #[test]
+    fn messages_queued_to_one_destination_share_a_frame_and_arrive_one_by_one() {
+        let mut sender = state(16 * 1024);
+        let mut sent = Vec::new();
+        for i in 0..5u8 {
+            sent.push((sender.queue_to(Kind::Send, &"a", &[i; 3], 0), vec![i; 3]));
+        }
+        sent.push((
+            sender.queue_to(Kind::Send, &7u32, b"to a pid", 0),
+            b"to a pid".to_vec(),
+        ));
+        let request = sender.queue_to(Kind::Request, &"a", b"question", 100);
+        for body in [&b""[..], b"last"] {
+            sent.push((sender.queue_to(Kind::Send, &"a", body, 0), body.to_vec()));
+        }
+        assert_eq!(
+            frames(&mut sender)
+                .iter()
+                .map(|&(kind, messages, _)| (kind, messages))
+                .collect::<Vec<_>>(),
+            [
+                (Kind::Batch, 5),
+                (Kind::Send, 1),
+                (Kind::Request, 1),
+                (Kind::Batch, 2)
+            ]
+        );
+        let got = received(&mut sender);
+        let mut messages = Vec::new();
+        for incoming in got {
+            match incoming {
+                Incoming::Message(m) => messages.push((m.corr, m.body, m.to)),
+                Incoming::Request(r) => {
+                    assert_eq!((r.corr, r.body), (request, b"question".to_vec()))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let expected: Vec<(u64, Vec<u8>, Addressed)> = sent
+            .into_iter()
+            .enumerate()
+            .map(|(i, (corr, body))| {
+                let to = if i == 5 {
+                    Addressed::Pid
+                } else {
+                    Addressed::Name
+                };
+                (corr, body, to)
+            })
+            .collect();
+        assert_eq!(messages, expected);
+    }
+
+    #[test]
+    fn a_batch_stays_within_batch_bytes_and_the_message_cap() {
+        let mut sender = state(1000);
+        for _ in 0..100 {
+            sender.queue_to(Kind::Send, &9u32, &[1; 60], 0);
+        }
+        let sizes = frames(&mut sender);
+        assert!(
+            sizes.iter().all(|&(_, _, length)| length <= 1000),
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.iter().map(|&(_, m, _)| m).sum::<u32>(), 100);
+        assert_eq!(sizes[0].1, (1000 - MIN_FRAME) as u32 / 64);
+
+        let mut sender = state(1 << 20);
+        for _ in 0..batch::MAX_BATCH_MESSAGES + 1 {
+            sender.queue_to(Kind::Send, &9u32, b"", 0);
+        }
+        let counts: Vec<u32> = frames(&mut sender).iter().map(|&(_, m, _)| m).collect();
+        assert_eq!(counts, [batch::MAX_BATCH_MESSAGES, 1]);
+        assert_eq!(
+            received(&mut sender).len(),
+            batch::MAX_BATCH_MESSAGES as usize + 1
+        );
+    }
+
+    #[test]
+    fn without_batch_bytes_or_across_a_write_every_message_has_its_frame() {
+        let mut sender = state(0);
+        for _ in 0..3 {
+            sender.queue_to(Kind::Send, &"a", b"m", 0);
+        }
+        assert_eq!(frames(&mut sender).len(), 3);
+
+        let mut sender = state(16 * 1024);
+        sender.queue_to(Kind::Send, &"a", b"m", 0);
+        let _ = sender.outgoing();
+        // Sealed frames do not change: the next message starts a frame of its own.
+        sender.queue_to(Kind::Send, &"a", b"m", 0);
+        let kinds: Vec<Kind> = frames(&mut sender).iter().map(|&(k, _, _)| k).collect();
+        assert_eq!(kinds, [Kind::Send, Kind::Send]);
+        sender.written();
+        sender.queue_to(Kind::Send, &"a", b"m", 0);
+        sender.queue_to(Kind::Send, &"b", b"m", 0);
+        assert_eq!(frames(&mut sender).len(), 2, "another name starts a frame");
+    }
+
+    #[test]
+    fn a_batch_from_the_hub_that_does_not_add_up_is_an_error() {
+        let mut receiver = state(0);
+        let body = [3u8, 0, 0, 0, b'a'];
+        let frame = Envelope {
+            arg: 1,
+            body: &body,
+            ..Envelope::new(Kind::Batch)
+        }
+        .to_frame(42);
+        receiver.read_buf.extend_from_slice(&frame);
+        assert!(receiver.next_message().is_none());
+        let err = receiver.next_incoming().unwrap_err().to_string();
+        assert!(err.contains("bad batch"), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Address, ConnId};
-use crate::wire::Kind;
+use crate::wire::{envelope, Kind};
 
 /// A message held for an absent receiver.
 #[derive(Debug, Clone)]
@@ -20,10 +20,12 @@ pub(crate) struct Held {
     pub(crate) frame: Bytes,
     /// The connection that sent it (told if it expires).
     pub(crate) sender: ConnId,
-    /// `Send` or `Request`.
+    /// `Send`, `Batch` or `Request`.
     pub(crate) kind: Kind,
-    /// The sender's correlation id.
+    /// The sender's correlation id (of its first message, for a `Batch`).
     pub(crate) corr: u64,
+    /// Messages in the frame: more than one for a `Batch`.
+    pub(crate) messages: u32,
     /// The sender's pid.
     pub(crate) sender_pid: u32,
 }
@@ -44,6 +46,7 @@ pub(crate) struct Overflow(pub(crate) String);
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Held>,
+    messages: usize,
     bytes: usize,
 }
 
@@ -80,11 +83,16 @@ impl Mailboxes {
         now: Instant,
     ) -> Result<(), Overflow> {
         let size = frame.len();
+        let messages = envelope::messages_in(&frame);
         let queue = self.boxes.get(address);
-        let (count, bytes) = queue.map_or((0, 0), |q| (q.items.len(), q.bytes));
-        if count + 1 > self.limits.max_messages {
+        let (count, bytes) = queue.map_or((0, 0), |q| (q.messages, q.bytes));
+        if count + messages as usize > self.limits.max_messages {
+            let these = match messages {
+                1 => String::new(),
+                n => format!("; a batch of {n} does not fit"),
+            };
             return Err(Overflow(format!(
-                "the mailbox for {address} already holds {count} messages (mailbox_max_messages)"
+                "the mailbox for {address} already holds {count} messages (mailbox_max_messages){these}"
             )));
         }
         if bytes + size > self.limits.max_bytes {
@@ -103,12 +111,14 @@ impl Mailboxes {
         self.next_seq += 1;
         let queue = self.boxes.entry(address.clone()).or_default();
         queue.bytes += size;
+        queue.messages += messages as usize;
         queue.items.push_back(Held {
             seq,
             frame,
             sender,
             kind,
             corr,
+            messages,
             sender_pid,
         });
         self.total_bytes += size;
@@ -148,6 +158,7 @@ impl Mailboxes {
             }
             let held = queue.items.pop_front().expect("front exists");
             queue.bytes -= held.frame.len();
+            queue.messages -= held.messages as usize;
             self.total_bytes -= held.frame.len();
             if queue.items.is_empty() {
                 self.boxes.remove(&address);
@@ -178,9 +189,9 @@ impl Mailboxes {
         all
     }
 
-    /// Messages held, in all mailboxes.
+    /// Messages held, in all mailboxes (a batch counts its messages).
     pub(crate) fn len(&self) -> usize {
-        self.boxes.values().map(|q| q.items.len()).sum()
+        self.boxes.values().map(|q| q.messages).sum()
     }
 
     /// Bytes held, in all mailboxes.

@@ -28,7 +28,7 @@ use troupe_core::services::ChannelError;
 use crate::config::IpcConfig;
 use crate::events::ServiceEvent;
 use crate::wire::frame::{Damage, Found, HEADER_LEN};
-use crate::wire::{envelope, Envelope, ErrorCode, Kind};
+use crate::wire::{batch, envelope, Envelope, ErrorCode, Kind};
 
 use mailbox::{MailboxLimits, Mailboxes};
 use outbox::{ChunkPool, Outbox};
@@ -339,10 +339,10 @@ impl Hub {
         for &(at, item) in found {
             if let (true, Found::Frame { length, .. }) = (fast, item) {
                 let frame = &frames[at..at + length];
-                if let Some(to) = self.connected_receiver(frame, &mut route) {
+                if let Some((to, messages)) = self.connected_receiver(frame, &mut route) {
                     self.stats.frames_in += 1;
                     self.stats.bytes_in += length as u64;
-                    self.stats.delivered += 1;
+                    self.stats.delivered += messages as u64;
                     match &mut run {
                         Some(run) if run.to == to && run.end == at => {
                             run.end += length;
@@ -397,18 +397,22 @@ impl Hub {
             .is_some_and(|c| c.registered && !c.closing)
     }
 
-    /// The fast path: when `frame` is a well-formed `Send` to a connected receiver, that
-    /// receiver. Anything else (other kinds, mailboxes, errors) is left to [`Hub::frame`].
-    /// `route` remembers the last destination looked up, as a run of messages usually goes
-    /// to one receiver.
+    /// The fast path: when `frame` is a well-formed `Send` or `Batch` to a connected
+    /// receiver, that receiver and how many messages the frame carries. Anything else (other
+    /// kinds, mailboxes, errors) is left to [`Hub::frame`]. `route` remembers the last
+    /// destination looked up, as a run of messages usually goes to one receiver.
     #[inline]
-    fn connected_receiver<'a>(&self, frame: &'a [u8], route: &mut Route<'a>) -> Option<ConnId> {
-        let (pid, name) = envelope::send_destination(&frame[HEADER_LEN..])?;
+    fn connected_receiver<'a>(
+        &self,
+        frame: &'a [u8],
+        route: &mut Route<'a>,
+    ) -> Option<(ConnId, u32)> {
+        let (pid, name, messages) = envelope::send_destination(&frame[HEADER_LEN..])?;
         if let Some(to) = route
             .to
             .filter(|_| route.pid == pid && same_name(route.name, name))
         {
-            return Some(to);
+            return Some((to, messages));
         }
         let to = if name.is_empty() {
             self.pids.get(&pid)?.first().copied()?
@@ -420,7 +424,7 @@ impl Hub {
             name,
             to: Some(to),
         };
-        Some(to)
+        Some((to, messages))
     }
 
     /// The writer of `conn` wrote the first `bytes` bytes of its batch.
@@ -478,18 +482,13 @@ impl Hub {
                 }
                 self.forget_request_of(held.sender, held.corr);
             }
-            self.stats.expired += 1;
+            self.stats.expired += held.messages as u64;
             let why = format!(
                 "not delivered: {address} did not connect within mailbox_ttl ({:?})",
                 self.limits.mailbox_ttl
             );
-            self.send_error(
-                held.sender,
-                held.corr,
-                ErrorCode::Expired,
-                Some(&address),
-                &why,
-            );
+            let failed = (held.corr, held.messages);
+            self.fail_messages(held.sender, failed, ErrorCode::Expired, &address, &why);
         }
         while let Some((when, timer)) = self.timers.pop_due(now) {
             match timer {
@@ -561,13 +560,9 @@ impl Hub {
             if held.kind == Kind::Request {
                 continue; // failed with the requests above, or timed out before
             }
-            self.send_error(
-                held.sender,
-                held.corr,
-                ErrorCode::ShuttingDown,
-                Some(&address),
-                &format!("not delivered: the hub stopped while {address} was not connected"),
-            );
+            let why = format!("not delivered: the hub stopped while {address} was not connected");
+            let failed = (held.corr, held.messages);
+            self.fail_messages(held.sender, failed, ErrorCode::ShuttingDown, &address, &why);
         }
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
@@ -623,7 +618,7 @@ impl Hub {
         }
         match env.kind {
             Kind::Register => self.register(conn, &env, now),
-            Kind::Send | Kind::Request => self.message(conn, &env, frame, now),
+            Kind::Send | Kind::Request | Kind::Batch => self.message(conn, &env, frame, now),
             Kind::Reply | Kind::Error => self.answer(conn, &env, frame),
             Kind::Broadcast => self.broadcast(conn, &env, frame),
             Kind::Stats => {
@@ -744,14 +739,20 @@ impl Hub {
                     .serving
                     .insert(key);
             }
-            self.stats.delivered += 1;
+            self.stats.delivered += held.messages as u64;
             self.push(conn, &held.frame);
         }
     }
 
     fn message(&mut self, conn: ConnId, env: &Envelope<'_>, frame: &[u8], now: Instant) {
         let pid = self.conns[&conn].peer.pid;
-        let address = match destination(env) {
+        let checked = match env.kind {
+            Kind::Batch => {
+                batch::check(env.body, env.arg).map_err(|why| format!("bad batch: {why}"))
+            }
+            _ => Ok(()),
+        };
+        let address = match checked.and_then(|()| destination(env)) {
             Ok(address) => address,
             Err(why) => {
                 self.send_error(conn, env.corr, ErrorCode::Malformed, None, &why);
@@ -831,17 +832,18 @@ impl Hub {
                     c.serving.insert(key);
                 }
             }
-            self.stats.delivered += 1;
+            self.stats.delivered += envelope::messages_in(&frame) as u64;
             self.push(to, &frame);
             return;
         }
+        let messages = envelope::messages_in(&frame);
         match self
             .mailboxes
             .hold(&address, frame, sender, sender_pid, kind, corr, now)
         {
-            Ok(()) => self.stats.held += 1,
+            Ok(()) => self.stats.held += messages as u64,
             Err(overflow) => {
-                self.stats.overflowed += 1;
+                self.stats.overflowed += messages as u64;
                 if kind == Kind::Request && self.requests.remove(&(sender_pid, corr)).is_some() {
                     self.forget_request_of(sender, corr);
                 }
@@ -849,7 +851,8 @@ impl Hub {
                     "not delivered: {address} is not connected and {}",
                     overflow.0
                 );
-                self.send_error(sender, corr, ErrorCode::MailboxFull, Some(&address), &why);
+                let failed = (corr, messages);
+                self.fail_messages(sender, failed, ErrorCode::MailboxFull, &address, &why);
             }
         }
     }
@@ -1050,6 +1053,21 @@ impl Hub {
         }
     }
 
+    /// Tells `sender` that the messages with correlation ids `corr .. corr + count` (one
+    /// frame: a `Send`, a `Request` or a `Batch`) failed, one `Error` each.
+    fn fail_messages(
+        &mut self,
+        sender: ConnId,
+        (corr, count): (u64, u32),
+        code: ErrorCode,
+        address: &Address,
+        why: &str,
+    ) {
+        for index in 0..count as u64 {
+            self.send_error(sender, corr.wrapping_add(index), code, Some(address), why);
+        }
+    }
+
     fn send_error(
         &mut self,
         conn: ConnId,
@@ -1184,7 +1202,7 @@ impl Hub {
             return;
         };
         match env.kind {
-            Kind::Send | Kind::Request => {
+            Kind::Send | Kind::Request | Kind::Batch => {
                 let sender = if env.kind == Kind::Request {
                     match self.requests.get_mut(&(sender_pid, env.corr)) {
                         Some(pending) => {

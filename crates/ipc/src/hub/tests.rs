@@ -1056,3 +1056,107 @@ fn names_compare_equal_only_when_every_byte_matches() {
         assert!(same_name(&a, &a.clone()));
     }
 }
+
+/// A `Batch` envelope body holding `messages`.
+fn batch_body(messages: &[&[u8]]) -> Vec<u8> {
+    let mut body = bytes::BytesMut::new();
+    for message in messages {
+        crate::wire::batch::append(&mut body, message);
+    }
+    body.to_vec()
+}
+
+impl Bench {
+    fn send_batch(
+        &mut self,
+        conn: ConnId,
+        pid: u32,
+        to_name: &str,
+        body: &[u8],
+        count: u32,
+        corr: u64,
+    ) {
+        self.input(
+            conn,
+            pid,
+            Envelope {
+                corr,
+                arg: count,
+                name: to_name,
+                body,
+                ..env(Kind::Batch)
+            },
+        );
+    }
+}
+
+#[test]
+fn a_batch_is_forwarded_whole_and_counted_by_its_messages() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    b.client(2, 200, "sink");
+    let body = batch_body(&[b"a", b"", b"ccc"]);
+    // Connected: the fast path, between two single messages.
+    b.send(1, 100, "sink", 0, b"before", 1);
+    b.send_batch(1, 100, "sink", &body, 3, 2);
+    b.send(1, 100, "sink", 0, b"after", 5);
+    let got = b.take(2);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[1].kind, got[1].corr, got[1].arg), (Kind::Batch, 2, 3));
+    assert_eq!(got[1].body, body, "forwarded byte for byte");
+    assert_eq!(got[2].body, b"after");
+    assert_eq!(b.hub.stats().delivered, 5);
+    // Held: the whole batch waits, counted as three messages.
+    b.send_batch(1, 100, "late", &body, 3, 10);
+    assert_eq!(b.hub.stats().mailbox_messages, 3);
+    b.client(3, 300, "late");
+    let got = b.take(3);
+    assert_eq!((got.len(), got[0].kind, got[0].arg), (1, Kind::Batch, 3));
+    assert_eq!(b.hub.stats().delivered, 8);
+    assert!(b.take(1).is_empty(), "{:?}", b.take(1));
+}
+
+#[test]
+fn a_batch_whose_body_does_not_match_its_count_is_refused() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    b.client(2, 200, "sink");
+    let body = batch_body(&[b"a", b"b"]);
+    for (count, expected) in [(3, "ends inside the length of message 2"), (0, "1 to 1024")] {
+        b.send_batch(1, 100, "sink", &body, count, 7);
+        let got = b.take(1);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].code(), got[0].corr), (ErrorCode::Malformed, 7));
+        assert!(got[0].text().contains(expected), "{}", got[0].text());
+    }
+    assert!(b.take(2).is_empty(), "nothing of a bad batch is delivered");
+}
+
+#[test]
+fn each_message_of_a_batch_that_cannot_be_held_or_expires_is_reported() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    // mailbox_max_messages is 3: a batch of two is held, the next two do not fit.
+    b.send_batch(1, 100, "absent", &batch_body(&[b"a", b"b"]), 2, 20);
+    b.send_batch(1, 100, "absent", &batch_body(&[b"c", b"d"]), 2, 30);
+    let got = b.take(1);
+    let refused: Vec<(ErrorCode, u64)> = got.iter().map(|o| (o.code(), o.corr)).collect();
+    assert_eq!(
+        refused,
+        [(ErrorCode::MailboxFull, 30), (ErrorCode::MailboxFull, 31)]
+    );
+    assert!(
+        got[0].text().contains("a batch of 2 does not fit"),
+        "{}",
+        got[0].text()
+    );
+    assert_eq!(b.hub.stats().overflowed, 2);
+    b.advance(Duration::from_secs(10));
+    let expired: Vec<(ErrorCode, u64)> = b.take(1).iter().map(|o| (o.code(), o.corr)).collect();
+    assert_eq!(
+        expired,
+        [(ErrorCode::Expired, 20), (ErrorCode::Expired, 21)]
+    );
+    assert_eq!(b.hub.stats().expired, 2);
+    assert_eq!(b.hub.stats().mailbox_messages, 0);
+}

@@ -63,6 +63,9 @@ kinds! {
     Broadcast = 0x05,
     /// Client → hub: ask for the hub's counters (answered with a JSON `Reply`).
     Stats = 0x06,
+    /// Several messages to one pid or name, delivered like `Send`: `arg` is how many, the
+    /// body holds them (see [`batch`](super::batch)), message i has correlation id `corr + i`.
+    Batch = 0x07,
     /// Service → hub: attach this connection as the channel of the named service.
     Attach = 0x10,
     /// Service → hub: ask for the service's persisted config (answered with a `Reply`).
@@ -324,18 +327,38 @@ impl<'a> RawEnvelope<'a> {
     }
 }
 
-/// When `payload` is a well-formed `Send`, its destination pid and name (not yet checked
-/// as UTF-8): what the hub needs to route the common message without parsing it whole.
+/// When `payload` is a well-formed `Send` or `Batch`, its destination pid and name (not yet
+/// checked as UTF-8) and how many messages it carries: what the hub needs to route the
+/// common message without parsing it whole.
 #[inline]
-pub fn send_destination(payload: &[u8]) -> Option<(u32, &[u8])> {
+pub fn send_destination(payload: &[u8]) -> Option<(u32, &[u8], u32)> {
     let fixed = payload.get(..ENVELOPE_LEN)?;
-    if fixed[0] != VERSION || fixed[1] != Kind::Send as u8 {
+    let is_batch = fixed[1] == Kind::Batch as u8;
+    if fixed[0] != VERSION || (fixed[1] != Kind::Send as u8 && !is_batch) {
         return None;
     }
     let name_len = u16::from_le_bytes([fixed[2], fixed[3]]) as usize;
     let pid = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-    let name = payload.get(ENVELOPE_LEN..ENVELOPE_LEN + name_len)?;
-    Some((pid, name))
+    let name_end = ENVELOPE_LEN + name_len;
+    let name = payload.get(ENVELOPE_LEN..name_end)?;
+    if !is_batch {
+        return Some((pid, name, 1));
+    }
+    let count = u32::from_le_bytes([fixed[16], fixed[17], fixed[18], fixed[19]]);
+    super::batch::check(&payload[name_end..], count).ok()?;
+    Some((pid, name, count))
+}
+
+/// How many messages a whole frame carries: `arg` for a `Batch`, else 1.
+#[inline]
+pub fn messages_in(frame: &[u8]) -> u32 {
+    let at = super::frame::HEADER_LEN;
+    match frame.get(at..at + ENVELOPE_LEN) {
+        Some(fixed) if fixed[1] == Kind::Batch as u8 => {
+            u32::from_le_bytes([fixed[16], fixed[17], fixed[18], fixed[19]])
+        }
+        _ => 1,
+    }
 }
 
 /// Checks a name a client registers or addresses: 1 to 255 bytes, no control characters.
