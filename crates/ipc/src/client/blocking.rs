@@ -95,6 +95,11 @@ impl Client {
         self.state.queue_to(Kind::Send, &to, body, 0)
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.write_buf.len()
+    }
+
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         if !self.state.write_buf.is_empty() {
