@@ -1,6 +1,7 @@
 //! The hub's per-message work without sockets: what a 64 KiB read of 64-byte messages costs
 //! to check, to route, and to seal, in nanoseconds per message; and what a receiving client
-//! spends on each message, through one socket pair in one thread.
+//! spends on each message, through one socket pair in one thread. Then the same messages in
+//! `Batch` frames, as the client sends them by default.
 //!
 //! These are the pieces `benches/hub.rs` measures together with the kernel's copies and the
 //! three processes; here each runs alone in one thread, so a change to one of them shows up
@@ -22,7 +23,7 @@ use bytes::BytesMut;
 use troupe_ipc::client::{Client, ClientOptions, Incoming};
 use troupe_ipc::hub::{Hub, Limits, Peer};
 use troupe_ipc::wire::frame::{checksum, seal_frames, Damage, Found, FrameDecoder, HEADER_LEN};
-use troupe_ipc::wire::{Envelope, Kind, MIN_FRAME};
+use troupe_ipc::wire::{batch, Envelope, Kind, MIN_FRAME};
 use troupe_ipc::IpcConfig;
 
 const READ: usize = 64 * 1024;
@@ -92,32 +93,94 @@ fn main() {
     assert_eq!(unsealed, read);
     println!("| sender: seal (checksum) each queued frame | {seal:.1} |");
 
-    let send = send_per_message(frames.len());
+    let send = send_per_message(frames.len(), 0);
     println!("| sender: queue, seal and write each 64-byte message to a name | {send:.1} |");
 
     let receive = receive_per_message(&read, frames.len());
     println!(
         "| receiver: write, read and take each message as the hub delivers it | {receive:.1} |"
     );
+
+    // The same messages in `Batch` frames, as the client queues them by default.
+    let batches = batched_read();
+    let messages = frames.len();
+    let mut decoder = FrameDecoder::new(MIN_FRAME, 1 << 20, Some(SENDER));
+    let scan = per_message(messages, || {
+        black_box(found_in(&mut decoder, &batches));
+    });
+    println!("| batched: decoder, find and check each frame | {scan:.1} |");
+    let found = found_in(&mut decoder, &batches);
+    let delivered = hub.stats().delivered;
+    let route = per_message(messages, || {
+        hub.receive(1, &batches, &found, Damage::default(), now);
+        for (conn, batch) in hub.take_writes() {
+            let written = batch.len();
+            drop(batch);
+            hub.written(conn, written, now);
+        }
+    });
+    assert_eq!(
+        (hub.stats().delivered - delivered) as usize,
+        messages * ROUNDS * READS_PER_ROUND
+    );
+    println!(
+        "| batched: hub, route to the receiver's outbox and hand to its writer | {route:.1} |"
+    );
+    let send = send_per_message(messages, ClientOptions::default().batch_bytes);
+    println!("| batched: sender, queue, seal and write each message | {send:.1} |");
+    let receive = receive_per_message(&batches, messages);
+    println!("| batched: receiver, write, read and take each message | {receive:.1} |");
 }
 
-/// The sending client's work: `messages` messages queued to the name `sink` and written to
-/// one end of a socket pair at once (the other end is drained, in the same thread).
-fn send_per_message(messages: usize) -> f64 {
+/// The sending client's work: `messages` messages queued to the name `sink` (in batches of
+/// up to `batch_bytes`; 0: a frame each) and written to one end of a socket pair at once
+/// (the other end is drained, in the same thread).
+fn send_per_message(messages: usize, batch_bytes: usize) -> f64 {
     let (client_end, mut hub_end) = UnixStream::pair().expect("a socket pair");
-    let mut client = Client::from_stream(client_end, ClientOptions::default());
+    let options = ClientOptions {
+        batch_bytes,
+        ..ClientOptions::default()
+    };
+    let mut client = Client::from_stream(client_end, options);
     let body = [0xa5u8; 64];
     let mut drain = vec![0u8; 2 * READ];
     per_message(messages, || {
         for _ in 0..messages {
             client.queue("sink", &body);
         }
+        let mut left = client.queued_bytes();
         client.flush().expect("write");
-        let mut left = messages * (MIN_FRAME + 4 + body.len());
         while left > 0 {
             left -= hub_end.read(&mut drain).expect("read");
         }
     })
+}
+
+/// The messages of [`one_read`] in `Batch` frames of up to the client's default size.
+fn batched_read() -> BytesMut {
+    let body = [0xa5u8; 64];
+    let frame_room = ClientOptions::default().batch_bytes - MIN_FRAME - "sink".len();
+    let per_batch = frame_room / (batch::ENTRY_HEADER + body.len());
+    let messages = frames_in(&one_read()).len();
+    let mut read = BytesMut::new();
+    let mut corr = 1;
+    for first in (0..messages).step_by(per_batch) {
+        let count = per_batch.min(messages - first);
+        let mut entries = BytesMut::new();
+        for _ in 0..count {
+            batch::append(&mut entries, &body);
+        }
+        Envelope {
+            corr,
+            arg: count as u32,
+            name: "sink",
+            body: &entries,
+            ..Envelope::new(Kind::Batch)
+        }
+        .write(&mut read, SENDER);
+        corr += count as u64;
+    }
+    read
 }
 
 /// The receiving client's work: `read` (what the hub forwards) written into one end of a

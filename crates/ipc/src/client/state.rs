@@ -82,6 +82,20 @@ pub(crate) struct ClientState {
     /// The last queued frame, while it is a `Send` or `Batch` that a further message to the
     /// same destination may join.
     open_batch: Option<OpenBatch>,
+    /// The `Batch` at the front of the read buffer whose messages are being handed out;
+    /// while there is one, the inbox is empty.
+    unbatching: Option<Unbatching>,
+}
+
+/// Where [`ClientState::next_message`] is in a received `Batch`.
+struct Unbatching {
+    from: u32,
+    to: Addressed,
+    next_corr: u64,
+    /// The next message's entry, in the read buffer.
+    at: usize,
+    /// The frame's end: the batch is done when `at` gets here.
+    end: usize,
 }
 
 /// What [`ClientState::join_batch`] needs of the open frame, kept here rather than read
@@ -116,6 +130,7 @@ impl ClientState {
             corr_ids: CorrIds { next: 0, end: 0 },
             batch_bytes: options.batch_bytes,
             open_batch: None,
+            unbatching: None,
         }
     }
 
@@ -237,6 +252,9 @@ impl ClientState {
         if let Some(incoming) = self.inbox.pop_front() {
             return Ok(Some(incoming));
         }
+        if let Some(message) = self.next_of_batch() {
+            return Ok(Some(Incoming::Message(message)));
+        }
         loop {
             match self.decode_one()? {
                 None => return Ok(None),
@@ -253,6 +271,9 @@ impl ClientState {
     /// read buffer. Anything else is left to the general decoder, which reports problems.
     #[inline]
     pub(crate) fn next_message(&mut self) -> Option<Message> {
+        if self.unbatching.is_some() {
+            return self.next_of_batch();
+        }
         if !self.inbox.is_empty() {
             return None;
         }
@@ -266,10 +287,16 @@ impl ClientState {
                 body: raw.body.to_vec(),
             },
             Kind::Batch => {
-                let mut messages = unbatch(sender, &raw).ok()?;
-                let first = messages.next()?;
-                self.inbox.extend(messages.map(Incoming::Message));
-                first
+                // A bad batch is left to the general decoder, which reports it.
+                batch::check(raw.body, raw.arg).ok()?;
+                self.unbatching = Some(Unbatching {
+                    from: sender,
+                    to: addressed(raw.kind, raw.name),
+                    next_corr: raw.corr,
+                    at: length - raw.body.len(),
+                    end: length,
+                });
+                return self.next_of_batch();
             }
             _ => return None,
         };
@@ -277,9 +304,40 @@ impl ClientState {
         Some(message)
     }
 
+    /// The next message of the batch being handed out, if any; the batch leaves the read
+    /// buffer with its last message.
+    #[inline]
+    fn next_of_batch(&mut self) -> Option<Message> {
+        let batch = self.unbatching.as_mut()?;
+        let entry = &self.read_buf[batch.at..batch.end];
+        let Some(body) = batch::Entries::new(entry).next().map(<[u8]>::to_vec) else {
+            // Not after `batch::check`; but never stall on the frame.
+            self.read_buf.advance(batch.end);
+            self.unbatching = None;
+            return None;
+        };
+        let message = Message {
+            from: batch.from,
+            to: batch.to,
+            corr: batch.next_corr,
+            body,
+        };
+        batch.at += batch::ENTRY_HEADER + message.body.len();
+        batch.next_corr = batch.next_corr.wrapping_add(1);
+        if batch.at >= batch.end {
+            self.read_buf.advance(batch.end);
+            self.unbatching = None;
+        }
+        Some(message)
+    }
+
     /// The answer to `awaited` among what has been read; everything else read meanwhile
     /// goes to the inbox.
     pub(crate) fn answer_for(&mut self, awaited: u64) -> Result<Option<Answer>, ClientError> {
+        // What is left of a batch being handed out comes before anything decoded after it.
+        while let Some(message) = self.next_of_batch() {
+            self.inbox.push_back(Incoming::Message(message));
+        }
         loop {
             let incoming = match self.decode_one()? {
                 None => return Ok(None),
@@ -302,6 +360,10 @@ impl ClientState {
     /// Decodes the next frame in place.
     #[inline]
     fn decode_one(&mut self) -> Result<Option<Item>, ClientError> {
+        debug_assert!(
+            self.unbatching.is_none(),
+            "a batch is still being handed out"
+        );
         loop {
             let (skipped, found) = self.decoder.scan(&self.read_buf, false);
             if skipped > 0 {
@@ -585,6 +647,36 @@ mod tests {
         sender.queue_to(Kind::Send, &"a", b"m", 0);
         sender.queue_to(Kind::Send, &"b", b"m", 0);
         assert_eq!(frames(&mut sender).len(), 2, "another name starts a frame");
+    }
+
+    #[test]
+    fn an_answer_awaited_mid_batch_leaves_the_rest_of_the_batch_in_order() {
+        let mut sender = state(16 * 1024);
+        let corrs: Vec<u64> = (0..3u8)
+            .map(|i| sender.queue_to(Kind::Send, &"a", &[i], 0))
+            .collect();
+        let mut receiver = state(0);
+        receiver.read_buf.extend_from_slice(sender.outgoing());
+        Envelope {
+            corr: 99,
+            body: b"answer",
+            ..Envelope::new(Kind::Reply)
+        }
+        .write(&mut receiver.read_buf, 0);
+        let first = receiver.next_message().unwrap();
+        assert_eq!((first.corr, first.body), (corrs[0], vec![0]));
+        match receiver.answer_for(99).unwrap() {
+            Some(Answer::Reply(body)) => assert_eq!(body, b"answer"),
+            other => panic!("{other:?}"),
+        }
+        for (i, corr) in corrs.iter().enumerate().skip(1) {
+            match receiver.next_incoming().unwrap() {
+                Some(Incoming::Message(m)) => assert_eq!((m.corr, m.body), (*corr, vec![i as u8])),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(receiver.next_incoming().unwrap().is_none());
+        assert!(receiver.read_buf.is_empty());
     }
 
     #[test]
