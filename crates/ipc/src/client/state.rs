@@ -679,6 +679,50 @@ mod tests {
         assert!(receiver.read_buf.is_empty());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn whatever_is_queued_arrives_as_sent_however_it_is_batched(
+            sends in proptest::collection::vec(
+                (0..3usize, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)),
+                1..120),
+            batch_bytes in proptest::prop_oneof![proptest::strategy::Just(0usize), 40..2000usize],
+            flush_every in 1..50usize,
+        ) {
+            let destinations = [(Kind::Send, 0, "a"), (Kind::Send, 7, ""), (Kind::Request, 0, "a")];
+            let mut sender = state(batch_bytes);
+            let mut receiver = state(0);
+            let mut expected = Vec::new();
+            for (i, (to, body)) in sends.iter().enumerate() {
+                let (kind, pid, name) = destinations[*to];
+                let corr = if pid == 0 {
+                    sender.queue_to(kind, &name, body, 0)
+                } else {
+                    sender.queue_to(kind, &pid, body, 0)
+                };
+                expected.push((kind == Kind::Request, corr, body.clone()));
+                if (i + 1) % flush_every == 0 {
+                    receiver.read_buf.extend_from_slice(sender.outgoing());
+                    sender.written();
+                }
+            }
+            receiver.read_buf.extend_from_slice(sender.outgoing());
+            let mut got = Vec::new();
+            loop {
+                match receiver.next_message() {
+                    Some(m) => got.push((false, m.corr, m.body)),
+                    None => match receiver.next_incoming().unwrap() {
+                        Some(Incoming::Message(m)) => got.push((false, m.corr, m.body)),
+                        Some(Incoming::Request(r)) => got.push((true, r.corr, r.body)),
+                        Some(other) => panic!("{other:?}"),
+                        None => break,
+                    },
+                }
+            }
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert!(receiver.read_buf.is_empty());
+        }
+    }
+
     #[test]
     fn a_batch_from_the_hub_that_does_not_add_up_is_an_error() {
         let mut receiver = state(0);
