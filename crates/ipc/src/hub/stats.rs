@@ -27,7 +27,8 @@ pub struct HubStats {
     pub bytes_in: u64,
     /// Frames written to clients.
     pub frames_out: u64,
-    /// Messages, requests and replies queued to a receiving connection.
+    /// Messages, requests and replies queued to a receiving connection (each message of a
+    /// batch counts).
     pub delivered: u64,
     /// Messages held for a receiver that was not connected.
     pub held: u64,
