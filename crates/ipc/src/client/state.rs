@@ -11,7 +11,7 @@ use super::{
     Addressed, ClientError, ClientOptions, Destination, Failure, Incoming, Message, Request,
     RequestKind, Target,
 };
-use crate::wire::envelope::{EnvelopeError, RawEnvelope};
+use crate::wire::envelope::{same_name, EnvelopeError, RawEnvelope};
 use crate::wire::frame::{seal_frames, Found, HEADER_LEN};
 use crate::wire::{batch, Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
 
@@ -212,7 +212,7 @@ impl ClientState {
             || open.count >= batch::MAX_BATCH_MESSAGES
             || self.write_buf.len() - start + grows > self.batch_bytes
             || !self.corr_ids.next_is(open.next_corr)
-            || (!name.is_empty() && &self.write_buf[start + MIN_FRAME..body_at] != name)
+            || !same_name(&self.write_buf[start + MIN_FRAME..body_at], name)
         {
             return None;
         }

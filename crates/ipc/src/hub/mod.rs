@@ -208,29 +208,6 @@ struct Route<'a> {
     to: Option<ConnId>,
 }
 
-/// Whether two destination names are the same, compared in place: names are short, and a
-/// call to `memcmp` for each frame (even for two empty names) was a noticeable share of
-/// the hub's time per message.
-#[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut chunks_a = a.chunks_exact(8);
-    let mut chunks_b = b.chunks_exact(8);
-    let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-    let whole = chunks_a
-        .by_ref()
-        .zip(chunks_b.by_ref())
-        .all(|(x, y)| word(x) == word(y));
-    whole
-        && chunks_a
-            .remainder()
-            .iter()
-            .zip(chunks_b.remainder())
-            .all(|(x, y)| x == y)
-}
-
 /// Frames lying back to back in a reader's batch, all for one receiver.
 struct Run {
     to: ConnId,
@@ -410,7 +387,7 @@ impl Hub {
         let (pid, name, messages) = envelope::send_destination(&frame[HEADER_LEN..])?;
         if let Some(to) = route
             .to
-            .filter(|_| route.pid == pid && same_name(route.name, name))
+            .filter(|_| route.pid == pid && envelope::same_name(route.name, name))
         {
             return Some((to, messages));
         }

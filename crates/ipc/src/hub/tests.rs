@@ -1036,27 +1036,6 @@ fn a_message_for_a_receiver_that_hung_up_mid_write_is_held_not_lost() {
     assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
 }
 
-#[test]
-fn names_compare_equal_only_when_every_byte_matches() {
-    use super::same_name;
-    assert!(same_name(b"", b""));
-    assert!(same_name(b"bench-sink", b"bench-sink"));
-    assert!(same_name(b"a-name-of-sixteen", b"a-name-of-sixteen"));
-    assert!(!same_name(b"bench-sink", b"bench-sinK"));
-    assert!(!same_name(b"Bench-sink", b"bench-sink"));
-    assert!(!same_name(b"bench", b"bench-sink"));
-    assert!(!same_name(b"", b"x"));
-    for len in 1..40 {
-        let a: Vec<u8> = (0..len as u8).collect();
-        for i in 0..len {
-            let mut b = a.clone();
-            b[i] ^= 0x20;
-            assert!(!same_name(&a, &b), "a difference at {i} of {len}");
-        }
-        assert!(same_name(&a, &a.clone()));
-    }
-}
-
 /// A `Batch` envelope body holding `messages`.
 fn batch_body(messages: &[&[u8]]) -> Vec<u8> {
     let mut body = bytes::BytesMut::new();
