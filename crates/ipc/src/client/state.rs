@@ -80,7 +80,8 @@ pub(crate) struct ClientState {
     corr_ids: CorrIds,
     batch_bytes: usize,
     /// The last queued frame, while it is a `Send` or `Batch` that a further message to the
-    /// same destination may join.
+    /// same destination may join. Its header's length and count are brought up to date when
+    /// it is closed ([`close_batch`](Self::close_batch)).
     open_batch: Option<OpenBatch>,
     /// The `Batch` at the front of the read buffer whose messages are being handed out;
     /// while there is one, the inbox is empty.
@@ -139,7 +140,7 @@ impl ClientState {
     /// name: messages are queued one at a time, by the million.)
     #[inline]
     pub(crate) fn queue(&mut self, mut env: Envelope<'_>) -> u64 {
-        self.open_batch = None;
+        self.close_batch();
         if env.corr == 0 {
             env.corr = self.corr_ids.next();
         }
@@ -149,12 +150,13 @@ impl ClientState {
 
     /// Everything queued, sealed and ready to write; [`written`](Self::written) once it is.
     pub(crate) fn outgoing(&mut self) -> &[u8] {
-        self.open_batch = None;
+        self.close_batch();
         seal_frames(&mut self.write_buf);
         &self.write_buf
     }
 
-    /// The queued frames were written.
+    /// The queued frames were written (after [`outgoing`](Self::outgoing), which closed any
+    /// open batch).
     pub(crate) fn written(&mut self) {
         self.open_batch = None;
         self.write_buf.clear();
@@ -228,13 +230,23 @@ impl ClientState {
         }
         open.count += 1;
         open.next_corr = open.next_corr.wrapping_add(1);
-        let count = open.count;
         batch::append(&mut self.write_buf, body);
-        let length = (self.write_buf.len() - start) as u32;
-        let frame = &mut self.write_buf[start..];
-        frame[0..4].copy_from_slice(&length.to_le_bytes());
-        frame[28..32].copy_from_slice(&count.to_le_bytes());
         Some(self.corr_ids.next())
+    }
+
+    /// Ends the open batch, if any: its frame's length and message count, left behind while
+    /// messages joined it, are written into its header.
+    #[inline]
+    fn close_batch(&mut self) {
+        let Some(open) = self.open_batch.take() else {
+            return;
+        };
+        if open.count > 1 {
+            let length = (self.write_buf.len() - open.start) as u32;
+            let frame = &mut self.write_buf[open.start..];
+            frame[0..4].copy_from_slice(&length.to_le_bytes());
+            frame[28..32].copy_from_slice(&open.count.to_le_bytes());
+        }
     }
 
     /// Bytes the next read should make room for.
