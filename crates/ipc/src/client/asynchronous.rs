@@ -75,6 +75,7 @@ impl AsyncClient {
     }
 
     /// Queues a message without writing it yet; see [`Client::queue`](super::Client::queue).
+    #[inline]
     pub fn queue(&mut self, to: impl Target, body: &[u8]) -> u64 {
         self.state.queue_to(Kind::Send, &to, body, 0)
     }

@@ -91,6 +91,7 @@ impl Client {
     /// Messages queued one after another to the same destination travel in one frame (a
     /// `Batch` of up to [`ClientOptions::batch_bytes`](super::ClientOptions::batch_bytes));
     /// the receiver gets them one by one, each with its own correlation id.
+    #[inline]
     pub fn queue(&mut self, to: impl Target, body: &[u8]) -> u64 {
         self.state.queue_to(Kind::Send, &to, body, 0)
     }
