@@ -1,8 +1,9 @@
 //! The client library: talk to a node's ipc hub from any Rust program.
 //!
 //! - [`Client`]: blocking. [`AsyncClient`]: the same operations on tokio.
-//! - Both: `connect`, `register`, `send` (to a pid or a name), `recv`, `request` / `reply`,
-//!   `broadcast`, `stats`; and for a supervised service: `attach` (or `attach_from_env`),
+//! - Both: `connect`, `register`, `send` (to a pid or a name), `queue` + `flush` (messages
+//!   queued back to back for one receiver travel in one `Batch` frame), `recv`, `request` /
+//!   `reply`, `broadcast`, `stats`; and for a supervised service: `attach` (or `attach_from_env`),
 //!   `request_config`, `metric`, `event`, answering `PushConfig` / `Invoke` with
 //!   `reply` or `refuse`.
 //! - [`gproc`]: the seed's style, one implicit connection per process: `send(pid, data)`

@@ -1,6 +1,7 @@
-//! The client's protocol state, sans IO: frames to write, bytes read, what they decode to,
-//! and which answer an operation is waiting for. The blocking and async clients are thin
-//! loops around it.
+//! The client's protocol state, sans IO: frames to write (messages queued back to back for
+//! one destination gathered into a `Batch`), bytes read, what they decode to (a received
+//! batch handed out message by message), and which answer an operation is waiting for. The
+//! blocking and async clients are thin loops around it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,7 +6,8 @@
 //! - a registered connection's pid is its peer's pid; a name belongs to one live connection;
 //! - frames from one connection reach one receiving connection in the order sent;
 //! - a message that cannot be delivered (mailbox full, expired, receiver gone with the
-//!   request) is answered to its sender with an error, never dropped silently;
+//!   request) is answered to its sender with an error, never dropped silently; each message
+//!   of a `Batch` is answered on its own;
 //! - everything queued or held is bounded: outboxes by pausing senders (and closing a
 //!   receiver that stops reading), mailboxes by their caps, requests by a per-connection cap.
 
