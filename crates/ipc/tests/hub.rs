@@ -317,6 +317,31 @@ fn an_oversize_frame_gets_an_error_and_the_connection_closes() {
 }
 
 #[test]
+fn batches_stay_within_a_small_max_frame_bytes() {
+    let config = IpcConfig {
+        max_frame_bytes: ByteSize(1024),
+        ..quick_config()
+    };
+    let hub = TestHub::start(config);
+    let mut receiver = client(&hub, "small-frames");
+    // The client batches up to 16 KiB unless the hub says less.
+    let mut sender = client(&hub, "batching");
+    for i in 0..300u32 {
+        sender.queue("small-frames", &[i as u8; 64]);
+    }
+    sender.flush().unwrap();
+    for i in 0..300u32 {
+        assert_eq!(expect_message(&mut receiver).body, [i as u8; 64]);
+    }
+    let stats = sender.stats().unwrap();
+    assert_eq!(stats["oversize_frames"], 0, "{stats}");
+    assert!(
+        stats["frames_in"].as_u64().unwrap() >= 300 * 68 / 1024,
+        "{stats}"
+    );
+}
+
+#[test]
 fn registering_as_another_process_is_refused() {
     let hub = TestHub::start(quick_config());
     let mut raw = UnixStream::connect(&hub.path).unwrap();

@@ -415,7 +415,13 @@ impl ClientState {
         }
         let env = raw.checked().map_err(bad_frame)?;
         Ok(match env.kind {
-            Kind::Ok => Item::Answer(env.corr, Answer::Ok),
+            Kind::Ok => {
+                // The `Ok` to a `Register` says how long a frame the hub accepts.
+                if env.arg > 0 {
+                    self.batch_bytes = self.batch_bytes.min(env.arg as usize);
+                }
+                Item::Answer(env.corr, Answer::Ok)
+            }
             Kind::Reply => Item::Answer(env.corr, Answer::Reply(env.body.to_vec())),
             Kind::Error => Item::Error(Failure {
                 corr: env.corr,
@@ -730,6 +736,27 @@ mod tests {
             proptest::prop_assert_eq!(got, expected);
             proptest::prop_assert!(receiver.read_buf.is_empty());
         }
+    }
+
+    #[test]
+    fn batches_stay_within_the_frame_size_the_hub_announces() {
+        let mut client = state(16 * 1024);
+        Envelope {
+            corr: 1,
+            arg: 1024,
+            ..Envelope::new(Kind::Ok)
+        }
+        .write(&mut client.read_buf, 0);
+        assert!(matches!(client.answer_for(1), Ok(Some(Answer::Ok))));
+        for _ in 0..100 {
+            client.queue_to(Kind::Send, &9u32, &[1; 60], 0);
+        }
+        let sizes = frames(&mut client);
+        assert!(
+            sizes.iter().all(|&(_, _, length)| length <= 1024),
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.iter().map(|&(_, m, _)| m).sum::<u32>(), 100);
     }
 
     #[test]

@@ -698,9 +698,12 @@ impl Hub {
             addresses.push(Address::Name(name));
         }
         tracing::debug!(pid = peer.pid, name = ?self.conns[&conn].name, "client registered");
+        // The longest frame accepted, so that a client never batches past it.
+        let max_frame = u32::try_from(self.limits.max_frame_bytes).unwrap_or(u32::MAX);
         let ok = Envelope {
             corr: env.corr,
             pid: peer.pid,
+            arg: max_frame,
             ..Envelope::new(Kind::Ok)
         };
         self.push_env(conn, &ok);

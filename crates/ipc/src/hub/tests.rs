@@ -99,6 +99,7 @@ impl Bench {
         );
         let mut got = self.take(conn);
         assert_eq!(got.first().map(|o| o.kind), Some(Kind::Ok), "{got:?}");
+        assert_eq!(got[0].arg, 1 << 20, "the Ok says max_frame_bytes");
         got.remove(0);
         if !got.is_empty() {
             self.got.insert(conn, got);
