@@ -59,6 +59,17 @@ fn blocking_and_async_clients_exchange_messages_and_requests() {
                 }
                 let stats = client.stats().await.unwrap();
                 assert!(stats["frames_in"].as_u64().unwrap() >= 4, "{stats}");
+                // Queued messages go as a batch, both ways.
+                for i in 0..50u8 {
+                    client.queue("blocking", &[i]);
+                }
+                client.flush().await.unwrap();
+                for i in 0..50u8 {
+                    match client.recv().await.unwrap() {
+                        Incoming::Message(m) => assert_eq!(m.body, [i]),
+                        other => panic!("{other:?}"),
+                    }
+                }
             })
     });
     let message = expect_message(&mut blocking);
@@ -69,6 +80,13 @@ fn blocking_and_async_clients_exchange_messages_and_requests() {
         .request("async", b"question", Duration::from_secs(10))
         .unwrap();
     assert_eq!(reply, b"re: question");
+    for i in 0..50u8 {
+        assert_eq!(expect_message(&mut blocking).body, [i]);
+    }
+    for i in 0..50u8 {
+        blocking.queue("async", &[i]);
+    }
+    blocking.flush().unwrap();
     server.join().unwrap();
 }
 
