@@ -71,19 +71,7 @@ fn main() {
     println!("| decoder: find and check each frame | {scan:.1} |");
 
     let (mut hub, now) = hub_with_two_clients();
-    let found = found_in(&mut decoder, &read);
-    let route = per_message(frames.len(), || {
-        hub.receive(1, &read, &found, Damage::default(), now);
-        for (conn, batch) in hub.take_writes() {
-            let written = batch.len();
-            drop(batch);
-            hub.written(conn, written, now);
-        }
-    });
-    assert_eq!(
-        hub.stats().delivered as usize,
-        frames.len() * ROUNDS * READS_PER_ROUND
-    );
+    let route = route_per_message(&mut hub, now, &read, frames.len());
     println!("| hub: route to the receiver's outbox and hand to its writer | {route:.1} |");
 
     let mut unsealed = read.clone();
@@ -109,10 +97,26 @@ fn main() {
         black_box(found_in(&mut decoder, &batches));
     });
     println!("| batched: decoder, find and check each frame | {scan:.1} |");
-    let found = found_in(&mut decoder, &batches);
+    let route = route_per_message(&mut hub, now, &batches, messages);
+    println!(
+        "| batched: hub, route to the receiver's outbox and hand to its writer | {route:.1} |"
+    );
+    let send = send_per_message(messages, ClientOptions::default().batch_bytes);
+    println!("| batched: sender, queue, seal and write each message | {send:.1} |");
+    let receive = receive_per_message(&batches, messages);
+    println!("| batched: receiver, write, read and take each message | {receive:.1} |");
+}
+
+/// The hub's work on `read` (frames from the sender to the receiver, `messages` in all):
+/// route them to the receiver's outbox and hand that to its writer, which is done at once.
+fn route_per_message(hub: &mut Hub, now: Instant, read: &[u8], messages: usize) -> f64 {
+    let found = found_in(
+        &mut FrameDecoder::new(MIN_FRAME, 1 << 20, Some(SENDER)),
+        read,
+    );
     let delivered = hub.stats().delivered;
     let route = per_message(messages, || {
-        hub.receive(1, &batches, &found, Damage::default(), now);
+        hub.receive(1, read, &found, Damage::default(), now);
         for (conn, batch) in hub.take_writes() {
             let written = batch.len();
             drop(batch);
@@ -123,13 +127,7 @@ fn main() {
         (hub.stats().delivered - delivered) as usize,
         messages * ROUNDS * READS_PER_ROUND
     );
-    println!(
-        "| batched: hub, route to the receiver's outbox and hand to its writer | {route:.1} |"
-    );
-    let send = send_per_message(messages, ClientOptions::default().batch_bytes);
-    println!("| batched: sender, queue, seal and write each message | {send:.1} |");
-    let receive = receive_per_message(&batches, messages);
-    println!("| batched: receiver, write, read and take each message | {receive:.1} |");
+    route
 }
 
 /// The sending client's work: `messages` messages queued to the name `sink` (in batches of
