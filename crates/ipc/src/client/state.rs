@@ -20,6 +20,11 @@ use crate::wire::{batch, Envelope, ErrorCode, FrameDecoder, Kind, MIN_FRAME};
 /// when a process has several connections.
 static NEXT_CORR: AtomicU64 = AtomicU64::new(1);
 
+/// Where a frame keeps its envelope's kind.
+const KIND_AT: usize = HEADER_LEN + 1;
+/// Where a frame keeps its envelope's `arg` (a batch's message count).
+const ARG_AT: usize = HEADER_LEN + 16;
+
 /// Ids a client takes from [`NEXT_CORR`] at once, so that queueing a message does not
 /// touch a shared counter every time.
 const CORR_BLOCK: u64 = 1 << 16;
@@ -223,7 +228,7 @@ impl ClientState {
             self.write_buf
                 .copy_within(body_at..body_at + body_len, entry_at);
             self.write_buf[body_at..entry_at].copy_from_slice(&(body_len as u32).to_le_bytes());
-            self.write_buf[start + 13] = Kind::Batch as u8;
+            self.write_buf[start + KIND_AT] = Kind::Batch as u8;
         }
         open.count += 1;
         open.next_corr = open.next_corr.wrapping_add(1);
@@ -242,7 +247,7 @@ impl ClientState {
             let length = (self.write_buf.len() - open.start) as u32;
             let frame = &mut self.write_buf[open.start..];
             frame[0..4].copy_from_slice(&length.to_le_bytes());
-            frame[28..32].copy_from_slice(&open.count.to_le_bytes());
+            frame[ARG_AT..ARG_AT + 4].copy_from_slice(&open.count.to_le_bytes());
         }
     }
 
