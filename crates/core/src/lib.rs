@@ -10,6 +10,7 @@
 //!   ([`settings::Duration`], [`settings::ZmqEndpoint`]) and [`ConfigError`].
 //! - [`panic`] implements the node's panic policy; [`span`] gives every role's events their
 //!   `node` and `role` fields.
+//! - [`unix_socket`] claims a node's Unix socket files without stealing a live node's.
 //! - [`zmq_thread`] is the bridge between actors and ZeroMQ sockets owned by a dedicated thread.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -22,6 +23,7 @@ pub mod role;
 pub mod services;
 pub mod settings;
 pub mod span;
+pub mod unix_socket;
 pub mod zmq_thread;
 
 pub use context::{NodeControl, NodeStopRequest, RoleContext};

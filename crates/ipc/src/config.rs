@@ -130,46 +130,11 @@ impl IpcConfig {
         if !self.socket.is_empty() {
             return PathBuf::from(&self.socket);
         }
-        let file = format!("troupe-{}.sock", file_safe(node));
-        match std::env::var_os("XDG_RUNTIME_DIR") {
-            Some(dir) if !dir.is_empty() && PathBuf::from(&dir).is_dir() => {
-                PathBuf::from(dir).join(file)
-            }
-            _ => PathBuf::from("/tmp").join(file),
-        }
+        troupe_core::unix_socket::runtime_socket_path(node, "sock")
     }
 }
 
-/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Checks that `path` can be a Unix socket address.
-pub fn check_socket_path(path: &std::path::Path) -> Result<(), String> {
-    let len = path.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        return Err(format!(
-            "\"{}\" is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
-            path.display()
-        ));
-    }
-    if path.file_name().is_none() {
-        return Err(format!("\"{}\" does not name a file", path.display()));
-    }
-    Ok(())
-}
-
-/// `name` with every character that is not alphanumeric, `.`, `_` or `-` replaced by `_`.
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+pub use troupe_core::unix_socket::{check_socket_path, MAX_SOCKET_PATH};
 
 /// A size in bytes, written as a number of bytes or with a unit: `4096`, `"64KiB"`,
 /// `"1MiB"`, `"1GiB"` (`KB`, `MB`, `GB` are powers of 1000).

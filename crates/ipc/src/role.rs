@@ -11,7 +11,7 @@ use crate::events::IpcEvents;
 use crate::hub::Limits;
 use crate::server::actor::{HubActor, StopHub};
 use crate::server::config_store::ConfigStore;
-use crate::server::socket::{self, SocketFile};
+use troupe_core::unix_socket::{self as socket, SocketFile};
 
 /// The running `ipc` role.
 pub struct IpcRole {
@@ -29,9 +29,12 @@ impl Role for IpcRole {
 
     async fn start(config: IpcConfig, ctx: RoleContext) -> Result<Self, RoleError> {
         let path = config.socket_path(&ctx.node);
-        let group = socket::resolve_group(&config.socket_group).map_err(RoleError::new)?;
+        let group = socket::resolve_group(&config.socket_group)
+            .map_err(|err| RoleError::new(format!("ipc {err}")))?;
         let store = ConfigStore::start(tracing::Span::current())?;
-        let (listener, socket) = socket::claim(&path, group).await.map_err(RoleError::new)?;
+        let (listener, socket) = socket::claim(&path, group)
+            .await
+            .map_err(|err| RoleError::new(format!("ipc socket {err}")))?;
         let listener = match tokio::net::UnixListener::from_std(listener) {
             Ok(listener) => listener,
             Err(err) => {

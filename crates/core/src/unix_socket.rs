@@ -1,14 +1,15 @@
-//! The hub's socket file: claimed safely, never stolen from a live node, removed on stop.
+//! A node's Unix socket files (the ipc hub's, the control API's): claimed safely, never stolen
+//! from a live node, removed on stop.
 //!
 //! Claiming `PATH`:
-//! 1. lock `PATH.lock` (`flock`, held for the hub's life): two nodes starting at once on the
+//! 1. lock `PATH.lock` (`flock`, held for the owner's life): two nodes starting at once on the
 //!    same path cannot both proceed;
 //! 2. if `PATH` exists it must be a socket, and nothing may answer on it: a live node's
 //!    socket is refused, a socket nobody listens on (a dead node's) is stale and replaced;
 //! 3. bind a temporary name in the same folder, set its mode (0600, or 0660 with a group),
 //!    then rename it over `PATH`, so the socket never exists with looser permissions.
 //!
-//! Removal deletes `PATH` only while it is still the file this hub bound.
+//! Removal deletes `PATH` only while it is still the file this node bound.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -19,7 +20,48 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::config::check_socket_path;
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks that `path` can be a Unix socket address.
+pub fn check_socket_path(path: &Path) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "\"{}\" is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            path.display()
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(format!("\"{}\" does not name a file", path.display()));
+    }
+    Ok(())
+}
+
+/// The default path of node `node`'s socket with extension `ext`:
+/// `$XDG_RUNTIME_DIR/troupe-NODE.EXT`, else `/tmp/troupe-NODE.EXT`.
+pub fn runtime_socket_path(node: &str, ext: &str) -> PathBuf {
+    let file = format!("troupe-{}.{ext}", file_safe(node));
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() && PathBuf::from(&dir).is_dir() => {
+            PathBuf::from(dir).join(file)
+        }
+        _ => PathBuf::from("/tmp").join(file),
+    }
+}
+
+/// `name` with every character that is not alphanumeric, `.`, `_` or `-` replaced by `_`.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// How long the liveness probe waits for an existing socket to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,10 +70,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// The path cannot be a socket address.
-    #[error("ipc socket {0}")]
+    #[error("{0}")]
     BadPath(String),
     /// Another node holds the lock.
-    #[error("ipc socket {path}: another node is starting or running on it (lock {lock} is held)", path = .path.display(), lock = .lock.display())]
+    #[error("{path}: another node is starting or running on it (lock {lock} is held)", path = .path.display(), lock = .lock.display())]
     Locked {
         /// The socket path.
         path: PathBuf,
@@ -39,16 +81,16 @@ pub enum SocketError {
         lock: PathBuf,
     },
     /// A live node answers on the path.
-    #[error("ipc socket {}: a live node is listening on it; not taking it over", .0.display())]
+    #[error("{}: a live node is listening on it; not taking it over", .0.display())]
     Live(PathBuf),
     /// The path exists and is not a socket.
-    #[error("ipc socket {}: the path exists and is not a socket; not replacing it", .0.display())]
+    #[error("{}: the path exists and is not a socket; not replacing it", .0.display())]
     NotASocket(PathBuf),
     /// The group does not exist.
-    #[error("ipc socket_group \"{0}\": no such group")]
+    #[error("socket_group \"{0}\": no such group")]
     NoSuchGroup(String),
     /// A system call failed.
-    #[error("ipc socket {path}: {what}: {source}", path = .path.display())]
+    #[error("{path}: {what}: {source}", path = .path.display())]
     Io {
         /// The socket path.
         path: PathBuf,
@@ -61,7 +103,7 @@ pub enum SocketError {
 
 /// The claimed socket file and its lock; see the module doc.
 #[derive(Debug)]
-pub(crate) struct SocketFile {
+pub struct SocketFile {
     path: PathBuf,
     identity: (u64, u64),
     lock_path: PathBuf,
@@ -69,7 +111,7 @@ pub(crate) struct SocketFile {
 }
 
 /// The group given access, by name or number.
-pub(crate) fn resolve_group(group: &str) -> Result<Option<u32>, SocketError> {
+pub fn resolve_group(group: &str) -> Result<Option<u32>, SocketError> {
     if group.is_empty() {
         return Ok(None);
     }
@@ -83,7 +125,7 @@ pub(crate) fn resolve_group(group: &str) -> Result<Option<u32>, SocketError> {
 }
 
 /// Claims `path` and returns the listening socket; see the module doc.
-pub(crate) async fn claim(
+pub async fn claim(
     path: &Path,
     group: Option<u32>,
 ) -> Result<(UnixListener, SocketFile), SocketError> {
@@ -109,13 +151,13 @@ pub(crate) async fn claim(
 
 impl SocketFile {
     /// The socket's path.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Removes the socket file (if it is still this hub's) and the lock. Returns what went
+    /// Removes the socket file (if it is still this node's) and the lock. Returns what went
     /// wrong, for the caller to log on the role's thread.
-    pub(crate) fn remove(mut self) -> Option<String> {
+    pub fn remove(mut self) -> Option<String> {
         let problem = match fs::symlink_metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.identity => fs::remove_file(&self.path)
                 .err()
