@@ -23,4 +23,4 @@ pub mod wire;
 
 pub use config::{ByteSize, IpcConfig};
 pub use role::IpcRole;
-pub use server::actor::{GetStats, HubActor};
+pub use server::actor::{GetStats, GetView, HubActor};

@@ -198,6 +198,11 @@ impl Mailboxes {
     pub(crate) fn total_bytes(&self) -> usize {
         self.total_bytes
     }
+
+    /// Each mailbox: its receiver, messages and bytes.
+    pub(crate) fn each(&self) -> impl Iterator<Item = (&Address, usize, usize)> {
+        self.boxes.iter().map(|(a, q)| (a, q.messages, q.bytes))
+    }
 }
 
 #[cfg(test)]

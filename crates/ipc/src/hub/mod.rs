@@ -33,7 +33,7 @@ use crate::wire::{batch, envelope, Envelope, ErrorCode, Kind};
 
 use mailbox::{MailboxLimits, Mailboxes};
 use outbox::{ChunkPool, Outbox};
-pub use stats::HubStats;
+pub use stats::{ConnectionInfo, HubStats, HubView, MailboxInfo};
 use timers::{Timer, Timers};
 
 /// Identifies one accepted connection for the life of the hub.
@@ -517,6 +517,47 @@ impl Hub {
         stats.channels_attached = self.channels.attached();
         stats.calls_in_flight = self.channels.calls_in_flight();
         stats
+    }
+
+    /// Connections and mailboxes as an operator sees them, each list cut at `limit`.
+    pub fn view(&self, limit: usize) -> HubView {
+        let mut connections: Vec<ConnectionInfo> = self
+            .conns
+            .values()
+            .map(|c| ConnectionInfo {
+                pid: c.peer.pid,
+                uid: c.peer.uid,
+                registered: c.registered,
+                name: c.name.clone(),
+                service: c.service.clone(),
+                outbox_bytes: c.outbox.bytes(),
+                requests_in_flight: c.requests.len(),
+            })
+            .collect();
+        connections.sort_by(|a, b| (a.pid, &a.name).cmp(&(b.pid, &b.name)));
+        connections.truncate(limit);
+        let mut mailboxes: Vec<MailboxInfo> = self
+            .mailboxes
+            .each()
+            .map(|(receiver, messages, bytes)| MailboxInfo {
+                receiver: receiver.to_string(),
+                messages,
+                bytes,
+            })
+            .collect();
+        let mailbox_count = mailboxes.len();
+        mailboxes.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then_with(|| a.receiver.cmp(&b.receiver))
+        });
+        mailboxes.truncate(limit);
+        HubView {
+            connections,
+            mailboxes,
+            mailbox_count,
+            stats: self.stats(),
+        }
     }
 
     /// Stops the hub: every call, request and held message is failed with an error to

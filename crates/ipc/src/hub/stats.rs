@@ -59,3 +59,47 @@ pub struct HubStats {
     /// Metrics and events published.
     pub events_published: u64,
 }
+
+/// One connection, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionInfo {
+    /// The connecting process.
+    pub pid: u32,
+    /// Its user.
+    pub uid: u32,
+    /// Whether it has registered.
+    pub registered: bool,
+    /// The name it registered under, if any.
+    pub name: Option<String>,
+    /// The service whose channel it is, if any.
+    pub service: Option<String>,
+    /// Bytes queued towards it now.
+    pub outbox_bytes: usize,
+    /// Requests it sent that are in flight.
+    pub requests_in_flight: usize,
+}
+
+/// One mailbox holding messages for an absent receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MailboxInfo {
+    /// Who the messages are for: `pid N` or `name "x"`.
+    pub receiver: String,
+    /// Messages held (a batch counts its messages).
+    pub messages: usize,
+    /// Bytes held.
+    pub bytes: usize,
+}
+
+/// What the hub holds now: its connections (sorted by pid), its mailboxes (largest first)
+/// and its counters. Both lists are cut at `limit` entries; the counts say how many there are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HubView {
+    /// Connections, at most `limit`.
+    pub connections: Vec<ConnectionInfo>,
+    /// Mailboxes, at most `limit`.
+    pub mailboxes: Vec<MailboxInfo>,
+    /// Mailboxes in all.
+    pub mailbox_count: usize,
+    /// The counters.
+    pub stats: HubStats,
+}

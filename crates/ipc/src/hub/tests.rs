@@ -376,6 +376,34 @@ fn an_expired_message_is_reported_to_its_sender() {
 }
 
 #[test]
+fn the_view_lists_connections_and_mailboxes_within_its_limit() {
+    let mut b = Bench::new();
+    b.client(1, 100, "alice");
+    b.client(2, 200, "");
+    b.send(1, 100, "absent", 0, b"held", 1);
+    b.send(1, 100, "gone", 0, b"held too", 2);
+    let view = b.hub.view(10);
+    assert_eq!(view.connections.len(), 2);
+    assert_eq!(view.connections[0].pid, 100);
+    assert_eq!(view.connections[0].name.as_deref(), Some("alice"));
+    assert!(view.connections[0].registered);
+    assert_eq!(view.connections[1].name, None);
+    assert_eq!(view.mailbox_count, 2);
+    assert_eq!(view.mailboxes[0].receiver, "name \"gone\"", "largest first");
+    assert_eq!(view.mailboxes[0].messages, 1);
+    assert_eq!(view.stats.mailbox_messages, 2);
+    let cut = b.hub.view(1);
+    assert_eq!(
+        (
+            cut.connections.len(),
+            cut.mailboxes.len(),
+            cut.mailbox_count
+        ),
+        (1, 1, 2)
+    );
+}
+
+#[test]
 fn a_full_mailbox_refuses_with_an_error_naming_the_cap() {
     let mut b = Bench::new();
     b.client(1, 100, "");

@@ -456,6 +456,20 @@ impl Handler<GetStats> for HubActor {
     }
 }
 
+/// Asks the hub what it holds now: connections and mailboxes (each list cut at the limit
+/// given) and its counters.
+#[derive(Message)]
+#[rtype(result = "crate::hub::HubView")]
+pub struct GetView(pub usize);
+
+impl Handler<GetView> for HubActor {
+    type Result = MessageResult<GetView>;
+
+    fn handle(&mut self, msg: GetView, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.hub.view(msg.0))
+    }
+}
+
 /// Stops the hub: stop accepting, fail what waits, let connections take their last frames
 /// (bounded), then stop the actor.
 #[derive(Message)]
