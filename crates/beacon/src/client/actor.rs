@@ -13,7 +13,7 @@ use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
 use crate::client::socket::{Frames, LinkEvent, SocketAction, ToDealers};
 use crate::client::{
     AddEndpoints, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf,
-    ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
+    GetStatus, ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
     Unsubscribe,
 };
 use crate::protocol::Node;
@@ -291,5 +291,13 @@ impl Handler<Shutdown> for BeaconClient {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+impl Handler<GetStatus> for BeaconClient {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.status(Instant::now()))
     }
 }

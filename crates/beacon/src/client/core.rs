@@ -193,6 +193,39 @@ enum RequirementState {
     Unmet(Vec<String>),
 }
 
+/// One beacon as the client sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BeaconStatus {
+    /// Its address.
+    pub endpoint: String,
+    /// `up` (session open), `handshake`, `refused` (it refused this node: see `refusal`) or
+    /// `down`.
+    pub state: &'static str,
+    /// Whether the TCP connection is up.
+    pub connected: bool,
+    /// Why it refused this node, when it did.
+    pub refusal: Option<String>,
+    /// Time since it last said anything.
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+/// What the cluster client knows, for operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClientStatus {
+    /// This node's name.
+    pub node: String,
+    /// What it registers (none for an asking-only client).
+    pub registration: Option<Registration>,
+    /// Each configured beacon.
+    pub beacons: Vec<BeaconStatus>,
+    /// `met`, `unmet` or `unknown` (not checked yet), as last seen.
+    pub requirements: &'static str,
+    /// The requirements without an online provider, as last seen.
+    pub unmet: Vec<String>,
+    /// Watches open.
+    pub subscriptions: usize,
+}
+
 /// The cluster client's state machine.
 pub struct ClientCore {
     settings: ClientSettings,
@@ -260,6 +293,43 @@ impl ClientCore {
     /// The registration as it is now.
     pub fn registration(&self) -> Option<&Registration> {
         self.settings.registration.as_ref()
+    }
+
+    /// What the client knows now, for operators: this node's registration, each beacon's
+    /// link, and whether the requirements were last seen met.
+    pub fn status(&self, now: Instant) -> ClientStatus {
+        let beacons = self
+            .links
+            .iter()
+            .map(|link| BeaconStatus {
+                endpoint: link.endpoint.clone(),
+                state: match link.phase {
+                    Phase::Ready => "up",
+                    Phase::Refused if link.refusal.is_some() => "refused",
+                    Phase::Refused => "down",
+                    _ if link.connected => "handshake",
+                    _ => "down",
+                },
+                connected: link.connected,
+                refusal: link.refusal.clone(),
+                last_heard_ms_ago: link
+                    .heard_at
+                    .map(|at| now.saturating_duration_since(at).as_millis() as u64),
+            })
+            .collect();
+        let (requirements, unmet) = match &self.requirement_state {
+            RequirementState::Unknown => ("unknown", Vec::new()),
+            RequirementState::Met => ("met", Vec::new()),
+            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
+        };
+        ClientStatus {
+            node: self.settings.node.clone(),
+            registration: self.settings.registration.clone(),
+            beacons,
+            requirements,
+            unmet,
+            subscriptions: self.subscriptions.len(),
+        }
     }
 
     /// Starts the handshake with every beacon.

@@ -14,6 +14,7 @@
 //! | [`AwaitRequirements`] | waits until every requirement has an online provider |
 //! | [`Subscribe`] / [`Unsubscribe`] | [`ClusterEvent`]s for some resources, to a `Recipient` |
 //! | [`AddEndpoints`] / [`RemoveEndpoints`] | change the endpoints this node registers |
+//! | [`GetStatus`] | what the client knows: registration, beacons up or down |
 
 pub(crate) mod actor;
 pub mod config;
@@ -29,6 +30,7 @@ use troupe_core::{span, zmq_thread, ConfigError, Role, RoleContext, RoleError, S
 
 pub use actor::BeaconClient;
 pub use config::ClusterConfig;
+pub use core::{BeaconStatus, ClientStatus};
 
 use crate::protocol::{ErrorCode, Event, Node, Offers, Position};
 use core::{ClientCore, ClientSettings};
@@ -197,6 +199,12 @@ pub struct Unsubscribe(pub SubscriptionId);
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), ClientError>")]
 pub struct AddEndpoints(pub BTreeMap<String, String>);
+
+/// What the client knows now: registration, beacons up or down, requirements as last seen.
+/// Answered from the client's state, without asking a beacon.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "ClientStatus")]
+pub struct GetStatus;
 
 /// Removes endpoints (by name) from this node's registration and re-registers.
 #[derive(Debug, Clone, Message)]
