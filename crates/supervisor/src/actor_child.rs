@@ -110,6 +110,11 @@ impl ActorFactory {
         }))
     }
 
+    /// Whether `self` and `other` are clones of one factory.
+    pub fn same_factory(&self, other: &ActorFactory) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Starts one generation on `arbiter`, reporting to `events`.
     pub(crate) fn start_on(
         &self,

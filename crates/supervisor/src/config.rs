@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use troupe_core::ConfigError;
 
-use crate::plan::{Count, Plan};
+use crate::plan::{Count, Plan, PlanElement};
 use crate::spec::{
     check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, ProcessSpec, ReadyConfig,
     DEFAULT_START_TIMEOUT,
@@ -18,6 +18,15 @@ use crate::spec::{
 
 /// In `command` and `args`, stands for the path of the running troupe executable.
 pub const TROUPE_EXE: &str = "${TROUPE_EXE}";
+
+/// Default of `log_lines`.
+pub const DEFAULT_LOG_LINES: usize = 1000;
+/// Largest `log_lines`.
+pub const MAX_LOG_LINES: usize = 100_000;
+/// Default of `log_bytes` (256 KiB).
+pub const DEFAULT_LOG_BYTES: usize = 256 << 10;
+/// Largest `log_bytes` (64 MiB).
+pub const MAX_LOG_BYTES: usize = 64 << 20;
 
 /// The `[supervisor]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +44,10 @@ pub struct SupervisorConfig {
     pub max_children: usize,
     /// Longer output lines are cut into pieces of this many bytes.
     pub max_line_bytes: usize,
+    /// Recent output lines kept per service for the API (0: none; at most 100000).
+    pub log_lines: usize,
+    /// Bytes of recent output text kept per service for the API.
+    pub log_bytes: usize,
     /// The default child spec that `append = true` services are merged with.
     pub default: DefaultConfig,
     /// The services.
@@ -48,6 +61,8 @@ impl Default for SupervisorConfig {
             state_dir: String::new(),
             max_children: 4096,
             max_line_bytes: 16 * 1024,
+            log_lines: DEFAULT_LOG_LINES,
+            log_bytes: DEFAULT_LOG_BYTES,
             default: DefaultConfig::default(),
             services: Vec::new(),
         }
@@ -74,6 +89,19 @@ pub struct DefaultConfig {
 }
 
 impl DefaultConfig {
+    /// Checks what parsing does not (a plan built in code may hold a bad backoff); the
+    /// message names the field (`plan: ...`).
+    pub fn check(&self) -> Result<(), String> {
+        for element in &self.plan.0 {
+            if let PlanElement::RestartBackoff(backoff) = element {
+                if let Err(why) = backoff.check() {
+                    return Err(format!("plan: invalid element {element}: {why}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// As the core takes it.
     pub fn to_spec(&self) -> DefaultSpec {
         DefaultSpec {
@@ -83,6 +111,22 @@ impl DefaultConfig {
             plan: self.plan.clone(),
             count: self.count,
             terminate_timeout: Duration::from_millis(self.terminate_timeout_ms),
+        }
+    }
+}
+
+impl From<&DefaultSpec> for DefaultConfig {
+    /// The `[supervisor.default]` table of a default spec (a plan function shows as
+    /// `"fn:<name>"` when serialized and cannot be read back).
+    fn from(spec: &DefaultSpec) -> Self {
+        DefaultConfig {
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            plan: spec.plan.clone(),
+            count: spec.count,
+            terminate_timeout_ms: u64::try_from(spec.terminate_timeout.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -500,5 +544,32 @@ mod tests {
         let again: SupervisorConfig =
             serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
         assert_eq!(again.default.to_spec(), d);
+        // And back from the spec the core holds.
+        let table = DefaultConfig::from(&d);
+        assert_eq!(table.to_spec(), d);
+        assert_eq!(table.terminate_timeout_ms, 1000);
+        assert!(table.check().is_ok());
+    }
+
+    #[test]
+    fn a_default_with_a_bad_backoff_is_refused() {
+        let bad = DefaultConfig {
+            plan: Plan(vec![
+                PlanElement::Restart,
+                PlanElement::RestartBackoff(crate::plan::Backoff {
+                    initial_ms: 100,
+                    factor: 0.5,
+                    max_ms: 10,
+                    reset_after_ms: None,
+                }),
+            ]),
+            ..DefaultConfig::default()
+        };
+        let err = bad.check().unwrap_err();
+        assert!(
+            err.starts_with("plan: invalid element restart_backoff"),
+            "{err}"
+        );
+        assert!(err.contains("factor"), "{err}");
     }
 }

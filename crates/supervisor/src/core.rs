@@ -1,15 +1,23 @@
 //! The supervisor's logic, without I/O: the table of children and their states, start ordering,
-//! plan decisions on exits, the API's rules and error cases, and orderly shutdown.
+//! plan decisions on exits, the API's rules and error cases, and orderly shutdown; for
+//! operators, each child's status (with its last exit, and the last [`TOMBSTONES`] deleted
+//! children), restarts that are not crashes, and what a reload changes.
 //!
 //! The actor feeds it events (a child spawned, became ready, exited; a timer fired; an API
 //! call) with the current time, and executes the [`Command`]s it returns. Every event and
 //! command names the child's *generation*: each start and each armed restart timer gets a new
 //! one, so an event about an earlier incarnation is recognised and ignored.
 
-use std::time::{Duration, Instant};
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::plan::{Count, ExitReason, Outcome, Plan, PlanState};
+use crate::reload::{ReloadFailure, ReloadReport};
 use crate::spec::{ChildSpec, ChildStart, ChildType, DefaultSpec};
+use crate::status::{is_signal, spec_json, LastExit, ServiceState, ServiceStatus};
+
+/// Deleted children whose last status is kept for operators.
+pub const TOMBSTONES: usize = 64;
 
 /// What the actor must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +136,46 @@ pub enum ChildError {
     /// The supervisor is stopping.
     #[error("the supervisor is stopping")]
     Stopping,
+    /// The call needs the child to run.
+    #[error("child `{0}` is not running")]
+    NotRunning(String),
+    /// The call is for process children only.
+    #[error("child `{0}` is an actor; only process children take signals")]
+    NotAProcess(String),
+}
+
+impl ChildError {
+    /// The rule the call broke, as a snake_case name (`not_found`, `already_started`, ...).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            ChildError::AlreadyStarted(_) => "already_started",
+            ChildError::AlreadyPresent(_) => "already_present",
+            ChildError::Running(_) => "running",
+            ChildError::Restarting(_) => "restarting",
+            ChildError::NotFound(_) => "not_found",
+            ChildError::Failed(_, _) => "failed",
+            ChildError::Invalid(_) => "invalid",
+            ChildError::TooMany(_) => "too_many",
+            ChildError::Stopping => "stopping",
+            ChildError::NotRunning(_) => "not_running",
+            ChildError::NotAProcess(_) => "not_a_process",
+        }
+    }
+
+    /// The child the error names, if any.
+    pub fn child(&self) -> Option<&str> {
+        match self {
+            ChildError::AlreadyStarted(id)
+            | ChildError::AlreadyPresent(id)
+            | ChildError::Running(id)
+            | ChildError::Restarting(id)
+            | ChildError::NotFound(id)
+            | ChildError::Failed(id, _)
+            | ChildError::NotRunning(id)
+            | ChildError::NotAProcess(id) => Some(id),
+            ChildError::Invalid(_) | ChildError::TooMany(_) | ChildError::Stopping => None,
+        }
+    }
 }
 
 /// What to do once a requested stop has completed.
@@ -137,6 +185,12 @@ enum AfterStop {
     Shutdown,
     /// The stop was forced by a failed start: apply the plan to this reason.
     Crash(ExitReason),
+    /// An operator's restart: start this (reserved) generation at once, no plan applied.
+    Restart {
+        generation: u64,
+    },
+    /// Removed by a reload: forget the child once it has stopped.
+    Delete,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +208,7 @@ enum State {
     },
     Restarting {
         generation: u64,
+        at: Instant,
     },
     Waiting,
     Stopping {
@@ -178,6 +233,21 @@ struct Child {
     spec: ChildSpec,
     state: State,
     counters: PlanState,
+    /// Generation of the current or last run (0: never started).
+    run: u64,
+    last_exit: Option<LastExit>,
+}
+
+impl Child {
+    fn new(spec: ChildSpec, state: State) -> Self {
+        Child {
+            spec,
+            state,
+            counters: PlanState::default(),
+            run: 0,
+            last_exit: None,
+        }
+    }
 }
 
 /// The supervisor's children and the rules that govern them.
@@ -187,24 +257,48 @@ pub struct SupervisorCore {
     max_children: usize,
     generation: u64,
     created: Instant,
+    /// Milliseconds since the Unix epoch at `created`.
+    created_unix_ms: u64,
+    tombstones: VecDeque<ServiceStatus>,
     all_running_announced: bool,
     shutting_down: bool,
     escalated: bool,
 }
 
 impl SupervisorCore {
-    /// An empty supervisor holding at most `max_children`.
+    /// An empty supervisor holding at most `max_children`. `now` is taken to be the wall
+    /// clock's present time (see [`SupervisorCore::with_wall_clock`]).
     pub fn new(default: DefaultSpec, max_children: usize, now: Instant) -> Self {
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         SupervisorCore {
             children: Vec::new(),
             default,
             max_children,
             generation: 0,
             created: now,
+            created_unix_ms,
+            tombstones: VecDeque::new(),
             all_running_announced: false,
             shutting_down: false,
             escalated: false,
         }
+    }
+
+    /// The same core, with the `now` given to [`SupervisorCore::new`] being `unix_ms`
+    /// milliseconds since the Unix epoch. Wall-clock times shown to operators are that plus
+    /// the time elapsed since.
+    pub fn with_wall_clock(mut self, unix_ms: u64) -> Self {
+        self.created_unix_ms = unix_ms;
+        self
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.created).as_millis();
+        self.created_unix_ms
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }
 
     /// Adds a child without starting it (see [`SupervisorCore::start_all`]).
@@ -226,11 +320,8 @@ impl SupervisorCore {
                 "after: no child `{missing}` (a child may only start after children added before it)"
             )));
         }
-        self.children.push(Child {
-            spec,
-            state: State::Pending,
-            counters: PlanState::default(),
-        });
+        self.tombstones.retain(|t| t.id != spec.id);
+        self.children.push(Child::new(spec, State::Pending));
         Ok(())
     }
 
@@ -246,11 +337,9 @@ impl SupervisorCore {
         if self.children.len() >= self.max_children {
             return Err(ChildError::TooMany(self.max_children));
         }
-        self.children.push(Child {
-            spec,
-            state: State::Failed(reason.into()),
-            counters: PlanState::default(),
-        });
+        self.tombstones.retain(|t| t.id != spec.id);
+        self.children
+            .push(Child::new(spec, State::Failed(reason.into())));
         Ok(())
     }
 
@@ -410,16 +499,36 @@ impl SupervisorCore {
         };
         let ran_for = now.saturating_duration_since(since);
         let ran_ms = ran_for.as_millis() as u64;
-        let crash = match requested {
-            Some(AfterStop::Crash(cause)) => Some(cause),
+        let crash = match &requested {
+            // No plan applies during shutdown, not even to a failed readiness check.
+            Some(AfterStop::Crash(cause)) if !shutting_down => Some(cause.clone()),
             Some(_) => None,
             None if shutting_down => None,
             None => Some(reason.clone()),
         };
+        let at_unix_ms = self.unix_ms(now);
+        let child = &mut self.children[index];
+        child.last_exit = Some(LastExit::new(
+            crash.as_ref().unwrap_or(&reason),
+            &reason,
+            at_unix_ms,
+            requested.is_some(),
+        ));
         let Some(cause) = crash else {
             tracing::info!(id, pid, exit = %reason, status = reason.status(), signal = reason.signal(), ran_ms, "child stopped");
-            child.state = State::Waiting;
-            self.after_stop(&mut commands);
+            match requested {
+                Some(AfterStop::Restart { generation: next }) if !shutting_down => {
+                    self.start_index_as(index, next, now, &mut commands);
+                }
+                Some(AfterStop::Delete) => {
+                    self.remove_index(index);
+                    self.after_stop(&mut commands);
+                }
+                _ => {
+                    child.state = State::Waiting;
+                    self.after_stop(&mut commands);
+                }
+            }
             return commands;
         };
         let decision = child
@@ -465,18 +574,18 @@ impl SupervisorCore {
                 self.start_index(index, now, &mut commands);
             }
             Outcome::Restart { delay } => {
-                self.generation += 1;
-                let generation = self.generation;
-                self.children[index].state = State::Restarting { generation };
+                let generation = self.next_generation();
+                self.children[index].state = State::Restarting {
+                    generation,
+                    at: now + delay,
+                };
                 commands.push(Command::ArmRestart {
                     id: id.to_string(),
                     generation,
                     delay,
                 });
             }
-            Outcome::Delete => {
-                self.children.remove(index);
-            }
+            Outcome::Delete => self.remove_index(index),
             Outcome::Wait => self.children[index].state = State::Waiting,
             Outcome::Escalate(reason) => {
                 self.children[index].state = State::Waiting;
@@ -496,7 +605,8 @@ impl SupervisorCore {
             return commands;
         }
         if let Some(index) = self.index(id) {
-            if self.children[index].state == (State::Restarting { generation }) {
+            if matches!(self.children[index].state, State::Restarting { generation: g, .. } if g == generation)
+            {
                 self.start_index(index, now, &mut commands);
             }
         }
@@ -568,7 +678,16 @@ impl SupervisorCore {
                     timeout: child.spec.terminate_timeout,
                 }])
             }
-            State::Stopping { .. } | State::Failed(_) => Ok(Vec::new()),
+            State::Stopping { then, .. } => {
+                // A stop for an operator's restart becomes a plain stop.
+                if let (AfterStop::Restart { .. }, State::Stopping { then, .. }) =
+                    (then, &mut child.state)
+                {
+                    *then = AfterStop::Wait;
+                }
+                Ok(Vec::new())
+            }
+            State::Failed(_) => Ok(Vec::new()),
             State::Restarting { .. } | State::Pending | State::Waiting => {
                 child.state = State::Waiting;
                 Ok(Vec::new())
@@ -586,8 +705,319 @@ impl SupervisorCore {
             State::Restarting { .. } => return Err(ChildError::Restarting(id.into())),
             _ => {}
         }
-        self.children.remove(index);
+        self.remove_index(index);
         Ok(())
+    }
+
+    /// An operator's restart. A child that runs (starting, running) is stopped as
+    /// `terminate_child` stops it, then started again at once; the stop is not a crash: no plan
+    /// element is used and the counters stay as they are. A child being stopped is started
+    /// once its stop completes. A child that is down (waiting, pending, or with a restart
+    /// timer armed, which is cancelled) is started now. Returns the commands and the
+    /// generation the new run will have.
+    pub fn restart_service(
+        &mut self,
+        id: &str,
+        now: Instant,
+    ) -> Result<(Vec<Command>, u64), ChildError> {
+        if self.shutting_down || self.escalated {
+            return Err(ChildError::Stopping);
+        }
+        let index = self
+            .index(id)
+            .ok_or_else(|| ChildError::NotFound(id.into()))?;
+        let mut commands = Vec::new();
+        match self.children[index].state.clone() {
+            State::Failed(reason) => Err(ChildError::Failed(id.into(), reason)),
+            State::Starting {
+                generation,
+                pid,
+                since,
+            }
+            | State::Running {
+                generation,
+                pid,
+                since,
+            } => {
+                let next = self.next_generation();
+                let child = &mut self.children[index];
+                child.state = State::Stopping {
+                    generation,
+                    pid,
+                    since,
+                    then: AfterStop::Restart { generation: next },
+                };
+                tracing::info!(id, pid, generation, "restarting child on request");
+                commands.push(Command::Stop {
+                    id: id.into(),
+                    generation,
+                    timeout: child.spec.terminate_timeout,
+                });
+                Ok((commands, next))
+            }
+            // Being removed by a reload: it is about to be gone.
+            State::Stopping {
+                then: AfterStop::Delete,
+                ..
+            } => Err(ChildError::NotFound(id.into())),
+            State::Stopping {
+                generation,
+                pid,
+                since,
+                then,
+            } => {
+                let next = match then {
+                    AfterStop::Restart { generation } => generation,
+                    _ => self.next_generation(),
+                };
+                self.children[index].state = State::Stopping {
+                    generation,
+                    pid,
+                    since,
+                    then: AfterStop::Restart { generation: next },
+                };
+                Ok((commands, next))
+            }
+            State::Pending | State::Waiting | State::Restarting { .. } => {
+                let next = self.next_generation();
+                self.start_index_as(index, next, now, &mut commands);
+                Ok((commands, next))
+            }
+        }
+    }
+
+    /// Whether a start of generation `generation` of `id` is still to come or under way (an
+    /// API call waiting for it still has an answer coming).
+    pub fn awaits_start(&self, id: &str, generation: u64) -> bool {
+        self.get(id).is_some_and(|c| match &c.state {
+            State::Starting { generation: g, .. } => *g == generation,
+            State::Stopping {
+                then: AfterStop::Restart { generation: g },
+                ..
+            } => *g == generation,
+            _ => false,
+        })
+    }
+
+    /// The pid to send `signal` to: the main process of a process child that runs (or is
+    /// being stopped).
+    pub fn signal_target(&self, id: &str, signal: i32) -> Result<u32, ChildError> {
+        let child = self
+            .get(id)
+            .ok_or_else(|| ChildError::NotFound(id.into()))?;
+        if !is_signal(signal) {
+            return Err(ChildError::Invalid(format!(
+                "signal: {signal} is not a signal number (1 to {})",
+                libc::SIGRTMAX()
+            )));
+        }
+        if matches!(child.spec.start, ChildStart::Actor(_)) {
+            return Err(ChildError::NotAProcess(id.into()));
+        }
+        child_pid(&child.state).ok_or_else(|| ChildError::NotRunning(id.into()))
+    }
+
+    /// Removes a child for a reload: one that runs is stopped (not a crash) and forgotten once
+    /// it has stopped; one that is down is forgotten now.
+    pub fn retire(&mut self, id: &str) -> Vec<Command> {
+        let Some(index) = self.index(id) else {
+            return Vec::new();
+        };
+        let child = &mut self.children[index];
+        match child.state.clone() {
+            State::Starting {
+                generation,
+                pid,
+                since,
+            }
+            | State::Running {
+                generation,
+                pid,
+                since,
+            } => {
+                child.state = State::Stopping {
+                    generation,
+                    pid,
+                    since,
+                    then: AfterStop::Delete,
+                };
+                vec![Command::Stop {
+                    id: id.into(),
+                    generation,
+                    timeout: child.spec.terminate_timeout,
+                }]
+            }
+            State::Stopping { .. } => {
+                if let State::Stopping { then, .. } = &mut child.state {
+                    if *then != AfterStop::Shutdown {
+                        *then = AfterStop::Delete;
+                    }
+                }
+                Vec::new()
+            }
+            State::Pending | State::Waiting | State::Restarting { .. } | State::Failed(_) => {
+                self.remove_index(index);
+                Vec::new()
+            }
+        }
+    }
+
+    /// What a reload to `desired` (and `broken` manifests) with default spec `default` would
+    /// do, for the children that came from configuration (`configured`). Children added
+    /// through the API are never touched; a desired id that one of them holds is reported as
+    /// failed. Nothing changes here: [`ReloadPlan`] says what to retire and what to add.
+    pub fn plan_reload(
+        &self,
+        configured: &[String],
+        desired: Vec<ChildSpec>,
+        broken: Vec<(ChildSpec, String)>,
+        default: &DefaultSpec,
+    ) -> ReloadPlan {
+        let mut plan = ReloadPlan::default();
+        let configured_set: HashSet<&str> = configured.iter().map(String::as_str).collect();
+        let is_configured = |id: &str| configured_set.contains(id);
+        let mut wanted: Vec<String> = Vec::new();
+        let mut wanted_set: HashSet<String> = HashSet::new();
+        for spec in desired {
+            let id = spec.id.clone();
+            match self.get(&id) {
+                None => {
+                    plan.report.added.push(id.clone());
+                    plan.add.push(spec);
+                }
+                Some(_) if !is_configured(&id) => {
+                    plan.report.failed.push(ReloadFailure {
+                        id,
+                        error: "the id is used by a child added through the API".into(),
+                    });
+                    continue;
+                }
+                Some(child) => {
+                    let same = !matches!(child.state, State::Failed(_))
+                        && child.spec.same_as(&default.merge(spec.clone()));
+                    if same {
+                        plan.report.unchanged.push(id.clone());
+                    } else {
+                        plan.report.changed.push(id.clone());
+                        plan.retire.push(id.clone());
+                        plan.add.push(spec);
+                    }
+                }
+            }
+            wanted_set.insert(id.clone());
+            wanted.push(id);
+        }
+        for (spec, reason) in broken {
+            let id = spec.id.clone();
+            plan.report.failed.push(ReloadFailure {
+                id: id.clone(),
+                error: reason.clone(),
+            });
+            if wanted_set.contains(&id) {
+                continue;
+            }
+            match self.get(&id) {
+                None => plan.add_failed.push((spec, reason)),
+                Some(child) if is_configured(&id) => {
+                    // What runs keeps running until its manifest is fixed; a failed entry
+                    // gets the new reason.
+                    if matches!(child.state, State::Failed(_)) {
+                        plan.retire.push(id.clone());
+                        plan.add_failed.push((spec, reason));
+                    }
+                }
+                Some(_) => continue,
+            }
+            wanted_set.insert(id.clone());
+            wanted.push(id);
+        }
+        for id in configured {
+            if !wanted_set.contains(id) {
+                plan.report.removed.push(id.clone());
+                if self.get(id).is_some() {
+                    plan.retire.push(id.clone());
+                }
+            }
+        }
+        plan.configured = wanted;
+        plan
+    }
+
+    /// Every child in the order added, then the recently deleted ones (oldest first).
+    pub fn service_statuses(&self, now: Instant) -> Vec<ServiceStatus> {
+        self.children
+            .iter()
+            .map(|c| self.status_at(c, now))
+            .chain(self.tombstones.iter().cloned())
+            .collect()
+    }
+
+    /// Child `id`'s status, or its tombstone if it was deleted recently.
+    pub fn service_status(&self, id: &str, now: Instant) -> Result<ServiceStatus, ChildError> {
+        if let Some(child) = self.get(id) {
+            return Ok(self.status_at(child, now));
+        }
+        self.tombstones
+            .iter()
+            .rev()
+            .find(|t| t.id == id)
+            .cloned()
+            .ok_or_else(|| ChildError::NotFound(id.into()))
+    }
+
+    fn status_at(&self, child: &Child, now: Instant) -> ServiceStatus {
+        let spec = &child.spec;
+        let (state, waiting_for) = match &child.state {
+            State::Pending => (ServiceState::Waiting, Some("after")),
+            State::Starting { .. } => (ServiceState::Starting, None),
+            State::Running { .. } if spec.ready.is_some() => (ServiceState::Ready, None),
+            State::Running { .. } => (ServiceState::Running, None),
+            State::Restarting { .. } => (ServiceState::Waiting, Some("restart")),
+            State::Waiting => (ServiceState::Waiting, Some("start")),
+            State::Stopping { .. } => (ServiceState::Stopping, None),
+            State::Failed(_) => (ServiceState::Failed, None),
+        };
+        let since = match &child.state {
+            State::Starting { since, .. }
+            | State::Running { since, .. }
+            | State::Stopping { since, .. } => Some(*since),
+            _ => None,
+        };
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let plan_length = spec.plan.0.len();
+        // Once every element is used, the next exit starts the next cycle.
+        let (plan_position, cycle) = if plan_length > 0 && child.counters.index >= plan_length {
+            (0, child.counters.cycles.saturating_add(1))
+        } else {
+            (child.counters.index, child.counters.cycles)
+        };
+        ServiceStatus {
+            id: spec.id.clone(),
+            kind: kind_of(spec),
+            child_type: spec.child_type,
+            state,
+            waiting_for,
+            restart_in_ms: match &child.state {
+                State::Restarting { at, .. } => Some(millis(at.saturating_duration_since(now))),
+                _ => None,
+            },
+            failure: match &child.state {
+                State::Failed(reason) => Some(reason.clone()),
+                _ => None,
+            },
+            pid: child_pid(&child.state),
+            generation: child.run,
+            started_at_unix_ms: since.map(|s| self.unix_ms(s)),
+            uptime_ms: since.map(|s| millis(now.saturating_duration_since(s))),
+            restarts: child.counters.restarts,
+            plan: spec.plan.to_string(),
+            plan_position,
+            plan_length,
+            cycle,
+            count: spec.count.to_string(),
+            last_exit: child.last_exit.clone(),
+            spec: spec_json(spec),
+        }
     }
 
     /// `which_children`, in the order the children were added.
@@ -599,10 +1029,7 @@ impl SupervisorCore {
                 pid: child_pid(&c.state),
                 status: status_of(&c.state),
                 child_type: c.spec.child_type,
-                kind: match c.spec.start {
-                    ChildStart::Process(_) => "process",
-                    ChildStart::Actor(_) => "actor",
-                },
+                kind: kind_of(&c.spec),
                 restarts: c.counters.restarts,
             })
             .collect()
@@ -684,6 +1111,11 @@ impl SupervisorCore {
     /// Ids of children that run or are being stopped.
     pub fn live_children(&self) -> usize {
         self.children.iter().filter(|c| c.state.is_live()).count()
+    }
+
+    /// Whether the supervisor is stopping (shutdown or escalation).
+    pub fn is_stopping(&self) -> bool {
+        self.shutting_down || self.escalated
     }
 
     /// Whether the supervisor has escalated.
@@ -810,10 +1242,26 @@ impl SupervisorCore {
         }
     }
 
-    fn start_index(&mut self, index: usize, now: Instant, commands: &mut Vec<Command>) {
+    fn next_generation(&mut self) -> u64 {
         self.generation += 1;
-        let generation = self.generation;
+        self.generation
+    }
+
+    fn start_index(&mut self, index: usize, now: Instant, commands: &mut Vec<Command>) {
+        let generation = self.next_generation();
+        self.start_index_as(index, generation, now, commands);
+    }
+
+    /// Starts child `index` as `generation` (new, or reserved by an operator's restart).
+    fn start_index_as(
+        &mut self,
+        index: usize,
+        generation: u64,
+        now: Instant,
+        commands: &mut Vec<Command>,
+    ) {
         let child = &mut self.children[index];
+        child.run = generation;
         child.state = State::Starting {
             generation,
             pid: None,
@@ -823,6 +1271,21 @@ impl SupervisorCore {
             id: child.spec.id.clone(),
             generation,
         });
+    }
+
+    /// Forgets child `index`, keeping its last status among the tombstones.
+    fn remove_index(&mut self, index: usize) {
+        let child = self.children.remove(index);
+        let mut status = self.status_at(&child, self.created);
+        status.state = ServiceState::Deleted;
+        (status.waiting_for, status.restart_in_ms, status.failure) = (None, None, None);
+        (status.pid, status.started_at_unix_ms, status.uptime_ms) = (None, None, None);
+        tracing::info!(id = %child.spec.id, "child deleted");
+        self.tombstones.retain(|t| t.id != status.id);
+        if self.tombstones.len() >= TOMBSTONES {
+            self.tombstones.pop_front();
+        }
+        self.tombstones.push_back(status);
     }
 
     fn is_running(&self, id: &str) -> bool {
@@ -840,6 +1303,28 @@ impl SupervisorCore {
 
     fn get_mut(&mut self, id: &str) -> Option<&mut Child> {
         self.children.iter_mut().find(|c| c.spec.id == id)
+    }
+}
+
+/// What [`SupervisorCore::plan_reload`] decided.
+#[derive(Debug, Default)]
+pub struct ReloadPlan {
+    /// What the reload does, by id (its `needs_restart` is left to the caller).
+    pub report: ReloadReport,
+    /// Children to stop and forget first (removed, changed, failed entries to refresh).
+    pub retire: Vec<String>,
+    /// Specs to add then (changed and added), in start order, as configured (not merged).
+    pub add: Vec<ChildSpec>,
+    /// Broken manifests to list as failed children.
+    pub add_failed: Vec<(ChildSpec, String)>,
+    /// The ids that come from configuration after the reload.
+    pub configured: Vec<String>,
+}
+
+fn kind_of(spec: &ChildSpec) -> &'static str {
+    match spec.start {
+        ChildStart::Process(_) => "process",
+        ChildStart::Actor(_) => "actor",
     }
 }
 
@@ -1225,5 +1710,483 @@ mod tests {
         core.add(child).unwrap();
         assert_eq!(core.get_plan("a").unwrap().to_string(), "[wait, restart]");
         assert_eq!(core.spec("a").unwrap().count, Count::Finite(3));
+    }
+
+    fn service(core: &SupervisorCore, id: &str, clock: &Clock) -> ServiceStatus {
+        core.service_status(id, clock.now()).unwrap()
+    }
+
+    fn stops(commands: &[Command]) -> Vec<(String, u64)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Stop { id, generation, .. } => Some((id.clone(), *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_operator_restart_is_no_crash_and_starts_a_new_generation() {
+        let clock = Clock::new();
+        let (mut core, g1) = one(spec("a", r#"["restart", "wait"]"#), &clock);
+        // One crash: one restart decided, the plan moved on by one element.
+        let g2 = started(&core.on_exit("a", g1, ExitReason::Exited(1), clock.now()))[0].1;
+        core.on_spawned("a", g2, Some(200), clock.now());
+        let before = service(&core, "a", &clock);
+        assert_eq!(
+            (before.restarts, before.plan_position, before.cycle),
+            (1, 1, 0)
+        );
+
+        let (commands, g3) = core.restart_service("a", clock.now()).unwrap();
+        assert_eq!(stops(&commands), [("a".to_string(), g2)]);
+        assert!(g3 > g2);
+        assert!(core.awaits_start("a", g3));
+        assert_eq!(service(&core, "a", &clock).state, ServiceState::Stopping);
+        // Asked again while it stops: the same start is awaited, nothing more is done.
+        assert_eq!(
+            core.restart_service("a", clock.now()).unwrap(),
+            (vec![], g3)
+        );
+        // Its SIGTERM exit starts the reserved generation at once; the plan is untouched.
+        let commands = core.on_exit("a", g2, ExitReason::Signaled(15), clock.now());
+        assert_eq!(started(&commands), [("a".to_string(), g3)]);
+        core.on_spawned("a", g3, Some(300), clock.now());
+        let after = service(&core, "a", &clock);
+        assert_eq!(after.state, ServiceState::Running);
+        assert_eq!((after.pid, after.generation), (Some(300), g3));
+        assert_eq!(
+            (after.restarts, after.plan_position, after.cycle),
+            (1, 1, 0)
+        );
+        let exit = after.last_exit.unwrap();
+        assert!(exit.requested);
+        assert_eq!(exit.signal_name.as_deref(), Some("SIGTERM"));
+        assert!(!core.awaits_start("a", g3));
+    }
+
+    #[test]
+    fn an_operator_restart_of_a_child_that_is_down_starts_it_now() {
+        let clock = Clock::new();
+        // A restart timer is cancelled: its firing later changes nothing.
+        let (mut core, g1) = one(spec("r", r#"[{"restart_after_ms": 500}]"#), &clock);
+        let commands = core.on_exit("r", g1, ExitReason::Exited(1), clock.now());
+        let [Command::ArmRestart {
+            generation: timer, ..
+        }] = commands[..]
+        else {
+            panic!("{commands:?}")
+        };
+        let (commands, g2) = core.restart_service("r", clock.now()).unwrap();
+        assert_eq!(started(&commands), [("r".to_string(), g2)]);
+        assert!(core.on_restart_timer("r", timer, clock.now()).is_empty());
+
+        // Waiting (plan wait), and waiting after terminate_child.
+        let (mut core, g1) = one(spec("w", r#"["wait"]"#), &clock);
+        core.on_exit("w", g1, ExitReason::Exited(1), clock.now());
+        let (commands, g2) = core.restart_service("w", clock.now()).unwrap();
+        assert_eq!(started(&commands), [("w".to_string(), g2)]);
+        core.on_spawned("w", g2, Some(5), clock.now());
+        core.terminate_child("w").unwrap();
+        // Being stopped: started once the stop completes.
+        let (commands, g3) = core.restart_service("w", clock.now()).unwrap();
+        assert!(commands.is_empty());
+        let commands = core.on_exit("w", g2, ExitReason::Signaled(15), clock.now());
+        assert_eq!(started(&commands), [("w".to_string(), g3)]);
+
+        // Failed, unknown, and during shutdown.
+        let mut core = SupervisorCore::new(DefaultSpec::default(), 10, clock.now());
+        core.add_failed(spec("m", "[]"), "broken").unwrap();
+        assert_eq!(
+            core.restart_service("m", clock.now()).unwrap_err(),
+            ChildError::Failed("m".into(), "broken".into())
+        );
+        assert_eq!(
+            core.restart_service("x", clock.now()).unwrap_err(),
+            ChildError::NotFound("x".into())
+        );
+        core.shutdown();
+        assert_eq!(
+            core.restart_service("m", clock.now()).unwrap_err(),
+            ChildError::Stopping
+        );
+    }
+
+    #[test]
+    fn a_restart_interrupted_by_terminate_or_shutdown_does_not_start() {
+        let clock = Clock::new();
+        let (mut core, g1) = one(spec("a", "[]"), &clock);
+        let (_, g2) = core.restart_service("a", clock.now()).unwrap();
+        // terminate_child wins: the child stays down.
+        assert!(core.terminate_child("a").unwrap().is_empty());
+        assert!(started(&core.on_exit("a", g1, ExitReason::Signaled(15), clock.now())).is_empty());
+        assert!(!core.awaits_start("a", g2));
+        assert_eq!(service(&core, "a", &clock).waiting_for, Some("start"));
+
+        let (mut core, g1) = one(spec("b", "[]"), &clock);
+        let (_, g2) = core.restart_service("b", clock.now()).unwrap();
+        assert!(core.shutdown().is_empty());
+        let last = core.on_exit("b", g1, ExitReason::Signaled(15), clock.now());
+        assert_eq!(last, [Command::ShutdownComplete]);
+        assert!(!core.awaits_start("b", g2));
+    }
+
+    #[test]
+    fn statuses_show_each_state_in_plain_words() {
+        let mut clock = Clock::new();
+        let mut core =
+            SupervisorCore::new(DefaultSpec::default(), 10, clock.now()).with_wall_clock(1_000_000);
+        let mut db = spec("db", "[]");
+        db.ready = Some(ReadyCheck::Tcp("127.0.0.1:1".into()));
+        let mut app = spec("app", "[]");
+        app.after = vec!["db".into()];
+        core.add(db).unwrap();
+        core.add(app).unwrap();
+        core.add(spec("w", r#"["wait", "restart"]"#)).unwrap();
+        core.add(spec("r", r#"[{"restart_after_ms": 500}]"#).with_count(Count::Finite(2)))
+            .unwrap();
+        core.add_failed(spec("m", "[]"), "manifest.json: field `command`: missing")
+            .unwrap();
+        let first = started(&core.start_all(clock.now()));
+        let generation = |id: &str| first.iter().find(|(i, _)| i == id).unwrap().1;
+        let app = service(&core, "app", &clock);
+        assert_eq!(
+            (app.state, app.waiting_for),
+            (ServiceState::Waiting, Some("after"))
+        );
+        assert_eq!((app.generation, app.pid, app.uptime_ms), (0, None, None));
+        let db = service(&core, "db", &clock);
+        assert_eq!((db.state, db.pid), (ServiceState::Starting, None));
+        assert_eq!(db.started_at_unix_ms, Some(1_000_000));
+        clock.advance(40);
+        core.on_spawned("db", generation("db"), Some(11), clock.now());
+        core.on_spawned("w", generation("w"), Some(12), clock.now());
+        core.on_spawned("r", generation("r"), Some(13), clock.now());
+        let db = service(&core, "db", &clock);
+        assert_eq!(
+            (db.state, db.pid, db.uptime_ms),
+            (ServiceState::Starting, Some(11), Some(40))
+        );
+        let gapp = started(&core.on_ready("db", generation("db"), clock.now()))[0].1;
+        assert_eq!(service(&core, "db", &clock).state, ServiceState::Ready);
+        core.on_spawned("app", gapp, Some(14), clock.now());
+        let app = service(&core, "app", &clock);
+        assert_eq!((app.state, app.generation), (ServiceState::Running, gapp));
+        assert_eq!(app.started_at_unix_ms, Some(1_000_040));
+        assert_eq!(app.kind, "process");
+
+        clock.advance(10);
+        core.on_exit("w", generation("w"), ExitReason::Exited(3), clock.now());
+        let w = service(&core, "w", &clock);
+        assert_eq!(
+            (w.state, w.waiting_for),
+            (ServiceState::Waiting, Some("start"))
+        );
+        assert_eq!((w.plan_position, w.plan_length, w.cycle), (1, 2, 0));
+        assert_eq!(w.plan, "[wait, restart]");
+        assert_eq!(w.generation, generation("w"));
+        let exit = w.last_exit.unwrap();
+        assert_eq!(exit.reason, "exit status 3");
+        assert_eq!(
+            (exit.status, exit.signal, exit.requested),
+            (Some(3), None, false)
+        );
+        assert_eq!(exit.at_unix_ms, 1_000_050);
+
+        core.on_exit("r", generation("r"), ExitReason::Signaled(9), clock.now());
+        clock.advance(200);
+        let r = service(&core, "r", &clock);
+        assert_eq!(
+            (r.state, r.waiting_for),
+            (ServiceState::Waiting, Some("restart"))
+        );
+        assert_eq!(r.restart_in_ms, Some(300));
+        assert_eq!((r.restarts, r.count.as_str()), (1, "2"));
+        // Its one element is used: the next exit starts the second cycle.
+        assert_eq!((r.plan_position, r.cycle), (0, 1));
+        assert_eq!(r.last_exit.unwrap().signal_name.as_deref(), Some("SIGKILL"));
+
+        let m = service(&core, "m", &clock);
+        assert_eq!(m.state, ServiceState::Failed);
+        assert!(m.failure.unwrap().contains("command"));
+
+        core.terminate_child("app").unwrap();
+        assert_eq!(service(&core, "app", &clock).state, ServiceState::Stopping);
+        let all: Vec<String> = core
+            .service_statuses(clock.now())
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(all, ["db", "app", "w", "r", "m"]);
+        let spec = &service(&core, "db", &clock).spec;
+        assert_eq!(spec["ready"]["tcp"], "127.0.0.1:1");
+        assert_eq!(spec["command"], "/bin/true");
+    }
+
+    #[test]
+    fn deleted_children_leave_a_bounded_list_of_tombstones() {
+        let clock = Clock::new();
+        let (mut core, g) = one(spec("d", r#"["delete"]"#), &clock);
+        core.on_exit("d", g, ExitReason::Exited(0), clock.now());
+        let d = service(&core, "d", &clock);
+        assert_eq!(d.state, ServiceState::Deleted);
+        assert_eq!((d.generation, d.pid, d.waiting_for), (g, None, None));
+        assert_eq!(d.last_exit.unwrap().reason, "exit status 0");
+
+        let mut core = SupervisorCore::new(DefaultSpec::default(), 10, clock.now());
+        for i in 0..TOMBSTONES + 6 {
+            let id = format!("c{i}");
+            core.add(spec(&id, "[]")).unwrap();
+            core.delete_child(&id).unwrap();
+        }
+        let all = core.service_statuses(clock.now());
+        assert_eq!(all.len(), TOMBSTONES);
+        assert_eq!(all[0].id, "c6");
+        assert!(all.iter().all(|s| s.state == ServiceState::Deleted));
+        assert_eq!(
+            core.service_status("c5", clock.now()).unwrap_err(),
+            ChildError::NotFound("c5".into())
+        );
+        // Adding the id again takes its tombstone away.
+        core.add(spec("c69", "[]")).unwrap();
+        let all = core.service_statuses(clock.now());
+        assert_eq!(all.len(), TOMBSTONES);
+        assert_eq!(all[0].id, "c69");
+        assert_eq!(all[0].state, ServiceState::Waiting);
+    }
+
+    #[derive(Default)]
+    struct Idle;
+
+    impl actix::Actor for Idle {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<troupe_core::Shutdown> for Idle {
+        type Result = ();
+        fn handle(&mut self, _: troupe_core::Shutdown, _: &mut Self::Context) {}
+    }
+
+    #[test]
+    fn signals_go_only_to_running_processes() {
+        let clock = Clock::new();
+        let (mut core, g) = one(spec("p", r#"["wait"]"#), &clock);
+        core.add(ChildSpec::actor(
+            "act",
+            crate::ActorFactory::new(Idle::default),
+        ))
+        .unwrap();
+        assert_eq!(core.signal_target("p", libc::SIGUSR1), Ok(100));
+        assert_eq!(
+            core.signal_target("zz", 15),
+            Err(ChildError::NotFound("zz".into()))
+        );
+        for bad in [0, -3, libc::SIGRTMAX() + 1] {
+            let err = core.signal_target("p", bad).unwrap_err();
+            assert!(
+                matches!(&err, ChildError::Invalid(m) if m.starts_with("signal:")),
+                "{err}"
+            );
+            assert_eq!(err.rule(), "invalid");
+        }
+        let err = core.signal_target("act", 15).unwrap_err();
+        assert_eq!(err, ChildError::NotAProcess("act".into()));
+        assert_eq!(
+            err.to_string(),
+            "child `act` is an actor; only process children take signals"
+        );
+        core.on_exit("p", g, ExitReason::Exited(1), clock.now());
+        let err = core.signal_target("p", 15).unwrap_err();
+        assert_eq!(err, ChildError::NotRunning("p".into()));
+        assert_eq!(err.to_string(), "child `p` is not running");
+        assert_eq!((err.rule(), err.child()), ("not_running", Some("p")));
+        // Started but not spawned yet: no pid to signal.
+        let g2 = started(&core.restart_child("p", clock.now()).unwrap())[0].1;
+        assert!(core.signal_target("p", 15).is_err());
+        core.on_spawned("p", g2, Some(101), clock.now());
+        assert_eq!(core.signal_target("p", 15), Ok(101));
+    }
+
+    #[test]
+    fn every_error_names_its_rule_and_child() {
+        let cases = [
+            (
+                ChildError::AlreadyStarted("a".into()),
+                "already_started",
+                Some("a"),
+            ),
+            (
+                ChildError::AlreadyPresent("a".into()),
+                "already_present",
+                Some("a"),
+            ),
+            (ChildError::Running("a".into()), "running", Some("a")),
+            (ChildError::Restarting("a".into()), "restarting", Some("a")),
+            (ChildError::NotFound("a".into()), "not_found", Some("a")),
+            (
+                ChildError::Failed("a".into(), "x".into()),
+                "failed",
+                Some("a"),
+            ),
+            (ChildError::Invalid("x".into()), "invalid", None),
+            (ChildError::TooMany(3), "too_many", None),
+            (ChildError::Stopping, "stopping", None),
+            (ChildError::NotRunning("a".into()), "not_running", Some("a")),
+            (
+                ChildError::NotAProcess("a".into()),
+                "not_a_process",
+                Some("a"),
+            ),
+        ];
+        for (error, rule, child) in cases {
+            assert_eq!((error.rule(), error.child()), (rule, child), "{error}");
+        }
+    }
+
+    /// A config service as the reload gets it: `sh -c script`, default plan.
+    fn configured(id: &str, script: &str) -> ChildSpec {
+        ChildSpec::process(id, "sh").with_args(["-c", script])
+    }
+
+    #[test]
+    fn a_reload_adds_removes_restarts_changed_and_leaves_the_rest() {
+        let mut clock = Clock::new();
+        let mut core = SupervisorCore::new(DefaultSpec::default(), 20, clock.now());
+        let mut appender = configured("e", "x");
+        appender.append = true;
+        for spec in [
+            configured("a", "a"),
+            configured("b", "b"),
+            configured("c", "c"),
+            appender.clone(),
+        ] {
+            core.add(spec).unwrap();
+        }
+        core.add(configured("api", "mine")).unwrap();
+        let gens = started(&core.start_all(clock.now()));
+        for (i, (id, g)) in gens.iter().enumerate() {
+            core.on_spawned(id, *g, Some(10 + i as u32), clock.now());
+        }
+        let configured_ids: Vec<String> = ["a", "b", "c", "e"].map(String::from).to_vec();
+        // a: same (a fresh default plan counts as the same); b: new args; c: gone; d: new;
+        // e: same entry, but appends to a default that now has an argument; api: taken.
+        let new_default = DefaultSpec {
+            args: vec!["-x".into()],
+            ..DefaultSpec::default()
+        };
+        let desired = vec![
+            configured("a", "a"),
+            configured("b", "b2"),
+            configured("d", "d"),
+            appender,
+            configured("api", "theirs"),
+        ];
+        let broken = vec![(configured("m", ""), "m/manifest.json: broken".to_string())];
+        let plan = core.plan_reload(&configured_ids, desired, broken, &new_default);
+        let r = &plan.report;
+        assert_eq!(r.added, ["d"]);
+        assert_eq!(r.removed, ["c"]);
+        assert_eq!(r.changed, ["b", "e"]);
+        assert_eq!(r.unchanged, ["a"]);
+        let failed: Vec<&str> = r.failed.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(failed, ["api", "m"]);
+        assert_eq!(plan.retire, ["b", "e", "c"]);
+        let adds: Vec<&str> = plan.add.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(adds, ["b", "d", "e"]);
+        assert_eq!(plan.add_failed.len(), 1);
+        assert_eq!(plan.configured, ["a", "b", "d", "e", "m"]);
+        // With the old default, e is unchanged.
+        let same_default = core.plan_reload(
+            &configured_ids,
+            vec![configured("e", "x")]
+                .into_iter()
+                .map(|mut s| {
+                    s.append = true;
+                    s
+                })
+                .collect(),
+            vec![],
+            &DefaultSpec::default(),
+        );
+        assert_eq!(same_default.report.unchanged, ["e"]);
+
+        // Carry it out: the retired children stop (no crash, no plan) and are forgotten.
+        core.change_default_spec(new_default);
+        let mut stopping = Vec::new();
+        for id in &plan.retire {
+            stopping.extend(stops(&core.retire(id)));
+        }
+        assert_eq!(stopping.len(), 3);
+        clock.advance(5);
+        for (id, g) in &stopping {
+            assert!(core
+                .on_exit(id, *g, ExitReason::Signaled(15), clock.now())
+                .is_empty());
+        }
+        for id in ["b", "c", "e"] {
+            let gone = service(&core, id, &clock);
+            assert_eq!(gone.state, ServiceState::Deleted);
+            assert!(gone.last_exit.unwrap().requested);
+        }
+        for spec in plan.add {
+            core.add(spec).unwrap();
+        }
+        let restarted: Vec<String> = started(&core.start_all(clock.now()))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(restarted, ["b", "d", "e"]);
+        assert_eq!(
+            core.spec("e").unwrap().process_spec().unwrap().args,
+            ["-x", "-c", "x"]
+        );
+        // a and api were not touched.
+        assert_eq!(service(&core, "a", &clock).pid, Some(10));
+        assert_eq!(service(&core, "api", &clock).pid, Some(14));
+        let ids: Vec<String> = core
+            .service_statuses(clock.now())
+            .into_iter()
+            .filter(|s| s.state != ServiceState::Deleted)
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, ["a", "api", "b", "d", "e"]);
+    }
+
+    #[test]
+    fn a_reload_forgets_children_that_are_down_at_once() {
+        let clock = Clock::new();
+        let mut core = SupervisorCore::new(DefaultSpec::default(), 10, clock.now());
+        core.add(configured("w", "w")).unwrap();
+        core.add_failed(configured("m", ""), "old reason").unwrap();
+        let configured_ids = vec!["w".to_string(), "m".to_string()];
+        // m is still broken, with a new reason; w is gone from the configuration.
+        let plan = core.plan_reload(
+            &configured_ids,
+            vec![],
+            vec![(configured("m", ""), "new reason".into())],
+            &DefaultSpec::default(),
+        );
+        assert_eq!(plan.report.removed, ["w"]);
+        assert_eq!(plan.retire, ["m", "w"]);
+        for id in &plan.retire {
+            assert!(core.retire(id).is_empty());
+        }
+        for (spec, reason) in plan.add_failed {
+            core.add_failed(spec, reason).unwrap();
+        }
+        assert_eq!(
+            service(&core, "m", &clock).failure.as_deref(),
+            Some("new reason")
+        );
+        assert_eq!(service(&core, "w", &clock).state, ServiceState::Deleted);
+        // A reload that names an id the plan deleted starts it again.
+        let plan = core.plan_reload(
+            &["w".to_string()],
+            vec![configured("w", "w")],
+            vec![],
+            &DefaultSpec::default(),
+        );
+        assert_eq!(plan.report.added, ["w"]);
     }
 }

@@ -7,6 +7,9 @@
 //! - [`spec`]: child specs ([`ChildSpec`]), the default spec and director's `append` merge.
 //! - [`core`]: [`SupervisorCore`], the sans-IO state machine: children, ordering, decisions,
 //!   API rules.
+//! - [`status`]: what operators see of a child ([`ServiceStatus`]); [`logs`]: each service's
+//!   recent output lines ([`LogLine`]); [`reload`]: applying a new `[supervisor]` table
+//!   ([`ReloadReport`]).
 //! - [`config`] and [`manifest`]: the `[supervisor]` table and `services_dir` manifests.
 //! - [`Supervisor`]: the actor that owns processes, actor children and timers; its API is in
 //!   [`messages`]. [`SupervisorRole`] is the role.
@@ -20,10 +23,13 @@
 pub mod actor_child;
 pub mod config;
 pub mod core;
+pub mod logs;
 pub mod manifest;
 pub mod messages;
 pub mod plan;
+pub mod reload;
 pub mod spec;
+pub mod status;
 
 mod actor;
 mod exec;
@@ -34,8 +40,11 @@ mod role;
 
 pub use actor::{nested_supervisor, Escalation, Supervisor, SupervisorSetup};
 pub use actor_child::{ActorFactory, ExitNotice};
-pub use config::SupervisorConfig;
+pub use config::{DefaultConfig, ServiceConfig, SupervisorConfig};
 pub use core::{ChildCounts, ChildError, ChildInfo, ChildStatus, SupervisorCore};
+pub use logs::{LogLine, ServiceLogs};
 pub use plan::{Backoff, Count, ExitReason, Plan, PlanElement, PlanFn};
+pub use reload::{ReloadFailure, ReloadReport};
 pub use role::SupervisorRole;
 pub use spec::{ChildSpec, ChildStart, ChildType, DefaultSpec, ProcessSpec, ReadyCheck};
+pub use status::{LastExit, ServiceState, ServiceStatus};

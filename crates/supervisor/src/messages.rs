@@ -1,14 +1,20 @@
 //! The supervisor's API: one actix message per director call, sent to
-//! [`Addr<Supervisor>`](crate::Supervisor) (published by the role in the node's registry).
+//! [`Addr<Supervisor>`](crate::Supervisor) (published by the role in the node's registry),
+//! and the operators' calls: statuses, restart, signals, recent output, adding a service from
+//! a config entry, and applying a new `[supervisor]` table.
 //! The ipc calls `push_config` and `invoke` are the core contract's
 //! [`PushConfig`](troupe_core::services::PushConfig) and
 //! [`Invoke`](troupe_core::services::Invoke) messages.
 
 use actix::Message;
 
+use crate::config::{ServiceConfig, SupervisorConfig};
 use crate::core::{ChildCounts, ChildError, ChildInfo};
+use crate::logs::ServiceLogs;
 use crate::plan::{Count, Plan};
+use crate::reload::ReloadReport;
 use crate::spec::{ChildSpec, DefaultSpec};
+use crate::status::ServiceStatus;
 
 /// Adds a child and starts it. Answers once it has started (its pid for a process, `None` for
 /// an actor or a child that waits for its `after` children).
@@ -83,3 +89,66 @@ pub struct GetDefaultChildSpec;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ChangeDefaultChildSpec(pub DefaultSpec);
+
+/// Every child's status, in the order added, followed by the recently deleted ones (at most
+/// [`TOMBSTONES`](crate::core::TOMBSTONES), oldest first).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ServiceStatus>")]
+pub struct ServiceStatuses;
+
+/// One child's status; a recently deleted id answers its last status (state `deleted`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ServiceStatus, ChildError>")]
+pub struct GetServiceStatus(pub String);
+
+/// An operator's restart: a running child is stopped (SIGTERM, terminate timeout, SIGKILL;
+/// not a crash: the plan and its counters are left alone) and started again at once; a child
+/// that is down is started now (an armed restart timer is cancelled); a child being stopped is
+/// started once it has stopped. Answers the new pid (`None` for an actor) once started.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<u32>, ChildError>")]
+pub struct RestartService(pub String);
+
+/// Sends a signal to a running process child's main process (not its group). An exit it
+/// causes is handled by the plan like any other.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ChildError>")]
+pub struct SignalChild {
+    /// The child.
+    pub id: String,
+    /// The signal number.
+    pub signal: i32,
+}
+
+/// A service's recent output lines, and optionally the lines that follow.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ServiceLogs, ChildError>")]
+pub struct GetLogs {
+    /// The child.
+    pub id: String,
+    /// How many of the latest lines.
+    pub lines: usize,
+    /// Also answer a receiver of every later line.
+    pub follow: bool,
+}
+
+/// Adds a service from a `[[supervisor.services]]` entry (checked as config services are; its
+/// `config.json` is `<state_dir>/<id>/config.json`) and starts it. Answers like
+/// [`StartChild`]. A reload does not touch it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<u32>, ChildError>")]
+pub struct AddService(pub ServiceConfig);
+
+/// Applies a new `[supervisor]` table: services from configuration are added, removed,
+/// restarted when their spec changed, or left alone; the default spec and the output ring
+/// bounds take effect; other changed keys are listed as needing a node restart. With
+/// `dry_run` nothing changes. Answers once the stops have completed and the starts have been
+/// issued.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ReloadReport, ChildError>")]
+pub struct ApplyConfig {
+    /// The new table.
+    pub config: SupervisorConfig,
+    /// Only report what would change.
+    pub dry_run: bool,
+}

@@ -366,6 +366,19 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Whether two plans decide alike: the same elements, a function element counting as the
+    /// same as another of the same name (functions cannot be compared, and a plan read from
+    /// configuration only holds the default plan's).
+    pub fn same_as(&self, other: &Plan) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|pair| match pair {
+                (PlanElement::Decide(a), PlanElement::Decide(b)) => a.name() == b.name(),
+                (a, b) => a == b,
+            })
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;

@@ -2,7 +2,7 @@
 //! `services_dir`, starts the [`Supervisor`] actor (publishing its address for other roles),
 //! and stops every child when the node stops.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -10,7 +10,7 @@ use troupe_core::services::ServiceChannels;
 use troupe_core::{ConfigError, Role, RoleContext, RoleError, Shutdown};
 
 use crate::actor::{Escalation, Supervisor, SupervisorSetup};
-use crate::config::{order_by_after, SupervisorConfig};
+use crate::config::{field_error, order_by_after, SupervisorConfig, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::manifest::{load_services_dir, Loaded};
 use crate::spec::ChildSpec;
 
@@ -55,33 +55,30 @@ impl Role for SupervisorRole {
                 ),
             ));
         }
-        if let Some(element) = config.default.plan.0.iter().find(
-            |e| matches!(e, crate::plan::PlanElement::RestartBackoff(b) if b.check().is_err()),
-        ) {
+        if config.log_lines > MAX_LOG_LINES {
             return Err(ConfigError::new(
-                "default.plan",
-                format!("invalid element {element}"),
+                "log_lines",
+                format!("must be at most {MAX_LOG_LINES} (0 keeps none)"),
             ));
         }
+        if config.log_bytes > MAX_LOG_BYTES {
+            return Err(ConfigError::new(
+                "log_bytes",
+                format!("must be at most {MAX_LOG_BYTES} (64 MiB; 0 keeps none)"),
+            ));
+        }
+        config
+            .default
+            .check()
+            .map_err(|e| field_error("default", &e))?;
         config.service_specs(&PathBuf::from("/")).map(|_| ())
     }
 
     async fn start(config: SupervisorConfig, ctx: RoleContext) -> Result<Self, RoleError> {
         let state_dir = config.state_dir(&ctx.node);
-        let mut children = config
-            .service_specs(&state_dir)
-            .map_err(|e| RoleError::new(e.within("supervisor")))?;
-        let mut failed = Vec::new();
-        if let Some(dir) = config.services_dir.clone() {
-            let limit = config.max_children.saturating_sub(children.len());
-            let loaded = actix_rt::task::spawn_blocking(move || load_services_dir(&dir, limit))
-                .await
-                .map_err(|e| RoleError::new(format!("loading services_dir: {e}")))?
-                .map_err(|e| RoleError::new(format!("supervisor.{e}")))?;
-            let (services, broken) = split_manifests(loaded, &children);
-            failed = broken;
-            children = order_manifests(children, services, &mut failed);
-        }
+        let (children, failed) = configured_children(&config, &state_dir)
+            .await
+            .map_err(RoleError::new)?;
         let channels = ctx.published.lookup::<ServiceChannels>();
         tracing::info!(
             services = children.len(),
@@ -96,8 +93,11 @@ impl Role for SupervisorRole {
             default: config.default.to_spec(),
             max_children: config.max_children,
             max_line_bytes: config.max_line_bytes,
+            log_lines: config.log_lines,
+            log_bytes: config.log_bytes,
             state_dir,
             channels,
+            config: Some(config),
         };
         let (stopped_tx, stopped) = oneshot::channel();
         let actor = Supervisor::new(setup, Escalation::Node(ctx.clone()), Some(stopped_tx)).start();
@@ -110,6 +110,30 @@ impl Role for SupervisorRole {
             let _ = self.stopped.await;
         }
     }
+}
+
+/// The children `config` describes, as the role starts them: config services, then the
+/// manifests of its `services_dir` (read off the arbiter), each after the services its `after`
+/// names; and the manifests that cannot be used, with why. Config services get their
+/// `config.json` under `state_dir`. The error is one line naming the key or the folder.
+pub(crate) async fn configured_children(
+    config: &SupervisorConfig,
+    state_dir: &Path,
+) -> Result<(Vec<ChildSpec>, Vec<(ChildSpec, String)>), String> {
+    let children = config
+        .service_specs(state_dir)
+        .map_err(|e| e.within("supervisor").to_string())?;
+    let Some(dir) = config.services_dir.clone() else {
+        return Ok((children, Vec::new()));
+    };
+    let limit = config.max_children.saturating_sub(children.len());
+    let loaded = actix_rt::task::spawn_blocking(move || load_services_dir(&dir, limit))
+        .await
+        .map_err(|e| format!("loading services_dir: {e}"))?
+        .map_err(|e| format!("supervisor.{e}"))?;
+    let (services, mut failed) = split_manifests(loaded, &children);
+    let children = order_manifests(children, services, &mut failed);
+    Ok((children, failed))
 }
 
 /// Good manifests, and broken ones (with duplicates of an id already used marked broken).
@@ -184,4 +208,47 @@ fn manifest_path(spec: &ChildSpec) -> String {
 
 fn placeholder(id: &str) -> ChildSpec {
     ChildSpec::process(id, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_ring_bounds_are_validated_by_key() {
+        let ok = SupervisorConfig {
+            log_lines: 0,
+            log_bytes: 0,
+            ..SupervisorConfig::default()
+        };
+        assert!(SupervisorRole::validate(&ok).is_ok());
+        let lines = SupervisorConfig {
+            log_lines: MAX_LOG_LINES + 1,
+            ..SupervisorConfig::default()
+        };
+        assert_eq!(
+            SupervisorRole::validate(&lines).unwrap_err().key,
+            "log_lines"
+        );
+        let bytes = SupervisorConfig {
+            log_bytes: MAX_LOG_BYTES + 1,
+            ..SupervisorConfig::default()
+        };
+        assert_eq!(
+            SupervisorRole::validate(&bytes).unwrap_err().key,
+            "log_bytes"
+        );
+        let mut default = SupervisorConfig::default();
+        default.default.plan = crate::plan::Plan(vec![crate::plan::PlanElement::RestartBackoff(
+            crate::plan::Backoff {
+                initial_ms: 10,
+                factor: 2.0,
+                max_ms: 1,
+                reset_after_ms: None,
+            },
+        )]);
+        let err = SupervisorRole::validate(&default).unwrap_err();
+        assert_eq!(err.key, "default.plan");
+        assert!(err.message.starts_with("invalid element"), "{err}");
+    }
 }

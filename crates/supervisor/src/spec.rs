@@ -255,6 +255,28 @@ impl ChildSpec {
         }
     }
 
+    /// Whether `self` and `other` run alike: every field equal, plans compared with
+    /// [`Plan::same_as`], readiness patterns by their text. Process children compare their
+    /// whole [`ProcessSpec`] (command, arguments, environment, working directory, log file,
+    /// `config.json` path); actor children are the same only when they share one factory.
+    pub fn same_as(&self, other: &ChildSpec) -> bool {
+        let start = match (&self.start, &other.start) {
+            (ChildStart::Process(a), ChildStart::Process(b)) => a == b,
+            (ChildStart::Actor(a), ChildStart::Actor(b)) => a.same_factory(b),
+            _ => false,
+        };
+        start
+            && self.id == other.id
+            && self.plan.same_as(&other.plan)
+            && self.count == other.count
+            && self.terminate_timeout == other.terminate_timeout
+            && self.child_type == other.child_type
+            && self.append == other.append
+            && self.after == other.after
+            && self.ready == other.ready
+            && self.start_timeout == other.start_timeout
+    }
+
     /// Checks what the types cannot; the message names the field.
     pub fn check(&self) -> Result<(), String> {
         check_id(&self.id)?;

@@ -1,17 +1,24 @@
-//! The supervisor's API handlers: director's calls, answered from the core, and the ipc
-//! contract's `push_config` / `invoke`, forwarded to the hub.
+//! The supervisor's API handlers: director's calls, answered from the core; the operators'
+//! calls (statuses, restart, signals, recent output, adding a service, reloading the
+//! configuration); and the ipc contract's `push_config` / `invoke`, forwarded to the hub.
 
 use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 use troupe_core::services::{ChannelError, Invoke, PushConfig};
+use troupe_core::Role;
 
 use super::Supervisor;
+use crate::config::SupervisorConfig;
 use crate::core::ChildError;
 use crate::core::Command;
+use crate::logs::ServiceLogs;
 use crate::messages::*;
+use crate::reload::{ReloadFailure, ReloadReport};
+use crate::role::{configured_children, SupervisorRole};
 use crate::spec::ChildSpec;
+use crate::status::ServiceStatus;
 
 impl Supervisor {
     /// Runs an API call that may start a child, answering once it has started.
@@ -95,7 +102,9 @@ impl Handler<DeleteChild> for Supervisor {
     type Result = Result<(), ChildError>;
 
     fn handle(&mut self, msg: DeleteChild, _: &mut Self::Context) -> Self::Result {
-        self.core.delete_child(&msg.0)
+        self.core.delete_child(&msg.0)?;
+        self.forget_if_deleted(&msg.0);
+        Ok(())
     }
 }
 
@@ -207,5 +216,265 @@ impl Handler<Invoke> for Supervisor {
                 )))
             })
         })
+    }
+}
+
+impl Handler<ServiceStatuses> for Supervisor {
+    type Result = MessageResult<ServiceStatuses>;
+
+    fn handle(&mut self, _: ServiceStatuses, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.service_statuses(Instant::now()))
+    }
+}
+
+impl Handler<GetServiceStatus> for Supervisor {
+    type Result = Result<ServiceStatus, ChildError>;
+
+    fn handle(&mut self, msg: GetServiceStatus, _: &mut Self::Context) -> Self::Result {
+        self.core.service_status(&msg.0, Instant::now())
+    }
+}
+
+impl Handler<RestartService> for Supervisor {
+    type Result = ResponseFuture<Result<Option<u32>, ChildError>>;
+
+    fn handle(&mut self, msg: RestartService, ctx: &mut Self::Context) -> Self::Result {
+        let (commands, generation) = match self.core.restart_service(&msg.0, Instant::now()) {
+            Ok(planned) => planned,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.start_waiters
+            .entry((msg.0, generation))
+            .or_default()
+            .push(tx);
+        self.execute(commands, ctx);
+        Box::pin(async move { rx.await.unwrap_or(Err(ChildError::Stopping)) })
+    }
+}
+
+impl Handler<SignalChild> for Supervisor {
+    type Result = Result<(), ChildError>;
+
+    fn handle(&mut self, msg: SignalChild, _: &mut Self::Context) -> Self::Result {
+        let SignalChild { id, signal } = msg;
+        let pid = self.core.signal_target(&id, signal)?;
+        // The core names a pid only while its process is not reaped, so it cannot have been
+        // reused by another process.
+        let pid_t = libc::pid_t::try_from(pid).map_err(|_| ChildError::NotRunning(id.clone()))?;
+        // SAFETY: kill(2) takes plain integers and has no memory effects.
+        if unsafe { libc::kill(pid_t, signal) } == 0 {
+            tracing::info!(id, pid, signal, "signal sent to child on request");
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ESRCH) {
+            return Err(ChildError::NotRunning(id));
+        }
+        Err(ChildError::Failed(
+            id,
+            format!("cannot send signal {signal} to process {pid}: {error}"),
+        ))
+    }
+}
+
+impl Handler<GetLogs> for Supervisor {
+    type Result = Result<ServiceLogs, ChildError>;
+
+    fn handle(&mut self, msg: GetLogs, _: &mut Self::Context) -> Self::Result {
+        if self.core.spec(&msg.id).is_none() {
+            return Err(ChildError::NotFound(msg.id));
+        }
+        Ok(self.ring(&msg.id).snapshot(msg.lines, msg.follow))
+    }
+}
+
+impl Handler<AddService> for Supervisor {
+    type Result = ResponseFuture<Result<Option<u32>, ChildError>>;
+
+    fn handle(&mut self, msg: AddService, ctx: &mut Self::Context) -> Self::Result {
+        let Some(id) = msg.0.id.clone() else {
+            return Box::pin(std::future::ready(Err(ChildError::Invalid(
+                "id: missing".into(),
+            ))));
+        };
+        let config_path = self.state_dir.join(&id).join("config.json");
+        let result = match msg.0.to_spec(&id, None, config_path) {
+            Ok(spec) => self.core.start_child(spec, Instant::now()),
+            Err(e) => Err(ChildError::Invalid(e)),
+        };
+        self.start_call(id, result, ctx)
+    }
+}
+
+/// First step of a reload, on the actor: decide, and start the stops.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadStep, ChildError>")]
+struct ReloadStart {
+    config: SupervisorConfig,
+    dry_run: bool,
+    desired: Vec<ChildSpec>,
+    broken: Vec<(ChildSpec, String)>,
+}
+
+enum ReloadStep {
+    /// Nothing more to do (a dry run).
+    Done(ReloadReport),
+    /// Once every receiver has fired (the stops are done), send [`ReloadFinish`].
+    Stopping {
+        stopped: Vec<oneshot::Receiver<()>>,
+        finish: ReloadFinish,
+    },
+}
+
+/// Last step of a reload, once the stops are done: add and start.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, ChildError>")]
+struct ReloadFinish {
+    report: ReloadReport,
+    add: Vec<ChildSpec>,
+    add_failed: Vec<(ChildSpec, String)>,
+}
+
+impl Handler<ApplyConfig> for Supervisor {
+    type Result = ResponseFuture<Result<ReloadReport, ChildError>>;
+
+    fn handle(&mut self, msg: ApplyConfig, ctx: &mut Self::Context) -> Self::Result {
+        if self.core.is_stopping() {
+            return Box::pin(std::future::ready(Err(ChildError::Stopping)));
+        }
+        if let Err(e) = SupervisorRole::validate(&msg.config) {
+            let e = e.within("supervisor");
+            return Box::pin(std::future::ready(Err(ChildError::Invalid(format!(
+                "{}: {}",
+                e.key, e.message
+            )))));
+        }
+        let lock = self.reload_lock.clone();
+        let state_dir = self.state_dir.clone();
+        let me = ctx.address();
+        Box::pin(async move {
+            // Reloads run one after the other; the actor keeps serving meanwhile.
+            let _one_at_a_time = lock.lock().await;
+            let (desired, broken) = configured_children(&msg.config, &state_dir)
+                .await
+                .map_err(ChildError::Invalid)?;
+            let start = ReloadStart {
+                config: msg.config,
+                dry_run: msg.dry_run,
+                desired,
+                broken,
+            };
+            match me.send(start).await.map_err(|_| ChildError::Stopping)?? {
+                ReloadStep::Done(report) => Ok(report),
+                ReloadStep::Stopping { stopped, finish } => {
+                    // Each stop ends within its terminate timeout (then SIGKILL).
+                    futures::future::join_all(stopped).await;
+                    me.send(finish).await.map_err(|_| ChildError::Stopping)?
+                }
+            }
+        })
+    }
+}
+
+impl Handler<ReloadStart> for Supervisor {
+    type Result = Result<ReloadStep, ChildError>;
+
+    fn handle(&mut self, msg: ReloadStart, ctx: &mut Self::Context) -> Self::Result {
+        if self.core.is_stopping() {
+            return Err(ChildError::Stopping);
+        }
+        let default = msg.config.default.to_spec();
+        let plan = self
+            .core
+            .plan_reload(&self.configured, msg.desired, msg.broken, &default);
+        let mut report = plan.report;
+        report.needs_restart = self.restart_only.changed_in(&msg.config);
+        if msg.dry_run {
+            return Ok(ReloadStep::Done(report));
+        }
+        tracing::info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            changed = ?report.changed,
+            unchanged = report.unchanged.len(),
+            failed = report.failed.len(),
+            needs_restart = ?report.needs_restart,
+            "applying a new configuration"
+        );
+        for failure in &report.failed {
+            tracing::error!(id = %failure.id, reason = %failure.error, "service not applied");
+        }
+        self.core.change_default_spec(default);
+        self.set_ring_limits(msg.config.log_lines, msg.config.log_bytes);
+        self.configured = plan.configured;
+        self.replacing = plan
+            .add
+            .iter()
+            .map(|spec| spec.id.clone())
+            .chain(plan.add_failed.iter().map(|(spec, _)| spec.id.clone()))
+            .collect();
+        let mut stopped = Vec::new();
+        for id in &plan.retire {
+            let commands = self.core.retire(id);
+            if self.instances.contains_key(id) {
+                let (tx, rx) = oneshot::channel();
+                self.stop_waiters.entry(id.clone()).or_default().push(tx);
+                stopped.push(rx);
+            }
+            self.after_child_event(id);
+            self.execute(commands, ctx);
+        }
+        Ok(ReloadStep::Stopping {
+            stopped,
+            finish: ReloadFinish {
+                report,
+                add: plan.add,
+                add_failed: plan.add_failed,
+            },
+        })
+    }
+}
+
+impl Handler<ReloadFinish> for Supervisor {
+    type Result = Result<ReloadReport, ChildError>;
+
+    fn handle(&mut self, msg: ReloadFinish, ctx: &mut Self::Context) -> Self::Result {
+        let ReloadFinish {
+            mut report,
+            add,
+            add_failed,
+        } = msg;
+        let replacing = std::mem::take(&mut self.replacing);
+        if !self.core.is_stopping() {
+            for (spec, reason) in add_failed {
+                let id = spec.id.clone();
+                tracing::error!(id, %reason, "service cannot start");
+                if let Err(e) = self.core.add_failed(spec, reason) {
+                    tracing::error!(id, error = %e, "service not added");
+                }
+            }
+            for spec in add {
+                let id = spec.id.clone();
+                if let Err(e) = self.core.add(spec) {
+                    tracing::error!(id, error = %e, "service not added");
+                    report.added.retain(|a| *a != id);
+                    report.changed.retain(|c| *c != id);
+                    report.failed.push(ReloadFailure {
+                        id,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        for id in &replacing {
+            self.forget_if_deleted(id);
+        }
+        if self.core.is_stopping() {
+            return Err(ChildError::Stopping);
+        }
+        let commands = self.core.start_all(Instant::now());
+        self.execute(commands, ctx);
+        Ok(report)
     }
 }

@@ -4,11 +4,11 @@
 
 mod api;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use futures::FutureExt;
@@ -18,10 +18,13 @@ use troupe_core::services::{ServiceChannels, ServiceLifecycle, ENV_IPC_SOCKET, E
 use troupe_core::{RoleContext, Shutdown};
 
 use crate::actor_child::{ActorExited, ActorStarted, ExitNotice};
+use crate::config::SupervisorConfig;
 use crate::core::{ChildError, Command, SupervisorCore};
+use crate::logs::{LogLine, LogRing};
 use crate::output::{read_lines, LogFiles};
 use crate::plan::ExitReason;
 use crate::process::{self, expand_exe, signal_group, Launch, Spawned};
+use crate::reload::RestartOnly;
 use crate::spec::{ChildSpec, ChildStart, DefaultSpec, ReadyCheck};
 
 /// Where the supervisor's escalation goes.
@@ -45,10 +48,20 @@ pub struct SupervisorSetup {
     pub max_children: usize,
     /// Longest output line kept whole.
     pub max_line_bytes: usize,
+    /// Recent output lines kept per service for [`GetLogs`](crate::messages::GetLogs) (0: none).
+    pub log_lines: usize,
+    /// Bytes of recent output text kept per service.
+    pub log_bytes: usize,
     /// Where `config.json` lives for children that name none.
     pub state_dir: PathBuf,
     /// The ipc hub's service channels, when the ipc role runs on the node.
     pub channels: Option<ServiceChannels>,
+    /// The `[supervisor]` table `children` and `failed` were built from, if they come from
+    /// configuration: they are then the services that
+    /// [`ApplyConfig`](crate::messages::ApplyConfig) replaces, and the keys that need a node
+    /// restart are compared with it. `None`: children built in code, which a reload leaves
+    /// alone.
+    pub config: Option<SupervisorConfig>,
 }
 
 /// A child generation the actor holds resources for.
@@ -93,6 +106,7 @@ struct OutputReader {
     generation: u64,
     ready_line: Option<regex::Regex>,
     logs: Option<(LogFiles, Arc<crate::spec::LogFileSpec>)>,
+    ring: Arc<LogRing>,
 }
 
 /// The supervisor actor. Its API is in [`crate::messages`].
@@ -109,6 +123,18 @@ pub struct Supervisor {
     escalation: Option<Escalation>,
     log_files: Option<LogFiles>,
     max_line_bytes: usize,
+    /// Each child's recent output, created at its first start or read; dropped with it.
+    rings: HashMap<String, Arc<LogRing>>,
+    /// Bounds of the rings: lines, bytes.
+    ring_limits: (usize, usize),
+    /// Children that came from configuration, which a reload replaces.
+    configured: Vec<String>,
+    /// The running values of the keys only a node restart changes.
+    restart_only: RestartOnly,
+    /// One reload at a time.
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Services a reload is replacing (stopped, then added again): their rings are kept.
+    replacing: HashSet<String>,
     state_dir: PathBuf,
     span: tracing::Span,
     stopped: Option<oneshot::Sender<()>>,
@@ -122,6 +148,22 @@ impl Supervisor {
         escalation: Escalation,
         stopped: Option<oneshot::Sender<()>>,
     ) -> Self {
+        let configured = match &setup.config {
+            Some(_) => setup
+                .children
+                .iter()
+                .map(|c| c.id.clone())
+                .chain(setup.failed.iter().map(|(c, _)| c.id.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        let restart_only =
+            RestartOnly::of(&setup.config.clone().unwrap_or_else(|| SupervisorConfig {
+                max_children: setup.max_children,
+                max_line_bytes: setup.max_line_bytes,
+                state_dir: setup.state_dir.to_string_lossy().into_owned(),
+                ..SupervisorConfig::default()
+            }));
         Supervisor {
             core: SupervisorCore::new(setup.default, setup.max_children, Instant::now()),
             setup_children: setup.children,
@@ -134,6 +176,12 @@ impl Supervisor {
             escalation: Some(escalation),
             log_files: None,
             max_line_bytes: setup.max_line_bytes,
+            rings: HashMap::new(),
+            ring_limits: (setup.log_lines, setup.log_bytes),
+            configured,
+            restart_only,
+            reload_lock: Arc::default(),
+            replacing: HashSet::new(),
             state_dir: setup.state_dir,
             span: tracing::Span::current(),
             stopped,
@@ -282,7 +330,7 @@ impl Supervisor {
                     Err(ChildError::Failed(id.clone(), error.clone())),
                 );
                 let commands = self.core.on_spawn_failed(&id, generation, error, now);
-                self.resolve_stop_waiters(&id);
+                self.after_child_event(&id);
                 self.execute(commands, ctx);
                 return;
             }
@@ -317,6 +365,7 @@ impl Supervisor {
             None => None,
         };
         let service: Arc<str> = Arc::from(id.as_str());
+        let ring = self.ring(&id);
         let mut closed = Vec::new();
         for (stream, fd) in [("stdout", spawned.stdout), ("stderr", spawned.stderr)] {
             let Some(fd) = fd else { continue };
@@ -329,6 +378,7 @@ impl Supervisor {
                 generation,
                 ready_line: ready_line.clone(),
                 logs: logs.clone(),
+                ring: ring.clone(),
             };
             self.read_output(reader, fd, done, ctx);
         }
@@ -386,11 +436,19 @@ impl Supervisor {
             generation,
             mut ready_line,
             logs,
+            ring,
         } = reader;
         let id = service.clone();
         let on_line = move |line: &[u8]| {
             let text = String::from_utf8_lossy(line);
             tracing::info!(target: "troupe_supervisor::output", service = %id, stream, pid, "{text}");
+            ring.push_with(|| LogLine {
+                at_unix_ms: unix_ms_now(),
+                stream,
+                generation,
+                pid,
+                text: text.clone().into_owned(),
+            });
             if let Some((writer, file)) = &logs {
                 writer.write(file, line);
             }
@@ -411,6 +469,23 @@ impl Supervisor {
             }
             let _ = done.send(());
         });
+    }
+
+    /// Child `id`'s ring of recent output (created empty if it has none yet).
+    fn ring(&mut self, id: &str) -> Arc<LogRing> {
+        let (lines, bytes) = self.ring_limits;
+        self.rings
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(LogRing::new(lines, bytes)))
+            .clone()
+    }
+
+    /// New ring bounds, for every ring from now on.
+    fn set_ring_limits(&mut self, lines: usize, bytes: usize) {
+        self.ring_limits = (lines, bytes);
+        for ring in self.rings.values() {
+            ring.set_limits(lines, bytes);
+        }
     }
 
     fn log_files(&mut self) -> Option<LogFiles> {
@@ -584,7 +659,7 @@ impl Supervisor {
             });
         }
         let commands = self.core.on_exit(&id, generation, reason, Instant::now());
-        self.resolve_stop_waiters(&id);
+        self.after_child_event(&id);
         self.execute(commands, ctx);
     }
 
@@ -595,6 +670,42 @@ impl Supervisor {
             .unwrap_or_default()
         {
             let _ = waiter.send(result.clone());
+        }
+    }
+
+    /// After an exit of child `id`: answers the calls its exit settles (stops done, starts
+    /// that will not happen) and drops its ring if it was deleted.
+    fn after_child_event(&mut self, id: &str) {
+        self.resolve_stop_waiters(id);
+        let stale: Vec<(String, u64)> = self
+            .start_waiters
+            .keys()
+            .filter(|(waiting, generation)| {
+                waiting == id && !self.core.awaits_start(id, *generation)
+            })
+            .cloned()
+            .collect();
+        for key in stale {
+            let error = if self.core.is_stopping() {
+                ChildError::Stopping
+            } else if self.core.spec(id).is_some() {
+                ChildError::NotRunning(id.to_string())
+            } else {
+                ChildError::NotFound(id.to_string())
+            };
+            for waiter in self.start_waiters.remove(&key).unwrap_or_default() {
+                let _ = waiter.send(Err(error.clone()));
+            }
+        }
+        self.forget_if_deleted(id);
+    }
+
+    /// Drops what is kept about child `id` if it is no longer known: its ring, and its place
+    /// among the configured children (an API child may take the id later).
+    fn forget_if_deleted(&mut self, id: &str) {
+        if self.core.spec(id).is_none() && !self.replacing.contains(id) {
+            self.rings.remove(id);
+            self.configured.retain(|c| c != id);
         }
     }
 
@@ -825,9 +936,17 @@ impl Handler<ActorExited> for Supervisor {
             );
         }
         let commands = self.core.on_exit(&id, generation, reason, Instant::now());
-        self.resolve_stop_waiters(&id);
+        self.after_child_event(&id);
         self.execute(commands, ctx);
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// A child that is itself a supervisor of `setup`'s children, run as an actor on its own

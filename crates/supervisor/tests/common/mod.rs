@@ -24,8 +24,11 @@ pub fn setup(children: Vec<ChildSpec>, channels: Option<ServiceChannels>) -> Sup
         default: DefaultSpec::default(),
         max_children: 100,
         max_line_bytes: 4096,
+        log_lines: 1000,
+        log_bytes: 1 << 20,
         state_dir: std::env::temp_dir().join(format!("troupe-sv-test-{}", std::process::id())),
         channels,
+        config: None,
     }
 }
 

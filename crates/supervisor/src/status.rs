@@ -1,0 +1,224 @@
+//! What operators see of a child: its state in plain words, the current run (pid, generation,
+//! start time), where it is in its plan, how its last run ended and the spec it runs with, in
+//! the keys of a `[[supervisor.services]]` entry. Built by the core
+//! ([`SupervisorCore::service_statuses`](crate::SupervisorCore::service_statuses)).
+
+use serde::Serialize;
+
+use crate::plan::ExitReason;
+use crate::spec::{ChildSpec, ChildStart, ChildType, ReadyCheck};
+
+/// A child's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Spawned (or being spawned); its readiness check has not passed yet.
+    Starting,
+    /// Up; it has no readiness check.
+    Running,
+    /// Up, and its readiness check passed.
+    Ready,
+    /// Being stopped.
+    Stopping,
+    /// Down; `waiting_for` says until what.
+    Waiting,
+    /// Cannot be started (`failure` says why).
+    Failed,
+    /// Removed (plan `delete`, `delete_child` or a reload); kept for a while for operators.
+    Deleted,
+}
+
+/// How a child's last run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastExit {
+    /// The reason, as the logs show it (for a failed readiness check: `not ready within N ms`).
+    pub reason: String,
+    /// Exit status, when the process exited.
+    pub status: Option<i32>,
+    /// Signal number, when the process was killed by one.
+    pub signal: Option<i32>,
+    /// Its name, e.g. `SIGTERM`.
+    pub signal_name: Option<String>,
+    /// When the exit was handled, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The supervisor or an operator asked for this stop (not a crash).
+    pub requested: bool,
+}
+
+impl LastExit {
+    /// An exit shown as `shown` (what the plan was applied to) that happened as `actual`.
+    pub(crate) fn new(
+        shown: &ExitReason,
+        actual: &ExitReason,
+        at_unix_ms: u64,
+        requested: bool,
+    ) -> Self {
+        let signal = actual.signal();
+        LastExit {
+            reason: shown.to_string(),
+            status: actual.status(),
+            signal,
+            signal_name: signal.and_then(signal_name),
+            at_unix_ms,
+            requested,
+        }
+    }
+}
+
+/// One child, for operators.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceStatus {
+    /// The child's id.
+    pub id: String,
+    /// `process` or `actor`.
+    pub kind: &'static str,
+    /// Worker or supervisor.
+    pub child_type: ChildType,
+    /// Its state.
+    pub state: ServiceState,
+    /// For [`ServiceState::Waiting`]: `restart` (a restart timer is armed), `after` (it waits
+    /// for the children named in its `after`), `start` (down until started: plan `wait`, or
+    /// stopped by an operator).
+    pub waiting_for: Option<&'static str>,
+    /// Time left before the armed restart timer fires.
+    pub restart_in_ms: Option<u64>,
+    /// For [`ServiceState::Failed`]: why it cannot start.
+    pub failure: Option<String>,
+    /// Process id of the current run.
+    pub pid: Option<u32>,
+    /// Generation of the current or last run (0: never started).
+    pub generation: u64,
+    /// Start of the current run, in milliseconds since the Unix epoch.
+    pub started_at_unix_ms: Option<u64>,
+    /// Age of the current run.
+    pub uptime_ms: Option<u64>,
+    /// Restarts its plan has decided so far.
+    pub restarts: u64,
+    /// The plan, as `get_plan` shows it.
+    pub plan: String,
+    /// Index (from 0) of the plan element the next unplanned exit will use.
+    pub plan_position: usize,
+    /// Number of elements in the plan.
+    pub plan_length: usize,
+    /// Completed runs of the whole plan.
+    pub cycle: u64,
+    /// How many times the plan may run.
+    pub count: String,
+    /// How its last run ended.
+    pub last_exit: Option<LastExit>,
+    /// The spec as it runs (merged with the default when it appends), in the keys of a
+    /// `[[supervisor.services]]` entry; for an actor `{id, kind, plan, count,
+    /// terminate_timeout_ms, type}`.
+    pub spec: serde_json::Value,
+}
+
+/// The name of signal `signal` (`SIGTERM`, `SIGRTMIN+3`), if it is one.
+pub fn signal_name(signal: i32) -> Option<String> {
+    if let Ok(known) = nix::sys::signal::Signal::try_from(signal) {
+        return Some(known.as_str().to_string());
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    (min..=max)
+        .contains(&signal)
+        .then(|| format!("SIGRTMIN+{}", signal - min))
+}
+
+/// Whether `signal` is a signal number that can be sent (1 to `SIGRTMAX`).
+pub fn is_signal(signal: i32) -> bool {
+    (1..=libc::SIGRTMAX()).contains(&signal)
+}
+
+/// `spec` in the keys of a `[[supervisor.services]]` entry (every key, `null` when unset).
+/// A plan function shows as `"fn:<name>"`.
+pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
+    use serde_json::json;
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match &spec.start {
+        ChildStart::Actor(_) => json!({
+            "id": spec.id,
+            "kind": "actor",
+            "plan": spec.plan,
+            "count": spec.count,
+            "terminate_timeout_ms": millis(spec.terminate_timeout),
+            "type": spec.child_type,
+        }),
+        ChildStart::Process(p) => {
+            let ready = spec.ready.as_ref().map(|r| match r {
+                ReadyCheck::Tcp(addr) => json!({ "tcp": addr }),
+                ReadyCheck::LogLine(re) => json!({ "log_line": re.as_str() }),
+                ReadyCheck::Exec(argv) => json!({ "exec": argv }),
+            });
+            json!({
+                "id": spec.id,
+                "command": p.command,
+                "args": p.args,
+                "env": p.env,
+                "inherit_env": p.inherit_env,
+                "cwd": p.cwd.as_ref().map(|c| c.to_string_lossy()),
+                "plan": spec.plan,
+                "count": spec.count,
+                "terminate_timeout_ms": millis(spec.terminate_timeout),
+                "type": spec.child_type,
+                "append": spec.append,
+                "after": spec.after,
+                "ready": ready,
+                "start_timeout_ms": millis(spec.start_timeout),
+                "log_file": p.log_file,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServiceConfig;
+
+    #[test]
+    fn signals_have_names_and_bounds() {
+        assert_eq!(signal_name(15).as_deref(), Some("SIGTERM"));
+        assert_eq!(signal_name(9).as_deref(), Some("SIGKILL"));
+        assert_eq!(
+            signal_name(libc::SIGRTMIN() + 1).as_deref(),
+            Some("SIGRTMIN+1")
+        );
+        assert_eq!(signal_name(0), None);
+        assert_eq!(signal_name(1000), None);
+        assert!(is_signal(libc::SIGUSR1));
+        assert!(!is_signal(0) && !is_signal(-1) && !is_signal(libc::SIGRTMAX() + 1));
+    }
+
+    #[test]
+    fn a_process_spec_reads_back_as_a_service_entry() {
+        let entry: ServiceConfig = serde_json::from_value(serde_json::json!({
+            "id": "web",
+            "command": "/bin/web",
+            "args": ["-p", "80"],
+            "env": {"MODE": "x"},
+            "cwd": "/srv",
+            "plan": ["restart", {"restart_after_ms": 100}],
+            "count": "infinity",
+            "after": [],
+            "ready": {"log_line": "listening"},
+            "start_timeout_ms": 2000,
+            "log_file": {"path": "/tmp/web.log"}
+        }))
+        .unwrap();
+        let spec = entry
+            .to_spec("web", None, "/state/web/config.json".into())
+            .unwrap();
+        let shown = spec_json(&spec);
+        assert_eq!(shown["terminate_timeout_ms"], 1000);
+        assert_eq!(shown["type"], "worker");
+        assert_eq!(shown["ready"]["log_line"], "listening");
+        // Every key of an entry, and it parses back to the same entry.
+        let again: ServiceConfig = serde_json::from_value(shown).unwrap();
+        assert_eq!(
+            again,
+            ServiceConfig {
+                terminate_timeout_ms: Some(1000),
+                ..entry
+            }
+        );
+    }
+}
