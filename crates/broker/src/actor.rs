@@ -1,6 +1,8 @@
 //! The control plane: the `broker` role and its actor. The actor owns the handle on the
-//! socket thread, answers stats queries, registers the broker's endpoints with the cluster's
-//! beacons when the node has them, and on stop deregisters, then drains the broker.
+//! socket thread, answers stats queries ([`GetStats`]), applies live service updates
+//! ([`UpdateServices`]), registers the broker's endpoints with the cluster's beacons when the
+//! node has them (and keeps them in step with the updates), and on stop deregisters, then
+//! drains the broker.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use crate::discovery;
 use crate::engine::BrokerStats;
 use crate::error::BrokerError;
 use crate::socket_loop::{self, BoundEndpoints, BrokerHandle};
+use crate::update::ServicesUpdate;
 
 /// Longest wait for the cluster client to take an endpoint change.
 const CLUSTER_CALL: Duration = Duration::from_secs(1);
@@ -23,6 +26,8 @@ pub struct BrokerActor {
     handle: BrokerHandle,
     endpoints: BoundEndpoints,
     drain_timeout: Duration,
+    /// The host registered for sockets bound to every interface (`broker.advertise_host`).
+    advertise_host: String,
     /// The cluster client and the endpoint names registered with it.
     registered: Option<(Addr<BeaconClient>, Vec<String>)>,
 }
@@ -31,7 +36,9 @@ impl Actor for BrokerActor {
     type Context = Context<Self>;
 }
 
-/// Asks for the broker's counters.
+/// Asks for the broker's counters and the operator's view of its services and workers (each
+/// Paranoid Pirate service's bound addresses, each worker's framing, credit, held requests and
+/// silence).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<BrokerStats, BrokerError>")]
 pub struct GetStats;
@@ -42,6 +49,69 @@ impl Handler<GetStats> for BrokerActor {
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
         let handle = self.handle.clone();
         Box::pin(async move { handle.stats().await })
+    }
+}
+
+/// Changes the broker's Paranoid Pirate services to those of `config` while it runs (a
+/// reload), or with `dry_run` only reports what would change. See [`crate::update`] for what
+/// each kind of change does. Services whose sockets are bound or moved are registered with
+/// the cluster client, removed ones withdrawn, when the broker registered at start.
+///
+/// Errors: [`BrokerError::Config`] for an invalid table, [`BrokerError::ServiceBind`] when a
+/// socket cannot be bound (nothing changed), [`BrokerError::Draining`] once stopping.
+/// Updates are applied one at a time.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<ServicesUpdate, BrokerError>")]
+pub struct UpdateServices {
+    /// The new `[broker]` table.
+    pub config: BrokerConfig,
+    /// Report only; change nothing.
+    pub dry_run: bool,
+}
+
+impl Handler<UpdateServices> for BrokerActor {
+    type Result = AtomicResponse<Self, Result<ServicesUpdate, BrokerError>>;
+
+    fn handle(&mut self, update: UpdateServices, _: &mut Self::Context) -> Self::Result {
+        let handle = self.handle.clone();
+        let cluster = self.registered.as_ref().map(|(cluster, _)| cluster.clone());
+        let advertise_host = self.advertise_host.clone();
+        let UpdateServices { config, dry_run } = update;
+        AtomicResponse::new(Box::pin(
+            async move {
+                let applied = handle.update(config, dry_run).await?;
+                let registration = match cluster {
+                    Some(cluster) if !dry_run => {
+                        let (add, remove) = discovery::registration_changes(
+                            &applied,
+                            &advertise_host,
+                            &discovery::host_name(),
+                        );
+                        Some(update_registration(&cluster, add, remove).await)
+                    }
+                    _ => None,
+                };
+                Ok((applied, registration))
+            }
+            .into_actor(self)
+            .map(move |result, actor, _| {
+                let (applied, registration) = result?;
+                if !dry_run {
+                    actor.endpoints = applied.endpoints;
+                }
+                if let (Some((_, names)), Some((added, removed))) =
+                    (actor.registered.as_mut(), registration)
+                {
+                    names.retain(|name| !removed.contains(name));
+                    for name in added {
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                Ok(applied.report)
+            }),
+        ))
     }
 }
 
@@ -129,6 +199,7 @@ impl Role for BrokerRole {
         warn_if_drain_outlasts_shutdown(&config, &ctx);
         let drain_timeout = config.drain_timeout.get();
         let advertise_host = config.advertise_host.clone();
+        let advertised_at = advertise_host.clone();
         let (handle, endpoints) = socket_loop::start(config, tracing::Span::current())
             .await
             .map_err(RoleError::new)?;
@@ -160,6 +231,7 @@ impl Role for BrokerRole {
             handle,
             endpoints,
             drain_timeout,
+            advertise_host: advertised_at,
             registered,
         }
         .start();
@@ -194,6 +266,38 @@ async fn register(
             None
         }
     }
+}
+
+/// Withdraws the endpoints named in `remove`, then adds `add`; returns the names of those the
+/// cluster client took, added and removed. A refusal is logged: the broker serves all the same.
+async fn update_registration(
+    cluster: &Addr<BeaconClient>,
+    add: BTreeMap<String, String>,
+    remove: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut removed = Vec::new();
+    if !remove.is_empty() {
+        match tokio::time::timeout(CLUSTER_CALL, cluster.send(RemoveEndpoints(remove.clone())))
+            .await
+        {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(endpoints = ?remove, "broker endpoints removed from the cluster");
+                removed = remove;
+            }
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(%err, endpoints = ?remove, "the cluster client refused to remove broker endpoints");
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(endpoints = ?remove, "the cluster client did not remove broker endpoints");
+            }
+        }
+    }
+    let added = if add.is_empty() {
+        Vec::new()
+    } else {
+        register(cluster, add).await.unwrap_or_default()
+    };
+    (added, removed)
 }
 
 /// Removes the broker's endpoints from the node's registration, so that no new client finds

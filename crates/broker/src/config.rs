@@ -227,7 +227,9 @@ impl BrokerConfig {
         let mut names = HashSet::from([self.service.as_str()]);
         let mut endpoints = HashSet::new();
         let mut claim = |endpoint: &ZmqEndpoint, key: String| {
-            if is_wildcard_port(endpoint) || endpoints.insert(endpoint.as_str().to_string()) {
+            if is_wildcard_port(endpoint.as_str())
+                || endpoints.insert(endpoint.as_str().to_string())
+            {
                 Ok(())
             } else {
                 Err(ConfigError::new(
@@ -275,8 +277,9 @@ impl BrokerConfig {
     }
 }
 
-fn is_wildcard_port(endpoint: &ZmqEndpoint) -> bool {
-    endpoint.as_str().ends_with(":*") || endpoint.as_str().ends_with(":0")
+/// Whether `endpoint` lets the system choose the port (`:*` or `:0`).
+pub(crate) fn is_wildcard_port(endpoint: &str) -> bool {
+    endpoint.ends_with(":*") || endpoint.ends_with(":0")
 }
 
 fn positive(value: Duration, key: &str) -> Result<(), ConfigError> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::socket_loop::BoundEndpoints;
+use crate::socket_loop::{BoundEndpoints, ServicesApplied};
 
 /// Name of the Majordomo socket's endpoint.
 pub const MAJORDOMO_ENDPOINT: &str = "majordomo";
@@ -37,6 +37,28 @@ pub fn advertised_endpoints(
         endpoints.insert(MAJORDOMO_ENDPOINT.to_string(), advertise(majordomo, host));
     }
     endpoints
+}
+
+/// What a live update changes in the registration: the endpoints of the services it started
+/// (added, or moved: the same names at new addresses), and the names of the removed services'
+/// endpoints.
+pub fn registration_changes(
+    applied: &ServicesApplied,
+    advertise_host: &str,
+    host_name: &str,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let started = BoundEndpoints {
+        services: applied.started.clone(),
+        majordomo: None,
+    };
+    let add = advertised_endpoints(&started, advertise_host, host_name);
+    let remove = applied
+        .report
+        .removed
+        .iter()
+        .flat_map(|name| [format!("{name}.frontend"), format!("{name}.backend")])
+        .collect();
+    (add, remove)
 }
 
 /// `endpoint` with a wildcard TCP host replaced by `host`.
@@ -101,6 +123,43 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(endpoints, expected);
+    }
+
+    #[test]
+    fn an_update_registers_started_services_and_withdraws_removed_ones() {
+        let applied = ServicesApplied {
+            report: crate::update::ServicesUpdate {
+                added: vec!["resize".into()],
+                removed: vec!["old".into()],
+                changed: vec!["echo".into()],
+                ..Default::default()
+            },
+            endpoints: bound("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", None),
+            started: vec![
+                ServiceEndpoints {
+                    name: "resize".into(),
+                    frontend: "tcp://0.0.0.0:7511".into(),
+                    backend: "tcp://127.0.0.1:7512".into(),
+                },
+                ServiceEndpoints {
+                    name: "echo".into(),
+                    frontend: "tcp://127.0.0.1:1".into(),
+                    backend: "tcp://127.0.0.1:2".into(),
+                },
+            ],
+        };
+        let (add, remove) = registration_changes(&applied, "", "hub-1");
+        let add: Vec<(&str, &str)> = add.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            add,
+            [
+                ("echo.backend", "tcp://127.0.0.1:2"),
+                ("echo.frontend", "tcp://127.0.0.1:1"),
+                ("resize.backend", "tcp://127.0.0.1:7512"),
+                ("resize.frontend", "tcp://hub-1:7511"),
+            ]
+        );
+        assert_eq!(remove, ["old.frontend", "old.backend"]);
     }
 
     #[test]

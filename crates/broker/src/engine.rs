@@ -2,21 +2,34 @@
 //! current time, the messages to send come out. The socket loop owns the sockets and the clock;
 //! this owns the services, the Majordomo service table, heartbeat timing and the drain.
 //!
-//! Invariants: Paranoid Pirate services occupy indices `0..pirate_count` for the broker's
-//! life (index = frontend/backend pair); Majordomo-only services are created on demand, at
-//! most `max_services` at once, and forgotten once they have neither workers nor requests.
+//! Invariants: a service's index is its slot in `services`, for as long as it exists; a
+//! Paranoid Pirate service's index is also that of its frontend/backend pair
+//! (`Socket::Frontend(i)`, `Socket::Backend(i)`). The configured services take indices
+//! `0..n` at start; a service added by a live update takes a free slot, and a removed one
+//! frees its slot only after everything it held or queued was answered, so a reused index
+//! never meets an earlier service's requests. Majordomo-only services are created on demand,
+//! at most `max_services` at once, and forgotten once they have neither workers nor requests.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use crate::config::BrokerConfig;
 use crate::protocol::{self, BackendMessage, Control, Frame, Framing, MajordomoMessage};
 use crate::service::{
     show_id, Loss, Origin, Outgoing, Purpose, Request, Service, ServiceStats, Socket, WorkerId,
+    WorkerSnapshot,
 };
+use crate::update::UpdatePlan;
 
-/// What the broker has done since it started.
-#[derive(Debug, Clone, Default)]
+/// [`ServiceSnapshot::kind`] of a Paranoid Pirate service (its own frontend and backend).
+pub const KIND_PIRATE: &str = "pirate";
+/// [`ServiceSnapshot::kind`] of a service known only through the Majordomo socket.
+pub const KIND_MAJORDOMO: &str = "majordomo";
+
+/// What the broker has done since it started, and what it serves now.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BrokerStats {
     /// Each service's counters and current state.
     pub services: Vec<ServiceSnapshot>,
@@ -27,10 +40,17 @@ pub struct BrokerStats {
 }
 
 /// One service in [`BrokerStats`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ServiceSnapshot {
     /// Its name.
     pub name: String,
+    /// [`KIND_PIRATE`] (`"pirate"`): a Paranoid Pirate service with its own sockets;
+    /// [`KIND_MAJORDOMO`] (`"majordomo"`): one known only through the Majordomo socket.
+    pub kind: &'static str,
+    /// Where its clients connect (Paranoid Pirate services; the bound address).
+    pub frontend: Option<String>,
+    /// Where its workers connect (Paranoid Pirate services; the bound address).
+    pub backend: Option<String>,
     /// Known workers.
     pub workers: usize,
     /// Requests waiting for a worker.
@@ -39,12 +59,15 @@ pub struct ServiceSnapshot {
     pub held: usize,
     /// Counters.
     pub stats: ServiceStats,
+    /// Every known worker (at most the service's `max_workers`).
+    pub worker_list: Vec<WorkerSnapshot>,
 }
 
 /// The broker's logic.
 pub struct Engine<F> {
     config: BrokerConfig,
     services: Vec<Option<Service<F>>>,
+    /// Paranoid Pirate services (the others are Majordomo-only).
     pirate_count: usize,
     by_name: HashMap<String, usize>,
     majordomo_workers: HashMap<WorkerId, usize>,
@@ -91,6 +114,17 @@ impl<F: Frame> Engine<F> {
         self.services.get_mut(index).and_then(|s| s.as_mut())
     }
 
+    /// Paranoid Pirate service `index`, whose sockets are `Frontend(index)`/`Backend(index)`.
+    fn pirate(&mut self, index: usize) -> Option<&mut Service<F>> {
+        self.service(index)
+            .filter(|svc| svc.socket() == Socket::Backend(index))
+    }
+
+    /// The table the engine runs (after live updates: the adopted one).
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
     fn malformed(&mut self, socket: Socket, why: protocol::Invalid) {
         self.malformed += 1;
         self.malformed_unreported += 1;
@@ -125,7 +159,7 @@ impl<F: Frame> Engine<F> {
             attempts: 0,
         };
         let draining = self.is_draining();
-        let Some(service) = self.service(index) else {
+        let Some(service) = self.pirate(index) else {
             return;
         };
         if draining {
@@ -147,10 +181,10 @@ impl<F: Frame> Engine<F> {
             Ok(message) => message,
             Err(why) => return self.malformed(Socket::Backend(index), why),
         };
-        let max_workers = self.config.max_workers;
-        let Some(service) = self.services.get_mut(index).and_then(|s| s.as_mut()) else {
+        let Some(service) = self.pirate(index) else {
             return;
         };
+        let max_workers = service.settings().max_workers;
         let id = frames[0].bytes();
         match message {
             BackendMessage::Control {
@@ -287,7 +321,7 @@ impl<F: Frame> Engine<F> {
                     return self.disconnect(&id, out);
                 }
                 if let Some(&index) = self.by_name.get(&service) {
-                    if index < self.pirate_count {
+                    if self.is_pirate(index) {
                         tracing::warn!(%service, worker = %show_id(&id), "Majordomo worker refused: this service is served by Paranoid Pirate workers on its backend");
                         return self.disconnect(&id, out);
                     }
@@ -368,6 +402,24 @@ impl<F: Frame> Engine<F> {
         }
     }
 
+    fn is_pirate(&self, index: usize) -> bool {
+        self.services
+            .get(index)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|svc| svc.socket() == Socket::Backend(index))
+    }
+
+    /// The lowest free slot (a new one at the end if none is free).
+    fn free_slot(&mut self) -> usize {
+        match self.services.iter().position(|s| s.is_none()) {
+            Some(free) => free,
+            None => {
+                self.services.push(None);
+                self.services.len() - 1
+            }
+        }
+    }
+
     /// The index of service `name`, creating a Majordomo service if there is room.
     fn service_for(&mut self, name: &str, _now: Instant) -> Option<usize> {
         if let Some(&index) = self.by_name.get(name) {
@@ -377,16 +429,7 @@ impl<F: Frame> Engine<F> {
         if majordomo_services >= self.config.majordomo.max_services {
             return None;
         }
-        let index = match self.services[self.pirate_count..]
-            .iter()
-            .position(|s| s.is_none())
-        {
-            Some(free) => self.pirate_count + free,
-            None => {
-                self.services.push(None);
-                self.services.len() - 1
-            }
-        };
+        let index = self.free_slot();
         let settings = self.config.settings_for(name);
         self.services[index] = Some(Service::new(
             index,
@@ -468,10 +511,10 @@ impl<F: Frame> Engine<F> {
                     .and_then(|s| s.as_ref())
                     .is_some_and(|svc| svc.knows(id))
             });
-            for index in self.pirate_count..self.services.len() {
-                let unused = self.services[index]
-                    .as_ref()
-                    .is_some_and(|svc| svc.worker_count() == 0 && svc.is_idle());
+            for index in 0..self.services.len() {
+                let unused = self.services[index].as_ref().is_some_and(|svc| {
+                    svc.socket() == Socket::Majordomo && svc.worker_count() == 0 && svc.is_idle()
+                });
                 if unused {
                     let svc = self.services[index].take().expect("checked");
                     self.by_name.remove(svc.name());
@@ -544,8 +587,9 @@ impl<F: Frame> Engine<F> {
         true
     }
 
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> BrokerStats {
+    /// A snapshot of the counters and of every service and worker at `now`, in index order.
+    /// Addresses are left to the socket loop, which knows what it bound.
+    pub fn stats(&self, now: Instant) -> BrokerStats {
         BrokerStats {
             services: self
                 .services
@@ -553,15 +597,122 @@ impl<F: Frame> Engine<F> {
                 .flatten()
                 .map(|svc| ServiceSnapshot {
                     name: svc.name().to_string(),
+                    kind: match svc.socket() {
+                        Socket::Majordomo => KIND_MAJORDOMO,
+                        Socket::Backend(_) | Socket::Frontend(_) => KIND_PIRATE,
+                    },
+                    frontend: None,
+                    backend: None,
                     workers: svc.worker_count(),
                     waiting: svc.waiting_count(),
                     held: svc.held_count(),
                     stats: svc.stats.clone(),
+                    worker_list: svc.worker_snapshots(now),
                 })
                 .collect(),
             malformed: self.malformed,
             undeliverable_replies: self.undeliverable_replies,
         }
+    }
+
+    /// The index of Paranoid Pirate service `name`.
+    pub fn pirate_index(&self, name: &str) -> Option<usize> {
+        self.by_name
+            .get(name)
+            .copied()
+            .filter(|&index| self.is_pirate(index))
+    }
+
+    /// Carries out a live update `plan` made by [`crate::update::plan`] against
+    /// [`Engine::config`]; returns the index of each service in `plan.start`, in order, whose
+    /// sockets the caller installs at that index once it has sent `out` (which answers the
+    /// stopped services' clients on their old sockets).
+    ///
+    /// - each service in `plan.stop` answers everything it holds or queues with a 503, its
+    ///   workers are forgotten, its slot freed;
+    /// - each service in `plan.retune` takes its new settings in place, and Majordomo-only
+    ///   services take the new broker-wide ones;
+    /// - each service in `plan.start` gets a free slot. A Majordomo-only service of the same
+    ///   name is replaced: its waiting requests move to the new service, what its workers hold
+    ///   is answered with a 503 and they are sent DISCONNECT (a Majordomo worker is refused a
+    ///   Paranoid Pirate service's name).
+    pub fn apply_update(&mut self, plan: &UpdatePlan, out: &mut Vec<Outgoing<F>>) -> Vec<usize> {
+        for name in &plan.stop {
+            let text = if plan.report.removed.contains(name) {
+                "the service was removed before the request completed"
+            } else {
+                "the service was reconfigured before the request completed"
+            };
+            self.remove_pirate(name, text, out);
+        }
+        for settings in &plan.retune {
+            if let Some(index) = self.pirate_index(&settings.name) {
+                if let Some(svc) = self.service(index) {
+                    svc.set_settings(settings.clone());
+                }
+            }
+        }
+        self.config = plan.config.clone();
+        for svc in self.services.iter_mut().flatten() {
+            if svc.socket() == Socket::Majordomo {
+                svc.set_settings(self.config.settings_for(svc.name()));
+            }
+        }
+        let mut started = Vec::with_capacity(plan.start.len());
+        for pirate in &plan.start {
+            let name = &pirate.settings.name;
+            // A plan made against another table could name a running service: replaced.
+            self.remove_pirate(
+                name,
+                "the service was reconfigured before the request completed",
+                out,
+            );
+            let replaced = match self.by_name.remove(name) {
+                Some(index) => {
+                    self.majordomo_workers
+                        .retain(|_, service| *service != index);
+                    self.services.get_mut(index).and_then(|s| s.take())
+                }
+                None => None,
+            };
+            let index = self.free_slot();
+            let mut svc = Service::new(
+                index,
+                pirate.settings.clone(),
+                Socket::Backend(index),
+                self.worker_window,
+            );
+            if let Some(mut old) = replaced {
+                tracing::warn!(service = %name, workers = old.worker_count(), "the Majordomo service of that name is now served on its Paranoid Pirate backend; its Majordomo workers are disconnected");
+                svc.adopt_waiting(&mut old, out);
+                old.fail_held(
+                    "the service moved to a Paranoid Pirate backend before the request completed",
+                    out,
+                );
+                old.disconnect_workers(out);
+            }
+            self.services[index] = Some(svc);
+            self.by_name.insert(name.clone(), index);
+            self.pirate_count += 1;
+            started.push(index);
+        }
+        started
+    }
+
+    /// Stops serving Paranoid Pirate service `name`: everything it holds or queues is answered
+    /// with `text` (503), its workers are forgotten and its slot freed.
+    fn remove_pirate(&mut self, name: &str, text: &str, out: &mut Vec<Outgoing<F>>) {
+        let Some(index) = self.pirate_index(name) else {
+            return;
+        };
+        let Some(mut svc) = self.services[index].take() else {
+            return;
+        };
+        self.by_name.remove(name);
+        self.pirate_count -= 1;
+        let (held, waiting) = (svc.held_count(), svc.waiting_count());
+        svc.fail_everything(text, out);
+        tracing::info!(service = %name, held, waiting, workers = svc.worker_count(), "broker service stopped serving");
     }
 }
 

@@ -22,4 +22,22 @@ pub enum BrokerError {
     /// The socket thread has ended.
     #[error("the broker's socket thread has stopped")]
     Stopped,
+    /// A live update's table is not valid (the key is under `broker.`).
+    #[error("{0}")]
+    Config(troupe_core::ConfigError),
+    /// A live update could not bind a socket of a service it adds or moves; nothing changed.
+    #[error("cannot bind the {socket} of service `{service}` to {endpoint}: {source}")]
+    ServiceBind {
+        /// The service.
+        service: String,
+        /// `frontend` or `backend`.
+        socket: &'static str,
+        /// The address.
+        endpoint: String,
+        /// ZeroMQ's reason.
+        source: zmq::Error,
+    },
+    /// The broker is draining (stopping): its services no longer change.
+    #[error("the broker is stopping; its services can no longer change")]
+    Draining,
 }

@@ -11,6 +11,9 @@
 //!   routes every socket's messages to services; both take the time as an input.
 //! - [`socket_loop`] is the thread that owns the sockets and runs the engine;
 //!   [`discovery`] is what it registers with the cluster's beacons.
+//! - The operator's view: [`GetStats`] answers [`BrokerStats`] (services, their addresses,
+//!   workers and counters, all `serde::Serialize`); [`UpdateServices`] adds, removes and
+//!   retunes Paranoid Pirate services live, as [`update`] plans it.
 //! - [`worker`] and [`client`] are the Rust APIs for programs on either side of the broker;
 //!   [`protocol`] holds the frame formats, including the documented error reply.
 
@@ -25,9 +28,12 @@ pub mod error;
 pub mod protocol;
 pub mod service;
 pub mod socket_loop;
+pub mod update;
 pub mod worker;
 
-pub use actor::{BrokerActor, BrokerRole, GetEndpoints, GetStats};
+pub use actor::{BrokerActor, BrokerRole, GetEndpoints, GetStats, UpdateServices};
 pub use config::BrokerConfig;
-pub use engine::BrokerStats;
+pub use engine::{BrokerStats, ServiceSnapshot};
 pub use error::BrokerError;
+pub use service::{ServiceStats, WorkerSnapshot};
+pub use update::ServicesUpdate;

@@ -80,6 +80,17 @@ pub enum Framing {
     Majordomo,
 }
 
+impl Framing {
+    /// Its name in the operator's view: `"pirate"`, `"seed"` or `"majordomo"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framing::Pirate => "pirate",
+            Framing::Seed => "seed",
+            Framing::Majordomo => "majordomo",
+        }
+    }
+}
+
 /// Why a message was not understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalid(pub &'static str);

@@ -13,6 +13,8 @@ use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::config::ServiceSettings;
 use crate::protocol::{self, ErrorCode, Frame, Framing};
 
@@ -151,8 +153,23 @@ struct Worker<F> {
     held: VecDeque<Held<F>>,
 }
 
+/// One worker as an operator sees it (see [`Service::worker_snapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerSnapshot {
+    /// Its identity on the socket: the text if it is printable ASCII, else hex.
+    pub identity: String,
+    /// How it frames its messages: `"pirate"`, `"seed"` or `"majordomo"`.
+    pub framing: &'static str,
+    /// Further requests the broker may give it now.
+    pub credit: u32,
+    /// Requests it holds.
+    pub held: usize,
+    /// Milliseconds since the broker last heard from it.
+    pub last_heard_ms_ago: u64,
+}
+
 /// Per-service counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceStats {
     /// Requests received.
     pub requests: u64,
@@ -221,6 +238,42 @@ impl<F: Frame> Service<F> {
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// The service's request settings.
+    pub fn settings(&self) -> &ServiceSettings {
+        &self.settings
+    }
+
+    /// Replaces the request settings (live reload). What already waits keeps its deadline and
+    /// what is held keeps its attempts; a lower `queue_limit` or `max_workers` refuses only
+    /// what comes next. The name is not changed.
+    pub fn set_settings(&mut self, settings: ServiceSettings) {
+        let name = std::mem::take(&mut self.settings.name);
+        self.settings = ServiceSettings { name, ..settings };
+    }
+
+    /// Where its workers live: `Socket::Backend(i)` for a Paranoid Pirate service,
+    /// `Socket::Majordomo` for one known only through the Majordomo socket.
+    pub fn socket(&self) -> Socket {
+        self.socket
+    }
+
+    /// Every known worker, in slot order (at most `max_workers` of them).
+    pub fn worker_snapshots(&self, now: Instant) -> Vec<WorkerSnapshot> {
+        self.live()
+            .map(|w| {
+                let heard = w.expires_at.checked_sub(self.worker_window);
+                let ago = heard.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                WorkerSnapshot {
+                    identity: show_id(&w.id),
+                    framing: w.framing.as_str(),
+                    credit: w.credit,
+                    held: w.held.len(),
+                    last_heard_ms_ago: ago.as_millis().min(u64::MAX as u128) as u64,
+                }
+            })
+            .collect()
     }
 
     /// Number of known workers.
@@ -697,12 +750,26 @@ impl<F: Frame> Service<F> {
     }
 
     /// Answers every waiting and held request with `text` (503); used when the drain window
-    /// ends. Workers stay known so their late replies are recognised and dropped.
+    /// ends, and when the service is removed. Workers stay known so their late replies are
+    /// recognised and dropped.
     pub fn fail_everything(&mut self, text: &str, out: &mut Vec<Outgoing<F>>) {
-        let mut failed = Vec::new();
         for waiting in std::mem::take(&mut self.waiting) {
-            failed.push((waiting.request.origin, waiting.request.envelope));
+            self.stats.refused += 1;
+            let request = waiting.request;
+            out.push(self.error_reply(
+                request.origin,
+                request.envelope,
+                ErrorCode::Unavailable,
+                text,
+            ));
         }
+        self.fail_held(text, out);
+    }
+
+    /// Answers every held request with `text` (503). Workers stay known but get no credit
+    /// back: for a service that is going away (or a broker that is).
+    pub fn fail_held(&mut self, text: &str, out: &mut Vec<Outgoing<F>>) {
+        let mut failed = Vec::new();
         for worker in self.workers.iter_mut().flatten() {
             for held in std::mem::take(&mut worker.held) {
                 failed.push((held.origin, client_envelope::<F>(&held, worker.framing)));
@@ -712,6 +779,32 @@ impl<F: Frame> Service<F> {
             self.stats.refused += 1;
             out.push(self.error_reply(origin, envelope, ErrorCode::Unavailable, text));
         }
+    }
+
+    /// Takes over the waiting requests of `other` (a service of the same name that this one
+    /// replaces), oldest first, each keeping its deadline. Those past this service's
+    /// `queue_limit` are refused (503); the others are handed to workers with credit, if any.
+    pub fn adopt_waiting(&mut self, other: &mut Service<F>, out: &mut Vec<Outgoing<F>>) {
+        for waiting in std::mem::take(&mut other.waiting) {
+            self.stats.requests += 1;
+            if self.waiting.len() < self.settings.queue_limit {
+                self.waiting.push_back(waiting);
+            } else {
+                self.stats.refused += 1;
+                let request = waiting.request;
+                let text = format!(
+                    "no worker available and {} requests are already waiting",
+                    self.waiting.len()
+                );
+                out.push(self.error_reply(
+                    request.origin,
+                    request.envelope,
+                    ErrorCode::Unavailable,
+                    &text,
+                ));
+            }
+        }
+        self.pump(out);
     }
 
     /// Majordomo DISCONNECT to every Majordomo worker (at shutdown).

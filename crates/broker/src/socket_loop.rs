@@ -1,18 +1,22 @@
 //! The thread that owns the broker's ZeroMQ sockets: a `zmq::poll` loop that feeds every
 //! received message to the [`Engine`] and sends what it returns, never blocking on a send
 //! (`ROUTER_MANDATORY` with `DONTWAIT`: a refused send is handed back to the engine).
-//! Commands from the actor arrive through [`troupe_core::zmq_thread`].
+//! Commands from the actor arrive through [`troupe_core::zmq_thread`]: counters, live updates
+//! of the Paranoid Pirate services (bind first, then change the engine, then swap the
+//! sockets), and the drain.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::Span;
 use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
 
-use crate::config::BrokerConfig;
-use crate::engine::{BrokerStats, Engine};
+use crate::config::{is_wildcard_port, BrokerConfig, PirateService};
+use crate::engine::{BrokerStats, Engine, KIND_PIRATE};
 use crate::error::BrokerError;
 use crate::service::{Outgoing, Purpose, Socket, WorkerId};
+use crate::update::{self, ServicesUpdate, UpdatePlan};
 
 /// Messages read from one socket before the others get their turn.
 const BURST: usize = 256;
@@ -31,6 +35,28 @@ pub enum Command {
     },
     /// Send the current counters.
     Stats(oneshot::Sender<BrokerStats>),
+    /// Change the Paranoid Pirate services to those of `config` (see [`crate::update`]), or
+    /// with `dry_run` only say what would change. Refused while draining.
+    Update {
+        /// The new `[broker]` table.
+        config: Box<BrokerConfig>,
+        /// Report only.
+        dry_run: bool,
+        /// Receives the outcome.
+        done: oneshot::Sender<Result<ServicesApplied, BrokerError>>,
+    },
+}
+
+/// What a live update did.
+#[derive(Debug, Clone)]
+pub struct ServicesApplied {
+    /// Which services were added, removed, changed, and what needs a restart.
+    pub report: ServicesUpdate,
+    /// Every socket's address after the update.
+    pub endpoints: BoundEndpoints,
+    /// The addresses of the services started: added, or changed with new sockets (empty on a
+    /// dry run).
+    pub started: Vec<ServiceEndpoints>,
 }
 
 /// The addresses the sockets are bound to (wildcard ports resolved).
@@ -76,6 +102,40 @@ impl BrokerHandle {
             .send(Command::Drain { window, done: tx })
             .map_err(|_| BrokerError::Stopped)?;
         rx.await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Applies a live update of the services (see [`Command::Update`]).
+    pub async fn update(
+        &self,
+        config: BrokerConfig,
+        dry_run: bool,
+    ) -> Result<ServicesApplied, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Update {
+                config: Box::new(config),
+                dry_run,
+                done: tx,
+            })
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// [`BrokerHandle::update`] for callers outside an async runtime.
+    pub fn update_blocking(
+        &self,
+        config: BrokerConfig,
+        dry_run: bool,
+    ) -> Result<ServicesApplied, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Update {
+                config: Box::new(config),
+                dry_run,
+                done: tx,
+            })
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.blocking_recv().map_err(|_| BrokerError::Stopped)?
     }
 
     /// [`BrokerHandle::drain`] for callers outside an async runtime (benchmarks, tools).
@@ -124,7 +184,7 @@ fn spawn(config: BrokerConfig, span: Span) -> Result<(BrokerHandle, Ready), Brok
         match Sockets::bind(&context, &config) {
             Ok((sockets, endpoints)) => {
                 let _ = ready_tx.send(Ok(endpoints));
-                let finished = run(sockets, config, inbox);
+                let finished = run(sockets, context.clone(), config, inbox);
                 // Terminating the context waits, up to `linger`, until the last replies have
                 // left: a node exiting right after the drain must not lose them.
                 drop(context);
@@ -142,10 +202,67 @@ fn spawn(config: BrokerConfig, span: Span) -> Result<(BrokerHandle, Ready), Brok
     Ok((BrokerHandle { commands }, ready_rx))
 }
 
+/// A Paranoid Pirate service's two sockets.
+struct PirateSockets {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    /// The configured addresses, frontend then backend (a live update reuses a socket whose
+    /// configured address it asks for again).
+    configured: [String; 2],
+    /// The service's name and bound addresses.
+    bound: ServiceEndpoints,
+}
+
+/// Which socket of a Paranoid Pirate service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Frontend,
+    Backend,
+}
+
+impl Side {
+    const BOTH: [Side; 2] = [Side::Frontend, Side::Backend];
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Frontend => "frontend",
+            Side::Backend => "backend",
+        }
+    }
+
+    fn of(self, service: &PirateService) -> &troupe_core::settings::ZmqEndpoint {
+        match self {
+            Side::Frontend => &service.frontend,
+            Side::Backend => &service.backend,
+        }
+    }
+}
+
+/// How a live update gets a socket for a service it starts.
+enum Prepared {
+    /// A socket of a service it stops, at (index, side), bound to the same configured address.
+    Reuse(usize, Side),
+    /// A socket bound for it, and its bound address.
+    New(zmq::Socket, String),
+}
+
+/// The key on which a socket of a stopping service is reused: its configured address, or for
+/// an address with a wildcard port (a different port at each bind) the same service's same
+/// side at the same configured address.
+fn reuse_key(service: &str, side: Side, configured: &str) -> String {
+    if is_wildcard_port(configured) {
+        format!("{service}\0{}\0{configured}", side.name())
+    } else {
+        configured.to_string()
+    }
+}
+
 struct Sockets {
-    frontends: Vec<zmq::Socket>,
-    backends: Vec<zmq::Socket>,
+    /// By engine service index; `None` for Majordomo-only services and free slots.
+    pirate: Vec<Option<PirateSockets>>,
     majordomo: Option<zmq::Socket>,
+    /// The Majordomo socket's bound address.
+    majordomo_at: Option<String>,
 }
 
 impl Sockets {
@@ -154,13 +271,9 @@ impl Sockets {
         config: &BrokerConfig,
     ) -> Result<(Sockets, BoundEndpoints), BrokerError> {
         let mut sockets = Sockets {
-            frontends: Vec::new(),
-            backends: Vec::new(),
+            pirate: Vec::new(),
             majordomo: None,
-        };
-        let mut endpoints = BoundEndpoints {
-            services: Vec::new(),
-            majordomo: None,
+            majordomo_at: None,
         };
         for (i, service) in config.pirate_services().iter().enumerate() {
             let key = |k: &str| {
@@ -172,13 +285,19 @@ impl Sockets {
             };
             let (frontend, front_at) = router(context, config, &service.frontend, key("frontend"))?;
             let (backend, back_at) = router(context, config, &service.backend, key("backend"))?;
-            sockets.frontends.push(frontend);
-            sockets.backends.push(backend);
-            endpoints.services.push(ServiceEndpoints {
-                name: service.settings.name.clone(),
-                frontend: front_at,
-                backend: back_at,
-            });
+            sockets.pirate.push(Some(PirateSockets {
+                frontend,
+                backend,
+                configured: [
+                    service.frontend.as_str().to_string(),
+                    service.backend.as_str().to_string(),
+                ],
+                bound: ServiceEndpoints {
+                    name: service.settings.name.clone(),
+                    frontend: front_at,
+                    backend: back_at,
+                },
+            }));
         }
         if config.majordomo.enabled {
             let (socket, at) = router(
@@ -188,25 +307,41 @@ impl Sockets {
                 "broker.majordomo.bind".into(),
             )?;
             sockets.majordomo = Some(socket);
-            endpoints.majordomo = Some(at);
+            sockets.majordomo_at = Some(at);
         }
+        let endpoints = sockets.bound();
         Ok((sockets, endpoints))
+    }
+
+    /// The bound addresses, Paranoid Pirate services in index order.
+    fn bound(&self) -> BoundEndpoints {
+        BoundEndpoints {
+            services: self
+                .pirate
+                .iter()
+                .flatten()
+                .map(|p| p.bound.clone())
+                .collect(),
+            majordomo: self.majordomo_at.clone(),
+        }
     }
 
     fn get(&self, socket: Socket) -> Option<&zmq::Socket> {
         match socket {
-            Socket::Frontend(i) => self.frontends.get(i),
-            Socket::Backend(i) => self.backends.get(i),
+            Socket::Frontend(i) => self.pirate.get(i)?.as_ref().map(|p| &p.frontend),
+            Socket::Backend(i) => self.pirate.get(i)?.as_ref().map(|p| &p.backend),
             Socket::Majordomo => self.majordomo.as_ref(),
         }
     }
 
     /// Every socket in poll order.
     fn all(&self) -> Vec<(Socket, &zmq::Socket)> {
-        let mut all = Vec::with_capacity(self.frontends.len() * 2 + 1);
-        for i in 0..self.frontends.len() {
-            all.push((Socket::Backend(i), &self.backends[i]));
-            all.push((Socket::Frontend(i), &self.frontends[i]));
+        let mut all = Vec::with_capacity(self.pirate.len() * 2 + 1);
+        for (i, pirate) in self.pirate.iter().enumerate() {
+            if let Some(p) = pirate {
+                all.push((Socket::Backend(i), &p.backend));
+                all.push((Socket::Frontend(i), &p.frontend));
+            }
         }
         if let Some(m) = &self.majordomo {
             all.push((Socket::Majordomo, m));
@@ -304,6 +439,8 @@ fn send_message(
 
 struct Loop {
     sockets: Sockets,
+    /// For the sockets a live update binds.
+    context: zmq::Context,
     engine: Engine<zmq::Message>,
     out: Vec<Outgoing<zmq::Message>>,
     /// `out`'s previous buffer, kept to avoid an allocation per message.
@@ -314,17 +451,19 @@ struct Loop {
 /// counters. The sockets are closed on return.
 fn run(
     sockets: Sockets,
+    context: zmq::Context,
     config: BrokerConfig,
     inbox: CommandInbox<Command>,
 ) -> Option<(oneshot::Sender<BrokerStats>, BrokerStats)> {
     let mut this = Loop {
         sockets,
+        context,
         engine: Engine::new(config, Instant::now()),
         out: Vec::new(),
         spare: Vec::new(),
     };
     let mut drained: Option<oneshot::Sender<BrokerStats>> = None;
-    let sockets: Vec<Socket> = this.sockets.all().iter().map(|(s, _)| *s).collect();
+    let mut sockets = this.read_order();
     let mut busy = false;
     loop {
         // While messages keep coming the loop reads without polling (a poll is a system call);
@@ -358,7 +497,16 @@ fn run(
         for command in inbox.drain() {
             match command {
                 Command::Stats(reply) => {
-                    let _ = reply.send(this.engine.stats());
+                    let _ = reply.send(this.stats(Instant::now()));
+                }
+                Command::Update {
+                    config,
+                    dry_run,
+                    done,
+                } => {
+                    let result = this.update(&config, dry_run);
+                    sockets = this.read_order();
+                    let _ = done.send(result);
                 }
                 Command::Drain { window, done } => {
                     if drained.is_none() {
@@ -380,11 +528,175 @@ fn run(
             break;
         }
     }
-    let stats = this.engine.stats();
+    let stats = this.stats(Instant::now());
     drained.map(|done| (done, stats))
 }
 
 impl Loop {
+    /// The sockets in the order they are read.
+    fn read_order(&self) -> Vec<Socket> {
+        self.sockets.all().iter().map(|(s, _)| *s).collect()
+    }
+
+    /// The engine's snapshot with each Paranoid Pirate service's bound addresses.
+    fn stats(&self, now: Instant) -> BrokerStats {
+        let mut stats = self.engine.stats(now);
+        for service in &mut stats.services {
+            if service.kind != KIND_PIRATE {
+                continue;
+            }
+            let bound = self
+                .engine
+                .pirate_index(&service.name)
+                .and_then(|i| self.sockets.pirate.get(i))
+                .and_then(|p| p.as_ref())
+                .filter(|p| p.bound.name == service.name);
+            if let Some(p) = bound {
+                service.frontend = Some(p.bound.frontend.clone());
+                service.backend = Some(p.bound.backend.clone());
+            }
+        }
+        stats
+    }
+
+    /// A live update (see [`Command::Update`]): every socket a started service needs is bound
+    /// (or taken over from a stopping service at the same address) before anything changes, so
+    /// a failure leaves everything as it was. Then the engine changes, the stopped services'
+    /// last answers are sent on their old sockets, and the sockets are swapped.
+    fn update(
+        &mut self,
+        config: &BrokerConfig,
+        dry_run: bool,
+    ) -> Result<ServicesApplied, BrokerError> {
+        if self.engine.is_draining() {
+            return Err(BrokerError::Draining);
+        }
+        config
+            .validate()
+            .map_err(|e| BrokerError::Config(e.within("broker")))?;
+        let plan = update::plan(self.engine.config(), config);
+        if dry_run {
+            return Ok(ServicesApplied {
+                report: plan.report,
+                endpoints: self.sockets.bound(),
+                started: Vec::new(),
+            });
+        }
+
+        let prepared = self.prepare_sockets(&plan)?;
+
+        let now = Instant::now();
+        let started = self.engine.apply_update(&plan, &mut self.out);
+        self.flush(now);
+
+        // The stopped services' sockets, their last answers queued: taken over, or closed.
+        let mut released: HashMap<(usize, Side), (zmq::Socket, String)> = HashMap::new();
+        for (index, pirate) in self.sockets.pirate.iter_mut().enumerate() {
+            let stopping = pirate
+                .as_ref()
+                .is_some_and(|p| plan.stop.contains(&p.bound.name) || started.contains(&index));
+            if let Some(p) = pirate.take_if(|_| stopping) {
+                released.insert((index, Side::Frontend), (p.frontend, p.bound.frontend));
+                released.insert((index, Side::Backend), (p.backend, p.bound.backend));
+            }
+        }
+        let mut resolve = |prepared: Prepared| match prepared {
+            Prepared::New(socket, at) => Some((socket, at)),
+            Prepared::Reuse(index, side) => released.remove(&(index, side)),
+        };
+        let mut started_at = Vec::with_capacity(plan.start.len());
+        for ((service, [front, back]), index) in plan.start.iter().zip(prepared).zip(started) {
+            let (Some((frontend, front_at)), Some((backend, back_at))) =
+                (resolve(front), resolve(back))
+            else {
+                tracing::error!(service = %service.settings.name, "a socket to take over was not released; the service has no sockets");
+                continue;
+            };
+            let bound = ServiceEndpoints {
+                name: service.settings.name.clone(),
+                frontend: front_at,
+                backend: back_at,
+            };
+            tracing::info!(
+                service = %bound.name,
+                frontend = %bound.frontend,
+                backend = %bound.backend,
+                "broker service listening"
+            );
+            if self.sockets.pirate.len() <= index {
+                self.sockets.pirate.resize_with(index + 1, || None);
+            }
+            self.sockets.pirate[index] = Some(PirateSockets {
+                frontend,
+                backend,
+                configured: [
+                    service.frontend.as_str().to_string(),
+                    service.backend.as_str().to_string(),
+                ],
+                bound: bound.clone(),
+            });
+            started_at.push(bound);
+        }
+        // What was not taken over closes now; its last answers leave within `linger`.
+        drop(released);
+        tracing::info!(
+            added = ?plan.report.added,
+            removed = ?plan.report.removed,
+            changed = ?plan.report.changed,
+            needs_restart = ?plan.report.needs_restart,
+            "broker services updated"
+        );
+        Ok(ServicesApplied {
+            report: plan.report,
+            endpoints: self.sockets.bound(),
+            started: started_at,
+        })
+    }
+
+    /// The frontend and backend of each service `plan` starts: a socket of a service it stops
+    /// bound at the same configured address (see [`reuse_key`]), or one bound now. A socket
+    /// that cannot be bound is an error naming the service and address; the sockets bound
+    /// before it are closed, and nothing has changed.
+    fn prepare_sockets(&self, plan: &UpdatePlan) -> Result<Vec<[Prepared; 2]>, BrokerError> {
+        let mut releasing: HashMap<String, (usize, Side)> = HashMap::new();
+        for (index, pirate) in self.sockets.pirate.iter().enumerate() {
+            let Some(p) = pirate else { continue };
+            if plan.stop.contains(&p.bound.name) {
+                for (side, configured) in Side::BOTH.into_iter().zip(&p.configured) {
+                    releasing.insert(reuse_key(&p.bound.name, side, configured), (index, side));
+                }
+            }
+        }
+        let mut prepare = |service: &PirateService, side: Side| {
+            let name = &service.settings.name;
+            let endpoint = side.of(service);
+            if let Some((index, side)) = releasing.remove(&reuse_key(name, side, endpoint.as_str()))
+            {
+                return Ok(Prepared::Reuse(index, side));
+            }
+            let key = format!("broker.{name}.{}", side.name());
+            match router(&self.context, self.engine.config(), endpoint, key) {
+                Ok((socket, at)) => Ok(Prepared::New(socket, at)),
+                Err(BrokerError::Bind {
+                    endpoint, source, ..
+                }) => Err(BrokerError::ServiceBind {
+                    service: name.clone(),
+                    socket: side.name(),
+                    endpoint,
+                    source,
+                }),
+                Err(other) => Err(other),
+            }
+        };
+        let mut prepared = Vec::with_capacity(plan.start.len());
+        for service in &plan.start {
+            let frontend = prepare(service, Side::Frontend)?;
+            let backend = prepare(service, Side::Backend)?;
+            prepared.push([frontend, backend]);
+        }
+        Ok(prepared)
+    }
+
     /// Handles up to [`BURST`] waiting messages from `socket`; returns how many.
     fn read_burst(&mut self, socket: Socket) -> usize {
         for count in 0..BURST {

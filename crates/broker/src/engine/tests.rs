@@ -237,7 +237,7 @@ fn majordomo_services_are_bounded_and_forgotten_when_unused() {
     }
     out.clear();
     assert_eq!(
-        e.stats().services.len(),
+        e.stats(at(600)).services.len(),
         1,
         "only the configured service remains"
     );
@@ -300,7 +300,7 @@ fn malformed_messages_are_counted_not_fatal() {
     e.on_majordomo(f(&[b"C", b"", b"MDPC01"]), at(0), &mut out);
     e.on_majordomo(vec![], at(0), &mut out);
     assert!(out.is_empty());
-    assert_eq!(e.stats().malformed, 6);
+    assert_eq!(e.stats(at(0)).malformed, 6);
 }
 
 #[test]
@@ -313,4 +313,323 @@ fn the_drain_answers_at_once_requests_no_worker_could_serve() {
     let failed = only(&mut out);
     assert_eq!(parse_error(&failed.frames[4]).unwrap().0, 503);
     assert!(e.drain_finished(at(2), &mut out));
+}
+
+/// [`engine`]'s table with `[[services]]` entries `(name, frontend port, backend port)`.
+fn with_services(services: &[(&str, u16, u16)]) -> BrokerConfig {
+    let mut config = engine().config().clone();
+    for (name, front, back) in services {
+        config.services.push(crate::config::ServiceConfig {
+            name: name.to_string(),
+            frontend: Some(format!("tcp://127.0.0.1:{front}").parse().unwrap()),
+            backend: Some(format!("tcp://127.0.0.1:{back}").parse().unwrap()),
+            ..Default::default()
+        });
+    }
+    config.validate().unwrap();
+    config
+}
+
+/// Applies the update to `config`; returns the indices of the services started.
+fn update(e: &mut Engine<Vec<u8>>, config: &BrokerConfig, out: &mut Out) -> Vec<usize> {
+    let plan = crate::update::plan(e.config(), config);
+    e.apply_update(&plan, out)
+}
+
+/// The error replies in `out`: (socket, client, code, text).
+fn error_replies(out: &Out) -> Vec<(Socket, Vec<u8>, u16, String)> {
+    out.iter()
+        .filter_map(|o| {
+            let (code, text) = parse_error(o.frames.last()?)?;
+            Some((o.socket, o.frames[0].clone(), code, text))
+        })
+        .collect()
+}
+
+#[test]
+fn an_added_service_serves_on_its_own_index() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let started = update(&mut e, &with_services(&[("resize", 9011, 9012)]), &mut out);
+    assert_eq!(started, [1]);
+    assert!(out.is_empty());
+    e.on_backend(1, f(&[b"W", b"\x01"]), at(0), &mut out);
+    e.on_frontend(1, f(&[b"C", b"", b"img"]), at(1), &mut out);
+    let to_worker = only(&mut out);
+    assert_eq!(to_worker.socket, Socket::Backend(1));
+    assert_eq!(
+        to_worker.purpose,
+        Purpose::Dispatch {
+            service: 1,
+            worker: b"W".to_vec()
+        }
+    );
+    e.on_backend(1, f(&[b"W", b"C", b"", b"done"]), at(2), &mut out);
+    assert_eq!(only(&mut out).socket, Socket::Frontend(1));
+    // Majordomo clients reach it by name, and its workers are not those of `echo`.
+    e.on_majordomo(f(&[b"M", b"", b"MDPC01", b"resize", b"x"]), at(3), &mut out);
+    assert_eq!(only(&mut out).socket, Socket::Backend(1));
+    e.on_frontend(0, f(&[b"C", b"", b"x"]), at(4), &mut out);
+    assert!(out.is_empty(), "echo has no worker: the request waits");
+    let stats = e.stats(at(5));
+    let resize = &stats.services[1];
+    assert_eq!((resize.name.as_str(), resize.kind), ("resize", KIND_PIRATE));
+    assert_eq!(resize.workers, 1);
+    assert_eq!(resize.stats.requests, 2);
+}
+
+#[test]
+fn a_removed_service_answers_everything_it_held_or_queued() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    update(&mut e, &with_services(&[("resize", 9011, 9012)]), &mut out);
+    e.on_backend(1, f(&[b"W", b"\x01"]), at(0), &mut out);
+    e.on_frontend(1, f(&[b"held", b"", b"a"]), at(1), &mut out);
+    e.on_frontend(1, f(&[b"queued", b"", b"b"]), at(1), &mut out);
+    e.on_majordomo(f(&[b"M", b"", b"MDPC01", b"resize", b"c"]), at(1), &mut out);
+    assert_eq!(out.len(), 1, "one dispatch, two waiting: {out:?}");
+    out.clear();
+
+    let started = update(&mut e, &with_services(&[]), &mut out);
+    assert!(started.is_empty());
+    let mut answered = error_replies(&out);
+    answered.sort_by(|a, b| a.1.cmp(&b.1));
+    let text = "resize: the service was removed before the request completed";
+    assert_eq!(
+        answered,
+        [
+            (Socket::Majordomo, b"M".to_vec(), 503, text.to_string()),
+            (Socket::Frontend(1), b"held".to_vec(), 503, text.to_string()),
+            (
+                Socket::Frontend(1),
+                b"queued".to_vec(),
+                503,
+                text.to_string()
+            ),
+        ]
+    );
+    out.clear();
+    assert_eq!(e.stats(at(2)).services.len(), 1);
+    // Its worker is forgotten: a late reply and anything on its old index go nowhere.
+    e.on_backend(1, f(&[b"W", b"held", b"", b"late"]), at(2), &mut out);
+    e.on_frontend(1, f(&[b"C", b"", b"x"]), at(2), &mut out);
+    e.on_timer(at(100), &mut out);
+    assert!(
+        out.iter()
+            .all(|o| o.socket == Socket::Backend(0) || o.socket == Socket::Frontend(0)),
+        "{out:?}"
+    );
+    out.clear();
+
+    // The freed index is reused by the next service added, which starts empty.
+    let started = update(&mut e, &with_services(&[("thumb", 9021, 9022)]), &mut out);
+    assert_eq!(started, [1]);
+    assert!(out.is_empty());
+    e.on_frontend(1, f(&[b"C", b"", b"x"]), at(101), &mut out);
+    e.on_backend(1, f(&[b"V", b"\x01"]), at(102), &mut out);
+    assert_eq!(
+        only(&mut out).purpose,
+        Purpose::Dispatch {
+            service: 1,
+            worker: b"V".to_vec()
+        }
+    );
+    // A Majordomo request for the removed name now makes a Majordomo-only service.
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPC01", b"resize", b"c"]),
+        at(103),
+        &mut out,
+    );
+    assert!(out.is_empty(), "waits");
+    let kinds: Vec<(String, &str)> = e
+        .stats(at(104))
+        .services
+        .into_iter()
+        .map(|s| (s.name, s.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("echo".to_string(), KIND_PIRATE),
+            ("thumb".to_string(), KIND_PIRATE),
+            ("resize".to_string(), KIND_MAJORDOMO),
+        ]
+    );
+}
+
+#[test]
+fn request_settings_change_in_place() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.on_backend(0, f(&[b"W", b"\x01"]), at(0), &mut out);
+    e.on_frontend(0, f(&[b"held", b"", b"a"]), at(1), &mut out);
+    e.on_frontend(0, f(&[b"q1", b"", b"b"]), at(1), &mut out);
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPC01", b"weather", b"x"]),
+        at(1),
+        &mut out,
+    );
+    out.clear();
+
+    let mut config = e.config().clone();
+    config.queue_limit = 1;
+    config.max_workers = 1;
+    config.request_timeout = "200ms".parse().unwrap();
+    let plan = crate::update::plan(e.config(), &config);
+    assert_eq!(plan.report.changed, ["echo"]);
+    assert!(plan.report.needs_restart.is_empty());
+    assert!(e.apply_update(&plan, &mut out).is_empty());
+    assert!(out.is_empty(), "nothing held or waiting is answered");
+    let echo = &e.stats(at(2)).services[0];
+    assert_eq!((echo.held, echo.waiting, echo.workers), (1, 1, 1));
+
+    // The new queue limit refuses the next request; the new max_workers the next worker.
+    e.on_frontend(0, f(&[b"q2", b"", b"c"]), at(2), &mut out);
+    let refused = error_replies(&out);
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].1.as_slice(), refused[0].2), (&b"q2"[..], 503));
+    out.clear();
+    e.on_backend(0, f(&[b"X", b"\x01"]), at(2), &mut out);
+    assert_eq!(e.stats(at(2)).services[0].workers, 1);
+    // The held request still completes, and the one waiting goes next.
+    e.on_backend(0, f(&[b"W", b"held", b"", b"a"]), at(3), &mut out);
+    let sent: Vec<(Socket, Vec<u8>)> = out
+        .iter()
+        .map(|o| (o.socket, o.frames[1].clone()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (Socket::Backend(0), b"q1".to_vec()),
+            (Socket::Frontend(0), vec![])
+        ]
+    );
+    out.clear();
+    // Majordomo-only services take the new broker-wide settings too: `weather` already has
+    // one request waiting, its new limit.
+    e.on_majordomo(
+        f(&[b"M2", b"", b"MDPC01", b"weather", b"y"]),
+        at(10),
+        &mut out,
+    );
+    let refused = error_replies(&out);
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].1.as_slice(), refused[0].2), (&b"M2"[..], 503));
+}
+
+#[test]
+fn a_moved_service_starts_again_at_its_new_sockets() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    update(&mut e, &with_services(&[("resize", 9011, 9012)]), &mut out);
+    e.on_backend(1, f(&[b"W", b"\x01"]), at(0), &mut out);
+    e.on_frontend(1, f(&[b"held", b"", b"a"]), at(1), &mut out);
+    out.clear();
+    let plan = crate::update::plan(e.config(), &with_services(&[("resize", 9011, 9013)]));
+    assert_eq!(plan.report.changed, ["resize"]);
+    let started = e.apply_update(&plan, &mut out);
+    assert_eq!(started, [1], "the freed slot is taken again");
+    let answered = error_replies(&out);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(
+        answered[0].3,
+        "resize: the service was reconfigured before the request completed"
+    );
+    assert_eq!(e.stats(at(2)).services[1].workers, 0, "workers forgotten");
+}
+
+#[test]
+fn an_added_service_takes_over_a_majordomo_service_of_its_name() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.on_majordomo(
+        f(&[b"MW", b"", b"MDPW01", b"\x01", b"resize"]),
+        at(0),
+        &mut out,
+    );
+    e.on_majordomo(
+        f(&[b"C1", b"", b"MDPC01", b"resize", b"a"]),
+        at(1),
+        &mut out,
+    );
+    e.on_majordomo(
+        f(&[b"C2", b"", b"MDPC01", b"resize", b"b"]),
+        at(1),
+        &mut out,
+    );
+    assert_eq!(
+        out.len(),
+        1,
+        "one held by the Majordomo worker, one waiting"
+    );
+    out.clear();
+
+    let started = update(&mut e, &with_services(&[("resize", 9011, 9012)]), &mut out);
+    let index = started[0];
+    let answered = error_replies(&out);
+    assert_eq!(answered.len(), 1, "{out:?}");
+    assert_eq!((answered[0].1.as_slice(), answered[0].2), (&b"C1"[..], 503));
+    assert!(
+        out.iter()
+            .any(|o| o.frames == f(&[b"MW", b"", b"MDPW01", b"\x05"])),
+        "the Majordomo worker is told to disconnect: {out:?}"
+    );
+    out.clear();
+    // Its heartbeat is now from a stranger; the waiting request goes to a worker on the new
+    // backend.
+    e.on_majordomo(f(&[b"MW", b"", b"MDPW01", b"\x04"]), at(2), &mut out);
+    assert_eq!(only(&mut out).frames, f(&[b"MW", b"", b"MDPW01", b"\x05"]));
+    e.on_backend(index, f(&[b"W", b"\x01"]), at(3), &mut out);
+    let to_worker = only(&mut out);
+    assert_eq!(to_worker.socket, Socket::Backend(index));
+    assert_eq!(to_worker.frames[1], protocol::tag_majordomo_client(b"C2"));
+    let stats = e.stats(at(4));
+    assert_eq!(stats.services.len(), 2);
+    assert!(stats.services.iter().all(|s| s.kind == KIND_PIRATE));
+}
+
+#[test]
+fn the_snapshot_lists_workers_with_framing_and_credit() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.on_backend(0, f(&[b"P", b"\x01"]), at(0), &mut out);
+    e.on_backend(0, f(&[b"S", b"", b"\x01\x01\x04"]), at(10), &mut out);
+    e.on_backend(0, f(&[&[0u8, 0xff][..], b"\x01"]), at(10), &mut out);
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(20),
+        &mut out,
+    );
+    e.on_frontend(0, f(&[b"C", b"", b"x"]), at(30), &mut out);
+    let stats = e.stats(at(50));
+    let echo = &stats.services[0];
+    assert_eq!((echo.kind, echo.frontend.as_deref()), (KIND_PIRATE, None));
+    let workers: Vec<(&str, &str, u32, usize, u64)> = echo
+        .worker_list
+        .iter()
+        .map(|w| {
+            (
+                w.identity.as_str(),
+                w.framing,
+                w.credit,
+                w.held,
+                w.last_heard_ms_ago,
+            )
+        })
+        .collect();
+    assert_eq!(
+        workers,
+        [
+            ("P", "pirate", 1, 0, 50),
+            ("S", "seed", 3, 1, 40),
+            ("00ff", "pirate", 1, 0, 40),
+        ]
+    );
+    let weather = &stats.services[1];
+    assert_eq!(weather.kind, KIND_MAJORDOMO);
+    assert_eq!(weather.worker_list[0].framing, "majordomo");
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["services"][0]["worker_list"][1]["framing"], "seed");
+    assert_eq!(json["services"][1]["kind"], "majordomo");
+    assert_eq!(json["services"][0]["stats"]["requests"], 1);
 }
