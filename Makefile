@@ -1,8 +1,10 @@
 # Troupe: the two commands a fresh machine needs are `make run` and `make test`.
 CARGO ?= cargo
 PYTHON ?= python3
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
 
-.PHONY: all build run test test-deps bench lint doc clean
+.PHONY: all build run install uninstall test test-deps smoke bench lint doc clean
 
 all: build
 
@@ -14,6 +16,15 @@ run:
 	$(CARGO) build --release --bin troupe
 	./target/release/troupe run
 
+## Build in release mode and install the `troupe` binary in $(DESTDIR)$(BINDIR).
+install:
+	$(CARGO) build --release --bin troupe
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 target/release/troupe $(DESTDIR)$(BINDIR)/troupe
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/troupe
+
 ## Python packages the interoperability tests use (pyzmq), installed if missing.
 test-deps:
 	@$(PYTHON) -c 'import zmq' 2>/dev/null || $(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
@@ -22,6 +33,10 @@ test-deps:
 test: test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## The README's first commands on the installed binary (release build; used by CI).
+smoke:
+	bash tests/smoke/readme.sh
 
 ## Benchmarks (long): see docs/PERFORMANCE.md.
 bench: test-deps

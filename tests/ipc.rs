@@ -420,13 +420,7 @@ count = "infinity"
     actix_rt::System::new().block_on(async move {
         let (control, requests) = troupe_core::NodeControl::channel();
         let mut signals = troupe_node::signals::Signals::new().unwrap();
-        let plan = NodePlan {
-            name: std::sync::Arc::from(settings.name.as_str()),
-            roles: settings.roles,
-            cluster: settings.cluster,
-            shutdown_timeout: settings.shutdown_timeout,
-            effective: std::sync::Arc::new(settings.effective),
-        };
+        let plan = NodePlan::from_settings(settings, "test");
         let mut node = RunningNode::start(plan, control, requests, &mut signals)
             .await
             .map_err(|e| e.message)

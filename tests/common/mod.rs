@@ -30,7 +30,9 @@ pub fn troupe_bin() -> PathBuf {
     bin
 }
 
-/// A `troupe` command with a quiet, predictable environment.
+/// A `troupe` command with a quiet, predictable environment. Each command gets a runtime
+/// folder of its own (`XDG_RUNTIME_DIR`), so that nodes started by tests running at the same
+/// time never meet on a default socket path; tests that talk to a node name its socket.
 pub fn troupe() -> Command {
     let mut cmd = Command::new(troupe_bin());
     cmd.env_remove("RUST_LOG");
@@ -39,7 +41,26 @@ pub fn troupe() -> Command {
             cmd.env_remove(key);
         }
     }
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("XDG_RUNTIME_DIR", runtime_dir());
     cmd
+}
+
+/// A new, private folder for one command's sockets.
+pub fn runtime_dir() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("troupe-test-{}-{n}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .expect("create a runtime folder");
+    dir
 }
 
 mod ports;

@@ -1,5 +1,5 @@
-//! The command line: `troupe run`, `troupe check-config` and their shared node flags, and the
-//! broker's tools `troupe echo-worker` and `troupe call`.
+//! The command line: `troupe run`, `troupe check-config` and their shared node flags, the
+//! broker's tools `troupe echo-worker` and `troupe call`, `troupe cluster` and `troupe ctl`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub enum Command {
     /// Ask the cluster's beacons: list nodes, look up a resource, show a node's requirements,
     /// or watch changes.
     Cluster(troupe_beacon::cli::ClusterArgs),
+    /// Talk to a running node's control API: status, services, start/stop/restart, logs,
+    /// reload, the broker's and the ipc hub's view.
+    Ctl(troupe_control::ctl::CtlArgs),
 }
 
 /// Flags of `troupe echo-worker`.

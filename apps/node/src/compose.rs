@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use actix_rt::Arbiter;
 use tokio::sync::{mpsc, oneshot};
+use troupe_control::{NodeHandle, RoleState};
 use troupe_core::context::Published;
 use troupe_core::settings::Duration;
 use troupe_core::{span, NodeControl, NodeStopRequest, PreparedRole, RoleContext, RoleError};
@@ -31,9 +32,11 @@ pub struct RunningNode {
     name: Arc<str>,
     roles: Vec<RoleSlot>,
     cluster: Option<RoleSlot>,
-    shutdown_timeout: Duration,
+    /// Deadline for each role to stop (a reload may change it).
+    pub shutdown_timeout: Duration,
     /// Handles roles published, for in-process callers (tests, embedding programs).
     pub published: Published,
+    status: NodeHandle,
     stop_requests: mpsc::UnboundedReceiver<NodeStopRequest>,
 }
 
@@ -58,6 +61,26 @@ pub struct NodePlan {
     pub shutdown_timeout: Duration,
     /// The node's effective configuration.
     pub effective: Arc<serde_json::Value>,
+    /// Where roles publish their handles (shared with the control API).
+    pub published: Published,
+    /// Where the roles' states are shown (shared with the control API).
+    pub status: NodeHandle,
+}
+
+impl NodePlan {
+    /// The plan for a node built from `settings`, configured from `source` (a file's path, or
+    /// `embedded default`), with a fresh registry of published handles.
+    pub fn from_settings(settings: crate::settings::NodeSettings, source: &str) -> Self {
+        NodePlan {
+            status: NodeHandle::new(&settings.name, source),
+            name: Arc::from(settings.name.as_str()),
+            roles: settings.roles,
+            shutdown_timeout: settings.shutdown_timeout,
+            cluster: settings.cluster,
+            effective: Arc::new(settings.effective),
+            published: Published::default(),
+        }
+    }
 }
 
 impl RunningNode {
@@ -75,7 +98,8 @@ impl RunningNode {
             roles: Vec::new(),
             cluster: None,
             shutdown_timeout: plan.shutdown_timeout,
-            published: Published::default(),
+            published: plan.published.clone(),
+            status: plan.status.clone(),
             stop_requests,
         };
         let cluster = plan.cluster.into_iter().map(|client| (true, client));
@@ -96,6 +120,7 @@ impl RunningNode {
                 tracing::info!(node = %node.name, role = name, "starting role");
             }
             let since = Instant::now();
+            node.status.set_role(name, RoleState::Starting);
             let (slot, started) = launch(role, ctx);
             node.roles.push(slot);
             let outcome = tokio::select! {
@@ -112,6 +137,9 @@ impl RunningNode {
                     return Err(StartAborted { message: format!("interrupted by signal {signal} while starting"), exit_code: 0 });
                 }
             };
+            if outcome.is_ok() {
+                node.status.set_role(name, RoleState::Running);
+            }
             match outcome {
                 Ok(()) if is_cluster => {
                     node.cluster = node.roles.pop();
@@ -163,23 +191,35 @@ impl RunningNode {
     pub async fn stop(&mut self) {
         while let Some(mut slot) = self.roles.pop().or_else(|| self.cluster.take()) {
             let since = Instant::now();
+            self.status.set_role(slot.name, RoleState::Stopping);
             drop(slot.stop.take());
             match tokio::time::timeout(self.shutdown_timeout.get(), &mut slot.stopped).await {
-                Ok(_) => tracing::info!(
+                Ok(_) => {
+                    self.status.set_role(slot.name, RoleState::Stopped);
+                    tracing::info!(
                     node = %self.name,
                     role = slot.name,
                     elapsed_ms = since.elapsed().as_millis() as u64,
                     "role stopped"
-                ),
-                Err(_) => tracing::warn!(
-                    node = %self.name,
-                    role = slot.name,
-                    timeout = %self.shutdown_timeout,
-                    "role did not stop within the shutdown timeout; abandoning it"
-                ),
+                    )
+                }
+                Err(_) => {
+                    self.status.set_role(slot.name, RoleState::Abandoned);
+                    tracing::warn!(
+                        node = %self.name,
+                        role = slot.name,
+                        timeout = %self.shutdown_timeout,
+                        "role did not stop within the shutdown timeout; abandoning it"
+                    )
+                }
             }
             slot.arbiter.stop();
         }
+    }
+
+    /// Where the roles' states are shown.
+    pub fn status(&self) -> &NodeHandle {
+        &self.status
     }
 
     /// Names of the running roles, in start order.
@@ -260,13 +300,7 @@ mod tests {
         actix_rt::System::new().block_on(async move {
             let (control, requests) = NodeControl::channel();
             let mut signals = crate::signals::Signals::new().unwrap();
-            let plan = NodePlan {
-                name: Arc::from(settings.name.as_str()),
-                roles: settings.roles,
-                shutdown_timeout: settings.shutdown_timeout,
-                cluster: settings.cluster,
-                effective: Arc::new(settings.effective),
-            };
+            let plan = NodePlan::from_settings(settings, "embedded default");
             let mut node = RunningNode::start(plan, control, requests, &mut signals)
                 .await
                 .map_err(|e| e.message)

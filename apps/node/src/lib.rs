@@ -15,11 +15,11 @@ pub mod cli;
 pub mod compose;
 pub mod heartbeat;
 pub mod logging;
+pub mod notify;
+pub mod reload;
 pub mod roles;
 pub mod settings;
 pub mod signals;
-
-use std::sync::Arc;
 
 use clap::Parser;
 use troupe_core::{ConfigError, NodeControl, RoleSet};
@@ -37,10 +37,14 @@ pub fn main_with(known: RoleSet) -> i32 {
         Command::EchoWorker(args) => broker_tools::echo_worker(args),
         Command::Call(args) => broker_tools::call(args),
         Command::Cluster(args) => cluster(&known, args),
+        Command::Ctl(args) => ctl(&known, args),
     }
 }
 
-fn load(known: &RoleSet, args: &NodeArgs) -> Result<settings::NodeSettings, ConfigError> {
+pub(crate) fn load(
+    known: &RoleSet,
+    args: &NodeArgs,
+) -> Result<settings::NodeSettings, ConfigError> {
     settings::load(
         known,
         args.config.as_deref(),
@@ -92,39 +96,101 @@ fn cluster(known: &RoleSet, args: troupe_beacon::cli::ClusterArgs) -> i32 {
     troupe_beacon::cli::run(args, cluster, &settings.name)
 }
 
+/// `troupe ctl …`: the flags name the node, else the config (`--config`, else the embedded
+/// default) does.
+fn ctl(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
+    let target = match troupe_control::ctl::explicit_target(&args) {
+        Ok(Some(target)) => target,
+        Ok(None) => {
+            let node_args = NodeArgs {
+                config: args.config.clone(),
+                roles: None,
+                name: None,
+                log_level: None,
+                log_format: cli::LogFormat::Text,
+            };
+            match load(known, &node_args) {
+                Ok(settings) => troupe_control::client::Target::Unix(
+                    settings.control.socket_path(&settings.name),
+                ),
+                Err(err) => return config_failure(err),
+            }
+        }
+        Err(failure) => {
+            eprintln!("troupe: {}", failure.message);
+            return failure.code;
+        }
+    };
+    troupe_control::ctl::run(args, target)
+}
+
 fn run(known: &RoleSet, args: NodeArgs) -> i32 {
+    // Before any thread exists: the notify variables are the node's, not its services'.
+    let notifier = notify::Notifier::take_from_env();
     let settings = match load(known, &args) {
         Ok(settings) => settings,
         Err(err) => return config_failure(err),
     };
-    if let Err(err) = logging::init(args.log_level.as_deref(), args.log_format) {
+    let level = args
+        .log_level
+        .clone()
+        .or_else(|| Some(settings.log_level.clone()).filter(|l| !l.is_empty()));
+    if let Err(err) = logging::init(level.as_deref(), args.log_format) {
         return config_failure(err);
     }
-    let plan = NodePlan {
-        name: Arc::from(settings.name.as_str()),
-        roles: settings.roles,
-        shutdown_timeout: settings.shutdown_timeout,
-        cluster: settings.cluster,
-        effective: Arc::new(settings.effective),
+    let source = match &args.config {
+        Some(path) => path.display().to_string(),
+        None => "embedded default".to_string(),
     };
-    actix_rt::System::new().block_on(run_node(plan))
+    let reloader = reload::Reloader {
+        known,
+        args: &args,
+        source: source.clone(),
+        current: settings.effective.clone(),
+    };
+    let control = settings.control.clone();
+    let plan = NodePlan::from_settings(settings, &source);
+    actix_rt::System::new().block_on(run_node(plan, control, reloader, notifier))
 }
 
-async fn run_node(plan: NodePlan) -> i32 {
+async fn run_node(
+    plan: NodePlan,
+    control: troupe_control::ControlConfig,
+    mut reloader: reload::Reloader<'_>,
+    notifier: notify::Notifier,
+) -> i32 {
     let node = plan.name.clone();
-    let mut signals = match signals::Signals::new() {
-        Ok(signals) => signals,
-        Err(err) => {
+    let (mut signals, mut hangups) = match (signals::Signals::new(), signals::Hangups::new()) {
+        (Ok(signals), Ok(hangups)) => (signals, hangups),
+        (Err(err), _) | (_, Err(err)) => {
             tracing::error!(node = %node, %err, "cannot listen for signals");
             return 1;
         }
     };
-    let (control, stop_requests) = NodeControl::channel();
-    troupe_core::panic::install(node.clone(), control.clone());
+    let (control_tx, stop_requests) = NodeControl::channel();
+    troupe_core::panic::install(node.clone(), control_tx.clone());
     tracing::info!(node = %node, version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "node starting");
-    let mut running = match RunningNode::start(plan, control, stop_requests, &mut signals).await {
+    let (reloads, mut reload_requests) = tokio::sync::mpsc::channel(1);
+    let setup = troupe_control::ControlSetup {
+        config: control,
+        node: plan.status.clone(),
+        published: plan.published.clone(),
+        reloads,
+    };
+    let api = match troupe_control::ControlServer::start(setup).await {
+        Ok(api) => api,
+        Err(message) => {
+            tracing::error!(node = %node, error = %message, "control API failed to start");
+            eprintln!("troupe: {message}");
+            return 1;
+        }
+    };
+    let published = plan.published.clone();
+    let mut running = match RunningNode::start(plan, control_tx, stop_requests, &mut signals).await
+    {
         Ok(running) => running,
         Err(aborted) => {
+            api.stop().await;
             if aborted.exit_code != 0 {
                 eprintln!("troupe: {}", aborted.message);
             }
@@ -132,13 +198,50 @@ async fn run_node(plan: NodePlan) -> i32 {
         }
     };
     tracing::info!(node = %node, roles = ?running.role_names(), "node ready");
-    let code = running.wait_for_stop(&mut signals).await;
+    notify::spawn_ready_and_watchdog(notifier.clone(), published);
+    let code = loop {
+        tokio::select! {
+            code = running.wait_for_stop(&mut signals) => break code,
+            _ = hangups.recv() => {
+                tracing::info!(node = %node, "SIGHUP received; reloading the configuration");
+                notifier.notify("RELOADING=1");
+                match reloader.reload(&mut running, false).await {
+                    Ok(report) => {
+                        running.status().reloaded();
+                        tracing::info!(node = %node, report = %report, "configuration reloaded");
+                    }
+                    Err(err) => tracing::error!(node = %node, error = %err, "reload refused; nothing changed"),
+                }
+                notifier.notify("READY=1");
+            }
+            Some(request) = reload_requests.recv() => {
+                if !request.dry_run {
+                    notifier.notify("RELOADING=1");
+                }
+                let outcome = reloader.reload(&mut running, request.dry_run).await;
+                match &outcome {
+                    Ok(report) if !request.dry_run => {
+                        running.status().reloaded();
+                        tracing::info!(node = %node, report = %report, "configuration reloaded");
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(node = %node, error = %err, "reload refused; nothing changed"),
+                }
+                if !request.dry_run {
+                    notifier.notify("READY=1");
+                }
+                let _ = request.reply.send(outcome);
+            }
+        }
+    };
+    notifier.notify("STOPPING=1");
     actix_rt::spawn(async move {
         let signal = signals.recv().await;
         tracing::warn!(signal, "second signal; exiting at once");
         std::process::exit(128 + signal);
     });
     running.stop().await;
+    api.stop().await;
     tracing::info!(node = %node, exit_code = code, "node stopped");
     actix_rt::System::current().stop();
     code

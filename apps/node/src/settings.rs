@@ -13,6 +13,7 @@ use std::path::Path;
 use config::{Environment, File, FileFormat};
 use serde_json::{json, Map, Value};
 use troupe_beacon::{ClusterClient, ClusterConfig};
+use troupe_control::ControlConfig;
 use troupe_core::role::start_order;
 use troupe_core::settings::Duration;
 use troupe_core::{ConfigError, PreparedRole, Role, RoleSet};
@@ -30,7 +31,19 @@ pub const RESERVED_ENV: &[&str] = &[
     troupe_core::services::ENV_IPC_SOCKET,
 ];
 
-const TOP_LEVEL_KEYS: &[&str] = &["name", "roles", "shutdown_timeout", ClusterConfig::TABLE];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name",
+    "roles",
+    "shutdown_timeout",
+    "log_level",
+    ClusterConfig::TABLE,
+    ControlConfig::TABLE,
+];
+
+/// Whether top-level `key` is a role's table (not one of the node's own keys).
+pub fn is_role_table(key: &str) -> bool {
+    !TOP_LEVEL_KEYS.contains(&key)
+}
 
 /// The highest layer: values given as command-line flags.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +64,10 @@ pub struct NodeSettings {
     pub shutdown_timeout: Duration,
     /// The cluster client, when `[cluster]` names beacons: started before the roles.
     pub cluster: Option<PreparedRole>,
+    /// The `[control]` table: where the node's control API listens.
+    pub control: ControlConfig,
+    /// The log filter from `log_level`; empty: `RUST_LOG`, else `info`.
+    pub log_level: String,
     /// The whole effective document (every default filled in), for display and for roles.
     pub effective: Value,
 }
@@ -76,12 +93,15 @@ fn merge(
         "name": default_node_name(),
         "roles": [],
         "shutdown_timeout": "5s",
+        "log_level": "",
     });
     for (name, section) in known.default_sections() {
         defaults[name] = section;
     }
     defaults[ClusterConfig::TABLE] = serde_json::to_value(ClusterConfig::default())
         .map_err(|err| ConfigError::new(ClusterConfig::TABLE, err.to_string()))?;
+    defaults[ControlConfig::TABLE] = serde_json::to_value(ControlConfig::default())
+        .map_err(|err| ConfigError::new(ControlConfig::TABLE, err.to_string()))?;
     let mut builder = config::Config::builder()
         .add_source(File::from_str(&defaults.to_string(), FileFormat::Json));
     builder = match file {
@@ -204,8 +224,10 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
     let shutdown_timeout: Duration =
         serde_json::from_value(doc.remove("shutdown_timeout").unwrap_or(Value::Null))
             .map_err(|err| ConfigError::new("shutdown_timeout", err.to_string()))?;
+    let log_level = parse_log_level(doc.remove("log_level"))?;
     let selected = parse_roles(known, doc.remove("roles"))?;
     let (cluster_effective, cluster) = parse_cluster(doc.remove(ClusterConfig::TABLE), &selected)?;
+    let control = parse_control(doc.remove(ControlConfig::TABLE))?;
 
     let mut effective = Map::new();
     effective.insert("name".into(), Value::String(name.clone()));
@@ -214,6 +236,7 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         "shutdown_timeout".into(),
         Value::String(shutdown_timeout.to_string()),
     );
+    effective.insert("log_level".into(), Value::String(log_level.clone()));
     let mut prepared = Vec::new();
     for role in known.names() {
         let section = doc.remove(role).unwrap_or_else(|| json!({}));
@@ -235,13 +258,52 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         json!(roles.iter().map(|r| r.name).collect::<Vec<_>>()),
     );
     effective.insert(ClusterConfig::TABLE.into(), cluster_effective);
+    effective.insert(
+        ControlConfig::TABLE.into(),
+        serde_json::to_value(&control)
+            .map_err(|err| ConfigError::new(ControlConfig::TABLE, err.to_string()))?,
+    );
     Ok(NodeSettings {
         name,
         roles,
         shutdown_timeout,
         cluster,
+        control,
+        log_level,
         effective: Value::Object(effective),
     })
+}
+
+/// Parses `log_level`: a tracing filter (`info`, `info,troupe_broker=debug`), or empty.
+fn parse_log_level(value: Option<Value>) -> Result<String, ConfigError> {
+    let level = match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(other) => {
+            return Err(ConfigError::new(
+                "log_level",
+                format!("expected a log filter like \"info\", found {other}"),
+            ))
+        }
+    };
+    if !level.is_empty() {
+        crate::logging::parse_filter(&level).map_err(|why| ConfigError::new("log_level", why))?;
+    }
+    Ok(level)
+}
+
+/// Parses and checks the `[control]` table, its token file included.
+fn parse_control(section: Option<Value>) -> Result<ControlConfig, ConfigError> {
+    let section = section.unwrap_or_else(|| json!({}));
+    let control: ControlConfig = serde_path_to_error::deserialize(section).map_err(|err| {
+        let path = err.path().to_string();
+        let key = if path == "." { String::new() } else { path };
+        ConfigError::new(key, err.into_inner().to_string()).within(ControlConfig::TABLE)
+    })?;
+    control
+        .validate()
+        .map_err(|err| err.within(ControlConfig::TABLE))?;
+    Ok(control)
 }
 
 /// Parses the `[cluster]` table; its `resource` defaults to the first role the user listed.

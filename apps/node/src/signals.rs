@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM as one async stream of signal numbers.
+//! SIGINT and SIGTERM as one async stream of signal numbers, and SIGHUP on its own.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -23,5 +23,21 @@ impl Signals {
             _ = self.interrupt.recv() => libc::SIGINT,
             _ = self.terminate.recv() => libc::SIGTERM,
         }
+    }
+}
+
+/// SIGHUP, which asks the node to reload its configuration. Listening for it replaces its
+/// default action (ending the process), from the moment the node starts.
+pub struct Hangups(Signal);
+
+impl Hangups {
+    /// Starts listening. Must run inside a tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Hangups(signal(SignalKind::hangup())?))
+    }
+
+    /// Waits for the next SIGHUP.
+    pub async fn recv(&mut self) {
+        self.0.recv().await;
     }
 }

@@ -1,0 +1,379 @@
+//! The control plane against real release `troupe` nodes (`make bench` builds them):
+//!
+//! 1. **`ctl status` with 1000 services.** A node supervises 1000 `sleep` services; the
+//!    median wall time of `troupe ctl status` (a whole process: start, connect, two API calls,
+//!    print) is compared with the goal (50 ms) and with its floor, `troupe --version` (the
+//!    same process start, no node). The median of `GET /v1/services` alone is shown too.
+//! 2. **Broker throughput while the API is polled.** A node runs the broker; DEALER clients
+//!    keep 64 requests in flight through it to echo workers. Runs alternate between quiet and
+//!    polled (`GET /v1/broker` and `GET /v1/node` ten times a second each); the ratio of the
+//!    medians, polled / quiet, must stay at or above 0.95.
+//! 3. **API requests per second under load.** During the same load, one client sends
+//!    `GET /v1/node` back to back on one connection; its rate is reported with the broker's
+//!    throughput at the time (and that throughput's ratio to the quiet runs).
+//!
+//! Environment: `TROUPE_BENCH_QUICK=1` (1 s windows, 2 runs), `TROUPE_BENCH_SECONDS`,
+//! `TROUPE_BENCH_RUNS`, `TROUPE_BENCH_SERVICES`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use troupe_tests::{free_port, troupe, Proc};
+
+struct Params {
+    seconds: f64,
+    runs: usize,
+    services: usize,
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let quick = std::env::var_os("TROUPE_BENCH_QUICK").is_some();
+        let get = |name: &str, default: f64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Params {
+            seconds: get("TROUPE_BENCH_SECONDS", if quick { 1.0 } else { 3.0 }),
+            runs: get("TROUPE_BENCH_RUNS", if quick { 2.0 } else { 5.0 }) as usize,
+            services: get("TROUPE_BENCH_SERVICES", 1000.0) as usize,
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to a node's control socket.
+struct Api {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Api {
+    fn connect(socket: &Path) -> Api {
+        let stream = UnixStream::connect(socket).expect("connect to the control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Api {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// GET `path`; returns the status and the body.
+    fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
+        write!(
+            self.writer,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
+
+fn start_node(dir: &Path, config: &str) -> (Proc, PathBuf) {
+    let socket = dir.join("ctl.sock");
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"bench-{}\"\nshutdown_timeout = \"60s\"\n{config}\n[control]\nsocket = \"{}\"\n",
+            std::process::id(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = troupe();
+    cmd.args(["run", "--log-level", "warn,troupe_node=info", "--config"])
+        .arg(&path);
+    let mut node = Proc::spawn(cmd);
+    node.wait_for(&["node ready"], Duration::from_secs(120));
+    (node, socket)
+}
+
+fn stop_node(mut node: Proc) {
+    node.signal(libc::SIGTERM);
+    node.wait_exit(Duration::from_secs(120));
+}
+
+fn time_command(mut cmd: Command) -> f64 {
+    let since = Instant::now();
+    let out = cmd.output().expect("run");
+    let elapsed = since.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+fn status_latency(p: &Params) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from("roles = [\"supervisor\"]\n");
+    for i in 0..p.services {
+        config.push_str(&format!(
+            "[[supervisor.services]]\nid = \"s{i}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\nterminate_timeout_ms = 0\n"
+        ));
+    }
+    let (node, socket) = start_node(dir.path(), &config);
+    let mut api = Api::connect(&socket);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = api.get("/v1/services");
+        let running = String::from_utf8_lossy(&body)
+            .matches("\"state\":\"running\"")
+            .count();
+        if running == p.services {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {running} services running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let samples = (p.runs * 10).max(20);
+    let mut ctl = Vec::new();
+    let mut floor = Vec::new();
+    let mut list = Vec::new();
+    for _ in 0..samples {
+        let mut cmd = troupe();
+        cmd.arg("ctl").arg("--socket").arg(&socket).arg("status");
+        ctl.push(time_command(cmd));
+        let mut cmd = troupe();
+        cmd.arg("--version");
+        floor.push(time_command(cmd));
+        let since = Instant::now();
+        let (status, _) = api.get("/v1/services");
+        assert_eq!(status, 200);
+        list.push(since.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (ctl, floor, list) = (median(&mut ctl), median(&mut floor), median(&mut list));
+    println!(
+        "control/status: {} services, {samples} samples each (medians)",
+        p.services
+    );
+    println!(
+        "  troupe ctl status       {ctl:8.2} ms   goal 50 ms: ratio {:.2} (below 1 meets it)",
+        ctl / 50.0
+    );
+    println!(
+        "  troupe --version        {floor:8.2} ms   (process start: ctl status / floor = {:.2})",
+        ctl / floor
+    );
+    println!("  GET /v1/services        {list:8.2} ms");
+    drop(api);
+    stop_node(node);
+}
+
+const ECHO: &str = "echo";
+
+/// An echo worker in the seed framing announcing 64 free (as the broker bench's).
+fn echo_worker(endpoint: String, stop: Arc<AtomicBool>) {
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::DEALER).unwrap();
+    socket.set_linger(0).unwrap();
+    socket.connect(&endpoint).unwrap();
+    socket
+        .send_multipart([&b""[..], b"\x01\x01\x40"], 0)
+        .unwrap();
+    let mut next_heartbeat = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if socket.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
+            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                if frames.len() > 3 {
+                    let _ = socket.send_multipart(frames, zmq::DONTWAIT);
+                }
+            }
+        }
+        if Instant::now() >= next_heartbeat {
+            next_heartbeat = Instant::now() + Duration::from_millis(500);
+            let _ = socket.send_multipart([&b""[..], b"\x02\x01\x40"], zmq::DONTWAIT);
+        }
+    }
+}
+
+/// A client keeping `in_flight` requests outstanding for `window`; returns the replies.
+fn client(endpoint: &str, in_flight: usize, window: Duration) -> u64 {
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::DEALER).unwrap();
+    socket.set_linger(0).unwrap();
+    socket.connect(endpoint).unwrap();
+    let body = [7u8; 64];
+    for _ in 0..in_flight {
+        socket.send_multipart([&b""[..], &body], 0).unwrap();
+    }
+    let until = Instant::now() + window;
+    let mut replies = 0;
+    while Instant::now() < until {
+        if socket.poll(zmq::POLLIN, 100).unwrap_or(0) == 0 {
+            continue;
+        }
+        while socket.recv_multipart(zmq::DONTWAIT).is_ok() {
+            replies += 1;
+            socket.send_multipart([&b""[..], &body], 0).unwrap();
+        }
+    }
+    replies
+}
+
+/// Load through the broker for `window`: replies per second.
+fn load(frontend: &str, window: Duration) -> f64 {
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let endpoint = frontend.to_string();
+            std::thread::spawn(move || client(&endpoint, 16, window))
+        })
+        .collect();
+    let replies: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    replies as f64 / window.as_secs_f64()
+}
+
+fn broker_under_polling(p: &Params) {
+    let dir = tempfile::tempdir().unwrap();
+    let (front, back, mdp) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "roles = [\"broker\"]\n[broker]\nservice = \"{ECHO}\"\nfrontend = \"tcp://127.0.0.1:{front}\"\nbackend = \"tcp://127.0.0.1:{back}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
+    );
+    let (node, socket) = start_node(dir.path(), &config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (endpoint, stop) = (format!("tcp://127.0.0.1:{back}"), stop.clone());
+            std::thread::spawn(move || echo_worker(endpoint, stop))
+        })
+        .collect();
+    let frontend = format!("tcp://127.0.0.1:{front}");
+    let window = Duration::from_secs_f64(p.seconds);
+    // Warm up until both workers serve.
+    let mut api = Api::connect(&socket);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&api.get("/v1/broker").1).contains("\"workers\":2") {
+        assert!(Instant::now() < deadline, "workers never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    load(&frontend, Duration::from_millis(500));
+
+    let (mut quiet, mut polled, mut busy, mut api_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..p.runs {
+        quiet.push(load(&frontend, window));
+
+        // Polled ten times a second (each of two routes).
+        let polling = Arc::new(AtomicBool::new(true));
+        let poller = {
+            let (polling, socket) = (polling.clone(), socket.clone());
+            std::thread::spawn(move || {
+                let mut api = Api::connect(&socket);
+                let mut next = Instant::now();
+                while polling.load(Ordering::Relaxed) {
+                    assert_eq!(api.get("/v1/broker").0, 200);
+                    assert_eq!(api.get("/v1/node").0, 200);
+                    next += Duration::from_millis(100);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        };
+        polled.push(load(&frontend, window));
+        polling.store(false, Ordering::Relaxed);
+        poller.join().unwrap();
+
+        // The API as fast as one client can ask.
+        let asking = Arc::new(AtomicBool::new(true));
+        let answered = Arc::new(AtomicU64::new(0));
+        let asker = {
+            let (asking, answered, socket) = (asking.clone(), answered.clone(), socket.clone());
+            std::thread::spawn(move || {
+                let mut api = Api::connect(&socket);
+                while asking.load(Ordering::Relaxed) {
+                    assert_eq!(api.get("/v1/node").0, 200);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let since = Instant::now();
+        busy.push(load(&frontend, window));
+        let rate = answered.load(Ordering::Relaxed) as f64 / since.elapsed().as_secs_f64();
+        asking.store(false, Ordering::Relaxed);
+        asker.join().unwrap();
+        api_rates.push(rate);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let (quiet, polled, busy, api_rate) = (
+        median(&mut quiet),
+        median(&mut polled),
+        median(&mut busy),
+        median(&mut api_rates),
+    );
+    println!(
+        "control/broker: {} runs of {:.1} s each, 64 requests in flight (medians)",
+        p.runs, p.seconds
+    );
+    println!("  broker, API quiet           {quiet:10.0} req/s");
+    println!(
+        "  broker, API polled 10x/s    {polled:10.0} req/s   ratio {:.3} (goal >= 0.95)",
+        polled / quiet
+    );
+    println!(
+        "  broker, API asked flat out  {busy:10.0} req/s   ratio {:.3}",
+        busy / quiet
+    );
+    println!("  API GET /v1/node under load {api_rate:10.0} req/s");
+    drop(api);
+    stop_node(node);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument picks one part.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let p = Params::from_env();
+    if filter.as_deref().is_none_or(|f| "status".contains(f)) {
+        status_latency(&p);
+    }
+    if filter.as_deref().is_none_or(|f| "broker".contains(f)) {
+        broker_under_polling(&p);
+    }
+}
