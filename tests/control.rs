@@ -703,6 +703,25 @@ fn the_broker_view_lists_its_workers() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     assert!(names.contains(&"resize"), "{broker}");
+    // A service whose address is taken is not added; the rest of the reload stands.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().port();
+    let back3 = free_port();
+    let with_taken = std::fs::read_to_string(node.config_path()).unwrap().replace(
+        "[broker.majordomo]",
+        &format!("[[broker.services]]\nname = \"taken\"\nfrontend = \"tcp://127.0.0.1:{taken}\"\nbackend = \"tcp://127.0.0.1:{back3}\"\n[broker.majordomo]"),
+    );
+    std::fs::write(node.config_path(), with_taken).unwrap();
+    let out = node.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("broker") && stderr(&out).contains(&taken.to_string()),
+        "{}",
+        text(&out)
+    );
+    let broker = node.json(&["broker"]);
+    assert!(!broker.to_string().contains("\"taken\""), "{broker}");
+    assert!(broker.to_string().contains("\"resize\""), "{broker}");
     // A node without the supervisor says so.
     let out = node.ctl(&["services"]);
     assert_eq!(out.status.code(), Some(1));

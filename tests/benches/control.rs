@@ -269,6 +269,51 @@ fn load(frontend: &str, window: Duration) -> f64 {
     replies as f64 / window.as_secs_f64()
 }
 
+/// Load while the API is polled ten times a second (each of two routes).
+fn polled_load(frontend: &str, socket: &Path, window: Duration) -> f64 {
+    let polling = Arc::new(AtomicBool::new(true));
+    let poller = {
+        let (polling, socket) = (polling.clone(), socket.to_path_buf());
+        std::thread::spawn(move || {
+            let mut api = Api::connect(&socket);
+            let mut next = Instant::now();
+            while polling.load(Ordering::Relaxed) {
+                assert_eq!(api.get("/v1/broker").0, 200);
+                assert_eq!(api.get("/v1/node").0, 200);
+                next += Duration::from_millis(100);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    let throughput = load(frontend, window);
+    polling.store(false, Ordering::Relaxed);
+    poller.join().unwrap();
+    throughput
+}
+
+/// Load while one client asks the API `GET /v1/node` back to back: the broker's throughput
+/// and the API's answers per second.
+fn asked_load(frontend: &str, socket: &Path, window: Duration) -> (f64, f64) {
+    let asking = Arc::new(AtomicBool::new(true));
+    let answered = Arc::new(AtomicU64::new(0));
+    let asker = {
+        let (asking, answered, socket) = (asking.clone(), answered.clone(), socket.to_path_buf());
+        std::thread::spawn(move || {
+            let mut api = Api::connect(&socket);
+            while asking.load(Ordering::Relaxed) {
+                assert_eq!(api.get("/v1/node").0, 200);
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let since = Instant::now();
+    let throughput = load(frontend, window);
+    let rate = answered.load(Ordering::Relaxed) as f64 / since.elapsed().as_secs_f64();
+    asking.store(false, Ordering::Relaxed);
+    asker.join().unwrap();
+    (throughput, rate)
+}
+
 fn broker_under_polling(p: &Params) {
     let dir = tempfile::tempdir().unwrap();
     let (front, back, mdp) = (free_port(), free_port(), free_port());
@@ -296,48 +341,26 @@ fn broker_under_polling(p: &Params) {
 
     let (mut quiet, mut polled, mut busy, mut api_rates) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..p.runs {
-        quiet.push(load(&frontend, window));
-
-        // Polled ten times a second (each of two routes).
-        let polling = Arc::new(AtomicBool::new(true));
-        let poller = {
-            let (polling, socket) = (polling.clone(), socket.clone());
-            std::thread::spawn(move || {
-                let mut api = Api::connect(&socket);
-                let mut next = Instant::now();
-                while polling.load(Ordering::Relaxed) {
-                    assert_eq!(api.get("/v1/broker").0, 200);
-                    assert_eq!(api.get("/v1/node").0, 200);
-                    next += Duration::from_millis(100);
-                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    for run in 0..p.runs {
+        // The three conditions in a rotating order, so that none always runs first.
+        for step in 0..3 {
+            match (run + step) % 3 {
+                0 => quiet.push(load(&frontend, window)),
+                1 => polled.push(polled_load(&frontend, &socket, window)),
+                _ => {
+                    let (throughput, rate) = asked_load(&frontend, &socket, window);
+                    busy.push(throughput);
+                    api_rates.push(rate);
                 }
-            })
-        };
-        polled.push(load(&frontend, window));
-        polling.store(false, Ordering::Relaxed);
-        poller.join().unwrap();
-
-        // The API as fast as one client can ask.
-        let asking = Arc::new(AtomicBool::new(true));
-        let answered = Arc::new(AtomicU64::new(0));
-        let asker = {
-            let (asking, answered, socket) = (asking.clone(), answered.clone(), socket.clone());
-            std::thread::spawn(move || {
-                let mut api = Api::connect(&socket);
-                while asking.load(Ordering::Relaxed) {
-                    assert_eq!(api.get("/v1/node").0, 200);
-                    answered.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        };
-        let since = Instant::now();
-        busy.push(load(&frontend, window));
-        let rate = answered.load(Ordering::Relaxed) as f64 / since.elapsed().as_secs_f64();
-        asking.store(false, Ordering::Relaxed);
-        asker.join().unwrap();
-        api_rates.push(rate);
+            }
+        }
     }
+    println!(
+        "  per run (req/s): quiet {:?}\n                   polled {:?}\n                   asked {:?}",
+        quiet.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        polled.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        busy.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+    );
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         let _ = worker.join();

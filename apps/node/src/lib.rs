@@ -208,7 +208,7 @@ async fn run_node(
                 match reloader.reload(&mut running, false).await {
                     Ok(report) => {
                         running.status().reloaded();
-                        tracing::info!(node = %node, report = %report, "configuration reloaded");
+                        log_reload(&node, &report);
                     }
                     Err(err) => tracing::error!(node = %node, error = %err, "reload refused; nothing changed"),
                 }
@@ -222,7 +222,7 @@ async fn run_node(
                 match &outcome {
                     Ok(report) if !request.dry_run => {
                         running.status().reloaded();
-                        tracing::info!(node = %node, report = %report, "configuration reloaded");
+                        log_reload(&node, report);
                     }
                     Ok(_) => {}
                     Err(err) => tracing::warn!(node = %node, error = %err, "reload refused; nothing changed"),
@@ -245,4 +245,13 @@ async fn run_node(
     tracing::info!(node = %node, exit_code = code, "node stopped");
     actix_rt::System::current().stop();
     code
+}
+
+fn log_reload(node: &str, report: &serde_json::Value) {
+    match report["failed"].as_array().filter(|f| !f.is_empty()) {
+        Some(failed) => {
+            tracing::warn!(node, report = %report, failed = ?failed, "configuration reloaded, except where it failed")
+        }
+        None => tracing::info!(node, report = %report, "configuration reloaded"),
+    }
 }

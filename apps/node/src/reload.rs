@@ -10,7 +10,8 @@
 //!   listed on later reloads until the node restarts.
 //!
 //! A configuration that does not validate changes nothing: the answer is `check-config`'s
-//! one-line error.
+//! one-line error. A role that cannot apply a valid configuration (an address already taken)
+//! keeps its running one, the others apply theirs, and the answer lists it under `failed`.
 
 use std::collections::BTreeSet;
 
@@ -80,30 +81,41 @@ impl Reloader<'_> {
         let mut report = Map::new();
         let mut changes = 0usize;
 
+        // A role that cannot apply its part (a port already taken, say) keeps its running
+        // configuration; the others still apply theirs, and the answer says what failed.
+        let mut failed: Vec<(&str, String)> = Vec::new();
         if roles.contains("supervisor") {
             let config: SupervisorConfig = section(&new, "supervisor")?;
             let supervisor: Addr<Supervisor> =
                 node.published.lookup().ok_or(ReloadError::Stopping)?;
-            let done = supervisor
+            let answer = supervisor
                 .send(ApplyConfig { config, dry_run })
                 .await
-                .map_err(|_| ReloadError::Stopping)?
-                .map_err(|err| ReloadError::Invalid(format!("supervisor: {err}")))?;
-            changes += done.added.len() + done.removed.len() + done.changed.len();
-            needs_restart.extend(done.needs_restart.iter().cloned());
-            report.insert("supervisor".into(), json!(done));
+                .map_err(|_| ReloadError::Stopping)?;
+            match answer {
+                Ok(done) => {
+                    changes += done.added.len() + done.removed.len() + done.changed.len();
+                    needs_restart.extend(done.needs_restart.iter().cloned());
+                    report.insert("supervisor".into(), json!(done));
+                }
+                Err(err) => failed.push(("supervisor", err.to_string())),
+            }
         }
         if roles.contains("broker") {
             let config: BrokerConfig = section(&new, "broker")?;
             let broker: Addr<BrokerActor> = node.published.lookup().ok_or(ReloadError::Stopping)?;
-            let done = broker
+            let answer = broker
                 .send(UpdateServices { config, dry_run })
                 .await
-                .map_err(|_| ReloadError::Stopping)?
-                .map_err(|err| ReloadError::Invalid(format!("broker: {err}")))?;
-            changes += done.added.len() + done.removed.len() + done.changed.len();
-            needs_restart.extend(done.needs_restart.iter().cloned());
-            report.insert("broker".into(), json!(done));
+                .map_err(|_| ReloadError::Stopping)?;
+            match answer {
+                Ok(done) => {
+                    changes += done.added.len() + done.removed.len() + done.changed.len();
+                    needs_restart.extend(done.needs_restart.iter().cloned());
+                    report.insert("broker".into(), json!(done));
+                }
+                Err(err) => failed.push(("broker", err.to_string())),
+            }
         }
         if changed.contains("log_level") && self.args.log_level.is_none() {
             let to = crate::logging::filter_text(&new.log_level);
@@ -125,8 +137,20 @@ impl Reloader<'_> {
             changes += 1;
         }
         if !dry_run {
-            self.current = applied(&self.current, &new.effective, &needs_restart);
+            let mut kept = needs_restart.clone();
+            kept.extend(failed.iter().map(|(role, _)| role.to_string()));
+            self.current = applied(&self.current, &new.effective, &kept);
         }
+        for (role, error) in &failed {
+            report.insert((*role).into(), json!({ "error": error }));
+        }
+        report.insert(
+            "failed".into(),
+            json!(failed
+                .iter()
+                .map(|(role, error)| format!("{role}: {error}"))
+                .collect::<Vec<_>>()),
+        );
         report.insert("dry_run".into(), json!(dry_run));
         report.insert("config_source".into(), json!(self.source));
         report.insert("changes".into(), json!(changes));

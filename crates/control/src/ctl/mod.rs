@@ -577,6 +577,16 @@ async fn execute(args: &CtlArgs, client: &Client) -> Result<(), Failure> {
             };
             let done = s.act(Method::POST, path, None).await?;
             s.show(&done, render::reload);
+            if let Some(failed) = done["failed"].as_array().filter(|f| !f.is_empty()) {
+                let failed: Vec<String> = failed
+                    .iter()
+                    .map(|f| f.as_str().unwrap_or_default().to_string())
+                    .collect();
+                return Err(Failure::refused(format!(
+                    "reload partly failed: {}",
+                    failed.join("; ")
+                )));
+            }
         }
     }
     Ok(())
