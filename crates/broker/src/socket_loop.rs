@@ -121,23 +121,6 @@ impl BrokerHandle {
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
-    /// [`BrokerHandle::update`] for callers outside an async runtime.
-    pub fn update_blocking(
-        &self,
-        config: BrokerConfig,
-        dry_run: bool,
-    ) -> Result<ServicesApplied, BrokerError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Update {
-                config: Box::new(config),
-                dry_run,
-                done: tx,
-            })
-            .map_err(|_| BrokerError::Stopped)?;
-        rx.blocking_recv().map_err(|_| BrokerError::Stopped)?
-    }
-
     /// [`BrokerHandle::drain`] for callers outside an async runtime (benchmarks, tools).
     pub fn drain_blocking(&self, window: Duration) -> Result<BrokerStats, BrokerError> {
         let (tx, rx) = oneshot::channel();

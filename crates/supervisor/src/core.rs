@@ -239,6 +239,37 @@ struct Child {
 }
 
 impl Child {
+    /// If the child is starting or running: marks it stopping, to do `then` once it has
+    /// stopped, and returns the stop to carry out. Otherwise changes nothing.
+    fn stop_running(&mut self, then: AfterStop) -> Option<Command> {
+        let (State::Starting {
+            generation,
+            pid,
+            since,
+        }
+        | State::Running {
+            generation,
+            pid,
+            since,
+        }) = self.state
+        else {
+            return None;
+        };
+        self.state = State::Stopping {
+            generation,
+            pid,
+            since,
+            then,
+        };
+        Some(Command::Stop {
+            id: self.spec.id.clone(),
+            generation,
+            timeout: self.spec.terminate_timeout,
+        })
+    }
+}
+
+impl Child {
     fn new(spec: ChildSpec, state: State) -> Self {
         Child {
             spec,
@@ -656,27 +687,8 @@ impl SupervisorCore {
             .get_mut(id)
             .ok_or_else(|| ChildError::NotFound(id.into()))?;
         match child.state.clone() {
-            State::Starting {
-                generation,
-                pid,
-                since,
-            }
-            | State::Running {
-                generation,
-                pid,
-                since,
-            } => {
-                child.state = State::Stopping {
-                    generation,
-                    pid,
-                    since,
-                    then: AfterStop::Wait,
-                };
-                Ok(vec![Command::Stop {
-                    id: id.into(),
-                    generation,
-                    timeout: child.spec.terminate_timeout,
-                }])
+            State::Starting { .. } | State::Running { .. } => {
+                Ok(child.stop_running(AfterStop::Wait).into_iter().collect())
             }
             State::Stopping { then, .. } => {
                 // A stop for an operator's restart becomes a plain stop.
@@ -730,29 +742,15 @@ impl SupervisorCore {
         match self.children[index].state.clone() {
             State::Failed(reason) => Err(ChildError::Failed(id.into(), reason)),
             State::Starting {
-                generation,
-                pid,
-                since,
+                generation, pid, ..
             }
             | State::Running {
-                generation,
-                pid,
-                since,
+                generation, pid, ..
             } => {
                 let next = self.next_generation();
-                let child = &mut self.children[index];
-                child.state = State::Stopping {
-                    generation,
-                    pid,
-                    since,
-                    then: AfterStop::Restart { generation: next },
-                };
                 tracing::info!(id, pid, generation, "restarting child on request");
-                commands.push(Command::Stop {
-                    id: id.into(),
-                    generation,
-                    timeout: child.spec.terminate_timeout,
-                });
+                let child = &mut self.children[index];
+                commands.extend(child.stop_running(AfterStop::Restart { generation: next }));
                 Ok((commands, next))
             }
             // Being removed by a reload: it is about to be gone.
@@ -825,27 +823,8 @@ impl SupervisorCore {
         };
         let child = &mut self.children[index];
         match child.state.clone() {
-            State::Starting {
-                generation,
-                pid,
-                since,
-            }
-            | State::Running {
-                generation,
-                pid,
-                since,
-            } => {
-                child.state = State::Stopping {
-                    generation,
-                    pid,
-                    since,
-                    then: AfterStop::Delete,
-                };
-                vec![Command::Stop {
-                    id: id.into(),
-                    generation,
-                    timeout: child.spec.terminate_timeout,
-                }]
+            State::Starting { .. } | State::Running { .. } => {
+                child.stop_running(AfterStop::Delete).into_iter().collect()
             }
             State::Stopping { .. } => {
                 if let State::Stopping { then, .. } = &mut child.state {
@@ -1152,29 +1131,7 @@ impl SupervisorCore {
             if depended_on.contains(id) {
                 continue;
             }
-            if let State::Starting {
-                generation,
-                pid,
-                since,
-            }
-            | State::Running {
-                generation,
-                pid,
-                since,
-            } = child.state
-            {
-                child.state = State::Stopping {
-                    generation,
-                    pid,
-                    since,
-                    then: AfterStop::Shutdown,
-                };
-                commands.push(Command::Stop {
-                    id: id.clone(),
-                    generation,
-                    timeout: child.spec.terminate_timeout,
-                });
-            }
+            commands.extend(child.stop_running(AfterStop::Shutdown));
         }
         if self.live_children() == 0 {
             commands.push(Command::ShutdownComplete);
