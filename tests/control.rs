@@ -373,6 +373,33 @@ fn an_operator_sees_and_steers_every_service() {
         "{answer}"
     );
 
+    // The ipc hub shows the service's channel connection.
+    let ipc = node.json(&["ipc"]);
+    let connections = ipc["connections"].as_array().unwrap();
+    assert!(connections.iter().any(|c| c["service"] == "py"), "{ipc}");
+    assert!(String::from_utf8_lossy(&node.ctl(&["ipc"]).stdout).contains("py"));
+
+    // The default child spec, read and replaced.
+    let default = node.json(&["default-spec"]);
+    assert_eq!(default["terminate_timeout_ms"], 0, "{default}");
+    let file = node.dir.path().join("default.toml");
+    std::fs::write(&file, "args = [\"--base\"]\nterminate_timeout_ms = 250\n").unwrap();
+    let out = node.ctl(&["default-spec", "--set", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(node.json(&["default-spec"])["terminate_timeout_ms"], 250);
+    std::fs::write(
+        &file,
+        "plan = [{ restart_backoff = { initial_ms = 500, max_ms = 1 } }]\n",
+    )
+    .unwrap();
+    let out = node.ctl(&["default-spec", "--set", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // A node without a cluster client says so.
+    let out = node.ctl(&["cluster"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no cluster client"), "{}", text(&out));
+
     // Bad input: clear errors, nothing changed.
     let out = node.ctl(&["service", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
@@ -646,13 +673,32 @@ fn tcp_needs_the_bearer_token() {
 
 #[test]
 fn the_broker_view_lists_its_workers() {
-    let (frontend, backend, mdp) = (free_port(), free_port(), free_port());
+    let (frontend, backend, mdp, beacon) = (free_port(), free_port(), free_port(), free_port());
     let node = Node::start(
         "broker",
         &format!(
-            "roles = [\"broker\"]\n[broker]\nfrontend = \"tcp://127.0.0.1:{frontend}\"\nbackend = \"tcp://127.0.0.1:{backend}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
+            "roles = [\"beacon\", \"broker\"]\n[beacon]\nbind = \"tcp://127.0.0.1:{beacon}\"\n[cluster]\nbeacons = [\"tcp://127.0.0.1:{beacon}\"]\n[broker]\nfrontend = \"tcp://127.0.0.1:{frontend}\"\nbackend = \"tcp://127.0.0.1:{backend}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
         ),
     );
+    // The cluster client's view: its registration and its beacon, up.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let cluster = node.json(&["cluster"]);
+        if cluster["client"]["beacons"][0]["state"] == "up" {
+            assert_eq!(
+                cluster["client"]["registration"]["resource"], "beacon",
+                "{cluster}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the beacon is never up: {cluster}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(String::from_utf8_lossy(&node.ctl(&["cluster"]).stdout)
+        .contains(&format!("tcp://127.0.0.1:{beacon}")));
     let mut worker = troupe();
     worker.args([
         "echo-worker",
@@ -685,7 +731,7 @@ fn the_broker_view_lists_its_workers() {
     node.rewrite(
         "broker",
         &format!(
-            "roles = [\"broker\"]\nlog_level = \"debug\"\n[broker]\nfrontend = \"tcp://127.0.0.1:{frontend}\"\nbackend = \"tcp://127.0.0.1:{backend}\"\n[[broker.services]]\nname = \"resize\"\nfrontend = \"tcp://127.0.0.1:{front2}\"\nbackend = \"tcp://127.0.0.1:{back2}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
+            "roles = [\"beacon\", \"broker\"]\nlog_level = \"debug\"\n[beacon]\nbind = \"tcp://127.0.0.1:{beacon}\"\n[cluster]\nbeacons = [\"tcp://127.0.0.1:{beacon}\"]\n[broker]\nfrontend = \"tcp://127.0.0.1:{frontend}\"\nbackend = \"tcp://127.0.0.1:{backend}\"\n[[broker.services]]\nname = \"resize\"\nfrontend = \"tcp://127.0.0.1:{front2}\"\nbackend = \"tcp://127.0.0.1:{back2}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
         ),
     );
     let report = node.json(&["reload"]);

@@ -673,3 +673,26 @@ fn a_refused_watch_is_asked_again_later() {
     let ops: Vec<&str> = sent(&actions, 0).iter().map(|r| r.request.op()).collect();
     assert_eq!(ops, ["heartbeat", "watch"]);
 }
+
+#[test]
+fn status_shows_the_registration_and_each_beacon_as_it_stands() {
+    let mut s = script(settings(None, &["broker"]), 2);
+    let before = s.core.status(s.now);
+    assert_eq!(before.node, "n1");
+    assert_eq!(before.registration.as_ref().unwrap().resource, "gate");
+    assert!(before
+        .beacons
+        .iter()
+        .all(|b| b.state == "down" && b.last_heard_ms_ago.is_none()));
+    assert_eq!(before.requirements, "unknown");
+    s.connect_all();
+    s.now += Duration::from_millis(300);
+    let after = s.core.status(s.now);
+    assert_eq!(after.beacons.len(), 2);
+    for beacon in &after.beacons {
+        assert_eq!(beacon.state, "up", "{beacon:?}");
+        assert!(beacon.connected);
+        assert_eq!(beacon.last_heard_ms_ago, Some(300));
+    }
+    assert_eq!(after.beacons[1].endpoint, "tcp://b1:1");
+}
