@@ -595,6 +595,15 @@ fn tcp_needs_the_bearer_token() {
         stream
     };
 
+    let running = |socket: &Path| {
+        let out = ctl_at(socket, &["service", "steady", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()
+    };
+    let deadline = Instant::now() + SETTLE;
+    while running(&socket)["state"] != "running" {
+        assert!(Instant::now() < deadline, "steady never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, body) = http(tcp(), "GET /v1/node HTTP/1.1", b"");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("unauthorized"), "{body}");
@@ -610,10 +619,9 @@ fn tcp_needs_the_bearer_token() {
         b"",
     );
     assert_eq!(status, 401);
-    let steady = ctl_at(&socket, &["service", "steady", "--json"]);
-    let steady: Value = serde_json::from_slice(&steady.stdout).unwrap();
     assert_eq!(
-        steady["state"], "running",
+        running(&socket)["state"],
+        "running",
         "a refused request changes nothing"
     );
     let (status, body) = http(tcp(), "GET /healthz HTTP/1.1", b"");
@@ -816,7 +824,7 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
         .arg("--config")
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "200000");
+        .env("WATCHDOG_USEC", "1000000");
     let mut proc = Proc::spawn(cmd);
     let next = |wanted: &str| loop {
         let mut buf = [0u8; 256];

@@ -209,3 +209,20 @@ terminate_timeout_ms = 60000
     );
     assert!(node.printed(&["second signal; exiting at once"]));
 }
+
+#[test]
+fn check_config_warns_of_a_bare_restart_forever_and_still_accepts_it() {
+    let f = config_file(
+        "roles = [\"supervisor\"]\n[[supervisor.services]]\nid = \"loop\"\ncommand = \"sh\"\nplan = [\"restart\"]\ncount = \"infinity\"\n",
+    );
+    let mut cmd = troupe();
+    cmd.arg("check-config").arg("--config").arg(f.path());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: supervisor.services[0].plan")
+            && stderr.contains("restart_backoff"),
+        "{stderr}"
+    );
+}

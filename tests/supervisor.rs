@@ -240,6 +240,7 @@ fn escalation_stops_the_node_with_a_non_zero_exit() {
         args = ["-c", "exit 7"]
         plan = ["restart"]
         count = 1
+        on_exhausted = "stop_node"
         [[supervisor.services]]
         id = "bystander"
         command = "sleep"

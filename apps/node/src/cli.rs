@@ -32,6 +32,13 @@ pub enum Command {
     /// Talk to a running node's control API: status, services, start/stop/restart, logs,
     /// reload, the broker's and the ipc hub's view.
     Ctl(troupe_control::ctl::CtlArgs),
+    /// The node's guard (started by the node itself): kills the node's services when the
+    /// node dies.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        /// The node's services folder in the cgroup hierarchy.
+        dir: PathBuf,
+    },
 }
 
 /// Flags of `troupe echo-worker`.

@@ -187,8 +187,9 @@ impl RunningNode {
     }
 
     /// Stops every role in reverse start order, then the cluster client, each within the
-    /// shutdown timeout.
-    pub async fn stop(&mut self) {
+    /// shutdown timeout. Returns the roles abandoned because they did not stop in time.
+    pub async fn stop(&mut self) -> Vec<&'static str> {
+        let mut abandoned = Vec::new();
         while let Some(mut slot) = self.roles.pop().or_else(|| self.cluster.take()) {
             let since = Instant::now();
             self.status.set_role(slot.name, RoleState::Stopping);
@@ -204,6 +205,7 @@ impl RunningNode {
                     )
                 }
                 Err(_) => {
+                    abandoned.push(slot.name);
                     self.status.set_role(slot.name, RoleState::Abandoned);
                     tracing::warn!(
                         node = %self.name,
@@ -215,6 +217,7 @@ impl RunningNode {
             }
             slot.arbiter.stop();
         }
+        abandoned
     }
 
     /// Where the roles' states are shown.

@@ -38,6 +38,7 @@ pub fn main_with(known: RoleSet) -> i32 {
         Command::Call(args) => broker_tools::call(args),
         Command::Cluster(args) => cluster(&known, args),
         Command::Ctl(args) => ctl(&known, args),
+        Command::Guard { dir } => troupe_supervisor::contain::run_guard(&dir),
     }
 }
 
@@ -64,6 +65,9 @@ fn config_failure(err: ConfigError) -> i32 {
 fn check_config(known: &RoleSet, args: NodeArgs) -> i32 {
     match load(known, &args) {
         Ok(settings) => {
+            for (key, warning) in settings::warnings(&settings.effective) {
+                eprintln!("troupe: warning: {key}: {warning}");
+            }
             print!("{}", settings::to_toml(&settings.effective));
             0
         }
@@ -138,6 +142,9 @@ fn run(known: &RoleSet, args: NodeArgs) -> i32 {
     if let Err(err) = logging::init(level.as_deref(), args.log_format) {
         return config_failure(err);
     }
+    for (key, warning) in settings::warnings(&settings.effective) {
+        tracing::warn!(key, "{warning}");
+    }
     let source = match &args.config {
         Some(path) => path.display().to_string(),
         None => "embedded default".to_string(),
@@ -185,6 +192,9 @@ async fn run_node(
             return 1;
         }
     };
+    plan.published.publish(troupe_core::context::NodeInstance(
+        api.socket_path().display().to_string(),
+    ));
     let published = plan.published.clone();
     let mut running = match RunningNode::start(plan, control_tx, stop_requests, &mut signals).await
     {
@@ -240,7 +250,24 @@ async fn run_node(
         tracing::warn!(signal, "second signal; exiting at once");
         std::process::exit(128 + signal);
     });
-    running.stop().await;
+    let abandoned = running.stop().await;
+    let code = match abandoned.is_empty() {
+        true => code,
+        false => {
+            // An abandoned role may still hold processes: none may outlive the node.
+            troupe_supervisor::contain::kill_everything();
+            tracing::error!(node = %node, roles = ?abandoned, "roles did not stop within the shutdown timeout; killed every service process left");
+            eprintln!(
+                "troupe: roles {} did not stop within the shutdown timeout; their processes were killed",
+                abandoned.join(", ")
+            );
+            if code == 0 {
+                1
+            } else {
+                code
+            }
+        }
+    };
     api.stop().await;
     tracing::info!(node = %node, exit_code = code, "node stopped");
     actix_rt::System::current().stop();

@@ -40,6 +40,22 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     ControlConfig::TABLE,
 ];
 
+/// What the configuration allows but probably should not (`check-config` prints these, `run`
+/// logs them): the supervisor's, when the node runs it. Each is a key and a sentence.
+pub fn warnings(effective: &Value) -> Vec<(String, String)> {
+    let runs = |role: &str| {
+        effective["roles"]
+            .as_array()
+            .is_some_and(|roles| roles.iter().any(|r| r == role))
+    };
+    if !runs("supervisor") {
+        return Vec::new();
+    }
+    serde_json::from_value::<troupe_supervisor::SupervisorConfig>(effective["supervisor"].clone())
+        .map(|config| config.warnings())
+        .unwrap_or_default()
+}
+
 /// Whether top-level `key` is a role's table (not one of the node's own keys).
 pub fn is_role_table(key: &str) -> bool {
     !TOP_LEVEL_KEYS.contains(&key)

@@ -59,6 +59,12 @@ impl Published {
     }
 }
 
+/// What names this node among the nodes of the same name on its machine: the path of its
+/// control socket, which only one live node holds. The node publishes it before its roles
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInstance(pub String);
+
 /// Everything a role gets when it starts.
 #[derive(Clone)]
 pub struct RoleContext {

@@ -228,7 +228,9 @@ impl Running {
     }
 }
 
-/// Starts `kind` supervising `services` (id, shell-free argv), in `dir`.
+/// Starts `kind` supervising `services` (id, shell-free argv), in `dir`. Troupe's services
+/// have no restart floor (`min_restart_interval = "0s"`), as supervisord's have none: the
+/// latency benchmark kills each replacement as soon as it runs.
 fn launch(
     kind: Kind,
     troupe: &Path,
@@ -245,7 +247,7 @@ fn launch(
             for (id, argv) in services {
                 let quoted: Vec<String> = argv[1..].iter().map(|a| format!("{a:?}")).collect();
                 text.push_str(&format!(
-                    "[[supervisor.services]]\nid = \"{id}\"\ncommand = {:?}\nargs = [{}]\nplan = [\"restart\"]\ncount = \"infinity\"\nterminate_timeout_ms = 0\n",
+                    "[[supervisor.services]]\nid = \"{id}\"\ncommand = {:?}\nargs = [{}]\nplan = [\"restart\"]\ncount = \"infinity\"\nmin_restart_interval = \"0s\"\nterminate_timeout_ms = 0\n",
                     argv[0],
                     quoted.join(", ")
                 ));

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use troupe_core::settings::Duration as ConfigDuration;
 use troupe_core::ConfigError;
 
 use crate::plan::{Count, Plan, PlanElement};
 use crate::spec::{
-    check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, ProcessSpec, ReadyConfig,
+    check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, OnExhausted, ProcessSpec,
+    ReadyConfig, DEFAULT_COUNT, DEFAULT_MIN_RESTART_INTERVAL, DEFAULT_PERIOD,
     DEFAULT_START_TIMEOUT,
 };
 
@@ -161,9 +163,21 @@ pub struct ServiceConfig {
     /// Restart plan (default: delete on a clean exit, restart otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
-    /// How many times the plan may run (default 1).
+    /// How many cycles of the plan may complete within `period` (default 5; `"infinity"`:
+    /// never used up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<Count>,
+    /// The window `count` applies to (default `"60s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<ConfigDuration>,
+    /// Shortest time between two starts decided by the plan (default `"100ms"`; `"0s"`
+    /// allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_restart_interval: Option<ConfigDuration>,
+    /// `"fail"` (default) or `"stop_node"`: what the node's supervisor does when the plan is
+    /// used up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<OnExhausted>,
     /// 0: SIGKILL at once; else SIGTERM to the group, wait, SIGKILL (default 1000, 5000 for
     /// type supervisor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,7 +259,12 @@ impl ServiceConfig {
                 config_path: Some(config_path),
             }),
             plan: self.plan.clone().unwrap_or_else(Plan::default_plan),
-            count: self.count.unwrap_or(Count::Finite(1)),
+            count: self.count.unwrap_or(DEFAULT_COUNT),
+            period: self.period.map_or(DEFAULT_PERIOD, ConfigDuration::get),
+            min_restart_interval: self
+                .min_restart_interval
+                .map_or(DEFAULT_MIN_RESTART_INTERVAL, ConfigDuration::get),
+            on_exhausted: self.on_exhausted.unwrap_or_default(),
             terminate_timeout: self
                 .terminate_timeout_ms
                 .map(Duration::from_millis)
@@ -276,6 +295,24 @@ impl ServiceConfig {
 }
 
 impl SupervisorConfig {
+    /// Warnings about entries that are valid but unwise, as `(key, message)` with the key in
+    /// full (`supervisor.services[2].plan`): an infinite `count` with a plan that restarts at
+    /// once (a bare `"restart"`, or the default plan), which retries a broken command for
+    /// ever. Entries that do not convert are skipped (validation reports them).
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let default = self.default.to_spec();
+        self.services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, service)| {
+                let id = service.id.as_deref().unwrap_or("unnamed");
+                let spec = service.to_spec(id, None, PathBuf::new()).ok()?;
+                let warning = default.merge(spec).plan_warning()?;
+                Some((format!("supervisor.services[{i}].plan"), warning))
+            })
+            .collect()
+    }
+
     /// The `state_dir` in effect for node `node`.
     pub fn state_dir(&self, node: &str) -> PathBuf {
         if !self.state_dir.is_empty() {
@@ -437,8 +474,12 @@ mod tests {
             Some(Path::new("/state/app/config.json"))
         );
         assert!(!p.inherit_env);
-        // Defaults: director's plan, count 1, 1 s terminate timeout.
-        assert_eq!(s[0].count, Count::Finite(1));
+        // Defaults: director's plan, count 5 within 60 s, 100 ms between starts, fail when
+        // used up, 1 s terminate timeout.
+        assert_eq!(s[0].count, Count::Finite(5));
+        assert_eq!(s[0].period, Duration::from_secs(60));
+        assert_eq!(s[0].min_restart_interval, Duration::from_millis(100));
+        assert_eq!(s[0].on_exhausted, OnExhausted::Fail);
         assert_eq!(s[0].plan.to_string(), "[fn:default]");
         assert_eq!(s[0].terminate_timeout, Duration::from_millis(1000));
     }
@@ -571,5 +612,110 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("factor"), "{err}");
+    }
+
+    #[test]
+    fn restart_limits_parse_and_bad_ones_name_their_key() {
+        let s = specs(
+            r#"
+            [[services]]
+            id = "a"
+            command = "x"
+            count = 3
+            period = "10s"
+            min_restart_interval = "0s"
+            on_exhausted = "stop_node"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s[0].count, Count::Finite(3));
+        assert_eq!(s[0].period, Duration::from_secs(10));
+        assert_eq!(s[0].min_restart_interval, Duration::ZERO);
+        assert_eq!(s[0].on_exhausted, OnExhausted::StopNode);
+        let err = specs("[[services]]\nid = \"a\"\ncommand = \"x\"\nperiod = \"0s\"").unwrap_err();
+        assert_eq!(err.key, "services[0].period", "{err}");
+        assert!(err.message.contains("more than 0s"), "{err}");
+        let err = specs("[[services]]\nid = \"a\"\ncommand = \"x\"\nmin_restart_interval = \"2h\"")
+            .unwrap_err();
+        assert_eq!(err.key, "services[0].min_restart_interval", "{err}");
+        for (text, path) in [
+            ("period = 60", "services[0].period"),
+            ("period = \"soon\"", "services[0].period"),
+            (
+                "min_restart_interval = \"-1s\"",
+                "services[0].min_restart_interval",
+            ),
+            ("on_exhausted = \"explode\"", "services[0].on_exhausted"),
+        ] {
+            let err = parse(&format!(
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n{text}"
+            ))
+            .unwrap_err();
+            assert!(err.starts_with(path), "{text}: {err}");
+        }
+        // The default child spec has none of them: a service's own apply.
+        let err = parse("[default]\nperiod = \"5s\"").unwrap_err();
+        assert!(err.contains("unknown field `period`"), "{err}");
+    }
+
+    #[test]
+    fn warnings_name_endless_immediate_restarts() {
+        let c = parse(
+            r#"
+            [[services]]
+            id = "fine"
+            command = "x"
+            plan = ["restart"]
+            [[services]]
+            id = "bare"
+            command = "x"
+            plan = ["wait", "restart"]
+            count = "infinity"
+            [[services]]
+            id = "delayed"
+            command = "x"
+            plan = [{ restart_backoff = { initial_ms = 100, max_ms = 5000 } }]
+            count = "infinity"
+            [[services]]
+            id = "default-plan"
+            command = "x"
+            count = "infinity"
+            min_restart_interval = "0s"
+            [[services]]
+            id = "appends"
+            command = "x"
+            plan = [{ restart_after_ms = 100 }]
+            append = true
+            [default]
+            plan = ["restart"]
+            count = "infinity"
+            "#,
+        )
+        .unwrap();
+        let warnings = c.warnings();
+        let keys: Vec<&str> = warnings.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "supervisor.services[1].plan",
+                "supervisor.services[3].plan",
+                "supervisor.services[4].plan"
+            ]
+        );
+        assert!(
+            warnings[0].1.starts_with(
+                "a bare \"restart\" with count \"infinity\" restarts a broken command forever (every min_restart_interval, 100ms)"
+            ),
+            "{}",
+            warnings[0].1
+        );
+        assert!(
+            warnings[0].1.contains("restart_backoff"),
+            "{}",
+            warnings[0].1
+        );
+        assert!(warnings[1].1.contains("default plan"), "{}", warnings[1].1);
+        assert!(warnings[1].1.contains("tight loop"), "{}", warnings[1].1);
+        assert!(SupervisorConfig::default().warnings().is_empty());
     }
 }

@@ -3,6 +3,12 @@
 //! operators, each child's status (with its last exit, and the last [`TOMBSTONES`] deleted
 //! children), restarts that are not crashes, and what a reload changes.
 //!
+//! Restart limits: a child's plan may complete `count` cycles within `period` (older cycles drop
+//! out), and no start its plan decides comes sooner than `min_restart_interval` after its
+//! previous start. When the plan is used up, the node's own supervisor
+//! ([`SupervisorCore::with_escalation_to_node`]) marks the child failed (`on_exhausted =
+//! "fail"`) and keeps running; otherwise the supervisor escalates.
+//!
 //! The actor feeds it events (a child spawned, became ready, exited; a timer fired; an API
 //! call) with the current time, and executes the [`Command`]s it returns. Every event and
 //! command names the child's *generation*: each start and each armed restart timer gets a new
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::plan::{Count, ExitReason, Outcome, Plan, PlanState};
 use crate::reload::{ReloadFailure, ReloadReport};
+use crate::spec::OnExhausted;
 use crate::spec::{ChildSpec, ChildStart, ChildType, DefaultSpec};
 use crate::status::{is_signal, spec_json, LastExit, ServiceState, ServiceStatus};
 
@@ -72,7 +79,8 @@ pub enum ChildStatus {
     Waiting,
     /// Being stopped.
     Stopping,
-    /// Cannot be started; the reason says why (e.g. a broken manifest).
+    /// Down until an operator starts it; the reason says why (its restart plan is used up, or
+    /// it cannot be started at all: a broken manifest).
     Failed(String),
 }
 
@@ -124,7 +132,8 @@ pub enum ChildError {
     /// No child has this id.
     #[error("child `{0}` not found")]
     NotFound(String),
-    /// The child cannot be started at all.
+    /// The child cannot be started at all (a broken manifest, or a command that does not
+    /// run).
     #[error("child `{0}` cannot be started: {1}")]
     Failed(String, String),
     /// The spec is invalid.
@@ -217,7 +226,11 @@ enum State {
         since: Instant,
         then: AfterStop,
     },
+    /// Cannot be started (a broken manifest).
     Failed(String),
+    /// Its plan is used up (the node's supervisor, `on_exhausted = "fail"`): down until an
+    /// operator starts it, which resets its plan counters.
+    Exhausted(String),
 }
 
 impl State {
@@ -235,6 +248,8 @@ struct Child {
     counters: PlanState,
     /// Generation of the current or last run (0: never started).
     run: u64,
+    /// When the current or last run was started.
+    last_start: Option<Instant>,
     last_exit: Option<LastExit>,
 }
 
@@ -270,12 +285,25 @@ impl Child {
 }
 
 impl Child {
+    /// The delay before a restart its plan decided with `planned` delay at `now`: at least
+    /// what keeps the start `min_restart_interval` after the previous one.
+    fn restart_delay(&self, planned: Duration, now: Instant) -> Duration {
+        let floor = self
+            .last_start
+            .and_then(|start| start.checked_add(self.spec.min_restart_interval))
+            .map_or(Duration::ZERO, |earliest| {
+                earliest.saturating_duration_since(now)
+            });
+        planned.max(floor)
+    }
+
     fn new(spec: ChildSpec, state: State) -> Self {
         Child {
             spec,
             state,
             counters: PlanState::default(),
             run: 0,
+            last_start: None,
             last_exit: None,
         }
     }
@@ -294,6 +322,8 @@ pub struct SupervisorCore {
     all_running_announced: bool,
     shutting_down: bool,
     escalated: bool,
+    /// This is the node's own supervisor: an escalation stops the node.
+    escalates_to_node: bool,
 }
 
 impl SupervisorCore {
@@ -315,7 +345,17 @@ impl SupervisorCore {
             all_running_announced: false,
             shutting_down: false,
             escalated: false,
+            escalates_to_node: false,
         }
+    }
+
+    /// Whether this supervisor's escalation stops the node (the node's own supervisor) rather
+    /// than reaching a parent supervisor (the default). For the node's supervisor, a child
+    /// with `on_exhausted = "fail"` whose plan is used up is marked failed instead of
+    /// escalating.
+    pub fn with_escalation_to_node(mut self, to_node: bool) -> Self {
+        self.escalates_to_node = to_node;
+        self
     }
 
     /// The same core, with the `now` given to [`SupervisorCore::new`] being `unix_ms`
@@ -562,16 +602,27 @@ impl SupervisorCore {
             }
             return commands;
         };
-        let decision = child
-            .counters
-            .decide(&child.spec.plan, child.spec.count, &cause, ran_for);
-        let fields = ReportFields::of(child);
+        let mut decision = child.counters.decide(
+            &child.spec.plan,
+            child.spec.intensity(),
+            &cause,
+            ran_for,
+            now,
+        );
+        if let Outcome::Restart { delay } = &mut decision.outcome {
+            *delay = child.restart_delay(*delay, now);
+        }
+        let fail = matches!(decision.outcome, Outcome::Exhausted(_))
+            && self.escalates_to_node
+            && child.spec.on_exhausted == OnExhausted::Fail;
+        let fields = ReportFields::of(child, now);
         let decided = match &decision.outcome {
             Outcome::Restart { delay } if delay.is_zero() => "restart".to_string(),
             Outcome::Restart { delay } => format!("restart in {} ms", delay.as_millis()),
             Outcome::Delete => "delete".into(),
             Outcome::Wait => "wait".into(),
-            Outcome::Escalate(_) => "escalate".into(),
+            Outcome::Exhausted(_) if fail => "fail".into(),
+            Outcome::Exhausted(_) | Outcome::Escalate(_) => "escalate".into(),
         };
         let level_clean = cause.is_clean();
         macro_rules! report {
@@ -588,7 +639,9 @@ impl SupervisorCore {
                     plan_length = fields.plan_length,
                     plan_element = decision.element.as_deref(),
                     cycle = fields.cycles,
+                    cycles_in_period = fields.cycles_in_period,
                     count = %fields.count,
+                    period_ms = fields.period_ms,
                     restart_count = fields.restarts,
                     decision = %decided,
                     "child exited"
@@ -618,6 +671,28 @@ impl SupervisorCore {
             }
             Outcome::Delete => self.remove_index(index),
             Outcome::Wait => self.children[index].state = State::Waiting,
+            Outcome::Exhausted(why) if fail => {
+                let failure = why.failure(&cause);
+                tracing::error!(
+                    id,
+                    pid,
+                    exit = %cause,
+                    count = %fields.count,
+                    period_ms = fields.period_ms,
+                    cycle = fields.cycles,
+                    restart_count = fields.restarts,
+                    failure = %failure,
+                    "child failed: restart plan exhausted"
+                );
+                self.children[index].state = State::Exhausted(failure);
+            }
+            Outcome::Exhausted(why) => {
+                self.children[index].state = State::Waiting;
+                self.escalated = true;
+                commands.push(Command::Escalate {
+                    reason: format!("child `{id}`: {}", why.escalation(&cause)),
+                });
+            }
             Outcome::Escalate(reason) => {
                 self.children[index].state = State::Waiting;
                 self.escalated = true;
@@ -659,7 +734,9 @@ impl SupervisorCore {
         Ok(commands)
     }
 
-    /// `restart_child`: starts a child that is down (waiting, terminated, pending).
+    /// `restart_child`: starts a child that is down (waiting, terminated, pending, or failed
+    /// because its plan is used up: its plan counters start afresh). A child that cannot be
+    /// started at all (a broken manifest) answers [`ChildError::Failed`].
     pub fn restart_child(&mut self, id: &str, now: Instant) -> Result<Vec<Command>, ChildError> {
         if self.shutting_down || self.escalated {
             return Err(ChildError::Stopping);
@@ -671,6 +748,12 @@ impl SupervisorCore {
             s if s.is_live() => Err(ChildError::Running(id.into())),
             State::Restarting { .. } => Err(ChildError::Restarting(id.into())),
             State::Failed(reason) => Err(ChildError::Failed(id.into(), reason.clone())),
+            State::Exhausted(_) => {
+                self.revive(index);
+                let mut commands = Vec::new();
+                self.start_index(index, now, &mut commands);
+                Ok(commands)
+            }
             State::Pending | State::Waiting => {
                 let mut commands = Vec::new();
                 self.start_index(index, now, &mut commands);
@@ -699,7 +782,7 @@ impl SupervisorCore {
                 }
                 Ok(Vec::new())
             }
-            State::Failed(_) => Ok(Vec::new()),
+            State::Failed(_) | State::Exhausted(_) => Ok(Vec::new()),
             State::Restarting { .. } | State::Pending | State::Waiting => {
                 child.state = State::Waiting;
                 Ok(Vec::new())
@@ -725,8 +808,9 @@ impl SupervisorCore {
     /// `terminate_child` stops it, then started again at once; the stop is not a crash: no plan
     /// element is used and the counters stay as they are. A child being stopped is started
     /// once its stop completes. A child that is down (waiting, pending, or with a restart
-    /// timer armed, which is cancelled) is started now. Returns the commands and the
-    /// generation the new run will have.
+    /// timer armed, which is cancelled) is started now, as is one whose plan is used up (its
+    /// plan counters start afresh). Returns the commands and the generation the new run will
+    /// have.
     pub fn restart_service(
         &mut self,
         id: &str,
@@ -774,6 +858,12 @@ impl SupervisorCore {
                     since,
                     then: AfterStop::Restart { generation: next },
                 };
+                Ok((commands, next))
+            }
+            State::Exhausted(_) => {
+                self.revive(index);
+                let next = self.next_generation();
+                self.start_index_as(index, next, now, &mut commands);
                 Ok((commands, next))
             }
             State::Pending | State::Waiting | State::Restarting { .. } => {
@@ -834,7 +924,11 @@ impl SupervisorCore {
                 }
                 Vec::new()
             }
-            State::Pending | State::Waiting | State::Restarting { .. } | State::Failed(_) => {
+            State::Pending
+            | State::Waiting
+            | State::Restarting { .. }
+            | State::Failed(_)
+            | State::Exhausted(_) => {
                 self.remove_index(index);
                 Vec::new()
             }
@@ -954,7 +1048,7 @@ impl SupervisorCore {
             State::Restarting { .. } => (ServiceState::Waiting, Some("restart")),
             State::Waiting => (ServiceState::Waiting, Some("start")),
             State::Stopping { .. } => (ServiceState::Stopping, None),
-            State::Failed(_) => (ServiceState::Failed, None),
+            State::Failed(_) | State::Exhausted(_) => (ServiceState::Failed, None),
         };
         let since = match &child.state {
             State::Starting { since, .. }
@@ -981,7 +1075,7 @@ impl SupervisorCore {
                 _ => None,
             },
             failure: match &child.state {
-                State::Failed(reason) => Some(reason.clone()),
+                State::Failed(reason) | State::Exhausted(reason) => Some(reason.clone()),
                 _ => None,
             },
             pid: child_pid(&child.state),
@@ -994,6 +1088,14 @@ impl SupervisorCore {
             plan_length,
             cycle,
             count: spec.count.to_string(),
+            cycles_in_period: child.counters.cycles_in_period(spec.intensity(), now),
+            period_ms: millis(spec.period),
+            min_restart_interval_ms: millis(spec.min_restart_interval),
+            on_exhausted: spec.on_exhausted,
+            containment: match spec.start {
+                ChildStart::Process(_) => Some(crate::contain::describe(&spec.id)),
+                ChildStart::Actor(_) => None,
+            },
             last_exit: child.last_exit.clone(),
             spec: spec_json(spec),
         }
@@ -1164,10 +1266,12 @@ impl SupervisorCore {
         }
         self.start_pending(now, commands);
         if !self.all_running_announced
-            && self
-                .children
-                .iter()
-                .all(|c| matches!(c.state, State::Running { .. } | State::Failed(_)))
+            && self.children.iter().all(|c| {
+                matches!(
+                    c.state,
+                    State::Running { .. } | State::Failed(_) | State::Exhausted(_)
+                )
+            })
         {
             self.all_running_announced = true;
             let running = self
@@ -1219,6 +1323,7 @@ impl SupervisorCore {
     ) {
         let child = &mut self.children[index];
         child.run = generation;
+        child.last_start = Some(now);
         child.state = State::Starting {
             generation,
             pid: None,
@@ -1228,6 +1333,13 @@ impl SupervisorCore {
             id: child.spec.id.clone(),
             generation,
         });
+    }
+
+    /// An operator starts child `index` whose plan is used up: its plan starts afresh.
+    fn revive(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        tracing::info!(id = %child.spec.id, "starting a failed child on request; plan counters reset");
+        child.counters = PlanState::default();
     }
 
     /// Forgets child `index`, keeping its last status among the tombstones.
@@ -1285,22 +1397,26 @@ fn kind_of(spec: &ChildSpec) -> &'static str {
     }
 }
 
-/// The plan fields of director's reports.
+/// The plan fields of director's reports, with the restart window.
 struct ReportFields {
     plan: String,
     plan_length: usize,
     cycles: u64,
+    cycles_in_period: Option<u64>,
     count: Count,
+    period_ms: u64,
     restarts: u64,
 }
 
 impl ReportFields {
-    fn of(child: &Child) -> Self {
+    fn of(child: &Child, now: Instant) -> Self {
         ReportFields {
             plan: child.spec.plan.to_string(),
             plan_length: child.spec.plan.0.len(),
             cycles: child.counters.cycles,
+            cycles_in_period: child.counters.cycles_in_period(child.spec.intensity(), now),
             count: child.spec.count,
+            period_ms: u64::try_from(child.spec.period.as_millis()).unwrap_or(u64::MAX),
             restarts: child.counters.restarts,
         }
     }
@@ -1323,7 +1439,7 @@ fn status_of(state: &State) -> ChildStatus {
         State::Restarting { .. } => ChildStatus::Restarting,
         State::Waiting => ChildStatus::Waiting,
         State::Stopping { .. } => ChildStatus::Stopping,
-        State::Failed(reason) => ChildStatus::Failed(reason.clone()),
+        State::Failed(reason) | State::Exhausted(reason) => ChildStatus::Failed(reason.clone()),
     }
 }
 
@@ -1383,11 +1499,12 @@ mod tests {
 
     #[test]
     fn a_crash_restarts_with_a_new_generation_and_stale_events_are_ignored() {
-        let clock = Clock::new();
+        let mut clock = Clock::new();
         let (mut core, g1) = one(
             spec("a", r#"["restart"]"#).with_count(Count::Infinity),
             &clock,
         );
+        clock.advance(100);
         let commands = core.on_exit("a", g1, ExitReason::Signaled(9), clock.now());
         let g2 = started(&commands)[0].1;
         assert!(g2 > g1);
@@ -1455,15 +1572,18 @@ mod tests {
 
     #[test]
     fn escalation_is_reported_once_and_stops_all_decisions() {
-        let clock = Clock::new();
+        // A nested supervisor (the core's default): a used-up plan escalates.
+        let mut clock = Clock::new();
         let mut core = SupervisorCore::new(DefaultSpec::default(), 10, clock.now());
-        core.add(spec("a", r#"["restart"]"#)).unwrap();
+        core.add(spec("a", r#"["restart"]"#).with_count(Count::Finite(1)))
+            .unwrap();
         core.add(spec("b", r#"["restart"]"#).with_count(Count::Infinity))
             .unwrap();
         let gens = started(&core.start_all(clock.now()));
         for (id, g) in &gens {
             core.on_spawned(id, *g, Some(1), clock.now());
         }
+        clock.advance(100);
         let ga = started(&core.on_exit("a", gens[0].1, ExitReason::Exited(1), clock.now()))[0].1;
         core.on_spawned("a", ga, Some(2), clock.now());
         let commands = core.on_exit("a", ga, ExitReason::Exited(4), clock.now());
@@ -1532,14 +1652,19 @@ mod tests {
 
     #[test]
     fn change_plan_resets_the_counters() {
-        let clock = Clock::new();
-        let (mut core, g) = one(spec("a", r#"["restart"]"#), &clock);
+        let mut clock = Clock::new();
+        let (mut core, g) = one(
+            spec("a", r#"["restart"]"#).with_count(Count::Finite(1)),
+            &clock,
+        );
+        clock.advance(100);
         let g2 = started(&core.on_exit("a", g, ExitReason::Exited(1), clock.now()))[0].1;
         core.on_spawned("a", g2, Some(1), clock.now());
         // Count 1 is used up: the next crash would escalate. A new plan starts afresh.
         core.change_plan("a", serde_json::from_str(r#"["restart"]"#).unwrap(), None)
             .unwrap();
         assert_eq!(core.which_children()[0].restarts, 0);
+        clock.advance(100);
         let commands = core.on_exit("a", g2, ExitReason::Exited(1), clock.now());
         assert_eq!(started(&commands).len(), 1, "{commands:?}");
         assert_eq!(
@@ -1666,7 +1791,8 @@ mod tests {
         child.append = true;
         core.add(child).unwrap();
         assert_eq!(core.get_plan("a").unwrap().to_string(), "[wait, restart]");
-        assert_eq!(core.spec("a").unwrap().count, Count::Finite(3));
+        // 2 + the child's own 5.
+        assert_eq!(core.spec("a").unwrap().count, Count::Finite(7));
     }
 
     fn service(core: &SupervisorCore, id: &str, clock: &Clock) -> ServiceStatus {
@@ -1685,8 +1811,9 @@ mod tests {
 
     #[test]
     fn an_operator_restart_is_no_crash_and_starts_a_new_generation() {
-        let clock = Clock::new();
+        let mut clock = Clock::new();
         let (mut core, g1) = one(spec("a", r#"["restart", "wait"]"#), &clock);
+        clock.advance(100);
         // One crash: one restart decided, the plan moved on by one element.
         let g2 = started(&core.on_exit("a", g1, ExitReason::Exited(1), clock.now()))[0].1;
         core.on_spawned("a", g2, Some(200), clock.now());
@@ -2145,5 +2272,307 @@ mod tests {
             &DefaultSpec::default(),
         );
         assert_eq!(plan.report.added, ["w"]);
+    }
+
+    /// The node's own supervisor, with `specs` started and spawned (pids from 500).
+    fn top(specs: Vec<ChildSpec>, clock: &Clock) -> (SupervisorCore, Vec<(String, u64)>) {
+        let mut core = SupervisorCore::new(DefaultSpec::default(), 10, clock.now())
+            .with_escalation_to_node(true);
+        for spec in specs {
+            core.add(spec).unwrap();
+        }
+        let gens = started(&core.start_all(clock.now()));
+        for (i, (id, g)) in gens.iter().enumerate() {
+            core.on_spawned(id, *g, Some(500 + i as u32), clock.now());
+        }
+        (core, gens)
+    }
+
+    /// Child `id`, generation `g`, exits with status 1 at the clock's time; a restart
+    /// started at once is spawned (pid 900). The commands and the new generation.
+    fn crash(
+        core: &mut SupervisorCore,
+        id: &str,
+        g: u64,
+        clock: &Clock,
+    ) -> (Vec<Command>, Option<u64>) {
+        let commands = core.on_exit(id, g, ExitReason::Exited(1), clock.now());
+        let next = started(&commands).first().map(|(_, g)| *g);
+        if let Some(next) = next {
+            core.on_spawned(id, next, Some(900), clock.now());
+        }
+        (commands, next)
+    }
+
+    #[test]
+    fn count_cycles_within_the_period_fail_a_top_level_child_and_the_node_keeps_running() {
+        let mut clock = Clock::new();
+        let (mut core, gens) = top(
+            vec![
+                spec("loop", r#"["restart"]"#),
+                spec("other", r#"["restart"]"#),
+            ],
+            &clock,
+        );
+        let mut g = gens[0].1;
+        // Count 5: five crashes are restarted (five cycles of the plan)...
+        for n in 1..=5 {
+            clock.advance(1_000);
+            let (commands, next) = crash(&mut core, "loop", g, &clock);
+            g = next.unwrap_or_else(|| panic!("crash {n}: {commands:?}"));
+            let status = service(&core, "loop", &clock);
+            assert_eq!(status.cycles_in_period, Some(n), "crash {n}");
+        }
+        // ...and the sixth within 60 s of the first finds the plan used up: failed, not
+        // escalated.
+        clock.advance(1_000);
+        let (commands, next) = crash(&mut core, "loop", g, &clock);
+        assert!(commands.is_empty(), "{commands:?}");
+        assert_eq!(next, None);
+        assert!(!core.has_escalated() && !core.is_stopping());
+        let failed = service(&core, "loop", &clock);
+        assert_eq!(failed.state, ServiceState::Failed);
+        assert_eq!(
+            failed.failure.as_deref(),
+            Some("exhausted its restart plan: 5 cycles within 60s; last exit: exit status 1")
+        );
+        assert_eq!(failed.last_exit.unwrap().status, Some(1));
+        assert_eq!((failed.restarts, failed.cycle), (5, 5));
+        assert_eq!(failed.cycles_in_period, Some(5));
+        assert_eq!(
+            (failed.period_ms, failed.min_restart_interval_ms),
+            (60_000, 100)
+        );
+        assert_eq!(failed.on_exhausted, OnExhausted::Fail);
+        assert!(matches!(
+            status(&core, "loop"),
+            Some(ChildStatus::Failed(why)) if why.starts_with("exhausted its restart plan")
+        ));
+        // The other child runs on, and the supervisor still takes calls.
+        let other = service(&core, "other", &clock);
+        assert_eq!((other.state, other.pid), (ServiceState::Running, Some(501)));
+        assert!(core
+            .start_child(spec("new", "[]"), clock.now())
+            .is_ok_and(|c| started(&c).len() == 1));
+        // A stop is a no-op; a later event about the old run changes nothing.
+        assert_eq!(core.terminate_child("loop"), Ok(vec![]));
+        assert!(core
+            .on_exit("loop", g, ExitReason::Exited(1), clock.now())
+            .is_empty());
+        assert_eq!(service(&core, "loop", &clock).state, ServiceState::Failed);
+    }
+
+    #[test]
+    fn cycles_spread_over_more_than_the_period_never_fail() {
+        let mut clock = Clock::new();
+        let (mut core, gens) = top(vec![spec("slow", r#"["restart"]"#)], &clock);
+        let mut g = gens[0].1;
+        // One crash every 13 s: never 5 cycles within 60 s.
+        for n in 0..50 {
+            clock.advance(13_000);
+            let (commands, next) = crash(&mut core, "slow", g, &clock);
+            g = next.unwrap_or_else(|| panic!("crash {n}: {commands:?}"));
+        }
+        let slow = service(&core, "slow", &clock);
+        assert_eq!(slow.state, ServiceState::Running);
+        // The last 5 cycles all fall within 60 s of now, but the next crash, 13 s on, no
+        // longer sees the oldest.
+        assert_eq!((slow.restarts, slow.cycles_in_period), (50, Some(5)));
+        // Five quick ones after a long quiet time are restarted too: the old cycles are out
+        // of the window.
+        clock.advance(3_600_000);
+        for n in 0..5 {
+            clock.advance(100);
+            let (commands, next) = crash(&mut core, "slow", g, &clock);
+            g = next.unwrap_or_else(|| panic!("quick crash {n}: {commands:?}"));
+        }
+        assert_eq!(service(&core, "slow", &clock).cycles_in_period, Some(5));
+    }
+
+    #[test]
+    fn an_infinite_count_never_fails() {
+        let mut clock = Clock::new();
+        let (mut core, gens) = top(
+            vec![spec("forever", r#"["restart"]"#).with_count(Count::Infinity)],
+            &clock,
+        );
+        let mut g = gens[0].1;
+        for n in 0..1_000 {
+            clock.advance(100);
+            let (commands, next) = crash(&mut core, "forever", g, &clock);
+            g = next.unwrap_or_else(|| panic!("crash {n}: {commands:?}"));
+        }
+        let forever = service(&core, "forever", &clock);
+        assert_eq!((forever.restarts, forever.cycles_in_period), (1_000, None));
+    }
+
+    fn armed(commands: &[Command]) -> Vec<(u64, Duration)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::ArmRestart {
+                    generation, delay, ..
+                } => Some((*generation, *delay)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_plan_restarts_a_child_sooner_than_its_min_restart_interval() {
+        let mut clock = Clock::new();
+        let backoff = r#"[{"restart_backoff": {"initial_ms": 10, "max_ms": 1000}}]"#;
+        let (mut core, gens) = top(
+            vec![
+                spec("bare", r#"["restart"]"#).with_count(Count::Infinity),
+                spec("after", r#"[{"restart_after_ms": 30}]"#).with_count(Count::Infinity),
+                spec("backoff", backoff).with_count(Count::Infinity),
+                spec("zero", r#"["restart"]"#)
+                    .with_count(Count::Infinity)
+                    .with_min_restart_interval(Duration::ZERO),
+                spec("slow", r#"[{"restart_after_ms": 250}]"#),
+            ],
+            &clock,
+        );
+        let g = |id: &str| gens.iter().find(|(i, _)| i == id).unwrap().1;
+        clock.advance(40);
+        // A bare restart 40 ms after the start waits the 60 ms left of the floor.
+        let commands = core.on_exit("bare", g("bare"), ExitReason::Exited(1), clock.now());
+        let [(timer, delay)] = armed(&commands)[..] else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(delay, Duration::from_millis(60));
+        assert_eq!(service(&core, "bare", &clock).restart_in_ms, Some(60));
+        // So do a shorter planned delay and a shorter backoff delay.
+        for id in ["after", "backoff"] {
+            let commands = core.on_exit(id, g(id), ExitReason::Exited(1), clock.now());
+            assert_eq!(armed(&commands)[0].1, Duration::from_millis(60), "{id}");
+        }
+        // A delay longer than the floor is kept as planned.
+        let commands = core.on_exit("slow", g("slow"), ExitReason::Exited(1), clock.now());
+        assert_eq!(armed(&commands)[0].1, Duration::from_millis(250));
+        // An explicit 0 restarts at once.
+        let (commands, _) = crash(&mut core, "zero", g("zero"), &clock);
+        assert_eq!(started(&commands).len(), 1, "{commands:?}");
+        // The timer starts it 100 ms after its previous start; a crash right away waits the
+        // whole floor again.
+        clock.advance(60);
+        let next = started(&core.on_restart_timer("bare", timer, clock.now()))[0].1;
+        core.on_spawned("bare", next, Some(7), clock.now());
+        let commands = core.on_exit("bare", next, ExitReason::Exited(1), clock.now());
+        assert_eq!(armed(&commands)[0].1, Duration::from_millis(100));
+        // An operator's start is not delayed.
+        let (commands, _) = core.restart_service("bare", clock.now()).unwrap();
+        assert_eq!(started(&commands).len(), 1, "{commands:?}");
+        let (mut core, gens) = top(vec![spec("w", r#"["wait"]"#)], &clock);
+        core.on_exit("w", gens[0].1, ExitReason::Exited(1), clock.now());
+        assert_eq!(
+            started(&core.restart_child("w", clock.now()).unwrap()).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn on_exhausted_stop_node_and_stop_elements_escalate_from_the_top() {
+        let mut clock = Clock::new();
+        let (mut core, gens) = top(
+            vec![spec("vital", r#"["restart"]"#)
+                .with_count(Count::Finite(1))
+                .with_on_exhausted(OnExhausted::StopNode)],
+            &clock,
+        );
+        clock.advance(100);
+        let (_, g) = crash(&mut core, "vital", gens[0].1, &clock);
+        clock.advance(100);
+        let (commands, _) = crash(&mut core, "vital", g.unwrap(), &clock);
+        let [Command::Escalate { reason }] = commands.as_slice() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(
+            reason,
+            "child `vital`: reached max restart plan (count 1 within 60s); last exit: exit status 1"
+        );
+        assert!(core.has_escalated());
+
+        // A stop element is an explicit choice: it escalates whatever on_exhausted says.
+        let (mut core, gens) = top(vec![spec("s", r#"[{"stop": "enough"}]"#)], &clock);
+        let (commands, _) = crash(&mut core, "s", gens[0].1, &clock);
+        assert_eq!(
+            commands,
+            [Command::Escalate {
+                reason: "child `s`: enough".into()
+            }]
+        );
+        // An empty plan is used up at the first crash: failed, from the top.
+        let (mut core, gens) = top(vec![spec("e", "[]")], &clock);
+        let (commands, _) = crash(&mut core, "e", gens[0].1, &clock);
+        assert!(commands.is_empty(), "{commands:?}");
+        assert_eq!(
+            service(&core, "e", &clock).failure.as_deref(),
+            Some("exhausted its restart plan: the plan is empty; last exit: exit status 1")
+        );
+    }
+
+    #[test]
+    fn a_nested_supervisor_escalates_when_a_plan_is_used_up() {
+        let mut clock = Clock::new();
+        // Not the node's supervisor: on_exhausted does not apply.
+        let (mut core, g) = one(
+            spec("a", r#"["restart"]"#).with_count(Count::Finite(1)),
+            &clock,
+        );
+        assert_eq!(core.spec("a").unwrap().on_exhausted, OnExhausted::Fail);
+        clock.advance(100);
+        let (_, g) = crash(&mut core, "a", g, &clock);
+        clock.advance(100);
+        let (commands, _) = crash(&mut core, "a", g.unwrap(), &clock);
+        assert!(
+            matches!(&commands[..], [Command::Escalate { reason }] if reason.contains("reached max restart plan (count 1 within 60s)")),
+            "{commands:?}"
+        );
+    }
+
+    #[test]
+    fn starting_a_child_whose_plan_is_used_up_starts_its_plan_afresh() {
+        let mut clock = Clock::new();
+        let (mut core, gens) = top(
+            vec![spec("a", r#"["restart"]"#).with_count(Count::Finite(1))],
+            &clock,
+        );
+        core.add_failed(spec("m", "[]"), "manifest.json: broken")
+            .unwrap();
+        clock.advance(100);
+        let (_, g) = crash(&mut core, "a", gens[0].1, &clock);
+        clock.advance(100);
+        crash(&mut core, "a", g.unwrap(), &clock);
+        assert_eq!(service(&core, "a", &clock).state, ServiceState::Failed);
+        // Started at once (no floor), with fresh counters: one more restart is allowed.
+        let commands = core.restart_child("a", clock.now()).unwrap();
+        let g = started(&commands)[0].1;
+        core.on_spawned("a", g, Some(800), clock.now());
+        let revived = service(&core, "a", &clock);
+        assert_eq!(revived.state, ServiceState::Running);
+        assert_eq!(
+            (revived.restarts, revived.cycle, revived.plan_position),
+            (0, 0, 0)
+        );
+        assert_eq!((revived.failure, revived.cycles_in_period), (None, Some(0)));
+        clock.advance(100);
+        let (_, g) = crash(&mut core, "a", g, &clock);
+        clock.advance(100);
+        crash(&mut core, "a", g.unwrap(), &clock);
+        assert_eq!(service(&core, "a", &clock).state, ServiceState::Failed);
+        // An operator's restart revives it too.
+        let (commands, g) = core.restart_service("a", clock.now()).unwrap();
+        assert_eq!(started(&commands), [("a".to_string(), g)]);
+        assert_eq!(service(&core, "a", &clock).restarts, 0);
+        // A broken manifest still cannot be started.
+        assert_eq!(
+            core.restart_child("m", clock.now()),
+            Err(ChildError::Failed(
+                "m".into(),
+                "manifest.json: broken".into()
+            ))
+        );
     }
 }

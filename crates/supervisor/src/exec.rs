@@ -11,16 +11,19 @@
 //! The child, before `execve`:
 //! - puts every signal with a handler (and SIGPIPE, which Rust ignores) back to its default
 //!   action, so that no handler of the node ever runs in the service;
+//! - joins its cgroup, when it has one (`contain.rs`), so that even its first fork is inside;
 //! - `setsid()`: the service gets its own session and process group (its pid), so a stop can
 //!   signal the whole group, grandchildren included, and a terminal's signals never reach it;
 //! - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the service when the thread that started it
 //!   exits; spawner threads live as long as the node (see `process.rs`), so this fires only
-//!   when the node is gone, even by SIGKILL;
+//!   when the node is gone, even by SIGKILL (the node's guard is started without it);
 //! - checks that its parent is still the node: if the node died between `clone` and `prctl`
 //!   the signal would never come, so the child gives up instead of running unsupervised;
 //! - restores the open-file limit the node had before raising its own;
-//! - wires stdin to /dev/null and stdout/stderr to pipes (or /dev/null), changes directory,
-//!   and restores the signal mask the spawner thread had.
+//! - wires stdin to /dev/null (or a given descriptor) and stdout/stderr to pipes (or
+//!   /dev/null), closes every other descriptor (`close_range`: descriptors the node inherited
+//!   without close-on-exec are not passed on), changes directory, and restores the signal mask
+//!   the spawner thread had.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -36,6 +39,12 @@ pub(crate) struct ExecPlan {
     cwd: Option<CString>,
     capture_output: bool,
     nofile: Option<(u64, u64)>,
+    /// The service's `cgroup.procs`, which the child joins.
+    cgroup: Option<OwnedFd>,
+    /// Kill the child when the node dies (every service; not the guard).
+    parent_death: bool,
+    /// The child's stdin instead of /dev/null.
+    stdin: Option<OwnedFd>,
 }
 
 /// A started child.
@@ -104,7 +113,28 @@ impl ExecPlan {
                 .transpose()?,
             capture_output,
             nofile,
+            cgroup: None,
+            parent_death: true,
+            stdin: None,
         })
+    }
+
+    /// The child joins the cgroup whose `cgroup.procs` this is, before anything else.
+    pub(crate) fn join_cgroup(mut self, procs: OwnedFd) -> Self {
+        self.cgroup = Some(procs);
+        self
+    }
+
+    /// The child outlives the node (the guard): no parent-death signal.
+    pub(crate) fn without_parent_death(mut self) -> Self {
+        self.parent_death = false;
+        self
+    }
+
+    /// The child reads `stdin` instead of /dev/null.
+    pub(crate) fn with_stdin(mut self, stdin: OwnedFd) -> Self {
+        self.stdin = Some(stdin);
+        self
     }
 }
 
@@ -133,6 +163,7 @@ fn resolve(program: &str, search_path: &OsStr) -> io::Result<PathBuf> {
 #[repr(i32)]
 enum Stage {
     None = 0,
+    Cgroup,
     Session,
     ParentDeath,
     ParentGone,
@@ -146,6 +177,7 @@ impl Stage {
     fn describe(self) -> &'static str {
         match self {
             Stage::None => "",
+            Stage::Cgroup => "joining the service's cgroup",
             Stage::Session => "setsid",
             Stage::ParentDeath => "prctl(PR_SET_PDEATHSIG)",
             Stage::ParentGone => "the node exited while starting it",
@@ -164,6 +196,8 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
     stdio: [libc::c_int; 3],
+    cgroup: libc::c_int,
+    parent_death: bool,
     parent: libc::pid_t,
     nofile: Option<libc::rlimit>,
     mask: libc::sigset_t,
@@ -176,7 +210,16 @@ const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts `plan` and returns the child once it has called `execve` successfully.
 pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
-    let stdin = open_dev_null(libc::O_RDONLY)?;
+    let null_stdin = match plan.stdin {
+        Some(_) => None,
+        None => Some(open_dev_null(libc::O_RDONLY)?),
+    };
+    let stdin = plan
+        .stdin
+        .as_ref()
+        .or(null_stdin.as_ref())
+        .map(|fd| fd.as_raw_fd())
+        .unwrap_or(-1);
     let (stdout, stderr, out_read, err_read) = if plan.capture_output {
         let (r1, w1) = pipe()?;
         let (r2, w2) = pipe()?;
@@ -208,7 +251,9 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
             cwd: plan.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            stdio: [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+            stdio: [stdin, stdout.as_raw_fd(), stderr.as_raw_fd()],
+            cgroup: plan.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            parent_death: plan.parent_death,
             parent: std::process::id() as libc::pid_t,
             nofile: plan.nofile.map(|(soft, hard)| libc::rlimit {
                 rlim_cur: soft as libc::rlim_t,
@@ -221,7 +266,7 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
         },
         &mut stack,
     )?;
-    drop((stdin, stdout, stderr));
+    drop((null_stdin, stdout, stderr));
     if stage != Stage::None {
         let error = io::Error::from_raw_os_error(errno);
         return Err(match stage.describe() {
@@ -298,16 +343,21 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(signal, &default, std::ptr::null_mut());
             }
         }
+        // "0" moves the writing process (cgroup v2).
+        if args.cgroup >= 0 && libc::write(args.cgroup, c"0".as_ptr().cast(), 1) != 1 {
+            fail(args, Stage::Cgroup);
+        }
         if libc::setsid() == -1 {
             fail(args, Stage::Session);
         }
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) == -1
+        if args.parent_death
+            && libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
         {
             fail(args, Stage::ParentDeath);
         }
@@ -335,6 +385,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail(args, Stage::Stdio);
             }
         }
+        // Only 0 to 2 go on: whatever else is open (descriptors the node inherited without
+        // close-on-exec, the copies above, the cgroup's) is closed. Without close_range
+        // (Linux before 5.9) the close-on-exec flags are all there is.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         if !args.cwd.is_null() && libc::chdir(args.cwd) == -1 {
             fail(args, Stage::Chdir);
         }

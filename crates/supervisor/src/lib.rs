@@ -3,7 +3,8 @@
 //! The `supervisor` role: keeps OS services and actors alive under per-child restart plans in
 //! the style of Erlang's `director`.
 //!
-//! - [`plan`]: restart plans ([`Plan`], [`PlanElement`], [`Count`]) and their evaluation.
+//! - [`plan`]: restart plans ([`Plan`], [`PlanElement`], [`Count`] within a period:
+//!   [`Intensity`]) and their evaluation.
 //! - [`spec`]: child specs ([`ChildSpec`]), the default spec and director's `append` merge.
 //! - [`core`]: [`SupervisorCore`], the sans-IO state machine: children, ordering, decisions,
 //!   API rules.
@@ -22,6 +23,7 @@
 
 pub mod actor_child;
 pub mod config;
+pub mod contain;
 pub mod core;
 pub mod logs;
 pub mod manifest;
@@ -43,8 +45,10 @@ pub use actor_child::{ActorFactory, ExitNotice};
 pub use config::{DefaultConfig, ServiceConfig, SupervisorConfig};
 pub use core::{ChildCounts, ChildError, ChildInfo, ChildStatus, SupervisorCore};
 pub use logs::{LogLine, ServiceLogs};
-pub use plan::{Backoff, Count, ExitReason, Plan, PlanElement, PlanFn};
+pub use plan::{Backoff, Count, Exhaustion, ExitReason, Intensity, Plan, PlanElement, PlanFn};
 pub use reload::{ReloadFailure, ReloadReport};
 pub use role::SupervisorRole;
-pub use spec::{ChildSpec, ChildStart, ChildType, DefaultSpec, ProcessSpec, ReadyCheck};
+pub use spec::{
+    ChildSpec, ChildStart, ChildType, DefaultSpec, OnExhausted, ProcessSpec, ReadyCheck,
+};
 pub use status::{LastExit, ServiceState, ServiceStatus};

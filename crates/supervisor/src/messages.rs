@@ -22,7 +22,9 @@ use crate::status::ServiceStatus;
 #[rtype(result = "Result<Option<u32>, ChildError>")]
 pub struct StartChild(pub ChildSpec);
 
-/// Starts a child that is down (plan `wait`, terminated). Answers like [`StartChild`].
+/// Starts a child that is down (plan `wait`, terminated), or failed because its restart plan
+/// was used up (its plan counters start from zero); a child that cannot be started at all (a
+/// broken manifest) answers [`ChildError::Failed`]. Answers like [`StartChild`].
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Option<u32>, ChildError>")]
 pub struct RestartChild(pub String);
@@ -103,8 +105,9 @@ pub struct GetServiceStatus(pub String);
 
 /// An operator's restart: a running child is stopped (SIGTERM, terminate timeout, SIGKILL;
 /// not a crash: the plan and its counters are left alone) and started again at once; a child
-/// that is down is started now (an armed restart timer is cancelled); a child being stopped is
-/// started once it has stopped. Answers the new pid (`None` for an actor) once started.
+/// that is down is started now (an armed restart timer is cancelled; one whose restart plan
+/// was used up gets its plan counters from zero); a child being stopped is started once it
+/// has stopped. Answers the new pid (`None` for an actor) once started.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Option<u32>, ChildError>")]
 pub struct RestartService(pub String);

@@ -1,10 +1,12 @@
 //! Restart plans, as in Erlang's `director`: a list of elements consumed one per exit of a
-//! child, a `count` of how many times the whole list may run, and the counters that say where
-//! a child is in its plan. Pure: [`PlanState::decide`] takes an exit and returns what to do.
+//! child, a `count` of how many times the whole list may run within a `period` (OTP's
+//! intensity and period, [`Intensity`]), and the counters that say where a child is in its
+//! plan. Pure: [`PlanState::decide`] takes an exit and the time and returns what to do.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -312,13 +314,6 @@ impl Count {
             _ => Count::Infinity,
         }
     }
-
-    fn reached(self, cycles: u64) -> bool {
-        match self {
-            Count::Finite(n) => cycles >= n,
-            Count::Infinity => false,
-        }
-    }
 }
 
 impl fmt::Display for Count {
@@ -404,8 +399,78 @@ pub enum Outcome {
     Delete,
     /// Leave it down until `restart_child`.
     Wait,
-    /// Stop the supervisor with this reason.
+    /// The plan is used up: it ran `count` times within `period`, or it is empty. The
+    /// supervisor escalates, or (the node's own, for `on_exhausted = "fail"`) marks the child
+    /// failed.
+    Exhausted(Exhaustion),
+    /// Stop the supervisor with this reason (a `stop` element).
     Escalate(String),
+}
+
+/// Why a plan is used up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exhaustion {
+    /// The plan has no element: the first unplanned exit uses it up.
+    Empty,
+    /// `count` cycles of the plan completed within `period`.
+    Count {
+        /// The plan's count.
+        count: u64,
+        /// The window they completed in.
+        period: Duration,
+    },
+}
+
+impl Exhaustion {
+    /// The reason a supervisor escalates with: `empty restart plan; last exit: ...` or
+    /// `reached max restart plan (count 5 within 60s); last exit: ...`.
+    pub fn escalation(&self, last: &ExitReason) -> String {
+        match self {
+            Exhaustion::Empty => format!("empty restart plan; last exit: {last}"),
+            Exhaustion::Count { count, period } => format!(
+                "reached max restart plan (count {count} within {}); last exit: {last}",
+                duration_text(*period)
+            ),
+        }
+    }
+
+    /// The `failure` of a child marked failed: `exhausted its restart plan: 5 cycles within
+    /// 60s; last exit: ...`.
+    pub fn failure(&self, last: &ExitReason) -> String {
+        let why = match self {
+            Exhaustion::Empty => "the plan is empty".to_string(),
+            Exhaustion::Count { count: 0, .. } => "its count is 0".to_string(),
+            Exhaustion::Count { count, period } => {
+                format!("{count} cycles within {}", duration_text(*period))
+            }
+        };
+        format!("exhausted its restart plan: {why}; last exit: {last}")
+    }
+}
+
+/// A duration as a config file writes it: `60s`, `100ms`, `1500us`, `7ns` (the largest unit
+/// that shows it exactly; parsed back by `troupe_core::settings::Duration`).
+pub fn duration_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_nanos().is_multiple_of(1_000) {
+        format!("{}us", d.as_micros())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
+}
+
+/// How often a plan may run before it is used up: `count` cycles (passes through the whole
+/// plan) within `period`, as OTP's intensity and period. A cycle that completed more than
+/// `period` ago no longer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intensity {
+    /// Cycles allowed within `period` (`Infinity`: never used up).
+    pub count: Count,
+    /// The sliding window.
+    pub period: Duration,
 }
 
 /// A decision and where in the plan it came from, for the logs.
@@ -420,30 +485,39 @@ pub struct Decision {
 }
 
 /// Where a child is in its plan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanState {
     /// Elements of the current cycle already used.
     pub index: usize,
-    /// Completed runs of the whole plan.
+    /// Completed runs of the whole plan (director's cycle counter; never decreases).
     pub cycles: u64,
     /// Restarts decided so far.
     pub restarts: u64,
     /// Consecutive backoff restarts (reset by a long enough run).
     pub streak: u32,
+    /// When the most recent cycles completed (the exit that used a cycle's last element),
+    /// oldest first: at most `count` of them, none older than `period` once pruned.
+    completions: VecDeque<Instant>,
 }
 
 impl PlanState {
-    /// Applies `plan` to an exit for `reason` after a run of `ran_for`.
+    /// Applies `plan` to an exit for `reason` after a run of `ran_for`, at `now`.
+    ///
+    /// Director's semantics, with a window: the elements are used one per exit; a cycle
+    /// completes when its last element is used; the exit after that starts the next cycle,
+    /// unless `limit.count` cycles completed within `limit.period` before `now`: the plan is
+    /// then [`Outcome::Exhausted`] (as it is at the first exit when it is empty).
     pub fn decide(
         &mut self,
         plan: &Plan,
-        count: Count,
+        limit: Intensity,
         reason: &ExitReason,
         ran_for: Duration,
+        now: Instant,
     ) -> Decision {
         if plan.0.is_empty() {
             return Decision {
-                outcome: Outcome::Escalate(format!("empty restart plan; last exit: {reason}")),
+                outcome: Outcome::Exhausted(Exhaustion::Empty),
                 element: None,
                 index: 0,
             };
@@ -452,17 +526,18 @@ impl PlanState {
             self.index = 0;
             self.cycles += 1;
         }
-        if count.reached(self.cycles) {
+        if let Some(exhaustion) = self.exhausted(limit, now) {
             return Decision {
-                outcome: Outcome::Escalate(format!(
-                    "reached max restart plan (count {count}); last exit: {reason}"
-                )),
+                outcome: Outcome::Exhausted(exhaustion),
                 element: None,
                 index: 0,
             };
         }
         let written = &plan.0[self.index];
         self.index += 1;
+        if self.index == plan.0.len() {
+            self.complete_cycle(limit, now);
+        }
         let element = match written {
             PlanElement::Decide(func) => (func.f)(reason, self.restarts),
             other => other.clone(),
@@ -504,6 +579,52 @@ impl PlanState {
             index: self.index,
         }
     }
+
+    /// Cycles completed within `period` before `now` (`None` for an infinite count, whose
+    /// cycles are not kept).
+    pub fn cycles_in_period(&self, limit: Intensity, now: Instant) -> Option<u64> {
+        match limit.count {
+            Count::Infinity => None,
+            Count::Finite(_) => Some(
+                self.completions
+                    .iter()
+                    .filter(|t| now.saturating_duration_since(**t) <= limit.period)
+                    .count() as u64,
+            ),
+        }
+    }
+
+    fn exhausted(&mut self, limit: Intensity, now: Instant) -> Option<Exhaustion> {
+        let Count::Finite(count) = limit.count else {
+            return None;
+        };
+        self.forget_older_than(limit.period, now);
+        (self.completions.len() as u64 >= count).then_some(Exhaustion::Count {
+            count,
+            period: limit.period,
+        })
+    }
+
+    fn complete_cycle(&mut self, limit: Intensity, now: Instant) {
+        let Count::Finite(count) = limit.count else {
+            return;
+        };
+        self.forget_older_than(limit.period, now);
+        self.completions.push_back(now);
+        while self.completions.len() as u64 > count {
+            self.completions.pop_front();
+        }
+    }
+
+    fn forget_older_than(&mut self, period: Duration, now: Instant) {
+        while self
+            .completions
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > period)
+        {
+            self.completions.pop_front();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -517,8 +638,29 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// The fake clock's origin.
+    fn base() -> Instant {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn at(ms: u64) -> Instant {
+        base() + Duration::from_millis(ms)
+    }
+
+    fn within(count: Count) -> Intensity {
+        Intensity {
+            count,
+            period: MINUTE,
+        }
+    }
+
     fn run(state: &mut PlanState, plan: &Plan, count: Count) -> Outcome {
-        state.decide(plan, count, &CRASH, Duration::ZERO).outcome
+        state
+            .decide(plan, within(count), &CRASH, Duration::ZERO, base())
+            .outcome
     }
 
     fn restart(ms: u64) -> Outcome {
@@ -557,13 +699,26 @@ mod tests {
             assert_eq!(run(&mut s, &p, n), restart(5));
         }
         assert_eq!(s.cycles, 1);
-        match run(&mut s, &p, n) {
-            Outcome::Escalate(reason) => {
-                assert!(reason.contains("reached max restart plan"), "{reason}");
-                assert!(reason.contains("exit status 1"), "{reason}");
+        let exhausted = run(&mut s, &p, n);
+        let Outcome::Exhausted(why) = &exhausted else {
+            panic!("{exhausted:?}")
+        };
+        assert_eq!(
+            *why,
+            Exhaustion::Count {
+                count: 2,
+                period: MINUTE
             }
-            other => panic!("{other:?}"),
-        }
+        );
+        let reason = why.escalation(&CRASH);
+        assert_eq!(
+            reason,
+            "reached max restart plan (count 2 within 60s); last exit: exit status 1"
+        );
+        assert_eq!(
+            why.failure(&CRASH),
+            "exhausted its restart plan: 2 cycles within 60s; last exit: exit status 1"
+        );
         assert_eq!(s.cycles, 2);
     }
 
@@ -571,23 +726,116 @@ mod tests {
     fn count_zero_runs_the_plan_zero_times_and_infinity_never_escalates() {
         let p = plan(r#"["restart"]"#);
         let mut s = PlanState::default();
-        assert!(matches!(
-            run(&mut s, &p, Count::Finite(0)),
-            Outcome::Escalate(_)
-        ));
+        let zero = run(&mut s, &p, Count::Finite(0));
+        assert!(matches!(zero, Outcome::Exhausted(_)), "{zero:?}");
         let mut s = PlanState::default();
         for _ in 0..10_000 {
             assert_eq!(run(&mut s, &p, Count::Infinity), restart(0));
         }
         assert_eq!(s.restarts, 10_000);
+        assert_eq!(s.cycles_in_period(within(Count::Infinity), base()), None);
     }
 
     #[test]
-    fn an_empty_plan_escalates_on_the_first_crash() {
+    fn an_empty_plan_is_exhausted_on_the_first_crash() {
         let mut s = PlanState::default();
-        match run(&mut s, &Plan(vec![]), Count::Infinity) {
-            Outcome::Escalate(reason) => assert!(reason.contains("empty"), "{reason}"),
-            other => panic!("{other:?}"),
+        let outcome = run(&mut s, &Plan(vec![]), Count::Infinity);
+        assert_eq!(outcome, Outcome::Exhausted(Exhaustion::Empty));
+        assert_eq!(
+            Exhaustion::Empty.escalation(&CRASH),
+            "empty restart plan; last exit: exit status 1"
+        );
+        assert!(Exhaustion::Empty
+            .failure(&CRASH)
+            .contains("the plan is empty"));
+    }
+
+    /// Crashes at `times` (ms) of a one-element plan with count 5 within 60 s; the outcomes.
+    fn crashes_at(times: &[u64]) -> (PlanState, Vec<Outcome>) {
+        let p = plan(r#"["restart"]"#);
+        let mut s = PlanState::default();
+        let outcomes = times
+            .iter()
+            .map(|&t| {
+                s.decide(&p, within(Count::Finite(5)), &CRASH, Duration::ZERO, at(t))
+                    .outcome
+            })
+            .collect();
+        (s, outcomes)
+    }
+
+    #[test]
+    fn count_cycles_within_the_period_use_the_plan_up() {
+        // Each crash uses the one element: 5 crashes complete 5 cycles. Within 60 s, the
+        // next crash finds the plan used up.
+        let (s, outcomes) = crashes_at(&[0, 1_000, 2_000, 3_000, 4_000, 5_000]);
+        assert_eq!(
+            outcomes[..5],
+            [restart(0), restart(0), restart(0), restart(0), restart(0)]
+        );
+        assert!(matches!(
+            outcomes[5],
+            Outcome::Exhausted(Exhaustion::Count { count: 5, .. })
+        ));
+        assert_eq!(
+            s.cycles_in_period(within(Count::Finite(5)), at(5_000)),
+            Some(5)
+        );
+        // At exactly `period` after the first, it still counts.
+        let (_, outcomes) = crashes_at(&[0, 1, 2, 3, 4, 60_000]);
+        assert!(matches!(outcomes[5], Outcome::Exhausted(_)));
+    }
+
+    #[test]
+    fn cycles_older_than_the_period_drop_out() {
+        // 6 crashes spread over 70 s: never 5 completed cycles within 60 s of a crash.
+        let times = [0, 14_000, 28_000, 42_000, 56_000, 70_000];
+        let (s, outcomes) = crashes_at(&times);
+        assert!(outcomes.iter().all(|o| *o == restart(0)), "{outcomes:?}");
+        assert_eq!(s.cycles, 5);
+        assert_eq!(
+            s.cycles_in_period(within(Count::Finite(5)), at(70_000)),
+            Some(5)
+        );
+        // A crash long after the previous ones starts afresh, and a crash loop that slows
+        // down below 5 per minute runs for ever.
+        let mut times: Vec<u64> = (0..5).collect();
+        times.push(3_600_000);
+        times.extend((1..200).map(|i| 3_600_000 + i * 13_000));
+        let (s, outcomes) = crashes_at(&times);
+        assert!(outcomes.iter().all(|o| *o == restart(0)), "{outcomes:?}");
+        // Memory stays bounded by the count.
+        assert!(s.completions.len() <= 5);
+    }
+
+    #[test]
+    fn a_longer_plan_completes_a_cycle_with_its_last_element() {
+        let p = plan(r#"["restart", "restart"]"#);
+        let limit = Intensity {
+            count: Count::Finite(2),
+            period: Duration::from_secs(10),
+        };
+        let mut s = PlanState::default();
+        let mut crash = |t: u64| s.decide(&p, limit, &CRASH, Duration::ZERO, at(t)).outcome;
+        // Cycles complete at 1 s and 3 s; at 12 s the first is out of the window.
+        for t in [0, 1_000, 2_000, 3_000, 12_000] {
+            assert_eq!(crash(t), restart(0), "{t}");
+        }
+        // Cycles at 3 s and 12.5 s: 2 within 10 s.
+        assert_eq!(crash(12_500), restart(0));
+        assert!(matches!(crash(12_600), Outcome::Exhausted(_)));
+    }
+
+    #[test]
+    fn durations_show_as_written() {
+        assert_eq!(duration_text(Duration::from_secs(60)), "60s");
+        assert_eq!(duration_text(Duration::from_millis(100)), "100ms");
+        assert_eq!(duration_text(Duration::ZERO), "0s");
+        assert_eq!(duration_text(Duration::from_micros(1500)), "1500us");
+        assert_eq!(duration_text(Duration::from_nanos(7)), "7ns");
+        for d in ["60s", "100ms", "0s", "1500us", "7ns"] {
+            let parsed: troupe_core::settings::Duration = d.parse().unwrap();
+            assert_eq!(duration_text(parsed.get()), d);
         }
     }
 
@@ -599,7 +847,10 @@ mod tests {
         let mut s = PlanState::default();
         let short = Duration::from_millis(10);
         let delays: Vec<_> = (0..6)
-            .map(|_| s.decide(&p, Count::Infinity, &CRASH, short).outcome)
+            .map(|_| {
+                s.decide(&p, within(Count::Infinity), &CRASH, short, base())
+                    .outcome
+            })
             .collect();
         assert_eq!(
             delays,
@@ -612,10 +863,17 @@ mod tests {
                 restart(1000)
             ]
         );
-        let after_long_run = s.decide(&p, Count::Infinity, &CRASH, Duration::from_secs(5));
+        let after_long_run = s.decide(
+            &p,
+            within(Count::Infinity),
+            &CRASH,
+            Duration::from_secs(5),
+            base(),
+        );
         assert_eq!(after_long_run.outcome, restart(100));
         assert_eq!(
-            s.decide(&p, Count::Infinity, &CRASH, short).outcome,
+            s.decide(&p, within(Count::Infinity), &CRASH, short, base())
+                .outcome,
             restart(200)
         );
     }
@@ -631,7 +889,13 @@ mod tests {
     fn default_plan_deletes_on_clean_exit_and_restarts_otherwise() {
         let p = Plan::default_plan();
         let mut s = PlanState::default();
-        let clean = s.decide(&p, Count::Finite(5), &ExitReason::Exited(0), LONG);
+        let clean = s.decide(
+            &p,
+            within(Count::Finite(5)),
+            &ExitReason::Exited(0),
+            LONG,
+            base(),
+        );
         assert_eq!(clean.outcome, Outcome::Delete);
         assert_eq!(clean.element.as_deref(), Some("fn:default -> delete"));
         for reason in [
@@ -641,15 +905,22 @@ mod tests {
         ] {
             let mut s = PlanState::default();
             assert_eq!(
-                s.decide(&p, Count::Finite(1), &reason, LONG).outcome,
+                s.decide(&p, within(Count::Finite(1)), &reason, LONG, base())
+                    .outcome,
                 restart(0),
                 "{reason}"
             );
         }
         let mut s = PlanState::default();
         assert_eq!(
-            s.decide(&p, Count::Finite(1), &ExitReason::Stopped, LONG)
-                .outcome,
+            s.decide(
+                &p,
+                within(Count::Finite(1)),
+                &ExitReason::Stopped,
+                LONG,
+                base()
+            )
+            .outcome,
             Outcome::Delete
         );
     }
@@ -672,7 +943,13 @@ mod tests {
             outcomes,
             [restart(0), restart(10), restart(20), Outcome::Wait]
         );
-        let signalled = s.decide(&p, Count::Infinity, &ExitReason::Signaled(9), LONG);
+        let signalled = s.decide(
+            &p,
+            within(Count::Infinity),
+            &ExitReason::Signaled(9),
+            LONG,
+            base(),
+        );
         assert_eq!(signalled.outcome, Outcome::Escalate("signalled".into()));
     }
 

@@ -17,7 +17,9 @@
 //! actor waits for it to become readable, which happens when the child has exited but is not
 //! yet reaped; at that moment its pid still pins its process group id, so the group's remaining
 //! members (grandchildren) are killed race-free before `waitid` reaps the child and reads its
-//! status. Every child is reaped this way: no zombies.
+//! status; with a cgroup (`contain.rs`), so is every process that left the group. Every child
+//! is reaped this way, and orphans the node adopts are reaped by `contain::reap_orphans`: no
+//! zombies.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,6 +35,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
+use crate::contain::{self, ServiceCgroup};
 use crate::exec::{self, ExecPlan};
 use crate::plan::ExitReason;
 
@@ -53,6 +56,9 @@ pub(crate) struct Launch {
     pub(crate) capture_output: bool,
     /// A directory to create first (the service's state folder); failure is not fatal.
     pub(crate) make_dir: Option<PathBuf>,
+    /// The service whose cgroup the process joins before `execve`, when the node contains
+    /// services with cgroups (see `contain.rs`).
+    pub(crate) cgroup: Option<String>,
 }
 
 /// A started process.
@@ -66,6 +72,8 @@ pub(crate) struct Spawned {
     pub(crate) stdout: Option<OwnedFd>,
     /// Read end of its stderr, when captured.
     pub(crate) stderr: Option<OwnedFd>,
+    /// Its cgroup, when it has one.
+    pub(crate) cgroup: Option<Arc<ServiceCgroup>>,
 }
 
 struct Job {
@@ -184,8 +192,33 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
         nofile,
     )
     .map_err(cannot_run)?;
+    let cgroup = match &launch.cgroup {
+        Some(service) => ServiceCgroup::for_service(service)
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: cannot create its cgroup: {e}",
+                    launch.program
+                )
+            })?
+            .map(Arc::new),
+        None => None,
+    };
+    let plan = match &cgroup {
+        Some(cgroup) => plan.join_cgroup(cgroup.procs().map_err(|e| {
+            format!(
+                "cannot run {}: cannot join cgroup {}: {e}",
+                launch.program,
+                cgroup.path().display()
+            )
+        })?),
+        None => plan,
+    };
+    // Until the child is known as the node's own, the orphan reaper keeps off it.
+    let spawning = contain::SPAWNING.read().unwrap_or_else(|e| e.into_inner());
     let child = exec::start(&plan).map_err(cannot_run)?;
     let pid = child.pid;
+    contain::adopt(pid);
+    drop(spawning);
     let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("the kernel returned pid 0")?;
     let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
         Ok(fd) => fd,
@@ -195,6 +228,7 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
             let mut status = 0;
             // SAFETY: waitpid(2) on our own child, writing into a local.
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            contain::forget(pid);
             return Err(format!(
                 "cannot watch process {pid} (pidfd_open: {e}; Linux 5.3 or later is needed)"
             ));
@@ -205,7 +239,44 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
         pidfd,
         stdout: child.stdout,
         stderr: child.stderr,
+        cgroup,
     })
+}
+
+/// Starts the node's guard, `troupe __guard DIR` (see `contain.rs`), outside the services'
+/// cgroups and without a parent-death signal. Its stdin is the read end of a pipe whose write
+/// end the node keeps, open until the node's process ends. Blocking.
+pub(crate) fn start_guard(services_dir: &std::path::Path) -> io::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    let plan = ExecPlan::new(
+        &exe.to_string_lossy(),
+        &[
+            "__guard".to_string(),
+            services_dir.to_string_lossy().into_owned(),
+        ],
+        &[],
+        false,
+        None,
+        false,
+        None,
+    )?
+    .without_parent_death()
+    .with_stdin(read);
+    let child = exec::start(&plan)?;
+    // Kept open for the node's life (close-on-exec, so no service holds it): its closing is
+    // the guard's signal.
+    std::mem::forget(write);
+    Ok(child.pid)
 }
 
 /// Sends `signal` to the process group led by `pid`. A group already gone is not an error.
@@ -218,7 +289,21 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 
 /// Waits (without blocking the thread) until process `pid` exits, kills what is left of its
 /// group, reaps it and returns how it ended. Must run on the arbiter that owns the process.
-pub(crate) async fn wait_exit(pid: u32, pidfd: Arc<OwnedFd>) -> ExitReason {
+pub(crate) async fn wait_exit(
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    cgroup: Option<Arc<ServiceCgroup>>,
+) -> ExitReason {
+    let reason = wait_and_reap(pid, pidfd, cgroup).await;
+    contain::forget(pid);
+    reason
+}
+
+async fn wait_and_reap(
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    cgroup: Option<Arc<ServiceCgroup>>,
+) -> ExitReason {
     // SAFETY: `register_with_interest` needs the descriptor to stay open and the same for the
     // AsyncFd's whole life. An `OwnedFd` is closed only when dropped and its descriptor never
     // changes; the `Arc` keeps it alive at least as long as this AsyncFd holds a clone.
@@ -243,8 +328,12 @@ pub(crate) async fn wait_exit(pid: u32, pidfd: Arc<OwnedFd>) -> ExitReason {
             Ok(ready) => ready,
             Err(e) => return ExitReason::StartFailed(format!("watching process {pid}: {e}")),
         };
-        // The leader has exited and is not reaped: its pid still names its group.
+        // The leader has exited and is not reaped: its pid still names its group. Its cgroup
+        // holds whatever left the group.
         signal_group(pid, Signal::SIGKILL);
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill();
+        }
         match waitid(
             WaitId::PidFd(fd.get_ref().as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,

@@ -40,12 +40,13 @@ pub(crate) async fn exec(argv: Vec<String>, mut cancelled: oneshot::Receiver<()>
         cwd: None,
         capture_output: false,
         make_dir: None,
+        cgroup: None,
     };
     loop {
         match process::spawn(launch.clone()).await {
             Ok(spawned) => {
                 let pid = spawned.pid;
-                let exit = process::wait_exit(pid, std::sync::Arc::new(spawned.pidfd));
+                let exit = process::wait_exit(pid, std::sync::Arc::new(spawned.pidfd), None);
                 tokio::pin!(exit);
                 let reason = tokio::select! {
                     reason = &mut exit => reason,

@@ -75,6 +75,11 @@ impl Role for SupervisorRole {
     }
 
     async fn start(config: SupervisorConfig, ctx: RoleContext) -> Result<Self, RoleError> {
+        let instance = ctx
+            .published
+            .lookup::<troupe_core::context::NodeInstance>()
+            .map_or_else(|| ctx.node.to_string(), |i| i.0);
+        crate::contain::start_for_node(ctx.node.to_string(), instance).await;
         let state_dir = config.state_dir(&ctx.node);
         let (children, failed) = configured_children(&config, &state_dir)
             .await
@@ -109,6 +114,7 @@ impl Role for SupervisorRole {
         if self.actor.send(Shutdown).await.is_ok() {
             let _ = self.stopped.await;
         }
+        let _ = tokio::task::spawn_blocking(crate::contain::remove_services_dir).await;
     }
 }
 
@@ -132,6 +138,13 @@ pub(crate) async fn configured_children(
         .map_err(|e| format!("loading services_dir: {e}"))?
         .map_err(|e| format!("supervisor.{e}"))?;
     let (services, mut failed) = split_manifests(loaded, &children);
+    // Config services' warnings are the node's to print (`SupervisorConfig::warnings`).
+    let default = config.default.to_spec();
+    for spec in &services {
+        if let Some(warning) = default.merge(spec.clone()).plan_warning() {
+            tracing::warn!(id = %spec.id, manifest = %manifest_path(spec), "{warning}");
+        }
+    }
     let children = order_manifests(children, services, &mut failed);
     Ok((children, failed))
 }

@@ -1,5 +1,7 @@
-//! Child specs: what a child is (a process or an actor), its plan, its timeouts and its start
-//! ordering; the default child spec and director's `append` merge.
+//! Child specs: what a child is (a process or an actor), its plan and how often it may run
+//! (`count` within `period`, at most one start per `min_restart_interval`), what happens when
+//! the plan is used up, its timeouts and its start ordering; the default child spec and
+//! director's `append` merge.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::actor_child::ActorFactory;
-use crate::plan::{Count, Plan};
+use crate::plan::{duration_text, Count, Intensity, Plan, PlanElement};
 
 /// Whether a child is a worker or a supervisor of its own children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,6 +36,40 @@ impl ChildType {
         }
     }
 }
+
+/// What the node's own supervisor does with a child that used up its restart plan (ran it
+/// `count` times within `period`, or has an empty plan). A nested supervisor always escalates
+/// to its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Mark the child `failed` (with its last exit); the node and the other children keep
+    /// running, and `restart_child` starts it again with fresh plan counters.
+    #[default]
+    Fail,
+    /// Escalate: the node stops with exit code 1 (for a child the node is useless without).
+    StopNode,
+}
+
+impl fmt::Display for OnExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnExhausted::Fail => "fail",
+            OnExhausted::StopNode => "stop_node",
+        })
+    }
+}
+
+/// Default `count`: how many cycles of the plan may complete within `period`.
+pub const DEFAULT_COUNT: Count = Count::Finite(5);
+/// Default `period`.
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
+/// Default `min_restart_interval`: at most 10 starts per second of a crash-looping child.
+pub const DEFAULT_MIN_RESTART_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest `period` (30 days).
+pub const MAX_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest `min_restart_interval` (1 hour).
+pub const MAX_MIN_RESTART_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A readiness check: a child counts as running only once it passes.
 #[derive(Debug, Clone)]
@@ -175,8 +211,15 @@ pub struct ChildSpec {
     pub start: ChildStart,
     /// The restart plan.
     pub plan: Plan,
-    /// How many times the plan may run.
+    /// How many cycles of the plan may complete within `period` before it is used up.
     pub count: Count,
+    /// The window `count` applies to (default 60 s); older cycles no longer count.
+    pub period: Duration,
+    /// No restart decided by the plan starts the child sooner than this after its previous
+    /// start (default 100 ms; zero allowed). Operators' starts are not delayed.
+    pub min_restart_interval: Duration,
+    /// What the node's supervisor does when the plan is used up.
+    pub on_exhausted: OnExhausted,
     /// 0: SIGKILL at once; otherwise SIGTERM, wait this long, SIGKILL (actors: ask, wait, drop).
     pub terminate_timeout: Duration,
     /// Worker or supervisor.
@@ -195,7 +238,8 @@ pub struct ChildSpec {
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ChildSpec {
-    /// A process child with director's defaults: the default plan, count 1, a worker.
+    /// A process child with the defaults of a `[[supervisor.services]]` entry: the default plan,
+    /// count 5 within 60 s, at least 100 ms between starts, `on_exhausted` fail, a worker.
     pub fn process(id: impl Into<String>, command: impl Into<String>) -> Self {
         Self::new(
             id,
@@ -207,7 +251,8 @@ impl ChildSpec {
         )
     }
 
-    /// An actor child with director's defaults; see [`ActorFactory::new`].
+    /// An actor child with the same defaults as [`ChildSpec::process`]; see
+    /// [`ActorFactory::new`].
     pub fn actor(id: impl Into<String>, factory: ActorFactory) -> Self {
         Self::new(id, ChildStart::Actor(factory))
     }
@@ -217,7 +262,10 @@ impl ChildSpec {
             id: id.into(),
             start,
             plan: Plan::default_plan(),
-            count: Count::Finite(1),
+            count: DEFAULT_COUNT,
+            period: DEFAULT_PERIOD,
+            min_restart_interval: DEFAULT_MIN_RESTART_INTERVAL,
+            on_exhausted: OnExhausted::Fail,
             terminate_timeout: ChildType::Worker.default_terminate_timeout(),
             child_type: ChildType::Worker,
             append: false,
@@ -237,6 +285,32 @@ impl ChildSpec {
     pub fn with_count(mut self, count: Count) -> Self {
         self.count = count;
         self
+    }
+
+    /// Sets the period `count` applies to.
+    pub fn with_period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// Sets the shortest time between two starts decided by the plan.
+    pub fn with_min_restart_interval(mut self, interval: Duration) -> Self {
+        self.min_restart_interval = interval;
+        self
+    }
+
+    /// Sets what happens when the plan is used up.
+    pub fn with_on_exhausted(mut self, on_exhausted: OnExhausted) -> Self {
+        self.on_exhausted = on_exhausted;
+        self
+    }
+
+    /// `count` within `period`, as the plan takes it.
+    pub fn intensity(&self) -> Intensity {
+        Intensity {
+            count: self.count,
+            period: self.period,
+        }
     }
 
     /// Sets the arguments of a process child.
@@ -269,12 +343,55 @@ impl ChildSpec {
             && self.id == other.id
             && self.plan.same_as(&other.plan)
             && self.count == other.count
+            && self.period == other.period
+            && self.min_restart_interval == other.min_restart_interval
+            && self.on_exhausted == other.on_exhausted
             && self.terminate_timeout == other.terminate_timeout
             && self.child_type == other.child_type
             && self.append == other.append
             && self.after == other.after
             && self.ready == other.ready
             && self.start_timeout == other.start_timeout
+    }
+
+    /// A warning about a plan that retries a broken command for ever without slowing down:
+    /// `count` is infinite and the plan has a bare `restart` (or is the default plan, which
+    /// restarts at once after a crash). `min_restart_interval` bounds the loop, but it never
+    /// ends. Call it on the spec as it runs (merged with the default when it appends).
+    pub fn plan_warning(&self) -> Option<String> {
+        if self.count != Count::Infinity {
+            return None;
+        }
+        let floor = if self.min_restart_interval.is_zero() {
+            "min_restart_interval is 0s: in a tight loop".to_string()
+        } else {
+            format!(
+                "every min_restart_interval, {}",
+                duration_text(self.min_restart_interval)
+            )
+        };
+        let fix = "use { restart_backoff = { initial_ms = 100, max_ms = 30000 } } (or a delay, or a finite count)";
+        let bare = self
+            .plan
+            .0
+            .iter()
+            .any(|e| matches!(e, PlanElement::Restart));
+        let default = self
+            .plan
+            .0
+            .iter()
+            .any(|e| matches!(e, PlanElement::Decide(f) if f.name() == "default"));
+        if bare {
+            Some(format!(
+                "a bare \"restart\" with count \"infinity\" restarts a broken command forever ({floor}); {fix}"
+            ))
+        } else if default {
+            Some(format!(
+                "the default plan restarts at once after a crash: with count \"infinity\" it restarts a broken command forever ({floor}); {fix}"
+            ))
+        } else {
+            None
+        }
     }
 
     /// Checks what the types cannot; the message names the field.
@@ -305,6 +422,20 @@ impl ChildSpec {
         if self.after.iter().any(|a| a == &self.id) {
             return Err(format!("after: \"{}\" cannot start after itself", self.id));
         }
+        if self.period.is_zero() || self.period > MAX_PERIOD {
+            return Err(format!(
+                "period: must be more than 0s and at most {} (30 days), got {}; count = \"infinity\" never uses the plan up",
+                duration_text(MAX_PERIOD),
+                duration_text(self.period)
+            ));
+        }
+        if self.min_restart_interval > MAX_MIN_RESTART_INTERVAL {
+            return Err(format!(
+                "min_restart_interval: must be at most {} (1 hour), got {}",
+                duration_text(MAX_MIN_RESTART_INTERVAL),
+                duration_text(self.min_restart_interval)
+            ));
+        }
         Ok(())
     }
 }
@@ -322,7 +453,8 @@ pub fn check_id(id: &str) -> Result<(), String> {
 
 /// The default child spec (director's `DefaultChildspec`): what `append = true` children are
 /// merged with. Its built-in value adds nothing: no command, no args, empty plan, count 0,
-/// terminate timeout 0.
+/// terminate timeout 0. It has no `period`, `min_restart_interval` or `on_exhausted`: an
+/// appending child keeps its own.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DefaultSpec {
     /// Program for appended children that name none.
@@ -348,7 +480,8 @@ impl Default for Count {
 impl DefaultSpec {
     /// `child` as it runs: unchanged unless it appends, else merged as director does (counts
     /// and timeouts added, plan = default's then the child's, args appended, command taken
-    /// from the default when the child names none).
+    /// from the default when the child names none). `period`, `min_restart_interval` and
+    /// `on_exhausted` stay the child's.
     pub fn merge(&self, mut child: ChildSpec) -> ChildSpec {
         if !child.append {
             return child;
@@ -398,8 +531,8 @@ mod tests {
         }
         child.append = true;
         let merged = default.merge(child.clone());
-        // Count 1 (the child's built-in) + 5, timeout 1000 + 1000, plan default's then child's.
-        assert_eq!(merged.count, Count::Finite(6));
+        // Count 5 (the child's built-in) + 5, timeout 1000 + 1000, plan default's then child's.
+        assert_eq!(merged.count, Count::Finite(10));
         assert_eq!(merged.terminate_timeout, Duration::from_millis(2000));
         assert_eq!(merged.plan.0.len(), 2);
         assert_eq!(merged.plan.0[0], PlanElement::Restart);
@@ -413,7 +546,7 @@ mod tests {
         // Without append, the default is not used at all.
         child.append = false;
         let alone = default.merge(child);
-        assert_eq!(alone.count, Count::Finite(1));
+        assert_eq!(alone.count, Count::Finite(5));
         assert_eq!(alone.process_spec().unwrap().command, None);
         assert!(alone.check().unwrap_err().contains("command"));
     }
@@ -458,5 +591,74 @@ mod tests {
             .unwrap_err()
             .contains("log_line"));
         assert!(ReadyConfig::Exec(vec![]).compile().is_err());
+    }
+
+    #[test]
+    fn the_restart_limits_have_defaults_bounds_and_stay_the_childs_in_append() {
+        let child = ChildSpec::process("one", "/bin/true");
+        assert_eq!(child.count, Count::Finite(5));
+        assert_eq!(child.period, Duration::from_secs(60));
+        assert_eq!(child.min_restart_interval, Duration::from_millis(100));
+        assert_eq!(child.on_exhausted, OnExhausted::Fail);
+        assert!(child.check().is_ok());
+        let zero = child.clone().with_min_restart_interval(Duration::ZERO);
+        assert!(zero.check().is_ok());
+        for (bad, field) in [
+            (child.clone().with_period(Duration::ZERO), "period: "),
+            (
+                child
+                    .clone()
+                    .with_period(MAX_PERIOD + Duration::from_secs(1)),
+                "period: ",
+            ),
+            (
+                child
+                    .clone()
+                    .with_min_restart_interval(Duration::from_secs(3601)),
+                "min_restart_interval: ",
+            ),
+        ] {
+            let err = bad.check().unwrap_err();
+            assert!(err.starts_with(field), "{err}");
+        }
+        let mut appending = child
+            .with_period(Duration::from_secs(5))
+            .with_min_restart_interval(Duration::ZERO)
+            .with_on_exhausted(OnExhausted::StopNode);
+        appending.append = true;
+        let merged = DefaultSpec::default().merge(appending.clone());
+        assert_eq!(merged.period, Duration::from_secs(5));
+        assert_eq!(merged.min_restart_interval, Duration::ZERO);
+        assert_eq!(merged.on_exhausted, OnExhausted::StopNode);
+        assert!(merged.same_as(&appending));
+        assert!(!merged.same_as(&appending.clone().with_period(Duration::from_secs(6))));
+    }
+
+    #[test]
+    fn an_endless_bare_restart_is_warned_about() {
+        let bare = ChildSpec::process("a", "x").with_plan(Plan(vec![PlanElement::Restart]));
+        assert_eq!(bare.plan_warning(), None);
+        let endless = bare.clone().with_count(Count::Infinity);
+        let warning = endless.plan_warning().unwrap();
+        assert!(warning.contains("bare \"restart\""), "{warning}");
+        assert!(
+            warning.contains("every min_restart_interval, 100ms"),
+            "{warning}"
+        );
+        assert!(warning.contains("restart_backoff"), "{warning}");
+        let tight = endless.with_min_restart_interval(Duration::ZERO);
+        assert!(tight.plan_warning().unwrap().contains("tight loop"));
+        let default = ChildSpec::process("a", "x").with_count(Count::Infinity);
+        assert!(default.plan_warning().unwrap().contains("default plan"));
+        for fine in [
+            r#"[{"restart_after_ms": 100}]"#,
+            r#"[{"restart_backoff": {"initial_ms": 10, "max_ms": 100}}]"#,
+            r#"["wait"]"#,
+        ] {
+            let spec = ChildSpec::process("a", "x")
+                .with_plan(serde_json::from_str(fine).unwrap())
+                .with_count(Count::Infinity);
+            assert_eq!(spec.plan_warning(), None, "{fine}");
+        }
     }
 }

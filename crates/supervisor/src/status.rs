@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::plan::ExitReason;
-use crate::spec::{ChildSpec, ChildStart, ChildType, ReadyCheck};
+use crate::plan::{duration_text, ExitReason};
+use crate::spec::{ChildSpec, ChildStart, ChildType, OnExhausted, ReadyCheck};
 
 /// A child's state as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -22,7 +22,8 @@ pub enum ServiceState {
     Stopping,
     /// Down; `waiting_for` says until what.
     Waiting,
-    /// Cannot be started (`failure` says why).
+    /// Down for good until an operator starts it (`failure` says why): its restart plan is
+    /// used up, or it cannot be started at all (a broken manifest).
     Failed,
     /// Removed (plan `delete`, `delete_child` or a reload); kept for a while for operators.
     Deleted,
@@ -82,7 +83,8 @@ pub struct ServiceStatus {
     pub waiting_for: Option<&'static str>,
     /// Time left before the armed restart timer fires.
     pub restart_in_ms: Option<u64>,
-    /// For [`ServiceState::Failed`]: why it cannot start.
+    /// For [`ServiceState::Failed`]: why (`exhausted its restart plan: 5 cycles within 60s;
+    /// last exit: ...`, or what is wrong with its manifest).
     pub failure: Option<String>,
     /// Process id of the current run.
     pub pid: Option<u32>,
@@ -102,13 +104,25 @@ pub struct ServiceStatus {
     pub plan_length: usize,
     /// Completed runs of the whole plan.
     pub cycle: u64,
-    /// How many times the plan may run.
+    /// How many cycles may complete within `period_ms`.
     pub count: String,
+    /// Cycles completed within the last `period_ms` (the plan is used up at the next
+    /// unplanned exit once this reaches `count`); `None` with count `infinity`.
+    pub cycles_in_period: Option<u64>,
+    /// The window of `count`, in milliseconds.
+    pub period_ms: u64,
+    /// Shortest time between two starts its plan decides, in milliseconds.
+    pub min_restart_interval_ms: u64,
+    /// What happens when its plan is used up: `fail` or `stop_node`.
+    pub on_exhausted: OnExhausted,
+    /// How its processes are contained (process children): `cgroup` (with the cgroup's path)
+    /// or `process group`; see `contain.rs`.
+    pub containment: Option<String>,
     /// How its last run ended.
     pub last_exit: Option<LastExit>,
     /// The spec as it runs (merged with the default when it appends), in the keys of a
-    /// `[[supervisor.services]]` entry; for an actor `{id, kind, plan, count,
-    /// terminate_timeout_ms, type}`.
+    /// `[[supervisor.services]]` entry; for an actor `{id, kind, plan, count, period,
+    /// min_restart_interval, on_exhausted, terminate_timeout_ms, type}`.
     pub spec: serde_json::Value,
 }
 
@@ -139,6 +153,9 @@ pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
             "kind": "actor",
             "plan": spec.plan,
             "count": spec.count,
+            "period": duration_text(spec.period),
+            "min_restart_interval": duration_text(spec.min_restart_interval),
+            "on_exhausted": spec.on_exhausted,
             "terminate_timeout_ms": millis(spec.terminate_timeout),
             "type": spec.child_type,
         }),
@@ -157,6 +174,9 @@ pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
                 "cwd": p.cwd.as_ref().map(|c| c.to_string_lossy()),
                 "plan": spec.plan,
                 "count": spec.count,
+                "period": duration_text(spec.period),
+                "min_restart_interval": duration_text(spec.min_restart_interval),
+                "on_exhausted": spec.on_exhausted,
                 "terminate_timeout_ms": millis(spec.terminate_timeout),
                 "type": spec.child_type,
                 "append": spec.append,
@@ -198,6 +218,7 @@ mod tests {
             "cwd": "/srv",
             "plan": ["restart", {"restart_after_ms": 100}],
             "count": "infinity",
+            "min_restart_interval": "0s",
             "after": [],
             "ready": {"log_line": "listening"},
             "start_timeout_ms": 2000,
@@ -211,14 +232,23 @@ mod tests {
         assert_eq!(shown["terminate_timeout_ms"], 1000);
         assert_eq!(shown["type"], "worker");
         assert_eq!(shown["ready"]["log_line"], "listening");
+        assert_eq!(shown["period"], "60s");
+        assert_eq!(shown["min_restart_interval"], "0s");
+        assert_eq!(shown["on_exhausted"], "fail");
         // Every key of an entry, and it parses back to the same entry.
         let again: ServiceConfig = serde_json::from_value(shown).unwrap();
         assert_eq!(
             again,
             ServiceConfig {
                 terminate_timeout_ms: Some(1000),
+                period: Some(troupe_core::settings::Duration::from_secs(60)),
+                on_exhausted: Some(OnExhausted::Fail),
                 ..entry
             }
         );
+        assert!(again
+            .to_spec("web", None, "/state/web/config.json".into())
+            .unwrap()
+            .same_as(&spec));
     }
 }

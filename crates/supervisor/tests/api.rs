@@ -94,7 +94,7 @@ async fn start_child_get_pids_count_and_change_plan() {
     assert_eq!(sup.send(GetPids).await.unwrap(), [("a".to_string(), pid)]);
     let counts = sup.send(CountChildren).await.unwrap();
     assert_eq!((counts.specs, counts.active, counts.workers), (1, 1, 1));
-    // Count 1: one restart, then the next crash would escalate...
+    // A crash uses the plan's one element: restarted...
     kill(pid, Signal::SIGKILL);
     let pid2 = until(&sup, "a", "restarted", |c| {
         c.is_some_and(|c| c.status == ChildStatus::Running && c.pid != Some(pid))
@@ -103,7 +103,7 @@ async fn start_child_get_pids_count_and_change_plan() {
     .unwrap()
     .pid
     .unwrap();
-    // ...but changing the plan resets the counters.
+    // ...and changing the plan resets the counters.
     sup.send(ChangePlan {
         id: "a".into(),
         plan: serde_json::from_str(r#"["restart", "wait"]"#).unwrap(),
@@ -172,7 +172,8 @@ async fn the_default_child_spec_is_appended() {
     spec.append = true;
     let pid = sup.send(StartChild(spec)).await.unwrap().unwrap().unwrap();
     let merged = sup.send(GetChildSpec("x".into())).await.unwrap().unwrap();
-    assert_eq!(merged.count, Count::Finite(3));
+    // 2 + the child's own 5.
+    assert_eq!(merged.count, Count::Finite(7));
     assert_eq!(merged.plan.to_string(), "[wait, fn:default]");
     kill(pid, Signal::SIGKILL);
     until(&sup, "x", "waiting", |c| {

@@ -210,6 +210,7 @@ pub(super) fn service(s: &Value) -> String {
             "cycle",
             format!("{} of count {}", text(&s["cycle"]), text(&s["count"])),
         ),
+        ("containment", text(&s["containment"])),
         ("last exit", last_exit(s)),
         ("last exit at", time(&s["last_exit"]["at_unix_ms"])),
     ];

@@ -300,7 +300,13 @@ impl Handler<AddService> for Supervisor {
         };
         let config_path = self.state_dir.join(&id).join("config.json");
         let result = match msg.0.to_spec(&id, None, config_path) {
-            Ok(spec) => self.core.start_child(spec, Instant::now()),
+            Ok(spec) => {
+                let merged = self.core.default_spec().merge(spec.clone());
+                if let Some(warning) = merged.plan_warning() {
+                    tracing::warn!(id, "{warning}");
+                }
+                self.core.start_child(spec, Instant::now())
+            }
             Err(e) => Err(ChildError::Invalid(e)),
         };
         self.start_call(id, result, ctx)

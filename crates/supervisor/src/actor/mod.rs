@@ -19,6 +19,7 @@ use troupe_core::{RoleContext, Shutdown};
 
 use crate::actor_child::{ActorExited, ActorStarted, ExitNotice};
 use crate::config::SupervisorConfig;
+use crate::contain::ServiceCgroup;
 use crate::core::{ChildError, Command, SupervisorCore};
 use crate::logs::{LogLine, LogRing};
 use crate::output::{read_lines, LogFiles};
@@ -29,7 +30,8 @@ use crate::spec::{ChildSpec, ChildStart, DefaultSpec, ReadyCheck};
 
 /// Where the supervisor's escalation goes.
 pub enum Escalation {
-    /// The node's top-level supervisor: stop the node with a non-zero exit.
+    /// The node's top-level supervisor: stop the node with a non-zero exit. A child whose
+    /// plan is used up is marked failed instead, unless its `on_exhausted` is `stop_node`.
     Node(RoleContext),
     /// A nested supervisor: stop, and let the parent see the escalation as this child's exit.
     Parent(ExitNotice),
@@ -74,6 +76,7 @@ enum Instance {
         pid: u32,
         pidfd: Arc<OwnedFd>,
         probe_cancel: Option<oneshot::Sender<()>>,
+        cgroup: Option<Arc<ServiceCgroup>>,
     },
     /// An actor on its own arbiter.
     Actor {
@@ -165,7 +168,8 @@ impl Supervisor {
                 ..SupervisorConfig::default()
             }));
         Supervisor {
-            core: SupervisorCore::new(setup.default, setup.max_children, Instant::now()),
+            core: SupervisorCore::new(setup.default, setup.max_children, Instant::now())
+                .with_escalation_to_node(matches!(escalation, Escalation::Node(_))),
             setup_children: setup.children,
             setup_failed: setup.failed,
             instances: HashMap::new(),
@@ -286,6 +290,7 @@ impl Supervisor {
             cwd: p.cwd.clone(),
             capture_output: true,
             make_dir,
+            cgroup: Some(id.clone()),
         };
         self.instances
             .insert(id.clone(), Instance::Spawning { generation });
@@ -342,6 +347,7 @@ impl Supervisor {
         };
         let pid = spawned.pid;
         let pidfd = Arc::new(spawned.pidfd);
+        let cgroup = spawned.cgroup.clone();
         self.instances.insert(
             id.clone(),
             Instance::Process {
@@ -349,6 +355,7 @@ impl Supervisor {
                 pid,
                 pidfd: pidfd.clone(),
                 probe_cancel: None,
+                cgroup: cgroup.clone(),
             },
         );
         // Output readers; each reports when its pipe is closed.
@@ -387,7 +394,7 @@ impl Supervisor {
         // a pipe held open by a process that left the group delays it by at most OUTPUT_DRAIN.
         let (watched, me) = (id.clone(), ctx.address().downgrade());
         actix_rt::spawn(async move {
-            let reason = process::wait_exit(pid, pidfd).await;
+            let reason = process::wait_exit(pid, pidfd, cgroup).await;
             let _ = tokio::time::timeout(OUTPUT_DRAIN, futures::future::join_all(closed)).await;
             if let Some(me) = me.upgrade() {
                 me.do_send(ProcessExited {
@@ -605,15 +612,21 @@ impl Supervisor {
         let timeout_ms = timeout.as_millis() as u64;
         match self.instances.get(&id) {
             Some(Instance::Process {
-                generation: g, pid, ..
+                generation: g,
+                pid,
+                cgroup,
+                ..
             }) if *g == generation => {
                 tracing::warn!(
                     id,
                     pid,
                     timeout_ms,
-                    "child did not stop within its terminate timeout; killing its process group"
+                    "child did not stop within its terminate timeout; killing its processes"
                 );
                 signal_group(*pid, Signal::SIGKILL);
+                if let Some(cgroup) = cgroup {
+                    cgroup.kill();
+                }
             }
             Some(Instance::Actor { generation: g, .. }) if *g == generation => {
                 tracing::warn!(
@@ -801,8 +814,13 @@ impl Drop for Supervisor {
         let mut orphans = Vec::new();
         for (_, instance) in self.instances.drain() {
             match instance {
-                Instance::Process { pid, pidfd, .. } => {
+                Instance::Process {
+                    pid, pidfd, cgroup, ..
+                } => {
                     signal_group(pid, Signal::SIGKILL);
+                    if let Some(cgroup) = cgroup {
+                        cgroup.kill();
+                    }
                     orphans.push(pidfd);
                 }
                 Instance::Actor { arbiter, .. } => {
