@@ -6,15 +6,27 @@
 //! an abstract name after `@`). [`Notifier::take_from_env`] reads the variables once and
 //! removes them from the environment before any thread starts, so that supervised services do
 //! not inherit them and cannot speak for the node.
+//!
+//! Messages are sent in order by a thread of their own, so that a service manager slow to
+//! read never holds up the node: a state change (`READY`, `RELOADING`, `STOPPING`) waits up to
+//! [`SEND_TIMEOUT`] for room in the manager's queue; a watchdog ping that finds the thread's
+//! own queue full is skipped (the next one follows).
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::Duration;
+
+/// Longest wait for room in the service manager's queue.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages waiting for the sending thread.
+const QUEUE: usize = 64;
 
 /// Where notifications go; does nothing when the node was not started by systemd.
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     socket: Option<String>,
     watchdog: Option<Duration>,
+    queue: Option<SyncSender<String>>,
 }
 
 impl Notifier {
@@ -37,7 +49,12 @@ impl Notifier {
             // SAFETY: called by `main` before any other thread exists (see the doc).
             std::env::remove_var(var);
         }
-        Notifier { socket, watchdog }
+        let queue = socket.clone().and_then(start_sender);
+        Notifier {
+            socket,
+            watchdog,
+            queue,
+        }
     }
 
     /// Whether a notify socket was given.
@@ -50,22 +67,49 @@ impl Notifier {
         self.watchdog.filter(|_| self.enabled()).map(|w| w / 2)
     }
 
-    /// Sends `state` (`READY=1`, `STATUS=...`, one assignment per line). The datagram is
-    /// sent without blocking; a failure (systemd's queue full, the socket gone) is logged,
-    /// never waited on.
+    /// Sends `state` (`READY=1`, `STATUS=...`, one assignment per line), in order, from the
+    /// sending thread; never blocks the caller. See the module doc for what may be skipped.
     pub fn notify(&self, state: &str) {
-        let Some(socket) = &self.socket else {
+        let Some(queue) = &self.queue else {
             return;
         };
-        if let Err(err) = send(socket, state) {
-            tracing::warn!(socket = %socket, %err, state, "cannot notify the service manager");
+        match queue.try_send(state.to_string()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) if state == "WATCHDOG=1" => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!(
+                    state,
+                    "cannot notify the service manager: its sender is stuck"
+                );
+            }
+        }
+    }
+}
+
+/// Starts the thread that sends to `socket`.
+fn start_sender(socket: String) -> Option<SyncSender<String>> {
+    let (queue, states) = sync_channel::<String>(QUEUE);
+    let started = std::thread::Builder::new()
+        .name("troupe-notify".into())
+        .spawn(move || {
+            for state in states {
+                if let Err(err) = send(&socket, &state) {
+                    tracing::warn!(socket = %socket, %err, state, "cannot notify the service manager");
+                }
+            }
+        });
+    match started {
+        Ok(_) => Some(queue),
+        Err(err) => {
+            tracing::warn!(%err, "cannot start the thread that notifies the service manager");
+            None
         }
     }
 }
 
 fn send(socket: &str, state: &str) -> std::io::Result<()> {
     let datagram = UnixDatagram::unbound()?;
-    datagram.set_nonblocking(true)?;
+    datagram.set_write_timeout(Some(SEND_TIMEOUT))?;
     match socket.strip_prefix('@') {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
@@ -132,8 +176,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let socket = path.to_string_lossy().into_owned();
         let notifier = Notifier {
-            socket: Some(path.to_string_lossy().into_owned()),
+            queue: start_sender(socket.clone()),
+            socket: Some(socket),
             watchdog: Some(Duration::from_secs(10)),
         };
         notifier.notify("READY=1");
