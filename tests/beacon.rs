@@ -594,6 +594,13 @@ fn the_shipped_single_machine_config_runs_a_beacon_and_registers_with_it() {
                 .join("../configs")
                 .join(file),
         );
+        // The hub's snapshot folder (/var/lib/troupe) exists on a hub, not here.
+        cmd.env(
+            "TROUPE_BEACON__SNAPSHOT_FILE",
+            scene
+                .write("snapshot-folder-probe", "")
+                .with_file_name("beacon.json"),
+        );
         let (status, output) = run_to_end(cmd, STOP);
         assert_eq!(status.code(), Some(0), "{file}: {output}");
         assert!(output.contains(needle), "{file}: {output}");
@@ -619,7 +626,7 @@ fn bad_cluster_and_beacon_keys_exit_2_naming_the_key() {
         assert_eq!(status.code(), Some(2), "{output}");
         assert!(output.contains(key), "{key}: {output}");
     }
-    // A cookie file others can read is refused at start.
+    // A cookie file others can read is refused before anything starts, as a config error.
     let cookie = scene.write("open-cookie", "secret\n");
     std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = scene.member_config(
@@ -632,6 +639,9 @@ fn bad_cluster_and_beacon_keys_exit_2_naming_the_key() {
     let mut cmd = troupe();
     cmd.arg("run").arg("--config").arg(&config);
     let (status, output) = run_to_end(cmd, STOP);
-    assert_eq!(status.code(), Some(1), "{output}");
-    assert!(output.contains("chmod 600"), "{output}");
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("cluster.cookie_file") && output.contains("chmod 600"),
+        "{output}"
+    );
 }

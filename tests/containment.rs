@@ -268,10 +268,19 @@ fn a_role_abandoned_at_shutdown_leaves_no_process_and_fails_the_exit() {
     let services = format!(
         r#"
 [[supervisor.services]]
+id = "first"
+command = "sh"
+args = ["-c", "trap '' TERM; while :; do sleep 0.1; done"]
+terminate_timeout_ms = 800
+
+# Stopped before `first`, which it starts after: the two stops together outlast the 1 s
+# shutdown timeout, though each fits in it.
+[[supervisor.services]]
 id = "stubborn"
 command = "sh"
 args = ["-c", "trap '' TERM; sleep 1004 & echo $! > {d}/child.pid; while :; do sleep 0.1; done"]
-terminate_timeout_ms = 30000
+terminate_timeout_ms = 800
+after = ["first"]
 "#
     );
     let config = dir.path().join("node.toml");

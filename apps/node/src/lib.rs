@@ -16,6 +16,7 @@ pub mod compose;
 pub mod heartbeat;
 pub mod logging;
 pub mod notify;
+pub mod preflight;
 pub mod reload;
 pub mod roles;
 pub mod settings;
@@ -63,7 +64,7 @@ fn config_failure(err: ConfigError) -> i32 {
 }
 
 fn check_config(known: &RoleSet, args: NodeArgs) -> i32 {
-    match load(known, &args) {
+    match load(known, &args).and_then(|settings| preflight::check(&settings).map(|()| settings)) {
         Ok(settings) => {
             for (key, warning) in settings::warnings(&settings.effective) {
                 eprintln!("troupe: warning: {key}: {warning}");
@@ -131,7 +132,7 @@ fn ctl(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
 fn run(known: &RoleSet, args: NodeArgs) -> i32 {
     // Before any thread exists: the notify variables are the node's, not its services'.
     let notifier = notify::Notifier::take_from_env();
-    let settings = match load(known, &args) {
+    let settings = match load(known, &args).and_then(|s| preflight::check(&s).map(|()| s)) {
         Ok(settings) => settings,
         Err(err) => return config_failure(err),
     };

@@ -273,6 +273,8 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         "roles".into(),
         json!(roles.iter().map(|r| r.name).collect::<Vec<_>>()),
     );
+    check_cluster_resource(&cluster_effective, known, &selected)?;
+    check_terminate_timeouts(&effective, &selected, shutdown_timeout)?;
     effective.insert(ClusterConfig::TABLE.into(), cluster_effective);
     effective.insert(
         ControlConfig::TABLE.into(),
@@ -288,6 +290,63 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         log_level,
         effective: Value::Object(effective),
     })
+}
+
+/// A `[cluster] resource` naming a Troupe role must name one this node runs: other nodes
+/// would find it there.
+fn check_cluster_resource(
+    cluster: &Value,
+    known: &RoleSet,
+    selected: &[String],
+) -> Result<(), ConfigError> {
+    match cluster["resource"].as_str() {
+        Some(resource) if known.contains(resource) && !selected.iter().any(|r| r == resource) => {
+            Err(ConfigError::new(
+                "cluster.resource",
+                format!(
+                    "`{resource}` is a Troupe role this node does not run (it runs {}); other nodes would look for it here",
+                    selected.join(", ")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// No service may take longer to stop than the node gives its supervisor: the node would
+/// abandon the stop half done.
+fn check_terminate_timeouts(
+    effective: &Map<String, Value>,
+    selected: &[String],
+    shutdown_timeout: Duration,
+) -> Result<(), ConfigError> {
+    if !selected.iter().any(|r| r == "supervisor") {
+        return Ok(());
+    }
+    let Some(section) = effective.get("supervisor") else {
+        return Ok(());
+    };
+    let config: troupe_supervisor::SupervisorConfig = serde_json::from_value(section.clone())
+        .map_err(|err| ConfigError::new("supervisor", err.to_string()))?;
+    let default = config.default.to_spec();
+    for (i, service) in config.services.iter().enumerate() {
+        // An entry the supervisor refuses is reported by its own validation.
+        let id = service.id.clone().unwrap_or_default();
+        let Ok(spec) = service.to_spec(&id, None, Path::new("/").join("config.json")) else {
+            continue;
+        };
+        let timeout = default.merge(spec).terminate_timeout;
+        if timeout > shutdown_timeout.get() {
+            return Err(ConfigError::new(
+                format!("supervisor.services[{i}].terminate_timeout_ms"),
+                format!(
+                    "{} ms is longer than shutdown_timeout ({shutdown_timeout}): the node would abandon the service's stop half done; raise shutdown_timeout or lower terminate_timeout_ms",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `log_level`: a tracing filter (`info`, `info,troupe_broker=debug`), or empty.

@@ -122,21 +122,29 @@ impl ClusterConfig {
 
     /// The cookie, from `cookie` or read from `cookie_file`; `None` when neither is set.
     pub async fn load_cookie(&self) -> Result<Option<Cookie>, String> {
+        let config = self.clone();
+        tokio::task::spawn_blocking(move || config.read_cookie())
+            .await
+            .map_err(|err| format!("reading the cookie failed: {err}"))?
+    }
+
+    /// [`ClusterConfig::load_cookie`], blocking: also what `check-config` runs, so that it
+    /// refuses the cookie file `run` would refuse, with the same message.
+    pub fn read_cookie(&self) -> Result<Option<Cookie>, String> {
         if !self.cookie.is_empty() {
             return Ok(Cookie::new(&self.cookie));
         }
         if self.cookie_file.as_os_str().is_empty() {
             return Ok(None);
         }
-        read_cookie_file(&self.cookie_file).await.map(Some)
+        read_cookie_file(&self.cookie_file).map(Some)
     }
 }
 
-async fn read_cookie_file(path: &Path) -> Result<Cookie, String> {
+fn read_cookie_file(path: &Path) -> Result<Cookie, String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let metadata = tokio::fs::metadata(path)
-        .await
+    let metadata = std::fs::metadata(path)
         .map_err(|err| format!("cannot read the cookie file {shown}: {err}"))?;
     let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
@@ -151,8 +159,7 @@ async fn read_cookie_file(path: &Path) -> Result<Cookie, String> {
             metadata.len()
         ));
     }
-    let text = tokio::fs::read_to_string(path)
-        .await
+    let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read the cookie file {shown}: {err}"))?;
     Cookie::new(&text).ok_or_else(|| format!("the cookie file {shown} is empty"))
 }
