@@ -898,3 +898,49 @@ fn ctl_names_the_socket_it_tried_and_finds_nodes_by_name() {
         "the socket is removed"
     );
 }
+
+#[test]
+fn a_service_that_uses_its_plan_up_fails_alone_and_ctl_start_revives_it() {
+    let node = Node::start(
+        "exhaust",
+        r#"
+roles = ["supervisor"]
+
+[[supervisor.services]]
+id = "broken"
+command = "sh"
+args = ["-c", "exit 3"]
+plan = ["restart"]
+count = 2
+period = "60s"
+min_restart_interval = "0s"
+
+[[supervisor.services]]
+id = "steady"
+command = "sh"
+args = ["-c", "while :; do sleep 1; done"]
+"#,
+    );
+    let steady = node.until("steady", "running", |v| v["state"] == "running");
+    let failed = node.until("broken", "failed", |v| v["state"] == "failed");
+    let failure = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("exhausted its restart plan") && failure.contains("exit status 3"),
+        "{failed}"
+    );
+    assert_eq!(
+        node.service("steady")["pid"],
+        steady["pid"],
+        "the other service is untouched"
+    );
+    assert!(
+        node.ctl(&["status"]).status.success(),
+        "the node keeps running"
+    );
+    let out = node.ctl(&["start", "broken"]);
+    assert!(out.status.success(), "{}", text(&out));
+    node.until("broken", "failed again after a fresh plan", |v| {
+        v["state"] == "failed" && v["generation"].as_u64() > failed["generation"].as_u64()
+    });
+    node.stop();
+}
