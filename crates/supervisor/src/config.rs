@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use troupe_core::settings::Duration as ConfigDuration;
 use troupe_core::ConfigError;
 
+use crate::limits::{
+    check_identity, parse_rlimits, ByteSize, CpuMax, IdOrName, RlimitSetting, Umask,
+};
 use crate::plan::{Count, Plan, PlanElement};
 use crate::spec::{
     check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, OnExhausted, ProcessSpec,
@@ -200,12 +203,40 @@ pub struct ServiceConfig {
     /// Also write output lines to this file, rotated by size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_file: Option<LogFileSpec>,
+    /// Run as this user, by name or number (the node must run as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<IdOrName>,
+    /// Run with this primary group, by name or number (the node must run as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<IdOrName>,
+    /// Resource limits by name (`nofile`, `nproc`, `core`, `as`, ...): a number, a size for
+    /// amounts of memory, `"infinity"`, or `[soft, hard]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rlimits: BTreeMap<String, RlimitSetting>,
+    /// The service cgroup's `memory.max` (`"512MiB"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<ByteSize>,
+    /// The service cgroup's `cpu.max` (`"50%"` of one CPU, or a number of CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<CpuMax>,
+    /// The service cgroup's `pids.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    /// A file of `KEY=VALUE` lines read at every start, under `env`. A relative path is taken
+    /// from `cwd` (for a manifest, from its folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<PathBuf>,
+    /// File mode creation mask, an octal string (`"0027"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<Umask>,
 }
 
 impl ServiceConfig {
     /// The child spec for this entry. `home` is the service's folder (manifests), whose
     /// relative paths are resolved against it; `config_path` is where its `config.json` lives.
-    /// The error names the field.
+    /// `user` and `group` are refused unless this process runs as root, and must name an
+    /// existing user and group; `rlimits` names are checked. The error names the field
+    /// (`user: ...`, `rlimits.nofile: ...`).
     pub fn to_spec(
         &self,
         id: &str,
@@ -247,6 +278,14 @@ impl ServiceConfig {
             .as_ref()
             .map(|r| r.compile().map_err(|e| format!("ready.{e}")))
             .transpose()?;
+        // SAFETY: geteuid(2) has no arguments and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        check_identity(self.user.as_ref(), self.group.as_ref(), euid)?;
+        let rlimits = parse_rlimits(&self.rlimits)?;
+        let env_file = self.env_file.as_ref().map(|file| match &cwd {
+            Some(dir) => dir.join(file),
+            None => file.clone(),
+        });
         let spec = ChildSpec {
             id: id.to_string(),
             start: ChildStart::Process(ProcessSpec {
@@ -257,6 +296,14 @@ impl ServiceConfig {
                 cwd,
                 log_file,
                 config_path: Some(config_path),
+                user: self.user.clone(),
+                group: self.group.clone(),
+                rlimits,
+                memory_max: self.memory_max.map(|b| b.0),
+                cpu_max: self.cpu_max,
+                pids_max: self.pids_max,
+                env_file,
+                umask: self.umask,
             }),
             plan: self.plan.clone().unwrap_or_else(Plan::default_plan),
             count: self.count.unwrap_or(DEFAULT_COUNT),
@@ -656,6 +703,120 @@ mod tests {
         // The default child spec has none of them: a service's own apply.
         let err = parse("[default]\nperiod = \"5s\"").unwrap_err();
         assert!(err.contains("unknown field `period`"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_identity_parse_and_bad_ones_name_their_key() {
+        let s = specs(
+            r#"
+            [[services]]
+            id = "a"
+            command = "x"
+            cwd = "/srv/a"
+            rlimits = { nofile = 4096, nproc = [256, 512], core = 0, as = "2GiB" }
+            memory_max = "512MiB"
+            cpu_max = "50%"
+            pids_max = 64
+            env_file = "a.env"
+            umask = "0027"
+            [[services]]
+            id = "b"
+            command = "x"
+            cpu_max = 1.5
+            env_file = "/etc/b.env"
+            "#,
+        )
+        .unwrap();
+        let a = s[0].process_spec().unwrap();
+        assert_eq!(a.rlimits.len(), 4);
+        assert_eq!(a.memory_max, Some(512 << 20));
+        assert_eq!(
+            a.cpu_max.map(|c| c.cgroup_value()).as_deref(),
+            Some("50000 100000")
+        );
+        assert_eq!(a.pids_max, Some(64));
+        assert_eq!(a.env_file.as_deref(), Some(Path::new("/srv/a/a.env")));
+        assert_eq!(a.umask, Some(crate::limits::Umask(0o027)));
+        let b = s[1].process_spec().unwrap();
+        assert_eq!(b.cpu_max.map(|c| c.to_string()).as_deref(), Some("150%"));
+        assert_eq!(b.env_file.as_deref(), Some(Path::new("/etc/b.env")));
+
+        // A manifest's relative env_file is taken from its folder.
+        let entry = ServiceConfig {
+            command: Some("x".into()),
+            env_file: Some("app.env".into()),
+            ..ServiceConfig::default()
+        };
+        let spec = entry
+            .to_spec(
+                "m",
+                Some(Path::new("/svc/m")),
+                PathBuf::from("/svc/m/config.json"),
+            )
+            .unwrap();
+        assert_eq!(
+            spec.process_spec().unwrap().env_file.as_deref(),
+            Some(Path::new("/svc/m/app.env"))
+        );
+
+        for (text, key, needle) in [
+            (
+                "rlimits = { files = 1 }",
+                "services[0].rlimits.files",
+                "valid ones are as, core",
+            ),
+            (
+                "rlimits = { nofile = \"1MiB\" }",
+                "services[0].rlimits.nofile",
+                "invalid limit",
+            ),
+            (
+                "rlimits = { nofile = [10, 5] }",
+                "services[0].rlimits.nofile",
+                "above the hard limit",
+            ),
+            (
+                "memory_max = 4096",
+                "services[0].memory_max",
+                "at least 1MiB",
+            ),
+            ("pids_max = 0", "services[0].pids_max", "at least 1"),
+            ("user = \"no-such-user-troupe\"", "services[0].user", ""),
+            ("group = \"no-such-group-troupe\"", "services[0].group", ""),
+        ] {
+            let err = specs(&format!(
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n{text}"
+            ))
+            .unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
+        // SAFETY: geteuid(2) cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let err = specs("[[services]]\nid = \"a\"\ncommand = \"x\"\nuser = \"nobody\"");
+        if root {
+            assert!(err.is_ok(), "{err:?}");
+        } else {
+            let err = err.unwrap_err();
+            assert_eq!(err.key, "services[0].user");
+            assert!(err.message.contains("not root"), "{err}");
+        }
+        for (text, path) in [
+            ("umask = \"0999\"", "services[0].umask"),
+            ("umask = 27", "services[0].umask"),
+            ("cpu_max = \"fast\"", "services[0].cpu_max"),
+            ("cpu_max = \"0%\"", "services[0].cpu_max"),
+            ("memory_max = \"lots\"", "services[0].memory_max"),
+            ("pids_max = -1", "services[0].pids_max"),
+            ("user = \"\"", "services[0].user"),
+            ("rlimits = { nofile = true }", "services[0].rlimits.nofile"),
+        ] {
+            let err = parse(&format!(
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n{text}"
+            ))
+            .unwrap_err();
+            assert!(err.starts_with(path), "{text}: {err}");
+        }
     }
 
     #[test]

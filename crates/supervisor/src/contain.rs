@@ -24,6 +24,22 @@
 //! In both, the node is a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans of its services
 //! are re-parented to it and reaped ([`reap_orphans`]) rather than left as zombies, and
 //! services get only descriptors 0 to 2 (see `exec.rs`).
+//!
+//! # Limits
+//!
+//! A service's `memory_max`, `cpu_max` and `pids_max` are written to its cgroup's
+//! `memory.max`, `cpu.max` and `pids.max` before the service joins it. Those files exist only
+//! where the controller (`memory`, `cpu`, `pids`) is enabled for the service cgroups, so the
+//! first service that asks for one enables it: `+<controller>` in `cgroup.subtree_control` of
+//! the node's cgroup (when its children do not have it yet) and of the services folder. The
+//! kernel enables a controller for the children of a cgroup only while that cgroup holds no
+//! process itself (the root cgroup excepted); when the node's cgroup holds only the node, its
+//! guard and its children, they first move into a leaf cgroup of their own, the services
+//! folder's name followed by `-node`. Where the controller cannot be had (no cgroup mechanism,
+//! the controller absent from the cgroup v2 hierarchy, for instance bound to cgroup v1, not
+//! delegated to the node's cgroup, or the node's cgroup shared with other processes) the
+//! service does not start, and the error names the key and says why. With the memory controller, an exit by SIGKILL
+//! while the cgroup's `memory.events` `oom_kill` count grew is reported as an OOM kill.
 
 use std::collections::HashSet;
 use std::fs;
@@ -34,6 +50,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::limits::CpuMax;
 
 /// How the node's services are contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,6 +84,8 @@ pub struct Containment {
     pub why_not: Option<String>,
     /// The services folder as `/proc/<pid>/cgroup` names it (`/troupe-…`).
     cgroup_path: Option<String>,
+    /// Where the cgroup v2 hierarchy is mounted (with [`Mechanism::Cgroup`]).
+    hierarchy: Option<PathBuf>,
 }
 
 static CONTAINMENT: OnceLock<Containment> = OnceLock::new();
@@ -77,15 +97,42 @@ pub fn current() -> &'static Containment {
         services_dir: None,
         why_not: Some("containment was not set up".into()),
         cgroup_path: None,
+        hierarchy: None,
     })
 }
 
-/// How service `id`'s processes are contained, for operators: `cgroup <path>` or
-/// `process group`.
-pub fn describe(id: &str) -> String {
+/// How the processes of the service whose cgroup is `name` are contained, for operators:
+/// `cgroup <path>` or `process group`.
+pub fn describe(name: &str) -> String {
     match &current().services_dir {
-        Some(dir) => format!("cgroup {}", dir.join(id).display()),
+        Some(dir) => format!("cgroup {}", dir.join(name).display()),
         None => current().mechanism.to_string(),
+    }
+}
+
+/// Names the cgroups of one supervisor's services: the first supervisor of the process (the
+/// node's) names them by service id; every other one (nested supervisors, more supervisors
+/// in a program embedding several) prefixes them with its own number, so that two
+/// supervisors' services never share a cgroup (and so a `cgroup.kill`).
+#[derive(Debug, Clone)]
+pub(crate) struct CgroupScope(Option<u64>);
+
+impl CgroupScope {
+    /// The scope of a new supervisor.
+    pub(crate) fn claim() -> CgroupScope {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        match NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => CgroupScope(None),
+            n => CgroupScope(Some(n)),
+        }
+    }
+
+    /// The cgroup name of service `id`.
+    pub(crate) fn name(&self, id: &str) -> String {
+        match self.0 {
+            None => id.to_string(),
+            Some(n) => format!("supervisor-{n}.{id}"),
+        }
     }
 }
 
@@ -101,12 +148,17 @@ pub struct Leftovers {
 /// node a child subreaper. Blocking (file system); call it once, off an arbiter, before any
 /// service starts.
 pub fn setup(node: &str, key: &str) -> (&'static Containment, Leftovers) {
+    if let Some(done) = CONTAINMENT.get() {
+        // Set up already (a program running more than one supervisor role): never sweep
+        // the services of a supervisor that runs.
+        return (done, Leftovers::default());
+    }
     // SAFETY: prctl(2) with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         tracing::warn!(error = %io::Error::last_os_error(), "cannot become a child subreaper; orphans of services go to init");
     }
     let (containment, leftovers) = match cgroup_services_dir(node, key) {
-        Ok((dir, cgroup_path)) => {
+        Ok((dir, cgroup_path, hierarchy)) => {
             let leftovers = sweep(&dir);
             (
                 Containment {
@@ -114,6 +166,7 @@ pub fn setup(node: &str, key: &str) -> (&'static Containment, Leftovers) {
                     services_dir: Some(dir),
                     why_not: None,
                     cgroup_path: Some(cgroup_path),
+                    hierarchy: Some(hierarchy),
                 },
                 leftovers,
             )
@@ -124,6 +177,7 @@ pub fn setup(node: &str, key: &str) -> (&'static Containment, Leftovers) {
                 services_dir: None,
                 why_not: Some(why),
                 cgroup_path: None,
+                hierarchy: None,
             },
             Leftovers::default(),
         ),
@@ -136,6 +190,10 @@ pub fn setup(node: &str, key: &str) -> (&'static Containment, Leftovers) {
 /// an earlier run left, starts the guard, and reaps adopted orphans on every SIGCHLD for as
 /// long as the calling arbiter runs. Called once, by the `supervisor` role as it starts.
 pub async fn start_for_node(node: String, key: String) -> &'static Containment {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return current();
+    }
     let setup = tokio::task::spawn_blocking(move || setup(&node, &key)).await;
     let (containment, leftovers) = match setup {
         Ok(done) => done,
@@ -266,9 +324,9 @@ fn folder_name(node: &str, key: &str) -> String {
 }
 
 /// Creates (or finds) the node's services folder in the cgroup v2 hierarchy, returning its
-/// path and its name within the hierarchy; the error says why the cgroup mechanism cannot be
-/// used.
-fn cgroup_services_dir(node: &str, key: &str) -> Result<(PathBuf, String), String> {
+/// path, its name within the hierarchy and the hierarchy's mount point; the error says why the
+/// cgroup mechanism cannot be used.
+fn cgroup_services_dir(node: &str, key: &str) -> Result<(PathBuf, String, PathBuf), String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
@@ -279,6 +337,8 @@ fn cgroup_services_dir(node: &str, key: &str) -> Result<(PathBuf, String), Strin
     let folder = folder_name(node, key);
     let dir = parent.join(&folder);
     let cgroup_path = format!("{}/{folder}", own.trim_end_matches('/'));
+    // The leaf an earlier run of the node moved into (see `make_room`), empty once it is gone.
+    let _ = fs::remove_dir(parent.join(format!("{folder}-node")));
     match fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -296,7 +356,7 @@ fn cgroup_services_dir(node: &str, key: &str) -> Result<(PathBuf, String), Strin
             dir.display()
         ));
     }
-    Ok((dir, cgroup_path))
+    Ok((dir, cgroup_path, mount))
 }
 
 /// Kills whatever an earlier run left in `dir` and removes its empty service cgroups.
@@ -348,25 +408,129 @@ fn remove_when_empty(dir: &Path, within: Duration) -> bool {
     }
 }
 
+/// What a service's cgroup limits: its `memory_max`, `cpu_max` and `pids_max`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CgroupLimits {
+    /// `memory.max`, in bytes.
+    pub(crate) memory_max: Option<u64>,
+    /// `cpu.max`.
+    pub(crate) cpu_max: Option<CpuMax>,
+    /// `pids.max`.
+    pub(crate) pids_max: Option<u64>,
+}
+
+/// One limit: its key in a service entry, its controller, its file and the value to write
+/// (`None`: not asked for).
+struct Setting {
+    key: &'static str,
+    controller: &'static str,
+    file: &'static str,
+    value: Option<String>,
+}
+
+impl CgroupLimits {
+    fn settings(&self) -> [Setting; 3] {
+        [
+            Setting {
+                key: "memory_max",
+                controller: "memory",
+                file: "memory.max",
+                value: self.memory_max.map(|b| b.to_string()),
+            },
+            Setting {
+                key: "cpu_max",
+                controller: "cpu",
+                file: "cpu.max",
+                value: self.cpu_max.map(|c| c.cgroup_value()),
+            },
+            Setting {
+                key: "pids_max",
+                controller: "pids",
+                file: "pids.max",
+                value: self.pids_max.map(|n| n.to_string()),
+            },
+        ]
+    }
+}
+
 /// A service's cgroup.
 #[derive(Debug)]
 pub(crate) struct ServiceCgroup {
     dir: PathBuf,
+    /// The `memory_max` it was given.
+    memory_max: Option<u64>,
+    /// The `oom_kill` count of its `memory.events` when the service started (with the memory
+    /// controller).
+    oom_kills: Option<u64>,
 }
 
 impl ServiceCgroup {
-    /// The cgroup of service `id`, created if needed; `None` without the cgroup mechanism.
-    pub(crate) fn for_service(id: &str) -> io::Result<Option<ServiceCgroup>> {
-        let Some(services) = &current().services_dir else {
-            return Ok(None);
+    /// The cgroup of service `id`, created if needed, with `limits` written to it (and the
+    /// limits it does not ask for reset); `None` without the cgroup mechanism. The error says
+    /// what failed; for a limit, it starts with its key (`memory_max: ...`).
+    pub(crate) fn for_service(
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Option<ServiceCgroup>, String> {
+        let settings = limits.settings();
+        let containment = current();
+        let Some(services) = &containment.services_dir else {
+            return match settings.iter().find(|s| s.value.is_some()) {
+                Some(first) => Err(format!(
+                    "{}: it is applied through the service's cgroup, and this node's services get none: {}",
+                    first.key,
+                    containment.why_not.as_deref().unwrap_or("no cgroup mechanism")
+                )),
+                None => Ok(None),
+            };
         };
         let dir = services.join(id);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        // The services folder too, should a supervisor that stopped have removed it.
+        fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create its cgroup {}: {e}", dir.display()))?;
+        for setting in settings.iter().filter(|s| s.value.is_some()) {
+            enable_controller(containment, services, setting.controller)
+                .map_err(|why| format!("{}: {why}", setting.key))?;
         }
-        Ok(Some(ServiceCgroup { dir }))
+        for setting in &settings {
+            let file = dir.join(setting.file);
+            match &setting.value {
+                Some(value) => fs::write(&file, value).map_err(|e| {
+                    format!(
+                        "{}: cannot write {value:?} to {}: {e}",
+                        setting.key,
+                        file.display()
+                    )
+                })?,
+                // A limit an earlier spec of the service set, or the default where the
+                // controller is enabled for another service.
+                None if file.exists() => {
+                    if let Err(e) = fs::write(&file, "max") {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot reset a cgroup limit");
+                    }
+                }
+                None => {}
+            }
+        }
+        let oom_kills = oom_kills(&dir);
+        Ok(Some(ServiceCgroup {
+            dir,
+            memory_max: limits.memory_max,
+            oom_kills,
+        }))
+    }
+
+    /// Whether the kernel's OOM killer killed a process of it since the service started.
+    pub(crate) fn oom_killed(&self) -> bool {
+        match (self.oom_kills, oom_kills(&self.dir)) {
+            (Some(before), Some(now)) => now > before,
+            _ => false,
+        }
+    }
+
+    /// The `memory_max` it was given, in bytes.
+    pub(crate) fn memory_max(&self) -> Option<u64> {
+        self.memory_max
     }
 
     /// Its `cgroup.procs`, open for the child to join it.
@@ -391,6 +555,180 @@ impl ServiceCgroup {
     /// Its path.
     pub(crate) fn path(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// The `oom_kill` count in cgroup `dir`'s `memory.events` (`None` without the memory
+/// controller).
+fn oom_kills(dir: &Path) -> Option<u64> {
+    let events = fs::read_to_string(dir.join("memory.events")).ok()?;
+    events_count(&events, "oom_kill")
+}
+
+/// The count of `name` in a `memory.events` text.
+fn events_count(events: &str, name: &str) -> Option<u64> {
+    events.lines().find_map(|line| {
+        let (key, count) = line.split_once(' ')?;
+        (key == name).then(|| count.trim().parse().ok()).flatten()
+    })
+}
+
+/// Whether the space-separated list in `file` (`cgroup.controllers`,
+/// `cgroup.subtree_control`) names `controller`.
+fn lists(file: &Path, controller: &str) -> bool {
+    fs::read_to_string(file)
+        .map(|text| text.split_whitespace().any(|c| c == controller))
+        .unwrap_or(false)
+}
+
+/// Controllers being enabled: one at a time.
+static ENABLING: Mutex<()> = Mutex::new(());
+
+/// Makes `controller` available to the service cgroups under `services` (see the module's
+/// "Limits"); the error says why it cannot be.
+fn enable_controller(
+    containment: &Containment,
+    services: &Path,
+    controller: &str,
+) -> Result<(), String> {
+    let _one = ENABLING.lock().unwrap_or_else(|e| e.into_inner());
+    let services_control = services.join("cgroup.subtree_control");
+    if lists(&services_control, controller) {
+        return Ok(());
+    }
+    let parent = services.parent().unwrap_or(services);
+    if !lists(&services.join("cgroup.controllers"), controller) {
+        if !lists(&parent.join("cgroup.controllers"), controller) {
+            return Err(unavailable(containment, parent, controller));
+        }
+        enable_in(services, parent, controller)?;
+    }
+    fs::write(&services_control, format!("+{controller}")).map_err(|e| {
+        format!(
+            "cannot enable the {controller} controller for the services' cgroups: writing \"+{controller}\" to {}: {e}",
+            services_control.display()
+        )
+    })
+}
+
+/// Enables `controller` for the children of the node's cgroup `parent`, first moving the node
+/// out of it when the kernel refuses because the node is in it.
+fn enable_in(services: &Path, parent: &Path, controller: &str) -> Result<(), String> {
+    let control = parent.join("cgroup.subtree_control");
+    let write = || fs::write(&control, format!("+{controller}"));
+    let failed = |e: io::Error| {
+        format!(
+            "cannot enable the {controller} controller in the node's cgroup: writing \"+{controller}\" to {}: {e}",
+            control.display()
+        )
+    };
+    match write() {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            make_room(services, parent, controller)?;
+            write().map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// The kernel enables controllers for the children of a cgroup only while it holds no
+/// process. When the node's cgroup `parent` holds only the node, its guard and children of the
+/// node, moves them to the leaf `<services folder>-node`; otherwise says why nothing can be
+/// done.
+fn make_room(services: &Path, parent: &Path, controller: &str) -> Result<(), String> {
+    let procs: Vec<u32> = fs::read_to_string(parent.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    let node = std::process::id();
+    // The node, its guard, and its children there: probes, a service not in its cgroup yet.
+    let ours = |pid: u32| {
+        pid == node
+            || GUARD.get() == Some(&pid)
+            || fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parent_of(&stat))
+                == Some(node)
+    };
+    let others: Vec<String> = procs
+        .iter()
+        .filter(|pid| !ours(**pid))
+        .take(8)
+        .map(u32::to_string)
+        .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "the {controller} controller cannot be enabled under the node's cgroup {}: it holds processes other than the node (pids {}), and the kernel enables a controller for a cgroup's children only while it holds no process itself; run the node in a cgroup of its own (e.g. a systemd unit with Delegate=yes)",
+            parent.display(),
+            others.join(", ")
+        ));
+    }
+    let mut leaf = services.as_os_str().to_owned();
+    leaf.push("-node");
+    let leaf = PathBuf::from(leaf);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(format!(
+                "the {controller} controller cannot be enabled under the node's cgroup {} while the node is in it, and the node cannot move to cgroup {}: {e}",
+                parent.display(),
+                leaf.display()
+            ))
+        }
+    }
+    for pid in procs {
+        if let Err(e) = fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
+            return Err(format!(
+                "the {controller} controller cannot be enabled under the node's cgroup {} while the node is in it, and process {pid} cannot move to cgroup {}: {e}",
+                parent.display(),
+                leaf.display()
+            ));
+        }
+    }
+    tracing::info!(
+        cgroup = %leaf.display(),
+        controller,
+        "moved the node to a cgroup of its own, so that its cgroup can enable controllers for its services"
+    );
+    Ok(())
+}
+
+/// Why `controller` is not offered to the node's cgroup `parent`.
+fn unavailable(containment: &Containment, parent: &Path, controller: &str) -> String {
+    let root = containment.hierarchy.as_deref().unwrap_or(parent);
+    if lists(&root.join("cgroup.controllers"), controller) && root != parent {
+        return format!(
+            "the {controller} controller is not delegated to the node's cgroup {}: its parent does not enable it in cgroup.subtree_control (with systemd, set Delegate=yes on the node's unit)",
+            parent.display()
+        );
+    }
+    let why = fs::read_to_string("/proc/cgroups")
+        .ok()
+        .and_then(|table| v1_state(&table, controller))
+        .map(|why| format!(" ({why})"))
+        .unwrap_or_default();
+    format!(
+        "the {controller} controller is not available in the cgroup v2 hierarchy at {}{why}",
+        root.display()
+    )
+}
+
+/// What `/proc/cgroups` says of a controller missing from cgroup v2: bound to a cgroup v1
+/// hierarchy, disabled, or unknown to the kernel.
+fn v1_state(table: &str, controller: &str) -> Option<&'static str> {
+    let line = table
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&controller));
+    match line.as_deref() {
+        None => Some("the kernel has no such controller"),
+        Some([_, _, _, "0", ..]) => Some("it is disabled on the kernel's command line"),
+        Some([_, hierarchy, ..]) if *hierarchy != "0" => Some("it is bound to cgroup v1"),
+        Some(_) => None,
     }
 }
 
@@ -510,6 +848,12 @@ fn session_of(stat: &str) -> Option<u32> {
     after_name.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// The parent pid in a `/proc/<pid>/stat` line (the fourth field).
+fn parent_of(stat: &str) -> Option<u32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Reaps every exited orphan of a service that the node adopted (see
 /// [`adopted_from_a_service`]); the node's own children are reaped by their watchers. Returns
 /// how many. Blocking (reads /proc); run it off the arbiter on SIGCHLD.
@@ -568,7 +912,49 @@ mod tests {
     fn the_session_is_read_past_a_name_with_spaces() {
         let stat = "4242 (my (odd) name) S 1 4240 4241 0 -1 4194560 100";
         assert_eq!(session_of(stat), Some(4241));
+        assert_eq!(parent_of(stat), Some(1));
+        assert_eq!(parent_of("garbage"), None);
         assert_eq!(session_of("garbage"), None);
+    }
+
+    #[test]
+    fn oom_counts_and_v1_bindings_are_read() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(events_count(events, "oom_kill"), Some(1));
+        assert_eq!(events_count(events, "oom"), Some(2));
+        assert_eq!(events_count("", "oom_kill"), None);
+        let table = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n\
+                     cpu\t1\t1\t1\nmemory\t4\t26\t1\npids\t0\t1\t0\nhugetlb\t0\t1\t1\n";
+        assert_eq!(v1_state(table, "memory"), Some("it is bound to cgroup v1"));
+        assert_eq!(
+            v1_state(table, "pids"),
+            Some("it is disabled on the kernel's command line")
+        );
+        assert_eq!(v1_state(table, "hugetlb"), None);
+        assert_eq!(
+            v1_state(table, "io"),
+            Some("the kernel has no such controller")
+        );
+    }
+
+    #[test]
+    fn limits_without_a_cgroup_are_refused_naming_the_key() {
+        // No `setup` in unit tests: the process-group mechanism.
+        let err = ServiceCgroup::for_service(
+            "x",
+            &CgroupLimits {
+                pids_max: Some(10),
+                ..CgroupLimits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("pids_max: it is applied through the service's cgroup, and this node's services get none: "),
+            "{err}"
+        );
+        assert!(ServiceCgroup::for_service("x", &CgroupLimits::default())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

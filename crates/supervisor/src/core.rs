@@ -1092,10 +1092,8 @@ impl SupervisorCore {
             period_ms: millis(spec.period),
             min_restart_interval_ms: millis(spec.min_restart_interval),
             on_exhausted: spec.on_exhausted,
-            containment: match spec.start {
-                ChildStart::Process(_) => Some(crate::contain::describe(&spec.id)),
-                ChildStart::Actor(_) => None,
-            },
+            // Filled in by the actor, which knows where its processes live.
+            containment: None,
             last_exit: child.last_exit.clone(),
             spec: spec_json(spec),
         }

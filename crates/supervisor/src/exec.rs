@@ -8,28 +8,38 @@
 //! under it. The price is that the child may only make system calls: no allocation, no locks,
 //! no Rust runtime. Everything it needs is prepared beforehand in an [`ExecPlan`].
 //!
-//! The child, before `execve`:
+//! The child, before `execve`, in this order:
 //! - puts every signal with a handler (and SIGPIPE, which Rust ignores) back to its default
 //!   action, so that no handler of the node ever runs in the service;
-//! - joins its cgroup, when it has one (`contain.rs`), so that even its first fork is inside;
+//! - joins its cgroup, when it has one (`contain.rs`), so that even its first fork is inside
+//!   (while still privileged enough to write `cgroup.procs`);
 //! - `setsid()`: the service gets its own session and process group (its pid), so a stop can
 //!   signal the whole group, grandchildren included, and a terminal's signals never reach it;
+//! - wires stdin to /dev/null (or a given descriptor) and stdout/stderr to pipes (or
+//!   /dev/null), and closes every other descriptor (`close_range`: descriptors the node
+//!   inherited without close-on-exec are not passed on);
+//! - restores the open-file limit the node had before raising its own, then sets the
+//!   service's `rlimits` (after the descriptors are down to three, so a small `nofile` does
+//!   not get in the way; before the identity change, so a hard limit may still be raised);
+//! - takes the service's identity: `setgroups`, `setgid`, `setuid`, in that order (raw system
+//!   calls: the C library's wrappers would try to signal every thread of the node);
+//! - sets the service's `umask`;
 //! - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the service when the thread that started it
 //!   exits; spawner threads live as long as the node (see `process.rs`), so this fires only
-//!   when the node is gone, even by SIGKILL (the node's guard is started without it);
+//!   when the node is gone, even by SIGKILL (the node's guard is started without it). It comes
+//!   after the identity change, which would clear it;
 //! - checks that its parent is still the node: if the node died between `clone` and `prctl`
 //!   the signal would never come, so the child gives up instead of running unsupervised;
-//! - restores the open-file limit the node had before raising its own;
-//! - wires stdin to /dev/null (or a given descriptor) and stdout/stderr to pipes (or
-//!   /dev/null), closes every other descriptor (`close_range`: descriptors the node inherited
-//!   without close-on-exec are not passed on), changes directory, and restores the signal mask
-//!   the spawner thread had.
+//! - changes directory (as the service's user), and restores the signal mask the spawner
+//!   thread had.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+
+use crate::limits::{Identity, Resource, Rlimit, Umask};
 
 /// Everything the child needs, as C strings prepared in the parent.
 pub(crate) struct ExecPlan {
@@ -45,6 +55,28 @@ pub(crate) struct ExecPlan {
     parent_death: bool,
     /// The child's stdin instead of /dev/null.
     stdin: Option<OwnedFd>,
+    /// The service's resource limits.
+    rlimits: Vec<(Resource, KernelRlimit)>,
+    /// The service's user and groups, resolved.
+    identity: Option<Identity>,
+    /// The service's file mode creation mask.
+    umask: Option<Umask>,
+}
+
+/// A limit as `prlimit64(2)` takes it, whatever the C library's `rlim_t`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelRlimit {
+    cur: u64,
+    max: u64,
+}
+
+/// One limit for the child.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ChildRlimit {
+    resource: libc::c_int,
+    limit: KernelRlimit,
 }
 
 /// A started child.
@@ -116,7 +148,42 @@ impl ExecPlan {
             cgroup: None,
             parent_death: true,
             stdin: None,
+            rlimits: Vec::new(),
+            identity: None,
+            umask: None,
         })
+    }
+
+    /// The child sets these limits (soft and hard) before `execve`.
+    pub(crate) fn with_rlimits<'a>(
+        mut self,
+        rlimits: impl IntoIterator<Item = (&'a Resource, &'a Rlimit)>,
+    ) -> Self {
+        self.rlimits = rlimits
+            .into_iter()
+            .map(|(resource, limit)| {
+                (
+                    *resource,
+                    KernelRlimit {
+                        cur: limit.soft.raw(),
+                        max: limit.hard.raw(),
+                    },
+                )
+            })
+            .collect();
+        self
+    }
+
+    /// The child takes this identity (supplementary groups, group, user) before `execve`.
+    pub(crate) fn with_identity(mut self, identity: Option<Identity>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The child sets this file mode creation mask before `execve`.
+    pub(crate) fn with_umask(mut self, umask: Option<Umask>) -> Self {
+        self.umask = umask;
+        self
     }
 
     /// The child joins the cgroup whose `cgroup.procs` this is, before anything else.
@@ -168,6 +235,10 @@ enum Stage {
     ParentDeath,
     ParentGone,
     FileLimit,
+    Rlimit,
+    Groups,
+    Gid,
+    Uid,
     Stdio,
     Chdir,
     Exec,
@@ -182,6 +253,10 @@ impl Stage {
             Stage::ParentDeath => "prctl(PR_SET_PDEATHSIG)",
             Stage::ParentGone => "the node exited while starting it",
             Stage::FileLimit => "setrlimit(RLIMIT_NOFILE)",
+            Stage::Rlimit => "setrlimit",
+            Stage::Groups => "user: setgroups",
+            Stage::Gid => "group: setgid",
+            Stage::Uid => "user: setuid",
             Stage::Stdio => "redirecting stdin/stdout/stderr",
             Stage::Chdir => "changing to the working directory",
             Stage::Exec => "",
@@ -199,10 +274,21 @@ struct ChildArgs {
     cgroup: libc::c_int,
     parent_death: bool,
     parent: libc::pid_t,
-    nofile: Option<libc::rlimit>,
+    nofile: Option<KernelRlimit>,
+    rlimits: *const ChildRlimit,
+    rlimit_count: usize,
+    /// Set the supplementary groups to `groups[..group_count]`.
+    set_groups: bool,
+    groups: *const libc::gid_t,
+    group_count: usize,
+    gid: Option<libc::gid_t>,
+    uid: Option<libc::uid_t>,
+    umask: Option<libc::mode_t>,
     mask: libc::sigset_t,
     failed_stage: Stage,
     failed_errno: libc::c_int,
+    /// With [`Stage::Rlimit`]: the resource.
+    failed_resource: libc::c_int,
 }
 
 /// The child's stack: it runs only the setup below, which needs little.
@@ -244,8 +330,20 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    let rlimits: Vec<ChildRlimit> = plan
+        .rlimits
+        .iter()
+        .map(|(resource, limit)| ChildRlimit {
+            resource: resource.raw(),
+            limit: *limit,
+        })
+        .collect();
+    let groups: &[libc::gid_t] = plan
+        .identity
+        .as_ref()
+        .map_or(&[], |identity| identity.groups.as_slice());
     let mut stack = vec![0u8; CHILD_STACK];
-    let (pid, stage, errno) = clone_and_exec(
+    let (pid, stage, errno, resource) = clone_and_exec(
         ChildArgs {
             path: plan.path.as_ptr(),
             argv: argv.as_ptr(),
@@ -255,20 +353,49 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
             cgroup: plan.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
             parent_death: plan.parent_death,
             parent: std::process::id() as libc::pid_t,
-            nofile: plan.nofile.map(|(soft, hard)| libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
+            nofile: plan.nofile.map(|(soft, hard)| KernelRlimit {
+                cur: soft,
+                max: hard,
             }),
+            rlimits: rlimits.as_ptr(),
+            rlimit_count: rlimits.len(),
+            set_groups: plan.identity.is_some(),
+            groups: groups.as_ptr(),
+            group_count: groups.len(),
+            gid: plan.identity.as_ref().map(|i| i.gid),
+            uid: plan.identity.as_ref().and_then(|i| i.uid),
+            umask: plan.umask.map(|u| u.0 as libc::mode_t),
             // SAFETY: an all-zero sigset_t is a valid (empty) set; clone_and_exec fills it in.
             mask: unsafe { std::mem::zeroed() },
             failed_stage: Stage::None,
             failed_errno: 0,
+            failed_resource: -1,
         },
         &mut stack,
     )?;
     drop((null_stdin, stdout, stderr));
     if stage != Stage::None {
         let error = io::Error::from_raw_os_error(errno);
+        if stage == Stage::Rlimit {
+            let (name, limit) = plan
+                .rlimits
+                .iter()
+                .find(|(r, _)| r.raw() == resource)
+                .map(|(r, l)| (r.name(), *l))
+                .unwrap_or(("?", KernelRlimit { cur: 0, max: 0 }));
+            let shown = |n: u64| match n {
+                u64::MAX => "infinity".to_string(),
+                n => n.to_string(),
+            };
+            return Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "rlimits.{name}: setrlimit to {} (soft), {} (hard): {error}",
+                    shown(limit.cur),
+                    shown(limit.max)
+                ),
+            ));
+        }
         return Err(match stage.describe() {
             "" => error,
             step => io::Error::new(error.kind(), format!("{step}: {error}")),
@@ -283,11 +410,11 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
 
 /// The `unsafe` core: clones a child sharing our memory, lets it run [`child_main`] until its
 /// `execve` (or its exit on failure), and reaps it when it failed. Returns the pid and, on
-/// failure, the stage and errno the child recorded.
+/// failure, the stage, errno and (for a limit) resource the child recorded.
 fn clone_and_exec(
     mut args: ChildArgs,
     stack: &mut [u8],
-) -> io::Result<(libc::pid_t, Stage, libc::c_int)> {
+) -> io::Result<(libc::pid_t, Stage, libc::c_int, libc::c_int)> {
     // SAFETY:
     // - All signals are blocked around the clone, so no signal handler of the node can run in
     //   the child while it shares our memory; the child resets handlers before unblocking.
@@ -317,11 +444,12 @@ fn clone_and_exec(
         }
         let stage = std::ptr::read_volatile(&args.failed_stage);
         let errno = std::ptr::read_volatile(&args.failed_errno);
+        let resource = std::ptr::read_volatile(&args.failed_resource);
         if stage != Stage::None {
             let mut status = 0;
             libc::waitpid(pid, &mut status, 0);
         }
-        Ok((pid, stage, errno))
+        Ok((pid, stage, errno, resource))
     }
 }
 
@@ -350,26 +478,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setsid() == -1 {
             fail(args, Stage::Session);
         }
-        if args.parent_death
-            && libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) == -1
-        {
-            fail(args, Stage::ParentDeath);
-        }
-        if libc::getppid() != args.parent {
-            *libc::__errno_location() = libc::ESRCH;
-            fail(args, Stage::ParentGone);
-        }
-        if let Some(limit) = args.nofile {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
-                fail(args, Stage::FileLimit);
-            }
-        }
         // Move the three descriptors above 2 first, so that none is overwritten by another's
         // dup2 whatever numbers they had; the copies are close-on-exec.
         let stdio = args.stdio;
@@ -389,6 +497,57 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // close-on-exec, the copies above, the cgroup's) is closed. Without close_range
         // (Linux before 5.9) the close-on-exec flags are all there is.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        if let Some(limit) = args.nofile {
+            if set_rlimit(libc::RLIMIT_NOFILE as libc::c_int, &limit) == -1 {
+                fail(args, Stage::FileLimit);
+            }
+        }
+        for i in 0..args.rlimit_count {
+            let rlimit = *args.rlimits.add(i);
+            if set_rlimit(rlimit.resource, &rlimit.limit) == -1 {
+                args.failed_resource = rlimit.resource;
+                fail(args, Stage::Rlimit);
+            }
+        }
+        if args.set_groups
+            && libc::syscall(
+                libc::SYS_setgroups,
+                args.group_count as libc::c_long,
+                args.groups,
+            ) == -1
+        {
+            fail(args, Stage::Groups);
+        }
+        if let Some(gid) = args.gid {
+            let gid = gid as libc::c_long;
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) == -1 {
+                fail(args, Stage::Gid);
+            }
+        }
+        if let Some(uid) = args.uid {
+            let uid = uid as libc::c_long;
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) == -1 {
+                fail(args, Stage::Uid);
+            }
+        }
+        if let Some(mask) = args.umask {
+            libc::umask(mask);
+        }
+        if args.parent_death
+            && libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
+        {
+            fail(args, Stage::ParentDeath);
+        }
+        if libc::getppid() != args.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(args, Stage::ParentGone);
+        }
         if !args.cwd.is_null() && libc::chdir(args.cwd) == -1 {
             fail(args, Stage::Chdir);
         }
@@ -396,6 +555,18 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::execve(args.path, args.argv, args.envp);
         fail(args, Stage::Exec)
     }
+}
+
+/// `prlimit64(2)` on the calling process: the raw system call, with 64-bit limits whatever
+/// the C library's `rlim_t`. Child side: no allocation.
+unsafe fn set_rlimit(resource: libc::c_int, limit: &KernelRlimit) -> libc::c_long {
+    libc::syscall(
+        libc::SYS_prlimit64,
+        0 as libc::c_long,
+        resource as libc::c_long,
+        limit as *const KernelRlimit,
+        std::ptr::null_mut::<KernelRlimit>(),
+    )
 }
 
 /// Records where and why the child failed, then ends it. Child side only.

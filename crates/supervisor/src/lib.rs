@@ -11,7 +11,9 @@
 //! - [`status`]: what operators see of a child ([`ServiceStatus`]); [`logs`]: each service's
 //!   recent output lines ([`LogLine`]); [`reload`]: applying a new `[supervisor]` table
 //!   ([`ReloadReport`]).
-//! - [`config`] and [`manifest`]: the `[supervisor]` table and `services_dir` manifests.
+//! - [`config`] and [`manifest`]: the `[supervisor]` table and `services_dir` manifests;
+//!   [`limits`]: a service's identity and resource limits (`user`, `group`, `rlimits`,
+//!   `memory_max`, `cpu_max`, `pids_max`, `umask`) and its `env_file`.
 //! - [`Supervisor`]: the actor that owns processes, actor children and timers; its API is in
 //!   [`messages`]. [`SupervisorRole`] is the role.
 //!
@@ -25,6 +27,7 @@ pub mod actor_child;
 pub mod config;
 pub mod contain;
 pub mod core;
+pub mod limits;
 pub mod logs;
 pub mod manifest;
 pub mod messages;

@@ -28,6 +28,10 @@ pub enum ExitReason {
     StartFailed(String),
     /// The child did not pass its readiness check within its start timeout.
     NotReady(Duration),
+    /// A process was killed (SIGKILL) by the kernel's OOM killer: the `oom_kill` count of its
+    /// cgroup's `memory.events` grew during its run. Holds the service's `memory_max` in
+    /// bytes, when it has one.
+    OomKilled(Option<u64>),
 }
 
 impl ExitReason {
@@ -48,6 +52,7 @@ impl ExitReason {
     pub fn signal(&self) -> Option<i32> {
         match self {
             ExitReason::Signaled(signal) => Some(*signal),
+            ExitReason::OomKilled(_) => Some(libc::SIGKILL),
             _ => None,
         }
     }
@@ -70,6 +75,12 @@ impl fmt::Display for ExitReason {
             ExitReason::NotReady(timeout) => {
                 write!(f, "not ready within {} ms", timeout.as_millis())
             }
+            ExitReason::OomKilled(None) => f.write_str("killed by the kernel's OOM killer"),
+            ExitReason::OomKilled(Some(bytes)) => write!(
+                f,
+                "killed by the kernel's OOM killer (memory_max {})",
+                crate::limits::ByteSize(*bytes)
+            ),
         }
     }
 }
@@ -998,5 +1009,17 @@ mod tests {
         );
         assert!(ExitReason::Exited(0).is_clean());
         assert!(!ExitReason::Signaled(15).is_clean());
+        let oom = ExitReason::OomKilled(Some(512 << 20));
+        assert_eq!(
+            oom.to_string(),
+            "killed by the kernel's OOM killer (memory_max 512MiB)"
+        );
+        assert_eq!(
+            ExitReason::OomKilled(None).to_string(),
+            "killed by the kernel's OOM killer"
+        );
+        assert_eq!(oom.signal(), Some(9));
+        assert_eq!(oom.status(), None);
+        assert!(!oom.is_clean());
     }
 }

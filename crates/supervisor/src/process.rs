@@ -35,8 +35,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::contain::{self, ServiceCgroup};
+use crate::contain::{self, CgroupLimits, ServiceCgroup};
 use crate::exec::{self, ExecPlan};
+use crate::limits::{read_env_file, resolve_identity, IdOrName, Resource, Rlimit, Umask};
 use crate::plan::ExitReason;
 
 /// What to start.
@@ -59,6 +60,25 @@ pub(crate) struct Launch {
     /// The service whose cgroup the process joins before `execve`, when the node contains
     /// services with cgroups (see `contain.rs`).
     pub(crate) cgroup: Option<String>,
+    /// What a service asks for beyond its command (none for a readiness probe).
+    pub(crate) setup: ServiceSetup,
+}
+
+/// A service's identity, limits and environment file, applied at each start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServiceSetup {
+    /// Run as this user.
+    pub(crate) user: Option<IdOrName>,
+    /// With this primary group.
+    pub(crate) group: Option<IdOrName>,
+    /// `setrlimit` limits.
+    pub(crate) rlimits: std::collections::BTreeMap<Resource, Rlimit>,
+    /// Limits of its cgroup (which it needs then).
+    pub(crate) cgroup_limits: CgroupLimits,
+    /// `KEY=VALUE` lines read now, under `env`.
+    pub(crate) env_file: Option<PathBuf>,
+    /// File mode creation mask.
+    pub(crate) umask: Option<Umask>,
 }
 
 /// A started process.
@@ -182,25 +202,42 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
             .unwrap_or_default();
         format!("cannot run {}{cwd}: {e}", launch.program)
     };
+    let refused = |e: String| format!("cannot run {}: {e}", launch.program);
+    let setup = &launch.setup;
+    let identity = resolve_identity(setup.user.as_ref(), setup.group.as_ref()).map_err(refused)?;
+    // Lowest first: the user's account, then the env_file, then the service's own `env`.
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some((name, home)) = identity.as_ref().and_then(|i| i.account.clone()) {
+        env.push(("USER".into(), name.clone()));
+        env.push(("LOGNAME".into(), name));
+        env.push(("HOME".into(), home));
+    }
+    if let Some(file) = &setup.env_file {
+        env.extend(read_env_file(file).map_err(refused)?);
+    }
+    env.extend(launch.env.iter().cloned());
     let plan = ExecPlan::new(
         &launch.program,
         &launch.args,
-        &launch.env,
+        &env,
         launch.inherit_env,
         launch.cwd.as_deref(),
         launch.capture_output,
         nofile,
     )
-    .map_err(cannot_run)?;
+    .map_err(cannot_run)?
+    .with_rlimits(&setup.rlimits)
+    .with_identity(identity)
+    .with_umask(setup.umask);
     let cgroup = match &launch.cgroup {
-        Some(service) => ServiceCgroup::for_service(service)
-            .map_err(|e| {
-                format!(
-                    "cannot run {}: cannot create its cgroup: {e}",
-                    launch.program
-                )
-            })?
+        Some(service) => ServiceCgroup::for_service(service, &setup.cgroup_limits)
+            .map_err(refused)?
             .map(Arc::new),
+        None if setup.cgroup_limits != CgroupLimits::default() => {
+            return Err(refused(
+                "cgroup limits need the service's own cgroup".to_string(),
+            ))
+        }
         None => None,
     };
     let plan = match &cgroup {
@@ -343,6 +380,13 @@ async fn wait_and_reap(
                     return ExitReason::Exited(code);
                 }
                 if let Some(signal) = status.terminating_signal() {
+                    // A SIGKILL while the cgroup's OOM kill count grew: the kernel's doing.
+                    if let Some(cgroup) = cgroup
+                        .as_ref()
+                        .filter(|c| signal == libc::SIGKILL && c.oom_killed())
+                    {
+                        return ExitReason::OomKilled(cgroup.memory_max());
+                    }
                     return ExitReason::Signaled(signal);
                 }
                 return ExitReason::Exited(status.raw_signo());

@@ -41,6 +41,7 @@ pub(crate) async fn exec(argv: Vec<String>, mut cancelled: oneshot::Receiver<()>
         capture_output: false,
         make_dir: None,
         cgroup: None,
+        setup: Default::default(),
     };
     loop {
         match process::spawn(launch.clone()).await {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::actor_child::ActorFactory;
+use crate::limits::{CpuMax, IdOrName, Resource, Rlimit, Umask, MIN_MEMORY_MAX};
 use crate::plan::{duration_text, Count, Intensity, Plan, PlanElement};
 
 /// Whether a child is a worker or a supervisor of its own children.
@@ -141,7 +142,8 @@ impl ReadyConfig {
     }
 }
 
-/// A per-service log file with size-based rotation: `path`, then `path.1` … `path.<backups>`.
+/// A per-service log file, rotated by size and optionally by age: `path`, then `path.1` …
+/// `path.<backups>`. Each line is written as `<RFC 3339 UTC timestamp> <stream> <text>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFileSpec {
@@ -153,14 +155,56 @@ pub struct LogFileSpec {
     /// Rotated files kept (default 3; 0 truncates instead of keeping one).
     #[serde(default = "LogFileSpec::default_backups")]
     pub backups: u32,
+    /// Age at which the file is rotated, counted from its first line and checked when a line
+    /// is written (unset: never by age). A duration with a unit (`"1d"`, `"12h"`), from
+    /// [`LogFileSpec::MIN_AGE`] to [`LogFileSpec::MAX_AGE`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "LogFileSpec::serialize_age",
+        deserialize_with = "LogFileSpec::deserialize_age"
+    )]
+    pub max_age: Option<Duration>,
 }
 
 impl LogFileSpec {
+    /// Shortest `max_age`.
+    pub const MIN_AGE: Duration = Duration::from_secs(1);
+    /// Longest `max_age` (366 days).
+    pub const MAX_AGE: Duration = Duration::from_secs(366 * 24 * 3600);
+
     fn default_max_bytes() -> u64 {
         10 * 1024 * 1024
     }
     fn default_backups() -> u32 {
         3
+    }
+
+    fn serialize_age<S: serde::Serializer>(
+        age: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match age {
+            Some(age) => serializer.serialize_str(&duration_text(*age)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    fn deserialize_age<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let age = Option::<troupe_core::settings::Duration>::deserialize(deserializer)?;
+        match age.map(troupe_core::settings::Duration::get) {
+            Some(age) if age < Self::MIN_AGE || age > Self::MAX_AGE => {
+                Err(serde::de::Error::custom(format!(
+                    "must be at least {} and at most {} (366 days), got {}",
+                    duration_text(Self::MIN_AGE),
+                    duration_text(Self::MAX_AGE),
+                    duration_text(age)
+                )))
+            }
+            age => Ok(age),
+        }
     }
 }
 
@@ -182,10 +226,62 @@ pub struct ProcessSpec {
     pub log_file: Option<LogFileSpec>,
     /// Where its persisted `config.json` lives (given to the ipc hub).
     pub config_path: Option<PathBuf>,
+    /// Run as this user (the node must run as root): its uid, its primary group unless
+    /// `group` says otherwise, and its supplementary groups from the group database.
+    pub user: Option<IdOrName>,
+    /// Run with this primary group (the node must run as root).
+    pub group: Option<IdOrName>,
+    /// Resource limits set with `setrlimit` before `execve`.
+    pub rlimits: BTreeMap<Resource, Rlimit>,
+    /// The service cgroup's `memory.max`, in bytes (at least 1 MiB).
+    pub memory_max: Option<u64>,
+    /// The service cgroup's `cpu.max`.
+    pub cpu_max: Option<CpuMax>,
+    /// The service cgroup's `pids.max` (at least 1).
+    pub pids_max: Option<u64>,
+    /// `KEY=VALUE` lines read at every start, under `env` (see
+    /// [`parse_env_file`](crate::limits::parse_env_file)).
+    pub env_file: Option<PathBuf>,
+    /// The file mode creation mask (default: the node's).
+    pub umask: Option<Umask>,
+}
+
+impl ProcessSpec {
+    /// Checks the resource limits the types cannot; the message names the field.
+    pub fn check_limits(&self) -> Result<(), String> {
+        if let Some(bytes) = self.memory_max.filter(|b| *b < MIN_MEMORY_MAX) {
+            return Err(format!(
+                "memory_max: must be at least 1MiB, got {}",
+                crate::limits::ByteSize(bytes)
+            ));
+        }
+        if self.pids_max == Some(0) {
+            return Err("pids_max: must be at least 1".into());
+        }
+        if let Some(cpu) = self.cpu_max.filter(|c| c.quota_us < 1000) {
+            return Err(format!("cpu_max: must be at least 1%, got {cpu}"));
+        }
+        if let Some((resource, limit)) = self.rlimits.iter().find(|(_, l)| l.soft > l.hard) {
+            return Err(format!(
+                "rlimits.{resource}: the soft limit ({}) is above the hard limit ({})",
+                limit.soft, limit.hard
+            ));
+        }
+        if self
+            .env_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err("env_file: must not be empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a child is.
 #[derive(Clone)]
+// One per child, moved rarely: a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ChildStart {
     /// An OS process.
     Process(ProcessSpec),
@@ -332,7 +428,8 @@ impl ChildSpec {
     /// Whether `self` and `other` run alike: every field equal, plans compared with
     /// [`Plan::same_as`], readiness patterns by their text. Process children compare their
     /// whole [`ProcessSpec`] (command, arguments, environment, working directory, log file,
-    /// `config.json` path); actor children are the same only when they share one factory.
+    /// `config.json` path, identity and limits); actor children are the same only when they
+    /// share one factory.
     pub fn same_as(&self, other: &ChildSpec) -> bool {
         let start = match (&self.start, &other.start) {
             (ChildStart::Process(a), ChildStart::Process(b)) => a == b,
@@ -412,6 +509,7 @@ impl ChildSpec {
                 {
                     return Err(format!("env: \"{key}\" is not a valid variable name"));
                 }
+                p.check_limits()?;
             }
             ChildStart::Actor(_) => {
                 if matches!(self.ready, Some(ReadyCheck::LogLine(_))) {

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::limits::{ByteSize, RlimitSetting};
 use crate::plan::{duration_text, ExitReason};
 use crate::spec::{ChildSpec, ChildStart, ChildType, OnExhausted, ReadyCheck};
 
@@ -184,6 +185,20 @@ pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
                 "ready": ready,
                 "start_timeout_ms": millis(spec.start_timeout),
                 "log_file": p.log_file,
+                "user": p.user,
+                "group": p.group,
+                "rlimits": p
+                    .rlimits
+                    .iter()
+                    .map(|(resource, limit)| {
+                        (resource.name().to_string(), RlimitSetting::of(*resource, *limit))
+                    })
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+                "memory_max": p.memory_max.map(ByteSize),
+                "cpu_max": p.cpu_max,
+                "pids_max": p.pids_max,
+                "env_file": p.env_file.as_ref().map(|f| f.to_string_lossy()),
+                "umask": p.umask,
             })
         }
     }
@@ -222,7 +237,13 @@ mod tests {
             "after": [],
             "ready": {"log_line": "listening"},
             "start_timeout_ms": 2000,
-            "log_file": {"path": "/tmp/web.log"}
+            "log_file": {"path": "/tmp/web.log"},
+            "rlimits": {"nofile": 4096, "nproc": [256, 512], "core": 0, "as": "2GiB", "cpu": "infinity"},
+            "memory_max": "512MiB",
+            "cpu_max": "50%",
+            "pids_max": 64,
+            "env_file": "/etc/web.env",
+            "umask": "0027"
         }))
         .unwrap();
         let spec = entry
@@ -235,6 +256,12 @@ mod tests {
         assert_eq!(shown["period"], "60s");
         assert_eq!(shown["min_restart_interval"], "0s");
         assert_eq!(shown["on_exhausted"], "fail");
+        assert_eq!(shown["rlimits"]["as"], "2GiB");
+        assert_eq!(shown["rlimits"]["nproc"], serde_json::json!([256, 512]));
+        assert_eq!(shown["memory_max"], "512MiB");
+        assert_eq!(shown["cpu_max"], "50%");
+        assert_eq!(shown["umask"], "0027");
+        assert_eq!(shown["user"], serde_json::Value::Null);
         // Every key of an entry, and it parses back to the same entry.
         let again: ServiceConfig = serde_json::from_value(shown).unwrap();
         assert_eq!(

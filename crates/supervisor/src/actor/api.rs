@@ -21,6 +21,15 @@ use crate::spec::ChildSpec;
 use crate::status::ServiceStatus;
 
 impl Supervisor {
+    /// Says how a process child's processes are contained (see `contain.rs`).
+    fn show_containment(&self, status: &mut crate::status::ServiceStatus) {
+        if status.kind == "process" {
+            status.containment = Some(crate::contain::describe(
+                &self.cgroup_scope.name(&status.id),
+            ));
+        }
+    }
+
     /// Runs an API call that may start a child, answering once it has started.
     fn start_call(
         &mut self,
@@ -223,7 +232,11 @@ impl Handler<ServiceStatuses> for Supervisor {
     type Result = MessageResult<ServiceStatuses>;
 
     fn handle(&mut self, _: ServiceStatuses, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.core.service_statuses(Instant::now()))
+        let mut statuses = self.core.service_statuses(Instant::now());
+        for status in &mut statuses {
+            self.show_containment(status);
+        }
+        MessageResult(statuses)
     }
 }
 
@@ -231,7 +244,9 @@ impl Handler<GetServiceStatus> for Supervisor {
     type Result = Result<ServiceStatus, ChildError>;
 
     fn handle(&mut self, msg: GetServiceStatus, _: &mut Self::Context) -> Self::Result {
-        self.core.service_status(&msg.0, Instant::now())
+        let mut status = self.core.service_status(&msg.0, Instant::now())?;
+        self.show_containment(&mut status);
+        Ok(status)
     }
 }
 

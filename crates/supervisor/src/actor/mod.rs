@@ -19,12 +19,12 @@ use troupe_core::{RoleContext, Shutdown};
 
 use crate::actor_child::{ActorExited, ActorStarted, ExitNotice};
 use crate::config::SupervisorConfig;
-use crate::contain::ServiceCgroup;
+use crate::contain::{CgroupLimits, ServiceCgroup};
 use crate::core::{ChildError, Command, SupervisorCore};
 use crate::logs::{LogLine, LogRing};
-use crate::output::{read_lines, LogFiles};
+use crate::output::{self, read_lines, LogFiles};
 use crate::plan::ExitReason;
-use crate::process::{self, expand_exe, signal_group, Launch, Spawned};
+use crate::process::{self, expand_exe, signal_group, Launch, ServiceSetup, Spawned};
 use crate::reload::RestartOnly;
 use crate::spec::{ChildSpec, ChildStart, DefaultSpec, ReadyCheck};
 
@@ -101,7 +101,9 @@ type StartReply = oneshot::Sender<Result<Option<u32>, ChildError>>;
 /// Longest wait for a dead service's output pipes to close before its exit is handled.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
-/// What an output reader needs to know about its service.
+/// What an output reader needs to know about its service. Each line is logged once (see
+/// [`output::log_line`]), kept in `ring`, queued for the log file and matched against
+/// `ready_line`; nothing it does waits on a write.
 struct OutputReader {
     service: Arc<str>,
     stream: &'static str,
@@ -138,6 +140,8 @@ pub struct Supervisor {
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// Services a reload is replacing (stopped, then added again): their rings are kept.
     replacing: HashSet<String>,
+    /// Where this supervisor's services' cgroups are named (see `contain.rs`).
+    cgroup_scope: crate::contain::CgroupScope,
     state_dir: PathBuf,
     span: tracing::Span,
     stopped: Option<oneshot::Sender<()>>,
@@ -187,6 +191,7 @@ impl Supervisor {
             reload_lock: Arc::default(),
             replacing: HashSet::new(),
             state_dir: setup.state_dir,
+            cgroup_scope: crate::contain::CgroupScope::claim(),
             span: tracing::Span::current(),
             stopped,
         }
@@ -290,7 +295,19 @@ impl Supervisor {
             cwd: p.cwd.clone(),
             capture_output: true,
             make_dir,
-            cgroup: Some(id.clone()),
+            cgroup: Some(self.cgroup_scope.name(&id)),
+            setup: ServiceSetup {
+                user: p.user.clone(),
+                group: p.group.clone(),
+                rlimits: p.rlimits.clone(),
+                cgroup_limits: CgroupLimits {
+                    memory_max: p.memory_max,
+                    cpu_max: p.cpu_max,
+                    pids_max: p.pids_max,
+                },
+                env_file: p.env_file.clone(),
+                umask: p.umask,
+            },
         };
         self.instances
             .insert(id.clone(), Instance::Spawning { generation });
@@ -448,7 +465,7 @@ impl Supervisor {
         let id = service.clone();
         let on_line = move |line: &[u8]| {
             let text = String::from_utf8_lossy(line);
-            tracing::info!(target: "troupe_supervisor::output", service = %id, stream, pid, "{text}");
+            output::log_line(&id, stream, pid, &text);
             ring.push_with(|| LogLine {
                 at_unix_ms: unix_ms_now(),
                 stream,
@@ -457,7 +474,7 @@ impl Supervisor {
                 text: text.clone().into_owned(),
             });
             if let Some((writer, file)) = &logs {
-                writer.write(file, line);
+                writer.write(file, stream, line);
             }
             if ready_line.as_ref().is_some_and(|re| re.is_match(&text)) {
                 ready_line = None;
