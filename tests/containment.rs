@@ -255,8 +255,8 @@ args = ["-c", "if [ -e /proc/$$/fd/9 ]; then echo fd9-open; else echo fd9-closed
             });
         }
     });
-    let line = node.wait_for(&["fd9-"], START);
-    assert!(line.contains("fd9-closed"), "{line}");
+    node.wait_printed(&["fd9-"], START);
+    assert!(node.printed(&["fd9-closed"]), "{}", node.output());
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(STOP).success());
 }

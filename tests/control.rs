@@ -260,7 +260,7 @@ fn an_operator_sees_and_steers_every_service() {
     node.until("steady", "running after start", |v| v["state"] == "running");
 
     // signal reaches the service's process.
-    node.proc.wait_for(&["trap-ready"], START);
+    node.proc.wait_printed(&["trap-ready"], START);
     let out = node.ctl(&["signal", "trap", "USR1"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("SIGUSR1"));
@@ -360,7 +360,7 @@ fn an_operator_sees_and_steers_every_service() {
     drop(follow);
 
     // push-config and invoke over the service's channel.
-    node.proc.wait_for(&["attached py"], START);
+    node.proc.wait_printed(&["attached py"], START);
     let config = node.dir.path().join("config.json");
     std::fs::write(&config, r#"{"threshold": 3}"#).unwrap();
     let out = node.ctl(&["push-config", "py", config.to_str().unwrap()]);

@@ -251,8 +251,8 @@ args = ["-c", "exec sleep 1000"]
 rlimits = { nofile = 1073741824 }
 plan = ["wait"]
 "#;
-    let mut node = Node::start("rlimits", services);
-    let line = node.proc.wait_for(&["limits n="], START);
+    let node = Node::start("rlimits", services);
+    let line = node.proc.nth_printed(&["limits n="], 1, START);
     assert!(
         line.contains("limits n=256 hn=512 c=0 s=8192 v=unlimited"),
         "{line}"
@@ -290,10 +290,10 @@ umask = "0027"
 "#,
         made = made.display()
     );
-    let mut node = Node::start_in("umask", dir, &services, None);
-    let line = node.proc.wait_for(&["mask "], START);
+    let node = Node::start_in("umask", dir, &services, None);
+    let line = node.proc.nth_printed(&["mask "], 1, START);
     assert!(line.contains("mask 0027"), "{line}");
-    let line = node.proc.wait_for(&["mode "], START);
+    let line = node.proc.nth_printed(&["mode "], 1, START);
     assert!(line.contains("mode 640"), "{line}");
     assert_eq!(node.service("masked")["spec"]["umask"], "0027");
     node.stop();
@@ -336,8 +336,8 @@ plan = ["wait"]
         dir = dir.path().display(),
         bad = bad.display()
     );
-    let mut node = Node::start_in("env", dir, &services, None);
-    let line = node.proc.wait_for(&["envy A="], START);
+    let node = Node::start_in("env", dir, &services, None);
+    let line = node.proc.nth_printed(&["envy A="], 1, START);
     assert!(
         line.contains("envy A=from-file B=two words C=c SHARED=env"),
         "{line}"
@@ -346,7 +346,7 @@ plan = ["wait"]
     std::fs::write(&env, "A=changed\n").unwrap();
     let out = node.ctl(&["restart", "envy"]);
     assert!(out.status.success(), "{}", text(&out));
-    let line = node.proc.wait_for(&["envy A="], START);
+    let line = node.proc.nth_printed(&["envy A="], 2, START);
     assert!(line.contains("envy A=changed B= C= SHARED=env"), "{line}");
 
     let reason = node.last_exit("broken");
@@ -502,8 +502,8 @@ fn ctl_add_takes_limits_and_refuses_bad_ones_by_key() {
     .unwrap();
     let out = node.ctl(&["add", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let mut node = node;
-    let line = node.proc.wait_for(&["added "], START);
+    let node = node;
+    let line = node.proc.nth_printed(&["added "], 1, START);
     assert!(line.contains("added 0077 128"), "{line}");
     let status = node.service("added");
     assert_eq!(status["spec"]["umask"], "0077");

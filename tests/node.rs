@@ -196,7 +196,8 @@ terminate_timeout_ms = 60000
         .args(["--name", &unique_name("second-signal")]);
     let mut node = Proc::spawn(cmd);
     node.wait_for(&["node ready"], START);
-    node.wait_for(&["stubborn up"], START);
+    // The service's first line may come before or after `node ready`.
+    node.wait_printed(&["stubborn up"], START);
     node.signal(libc::SIGTERM);
     node.wait_for(&["signal received; stopping node"], STOP);
     node.signal(libc::SIGTERM);

@@ -135,6 +135,47 @@ impl Proc {
         }
     }
 
+    /// Waits until some line, printed before or after this call, contains every one of
+    /// `needles` (for lines that may come before the one a test waited for last).
+    pub fn wait_printed(&self, needles: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.printed(needles) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "no line with {needles:?} within {timeout:?}; output so far:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The `n`-th line (from 1) the process printed that contains every one of `needles`,
+    /// waiting for it; lines printed before this call count.
+    pub fn nth_printed(&self, needles: &[&str], n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+                .nth(n.saturating_sub(1))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no line {n} with {needles:?} within {timeout:?}; output so far:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.seen.lock().unwrap().join("\n")

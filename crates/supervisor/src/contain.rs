@@ -5,8 +5,9 @@
 //! - **cgroup** (preferred): where the node can create cgroups in the cgroup v2 hierarchy
 //!   (the unified one, or the unified part of a hybrid layout such as
 //!   `/sys/fs/cgroup/unified`), every service runs in a cgroup of its own,
-//!   `<the node's cgroup>/troupe-<node>-<key>/<service>`. A service joins it in the child,
-//!   before `execve`, so even its first fork is inside. When the service stops or crashes,
+//!   `<the node's cgroup>/troupe-<node>-<key>/<service>`, fresh for each run. The service is
+//!   started right inside it (`clone3` with `CLONE_INTO_CGROUP`, see `exec.rs`; on older
+//!   kernels it joins it in the child before `execve`), so even its first fork is inside. When the service stops or crashes,
 //!   `cgroup.kill` ends every process in it, whatever they did: forks, `setsid`, double forks,
 //!   process groups of their own.
 //!
@@ -485,9 +486,7 @@ impl ServiceCgroup {
             };
         };
         let dir = services.join(id);
-        // The services folder too, should a supervisor that stopped have removed it.
-        fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create its cgroup {}: {e}", dir.display()))?;
+        fresh_cgroup(&dir)?;
         for setting in settings.iter().filter(|s| s.value.is_some()) {
             enable_controller(containment, services, setting.controller)
                 .map_err(|why| format!("{}: {why}", setting.key))?;
@@ -531,6 +530,11 @@ impl ServiceCgroup {
     /// The `memory_max` it was given, in bytes.
     pub(crate) fn memory_max(&self) -> Option<u64> {
         self.memory_max
+    }
+
+    /// Its folder, open, for a child to be started right inside it (`CLONE_INTO_CGROUP`).
+    pub(crate) fn folder(&self) -> io::Result<OwnedFd> {
+        fs::File::open(&self.dir).map(OwnedFd::from)
     }
 
     /// Its `cgroup.procs`, open for the child to join it.
@@ -730,6 +734,31 @@ fn v1_state(table: &str, controller: &str) -> Option<&'static str> {
         Some([_, hierarchy, ..]) if *hierarchy != "0" => Some("it is bound to cgroup v1"),
         Some(_) => None,
     }
+}
+
+/// Makes `dir` a new, empty cgroup for a service's next run. A cgroup that was killed is
+/// never reused: the kernel may kill a child started into it with `CLONE_INTO_CGROUP`
+/// (it compares the kill count of the parent's cgroup, not the target's), so the old one is
+/// removed, or, while its last processes are still dying, renamed aside (and removed with
+/// the others when the node stops, or swept at its next start).
+fn fresh_cgroup(dir: &Path) -> Result<(), String> {
+    /// Cgroups renamed aside, removed as soon as their processes are gone.
+    static ASIDE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let cannot = |e: io::Error| format!("cannot create its cgroup {}: {e}", dir.display());
+    let mut aside = ASIDE.lock().unwrap_or_else(|e| e.into_inner());
+    aside.retain(|old| fs::remove_dir(old).is_err() && old.exists());
+    if dir.exists() && fs::remove_dir(dir).is_err() {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".old-{n}"));
+        let old = dir.with_file_name(name);
+        fs::rename(dir, &old).map_err(cannot)?;
+        aside.push(old);
+    }
+    drop(aside);
+    // The services folder too, should a supervisor that stopped have removed it.
+    fs::create_dir_all(dir).map_err(cannot)
 }
 
 /// Kills every process of every service of this node, whatever state the supervisor is in

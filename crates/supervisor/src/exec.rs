@@ -11,8 +11,10 @@
 //! The child, before `execve`, in this order:
 //! - puts every signal with a handler (and SIGPIPE, which Rust ignores) back to its default
 //!   action, so that no handler of the node ever runs in the service;
-//! - joins its cgroup, when it has one (`contain.rs`), so that even its first fork is inside
-//!   (while still privileged enough to write `cgroup.procs`);
+//! - joins its cgroup, when it has one (`contain.rs`) and was not started in it already
+//!   (`clone3` with `CLONE_INTO_CGROUP`, on x86-64 with Linux 5.7 or later, starts it there
+//!   and spares the migration, which can take milliseconds), so that even its first fork is
+//!   inside (while still privileged enough to write `cgroup.procs`);
 //! - `setsid()`: the service gets its own session and process group (its pid), so a stop can
 //!   signal the whole group, grandchildren included, and a terminal's signals never reach it;
 //! - wires stdin to /dev/null (or a given descriptor) and stdout/stderr to pipes (or
@@ -51,6 +53,8 @@ pub(crate) struct ExecPlan {
     nofile: Option<(u64, u64)>,
     /// The service's `cgroup.procs`, which the child joins.
     cgroup: Option<OwnedFd>,
+    /// The service's cgroup folder, which the child is started in where the kernel can.
+    cgroup_folder: Option<OwnedFd>,
     /// Kill the child when the node dies (every service; not the guard).
     parent_death: bool,
     /// The child's stdin instead of /dev/null.
@@ -146,6 +150,7 @@ impl ExecPlan {
             capture_output,
             nofile,
             cgroup: None,
+            cgroup_folder: None,
             parent_death: true,
             stdin: None,
             rlimits: Vec::new(),
@@ -186,8 +191,11 @@ impl ExecPlan {
         self
     }
 
-    /// The child joins the cgroup whose `cgroup.procs` this is, before anything else.
-    pub(crate) fn join_cgroup(mut self, procs: OwnedFd) -> Self {
+    /// The child starts in the cgroup whose folder is `folder` (`clone3` with
+    /// `CLONE_INTO_CGROUP`), or, where the kernel cannot, joins it through `procs` (its
+    /// `cgroup.procs`) before anything else.
+    pub(crate) fn join_cgroup(mut self, folder: OwnedFd, procs: OwnedFd) -> Self {
+        self.cgroup_folder = Some(folder);
         self.cgroup = Some(procs);
         self
     }
@@ -372,6 +380,7 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
             failed_resource: -1,
         },
         &mut stack,
+        plan.cgroup_folder.as_ref().map(|fd| fd.as_raw_fd()),
     )?;
     drop((null_stdin, stdout, stderr));
     if stage != Stage::None {
@@ -414,6 +423,7 @@ pub(crate) fn start(plan: &ExecPlan) -> io::Result<Started> {
 fn clone_and_exec(
     mut args: ChildArgs,
     stack: &mut [u8],
+    cgroup_folder: Option<libc::c_int>,
 ) -> io::Result<(libc::pid_t, Stage, libc::c_int, libc::c_int)> {
     // SAFETY:
     // - All signals are blocked around the clone, so no signal handler of the node can run in
@@ -431,12 +441,24 @@ fn clone_and_exec(
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
         let top = stack.as_mut_ptr().add(stack.len());
         let top = (top as usize & !15) as *mut libc::c_void;
-        let pid = libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-        );
+        // Started right inside its cgroup, the child has nothing to join: joining (a write
+        // to cgroup.procs) costs a migration that can take milliseconds.
+        let mut pid = -1;
+        if let Some(folder) = cgroup_folder {
+            let procs = std::mem::replace(&mut args.cgroup, -1);
+            pid = clone_into_cgroup(folder, stack, (&mut args as *mut ChildArgs).cast());
+            if pid == -1 {
+                args.cgroup = procs;
+            }
+        }
+        if pid == -1 {
+            pid = libc::clone(
+                child_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ChildArgs).cast(),
+            );
+        }
         let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
         if pid == -1 {
@@ -451,6 +473,97 @@ fn clone_and_exec(
         }
         Ok((pid, stage, errno, resource))
     }
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: like the `clone` above, but the child
+/// starts in the cgroup whose folder `folder` is. Returns the child's pid, or -1 when the
+/// kernel cannot (before Linux 5.7, or a cgroup it refuses), for the caller to fall back.
+///
+/// # Safety
+///
+/// As for `clone` in [`clone_and_exec`]: all signals blocked, `stack` and `arg` alive and
+/// untouched until the child has exec'd or exited (CLONE_VFORK suspends this thread until
+/// then), and [`child_main`] only makes system calls.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone_into_cgroup(
+    folder: libc::c_int,
+    stack: &mut [u8],
+    arg: *mut libc::c_void,
+) -> libc::pid_t {
+    /// `struct clone_args` of `linux/sched.h`, up to `cgroup` (version 2, 88 bytes).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let base = ((stack.as_mut_ptr() as usize + 15) & !15) as u64;
+    let size = (stack.as_ptr() as u64 + stack.len() as u64 - base) & !15;
+    let clone_args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: base,
+        stack_size: size,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: folder as u64,
+    };
+    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
+    let ret: i64;
+    // The kernel returns twice: in this thread with the child's pid (or -errno), and in the
+    // child with 0, on the child's stack (16-byte aligned at its top, as a call needs) and with
+    // the other registers as they were, so r12 and r13 still hold the entry and its argument.
+    // The child calls the entry, which leaves by execve or _exit; the exit below is a
+    // safeguard that is never reached.
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "mov rdi, r13",
+        "call r12",
+        "mov edi, eax",
+        "mov eax, 60",
+        "syscall",
+        "ud2",
+        "2:",
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") &clone_args as *const CloneArgs,
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") entry,
+        in("r13") arg,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    if ret < 0 {
+        -1
+    } else {
+        ret as libc::pid_t
+    }
+}
+
+/// Other architectures join the cgroup through `cgroup.procs`.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone_into_cgroup(
+    _folder: libc::c_int,
+    _stack: &mut [u8],
+    _arg: *mut libc::c_void,
+) -> libc::pid_t {
+    -1
 }
 
 /// Runs in the child, on the borrowed memory, until `execve`. System calls only.

@@ -241,13 +241,19 @@ fn launch_now(launch: &Launch) -> Result<Spawned, String> {
         None => None,
     };
     let plan = match &cgroup {
-        Some(cgroup) => plan.join_cgroup(cgroup.procs().map_err(|e| {
-            format!(
-                "cannot run {}: cannot join cgroup {}: {e}",
-                launch.program,
-                cgroup.path().display()
+        Some(cgroup) => {
+            let cannot_join = |e: io::Error| {
+                format!(
+                    "cannot run {}: cannot join cgroup {}: {e}",
+                    launch.program,
+                    cgroup.path().display()
+                )
+            };
+            plan.join_cgroup(
+                cgroup.folder().map_err(cannot_join)?,
+                cgroup.procs().map_err(cannot_join)?,
             )
-        })?),
+        }
         None => plan,
     };
     // Until the child is known as the node's own, the orphan reaper keeps off it.
