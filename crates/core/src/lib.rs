@@ -7,7 +7,8 @@
 //! - [`RoleContext`] is what a starting role receives: the node's name, a place to publish and
 //!   look up other roles' actor addresses, and a way to ask the node to stop.
 //! - [`settings`] holds the validated value types config sections are built from
-//!   ([`settings::Duration`], [`settings::ZmqEndpoint`]) and [`ConfigError`].
+//!   ([`settings::Duration`], [`settings::ZmqEndpoint`], [`settings::ByteSize`]) and
+//!   [`ConfigError`].
 //! - [`panic`] implements the node's panic policy; [`span`] gives every role's events their
 //!   `node` and `role` fields.
 //! - [`unix_socket`] claims a node's Unix socket files without stealing a live node's.

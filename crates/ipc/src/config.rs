@@ -1,11 +1,9 @@
 //! The `[ipc]` config table, the [`ByteSize`] value type its size keys use, and where the
 //! hub's socket goes when `socket` is empty.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use troupe_core::settings::Duration;
 use troupe_core::ConfigError;
 
@@ -136,110 +134,11 @@ impl IpcConfig {
 
 pub use troupe_core::unix_socket::{check_socket_path, MAX_SOCKET_PATH};
 
-/// A size in bytes, written as a number of bytes or with a unit: `4096`, `"64KiB"`,
-/// `"1MiB"`, `"1GiB"` (`KB`, `MB`, `GB` are powers of 1000).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub usize);
-
-impl FromStr for ByteSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!("invalid size \"{text}\"; write bytes or a number with a unit, like \"4096\", \"64KiB\" or \"1MiB\"")
-        };
-        let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(split);
-        let number: u64 = number.parse().map_err(|_| bad())?;
-        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            "kb" => 1_000,
-            "mb" => 1_000_000,
-            "gb" => 1_000_000_000,
-            _ => return Err(bad()),
-        };
-        number
-            .checked_mul(scale)
-            .and_then(|n| usize::try_from(n).ok())
-            .map(ByteSize)
-            .ok_or_else(bad)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0;
-        for (unit, scale) in [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n >= scale && n.is_multiple_of(scale) {
-                return write!(f, "{}{unit}", n / scale);
-            }
-        }
-        write!(f, "{n}B")
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size, like 4096 or \"64KiB\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
-                text.parse().map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
-                usize::try_from(n)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("size {n} is too large")))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n)
-                    .map_err(|_| E::custom(format!("invalid size {n}: a size cannot be negative")))
-                    .and_then(|n| self.visit_u64(n))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
+pub use troupe_core::settings::ByteSize;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_and_without_units() {
-        assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
-        assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
-        assert_eq!("1 MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
-        assert_eq!("2kb".parse::<ByteSize>().unwrap(), ByteSize(2000));
-        assert!("1.5MiB".parse::<ByteSize>().is_err());
-        assert!("lots"
-            .parse::<ByteSize>()
-            .unwrap_err()
-            .contains("\"64KiB\""));
-        assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
-        assert_eq!(ByteSize(1000).to_string(), "1000B");
-        let parsed: ByteSize = serde_json::from_str("2048").unwrap();
-        assert_eq!(parsed, ByteSize(2048));
-        assert!(serde_json::from_str::<ByteSize>("-1")
-            .unwrap_err()
-            .to_string()
-            .contains("negative"));
-    }
 
     #[test]
     fn the_default_is_valid_and_round_trips() {

@@ -101,15 +101,15 @@ impl Limits {
     /// The limits set by `config`.
     pub fn from_config(config: &IpcConfig) -> Limits {
         Limits {
-            max_frame_bytes: config.max_frame_bytes.0,
+            max_frame_bytes: config.max_frame_bytes.as_usize(),
             max_connections: config.max_connections,
             mailbox_ttl: config.mailbox_ttl.get(),
             mailbox_max_messages: config.mailbox_max_messages,
-            mailbox_max_bytes: config.mailbox_max_bytes.0,
-            mailbox_total_bytes: config.mailbox_total_bytes.0,
+            mailbox_max_bytes: config.mailbox_max_bytes.as_usize(),
+            mailbox_total_bytes: config.mailbox_total_bytes.as_usize(),
             request_timeout: config.request_timeout.get(),
             max_pending_requests: config.max_pending_requests,
-            outbox_high_water: config.outbox_high_water.0,
+            outbox_high_water: config.outbox_high_water.as_usize(),
             stall_timeout: config.stall_timeout.get(),
             attach_timeout: config.attach_timeout.get(),
             close_grace: Duration::from_secs(1),
