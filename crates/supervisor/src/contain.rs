@@ -491,24 +491,17 @@ impl ServiceCgroup {
             enable_controller(containment, services, setting.controller)
                 .map_err(|why| format!("{}: {why}", setting.key))?;
         }
+        // The cgroup is new (see `fresh_cgroup`): a limit not asked for is at its default.
         for setting in &settings {
             let file = dir.join(setting.file);
-            match &setting.value {
-                Some(value) => fs::write(&file, value).map_err(|e| {
+            if let Some(value) = &setting.value {
+                fs::write(&file, value).map_err(|e| {
                     format!(
                         "{}: cannot write {value:?} to {}: {e}",
                         setting.key,
                         file.display()
                     )
-                })?,
-                // A limit an earlier spec of the service set, or the default where the
-                // controller is enabled for another service.
-                None if file.exists() => {
-                    if let Err(e) = fs::write(&file, "max") {
-                        tracing::warn!(file = %file.display(), error = %e, "cannot reset a cgroup limit");
-                    }
-                }
-                None => {}
+                })?;
             }
         }
         let oom_kills = oom_kills(&dir);
@@ -748,7 +741,17 @@ fn fresh_cgroup(dir: &Path) -> Result<(), String> {
     let cannot = |e: io::Error| format!("cannot create its cgroup {}: {e}", dir.display());
     let mut aside = ASIDE.lock().unwrap_or_else(|e| e.into_inner());
     aside.retain(|old| fs::remove_dir(old).is_err() && old.exists());
-    if dir.exists() && fs::remove_dir(dir).is_err() {
+    // A first run (the common case at start): one mkdir.
+    match fs::create_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        // The services folder too, should a supervisor that stopped have removed it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return fs::create_dir_all(dir).map_err(cannot)
+        }
+        Err(e) => return Err(cannot(e)),
+    }
+    if fs::remove_dir(dir).is_err() {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut name = dir.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".old-{n}"));
@@ -757,8 +760,7 @@ fn fresh_cgroup(dir: &Path) -> Result<(), String> {
         aside.push(old);
     }
     drop(aside);
-    // The services folder too, should a supervisor that stopped have removed it.
-    fs::create_dir_all(dir).map_err(cannot)
+    fs::create_dir(dir).map_err(cannot)
 }
 
 /// Kills every process of every service of this node, whatever state the supervisor is in
