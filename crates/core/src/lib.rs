@@ -12,10 +12,13 @@
 //! - [`panic`] implements the node's panic policy; [`span`] gives every role's events their
 //!   `node` and `role` fields.
 //! - [`unix_socket`] claims a node's Unix socket files without stealing a live node's.
+//! - [`cluster`] and [`services`] are the contracts between roles: the cluster client and the
+//!   roles that use the registry; the supervisor, the ipc hub and the broker.
 //! - [`zmq_thread`] is the bridge between actors and ZeroMQ sockets owned by a dedicated thread.
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cluster;
 pub mod context;
 pub mod error;
 pub mod messages;
