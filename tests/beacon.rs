@@ -94,7 +94,7 @@ impl Scene {
             .collect();
         let requires: Vec<String> = requires.iter().map(|r| format!("\"{r}\"")).collect();
         let mut table = format!(
-            "beacons = [{}]\nresource = \"{resource}\"\nrequires = [{}]\nrequest_timeout = \"1s\"\n{cluster}\n",
+            "beacons = [{}]\nresources = [\"{resource}\"]\nrequires = [{}]\nrequest_timeout = \"1s\"\n{cluster}\n",
             beacons.join(", "),
             requires.join(", "),
         );
@@ -251,7 +251,7 @@ fn registers_and_answers_get_requirements_with_online_providers() {
         .filter(|n| n["name"] == scene.name("store").as_str())
         .collect();
     assert_eq!(stores.len(), 1, "{answer}");
-    assert_eq!(stores[0]["endpoints"]["api"], "tcp://10.9.9.9:2");
+    assert_eq!(stores[0]["offers"]["store"]["api"], "tcp://10.9.9.9:2");
     assert_eq!(stores[0]["status"], "online");
 }
 
@@ -524,6 +524,23 @@ fn a_python_client_speaks_the_documented_protocol() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("all checks passed"), "{output}");
     beacon.wait_for(&["node removed", &format!("node={py_node} ")], START);
+}
+
+#[test]
+fn a_python_client_registers_several_resources_as_documented() {
+    let scene = Scene::new("offers");
+    let port = free_port();
+    let cookie = scene.cookie("cookie", "shared secret");
+    let cookie_key = format!("cookie_file = \"{}\"", cookie.display());
+    let _beacon = scene.beacon("beacon", port, "", &cookie_key);
+    let mut cmd = python("beacon_offers.py");
+    cmd.arg(format!("tcp://127.0.0.1:{port}"))
+        .args(["--node", &scene.name("multi")])
+        .arg("--cookie-file")
+        .arg(&cookie);
+    let (status, output) = run_to_end(cmd, START);
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("all checks passed"), "{output}");
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! (or given with `--beacon`), through a cluster client that registers nothing.
 //!
 //! ```text
-//! troupe cluster list                       every node, online and offline
-//! troupe cluster lookup broker              the online nodes offering `broker`
+//! troupe cluster list                       every node, online and offline, with every resource
+//! troupe cluster lookup broker              the online nodes offering `broker`, with its endpoints
 //! troupe cluster requirements edge-1        what edge-1 needs and who offers it
 //! troupe cluster watch broker [--since E:R] changes as they happen
 //! ```
 //!
-//! Output is a table, or JSON with `--json` (one document; for `watch`, one line per event).
+//! Output is a table, or JSON with `--json`: the nodes as the protocol has them (one document;
+//! for `watch`, one line per event).
 //! Exit codes: 0 answered, 1 no beacon answered (or refused), 2 usage or config error.
 
 use std::io::Write;
@@ -49,9 +50,10 @@ pub struct ClusterArgs {
 /// The questions `troupe cluster` asks.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ClusterCommand {
-    /// Every registered node, online and offline, with how long ago it was heard.
+    /// Every registered node, online and offline, with every resource it offers and how long
+    /// ago it was heard.
     List,
-    /// The online nodes offering a resource.
+    /// The online nodes offering a resource, with their endpoints for it.
     Lookup {
         /// The resource (a role name).
         resource: String,
@@ -97,9 +99,10 @@ pub fn run(args: ClusterArgs, mut cluster: ClusterConfig, node: &str) -> i32 {
             }
         };
         let code = match args.command {
-            ClusterCommand::List => print_nodes(client.send(ListNodes).await, args.json),
+            ClusterCommand::List => print_nodes(client.send(ListNodes).await, None, args.json),
             ClusterCommand::Lookup { resource } => {
-                print_nodes(client.send(LookupResource(resource)).await, args.json)
+                let answer = client.send(LookupResource(resource.clone())).await;
+                print_nodes(answer, Some(&resource), args.json)
             }
             ClusterCommand::Requirements { node } => {
                 print_requirements(client.send(GetRequirementsOf(node)).await, args.json)
@@ -121,7 +124,13 @@ fn failed(err: impl std::fmt::Display) -> i32 {
     1
 }
 
-fn print_nodes(answer: Result<Result<Vec<Node>, ClientError>, MailboxError>, json: bool) -> i32 {
+/// Prints `nodes`: with `resource` (a lookup), each node's endpoints for it; without, every
+/// resource's endpoints, as `resource:name=address`.
+fn print_nodes(
+    answer: Result<Result<Vec<Node>, ClientError>, MailboxError>,
+    resource: Option<&str>,
+    json: bool,
+) -> i32 {
     let nodes = match answer {
         Ok(Ok(nodes)) => nodes,
         Ok(Err(err)) => return failed(err),
@@ -132,21 +141,25 @@ fn print_nodes(answer: Result<Result<Vec<Node>, ClientError>, MailboxError>, jso
         return 0;
     }
     println!(
-        "{:<24} {:<16} {:<8} {:>10}  ENDPOINTS",
-        "NAME", "RESOURCE", "STATUS", "LAST SEEN"
+        "{:<24} {:<32} {:<8} {:>10}  ENDPOINTS",
+        "NAME", "RESOURCES", "STATUS", "LAST SEEN"
     );
     for node in &nodes {
         let seen = node
             .last_seen_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
+        let shown = match resource {
+            Some(resource) => endpoints_of(node, resource),
+            None => all_endpoints(node),
+        };
         println!(
-            "{:<24} {:<16} {:<8} {:>10}  {}",
+            "{:<24} {:<32} {:<8} {:>10}  {}",
             node.name,
-            node.resource,
+            resources(node),
             status(node.status),
             seen,
-            endpoints(node)
+            shown
         );
     }
     0
@@ -180,7 +193,7 @@ fn print_requirements(
             println!("{role}: no online provider");
         }
         for node in nodes {
-            println!("{role}: {}  {}", node.name, endpoints(node));
+            println!("{role}: {}  {}", node.name, endpoints_of(node, role));
         }
     }
     0
@@ -202,10 +215,30 @@ fn kind(kind: EventKind) -> &'static str {
     }
 }
 
-fn endpoints(node: &NodeView) -> String {
-    node.endpoints
-        .iter()
+/// The resources a node offers, comma-separated.
+fn resources(node: &NodeView) -> String {
+    node.resources().collect::<Vec<_>>().join(",")
+}
+
+/// A node's endpoints for `resource`: `name=address …`.
+fn endpoints_of(node: &NodeView, resource: &str) -> String {
+    node.endpoints_for(resource)
+        .into_iter()
+        .flatten()
         .map(|(name, address)| format!("{name}={address}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every endpoint of every resource a node offers: `resource:name=address …`.
+fn all_endpoints(node: &NodeView) -> String {
+    node.resources()
+        .flat_map(|resource| {
+            node.endpoints_for(resource)
+                .into_iter()
+                .flatten()
+                .map(move |(name, address)| format!("{resource}:{name}={address}"))
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -240,9 +273,9 @@ impl Handler<ClusterEvent> for Printer {
                     text.push_str(&format!(
                         "\n  {} {} {} {}",
                         node.name,
-                        node.resource,
+                        resources(node),
                         status(node.status),
-                        endpoints(node)
+                        endpoints_of(node, &node.resource)
                     ));
                 }
                 text
@@ -252,8 +285,8 @@ impl Handler<ClusterEvent> for Printer {
                 event.position(),
                 kind(change.kind),
                 change.node.name,
-                change.node.resource,
-                endpoints(&change.node)
+                resources(&change.node),
+                endpoints_of(&change.node, &change.node.resource)
             ),
         };
         let mut stdout = std::io::stdout().lock();
@@ -307,4 +340,26 @@ async fn watch(
         _ = terminate.recv() => {}
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_show_every_resource_or_the_one_looked_up() {
+        let node: NodeView = serde_json::from_value(json!({
+            "name": "hub", "resource": "ipc", "requires": [], "endpoints": {"sock": "ipc:///s"},
+            "offers": {"ipc": {"sock": "ipc:///s"}, "broker": {"frontend": "tcp://h:1"}, "beacon": {}},
+            "metadata": {}, "status": "online", "heartbeat_ms": 1000
+        }))
+        .unwrap();
+        assert_eq!(resources(&node), "beacon,broker,ipc");
+        assert_eq!(endpoints_of(&node, "broker"), "frontend=tcp://h:1");
+        assert_eq!(endpoints_of(&node, "nothing"), "");
+        assert_eq!(
+            all_endpoints(&node),
+            "broker:frontend=tcp://h:1 ipc:sock=ipc:///s"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! # troupe-beacon
 //!
-//! The cluster registry: which nodes are up, what each offers (its *resource*, one role name)
-//! and needs (its *requirements*), and where to reach it (its *endpoints*).
+//! The cluster registry: which nodes are up, what each offers (its *resources*: one per role it
+//! runs, plus declared ones), what each needs (its *requirements*), and where to reach it (each
+//! resource's *endpoints*).
 //!
 //! - [`BeaconRole`] is the `beacon` role: a ZeroMQ ROUTER (on its own thread) in front of the
 //!   sans-IO [`registry::Registry`] and [`server::core::BeaconCore`]. Configured by the
@@ -9,19 +10,22 @@
 //! - [`client::BeaconClient`] is the actor every node whose `[cluster]` table
 //!   ([`ClusterConfig`]) names beacons runs: it registers the node with each beacon,
 //!   heartbeats, re-registers with a beacon that forgot it, and answers its roles'
-//!   questions (`GetRequirements`, `LookupResource`, `AwaitRequirements`, `Subscribe`,
-//!   `AddEndpoints`...). The node runs it as the internal role [`client::ClusterClient`].
+//!   questions (`GetRequirements`, `LookupResource`, `AwaitRequirements`, `Subscribe`...) and
+//!   the [`troupe_core::cluster`] contract (`Offer`, `Withdraw`, `WatchProviders`), which the
+//!   node also publishes as a `ClusterHandle`. The node runs it as the internal role
+//!   [`client::ClusterClient`].
 //! - [`protocol`] is the wire format (JSON, one document per frame), documented for other
 //!   languages in `docs/protocols/beacon.md`; [`auth`] the cookie challenge–response.
 //! - [`cli`] holds the operator commands `troupe cluster list|lookup|requirements|watch`.
 //!
 //! A role uses the cluster through the client the node publishes — here, waiting for its
-//! requirements at start instead of failing, then registering the endpoints it opened:
+//! requirements at start instead of failing, then offering the endpoints it opened for its
+//! resource:
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use actix::Addr;
-//! use troupe_beacon::client::{AddEndpoints, AwaitRequirements, BeaconClient};
+//! use troupe_beacon::client::{AwaitRequirements, BeaconClient, Offer};
 //!
 //! # async fn start(ctx: troupe_core::RoleContext) -> Result<(), troupe_core::RoleError> {
 //! let cluster = ctx
@@ -39,7 +43,10 @@
 //!     Err(_) => return Err(troupe_core::RoleError::new("the cluster client has stopped")),
 //! }
 //! let endpoints = [("api".to_string(), "tcp://10.0.0.5:9000".to_string())];
-//! let _ = cluster.send(AddEndpoints(endpoints.into())).await;
+//! let offer = Offer { resource: "app".into(), endpoints: endpoints.into() };
+//! if let Ok(Err(why)) = cluster.send(offer).await {
+//!     tracing::warn!("endpoints not offered: {why}");
+//! }
 //! # Ok(())
 //! # }
 //! ```

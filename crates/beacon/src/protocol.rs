@@ -25,8 +25,12 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_ADDRESS: usize = 512;
 /// Most requirements one node may declare.
 pub const MAX_REQUIRES: usize = 64;
-/// Most endpoints one node may declare.
+/// Most endpoints one node may declare for one resource.
 pub const MAX_ENDPOINTS: usize = 64;
+/// Most resources one node may offer (its primary `resource` and the keys of `offers`).
+pub const MAX_OFFERS: usize = 64;
+/// Most endpoints one node may declare over all the resources it offers.
+pub const MAX_TOTAL_ENDPOINTS: usize = 256;
 /// Largest metadata object, in bytes of compact JSON.
 pub const MAX_METADATA: usize = 8 * 1024;
 /// Most resources one watch may filter on.
@@ -60,18 +64,29 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Endpoints: name → address.
+pub type Endpoints = BTreeMap<String, String>;
+
 /// What a node offers and needs, as it registers it.
+///
+/// A node offers its primary `resource` and every key of `offers`, each with its own
+/// endpoints. `endpoints` are the primary resource's. [`Registration::normalize`] makes the two
+/// agree: `offers` then holds every offered resource, the primary one included.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
-    /// The one role name this node offers (`"broker"`).
+    /// The node's primary resource (`"broker"`): what a client that knows one resource per node
+    /// sees.
     pub resource: String,
-    /// Role names this node needs.
+    /// Resources this node needs.
     #[serde(default)]
     pub requires: Vec<String>,
-    /// Where to reach the node's services: name → address.
+    /// The primary resource's endpoints: name → address.
     #[serde(default)]
-    pub endpoints: BTreeMap<String, String>,
+    pub endpoints: Endpoints,
+    /// Every resource this node offers, each with its endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offers: BTreeMap<String, Endpoints>,
     /// Free-form data about the node.
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -93,18 +108,42 @@ impl Registration {
         for (i, role) in self.requires.iter().enumerate() {
             check_name(&format!("requires[{i}]"), role)?;
         }
-        if self.endpoints.len() > MAX_ENDPOINTS {
+        for (resource, endpoints) in &self.offers {
+            check_name("offers", resource)?;
+            check_endpoints(&format!("offers.{resource}"), endpoints)?;
+        }
+        check_endpoints("endpoints", &self.endpoints)?;
+        if let Some(primary) = self.offers.get(&self.resource) {
+            if !self.endpoints.is_empty() && *primary != self.endpoints {
+                return Err(FieldError::new(
+                    "endpoints",
+                    format!(
+                        "differs from offers.{}; give the primary resource's endpoints in one of the two (or the same in both)",
+                        self.resource
+                    ),
+                ));
+            }
+        }
+        let offered = self.offers.len() + usize::from(!self.offers.contains_key(&self.resource));
+        if offered > MAX_OFFERS {
             return Err(FieldError::new(
-                "endpoints",
-                format!(
-                    "{} entries, at most {MAX_ENDPOINTS} allowed",
-                    self.endpoints.len()
-                ),
+                "offers",
+                format!("{offered} resources offered, at most {MAX_OFFERS} allowed"),
             ));
         }
-        for (name, address) in &self.endpoints {
-            check_name("endpoints", name)?;
-            check_address(&format!("endpoints.{name}"), address)?;
+        let mut total = if self.offers.contains_key(&self.resource) {
+            0
+        } else {
+            self.endpoints.len()
+        };
+        total += self.offers.values().map(BTreeMap::len).sum::<usize>();
+        if total > MAX_TOTAL_ENDPOINTS {
+            return Err(FieldError::new(
+                "offers",
+                format!(
+                    "{total} endpoints over all offered resources, at most {MAX_TOTAL_ENDPOINTS} allowed"
+                ),
+            ));
         }
         let metadata_len = serde_json::to_vec(&self.metadata)
             .map(|v| v.len())
@@ -117,6 +156,41 @@ impl Registration {
         }
         Ok(())
     }
+
+    /// Makes `offers` hold every offered resource and `endpoints` the primary resource's: the
+    /// primary resource is added to `offers` with `endpoints` when missing, and `endpoints` is
+    /// taken from `offers` otherwise (see [`Registration::check`] for the two disagreeing).
+    pub fn normalize(&mut self) {
+        match self.offers.get(&self.resource) {
+            Some(primary) => self.endpoints = primary.clone(),
+            None => {
+                self.offers
+                    .insert(self.resource.clone(), self.endpoints.clone());
+            }
+        }
+    }
+
+    /// Whether the node offers `resource`.
+    pub fn offers_resource(&self, resource: &str) -> bool {
+        self.resource == resource || self.offers.contains_key(resource)
+    }
+}
+
+fn check_endpoints(field: &str, endpoints: &Endpoints) -> Result<(), FieldError> {
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} entries, at most {MAX_ENDPOINTS} allowed",
+                endpoints.len()
+            ),
+        ));
+    }
+    for (name, address) in endpoints {
+        check_name(field, name)?;
+        check_address(&format!("{field}.{name}"), address)?;
+    }
+    Ok(())
 }
 
 /// Checks a node, resource, endpoint or watch name: 1 to [`MAX_NAME`] bytes of ASCII letters,
@@ -191,12 +265,17 @@ pub enum Status {
 pub struct NodeView {
     /// The node's name, unique in the cluster.
     pub name: String,
-    /// See [`Registration::resource`].
+    /// Its primary resource; in answers about one resource (`lookup`, `get_requirements`, a
+    /// filtered watch) that resource: see [`Node::projected`].
     pub resource: String,
     /// See [`Registration::requires`].
     pub requires: Vec<String>,
-    /// See [`Registration::endpoints`].
-    pub endpoints: BTreeMap<String, String>,
+    /// The endpoints of `resource`.
+    pub endpoints: Endpoints,
+    /// Every resource the node offers, each with its endpoints (`resource` included). Absent
+    /// from nodes shown by older beacons.
+    #[serde(default)]
+    pub offers: BTreeMap<String, Endpoints>,
     /// See [`Registration::metadata`].
     pub metadata: Map<String, Value>,
     /// Online or offline.
@@ -208,15 +287,60 @@ pub struct NodeView {
     pub last_seen_ms: Option<u64>,
 }
 
+impl NodeView {
+    /// Whether the node offers `resource`.
+    pub fn offers_resource(&self, resource: &str) -> bool {
+        self.resource == resource || self.offers.contains_key(resource)
+    }
+
+    /// The node's endpoints for `resource`, if it offers it.
+    pub fn endpoints_for(&self, resource: &str) -> Option<&Endpoints> {
+        if self.resource == resource {
+            Some(&self.endpoints)
+        } else {
+            self.offers.get(resource)
+        }
+    }
+
+    /// Every resource the node offers: its primary one first unless `offers` lists it, then
+    /// the keys of `offers` in order.
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        let primary = (!self.offers.contains_key(&self.resource)).then_some(self.resource.as_str());
+        primary
+            .into_iter()
+            .chain(self.offers.keys().map(String::as_str))
+    }
+
+    /// The first of `resources` the node offers.
+    pub fn first_offered<'a>(&self, resources: &'a [String]) -> Option<&'a str> {
+        resources
+            .iter()
+            .find(|r| self.offers_resource(r))
+            .map(String::as_str)
+    }
+
+    /// The node as a client that knows one resource per node should see it when it asks about
+    /// `resource`: with `resource` as its resource and that resource's endpoints.
+    pub fn projected(&self, resource: &str) -> NodeView {
+        NodeView {
+            resource: resource.to_string(),
+            endpoints: self.endpoints_for(resource).cloned().unwrap_or_default(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A [`NodeView`] as the beacon shares it between its registry and every message that lists
 /// it: cheap to clone, immutable, and encoded to JSON once — a reply that lists nodes copies
-/// their encodings instead of serializing each node again. Derefs to [`NodeView`].
+/// their encodings instead of serializing each node again. Its projections onto the other
+/// resources it offers ([`Node::projected`]) are made once too. Derefs to [`NodeView`].
 #[derive(Clone)]
 pub struct Node(Arc<SharedNode>);
 
 struct SharedNode {
     view: NodeView,
     json: OnceLock<Option<Box<RawValue>>>,
+    projections: OnceLock<BTreeMap<String, Node>>,
 }
 
 impl Node {
@@ -225,12 +349,34 @@ impl Node {
         Node(Arc::new(SharedNode {
             view,
             json: OnceLock::new(),
+            projections: OnceLock::new(),
         }))
     }
 
     /// The node.
     pub fn view(&self) -> &NodeView {
         &self.0.view
+    }
+
+    /// The node as shown to a client asking about `resource` ([`NodeView::projected`]): itself
+    /// when `resource` is its primary resource (or one it does not offer), otherwise a shared
+    /// projection made once per node and resource.
+    pub fn projected(&self, resource: &str) -> Node {
+        let view = &self.0.view;
+        if view.resource == resource || !view.offers.contains_key(resource) {
+            return self.clone();
+        }
+        let projections = self.0.projections.get_or_init(|| {
+            view.offers
+                .keys()
+                .filter(|r| **r != view.resource)
+                .map(|r| (r.clone(), Node::new(view.projected(r))))
+                .collect()
+        });
+        projections
+            .get(resource)
+            .cloned()
+            .unwrap_or_else(|| self.clone())
     }
 }
 
@@ -277,14 +423,15 @@ impl<'de> Deserialize<'de> for Node {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// Registered, or back online after being offline.
+    /// Registered, or back online after being offline; for a filtered watch, also a node that
+    /// now offers a watched resource and did not before.
     Nodeup,
     /// Missed `liveness` heartbeats: no longer offered.
     Nodedown,
-    /// Re-registered with different endpoints, requirements or metadata while online.
+    /// Re-registered with different resources, endpoints, requirements or metadata while online.
     Changed,
-    /// Deregistered, or offline for longer than `offline_ttl`; also sent for the old resource
-    /// when a node re-registers under another one.
+    /// Deregistered, or offline for longer than `offline_ttl`; for a filtered watch, also a node
+    /// that no longer offers any watched resource.
     Removed,
 }
 
@@ -297,6 +444,50 @@ pub struct Event {
     pub kind: EventKind,
     /// The node as it is after the change (for `removed`: as it was).
     pub node: Node,
+    /// In the beacon, for a re-registration that changed the set of resources the node offers:
+    /// the node as it was, so that each watch can be told what the change means to it
+    /// ([`Event::for_watch`]). Never on the wire.
+    #[serde(skip)]
+    pub previous: Option<Node>,
+}
+
+impl Event {
+    /// Whether a watch of `resources` (every resource when empty) is told about this change.
+    pub fn concerns(&self, resources: &[String]) -> bool {
+        resources.is_empty()
+            || self.node.first_offered(resources).is_some()
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.first_offered(resources).is_some())
+    }
+
+    /// This change as a watch of `resources` (every resource when empty) is told it, or `None`
+    /// when it does not concern the watch. An unfiltered watch gets the node as it is; a
+    /// filtered one gets it projected onto the first watched resource it offers, and a change
+    /// of the node's resources as `nodeup` (it now offers a watched resource and did not
+    /// before), `removed` (the reverse, with the node as it was) or the change's own kind.
+    pub fn for_watch(&self, resources: &[String]) -> Option<Event> {
+        let event = |kind, node: Node| Event {
+            rev: self.rev,
+            kind,
+            node,
+            previous: None,
+        };
+        if resources.is_empty() {
+            return Some(event(self.kind, self.node.clone()));
+        }
+        let now = self.node.first_offered(resources);
+        let Some(previous) = &self.previous else {
+            return now.map(|r| event(self.kind, self.node.projected(r)));
+        };
+        match (previous.first_offered(resources), now) {
+            (Some(_), Some(r)) => Some(event(self.kind, self.node.projected(r))),
+            (None, Some(r)) => Some(event(EventKind::Nodeup, self.node.projected(r))),
+            (Some(r), None) => Some(event(EventKind::Removed, previous.projected(r))),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A point in a beacon's history: its epoch (a new random value each time a beacon starts) and
@@ -368,7 +559,10 @@ pub struct Register {
     pub requires: Vec<String>,
     /// See [`Registration::endpoints`].
     #[serde(default)]
-    pub endpoints: BTreeMap<String, String>,
+    pub endpoints: Endpoints,
+    /// See [`Registration::offers`]; optional.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offers: BTreeMap<String, Endpoints>,
     /// See [`Registration::metadata`].
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -377,12 +571,13 @@ pub struct Register {
 }
 
 impl Register {
-    /// The registration part.
+    /// The registration part, as sent (not normalized).
     pub fn registration(&self) -> Registration {
         Registration {
             resource: self.resource.clone(),
             requires: self.requires.clone(),
             endpoints: self.endpoints.clone(),
+            offers: self.offers.clone(),
             metadata: self.metadata.clone(),
         }
     }
@@ -976,6 +1171,7 @@ mod tests {
                 resource: "broker".into(),
                 requires: vec!["ipc".into()],
                 endpoints: [("frontend".to_string(), "tcp://10.0.0.1:7501".to_string())].into(),
+                offers: [("ipc".to_string(), Endpoints::new())].into(),
                 metadata: serde_json::json!({"zone": "a", "weight": 3})
                     .as_object()
                     .cloned()
@@ -1090,6 +1286,210 @@ mod tests {
         r.metadata
             .insert("blob".into(), Value::String("x".repeat(MAX_METADATA)));
         assert_eq!(r.check().unwrap_err().field, "metadata");
+    }
+
+    fn offers(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Endpoints> {
+        entries
+            .iter()
+            .map(|(resource, endpoints)| {
+                let endpoints = endpoints
+                    .iter()
+                    .map(|(n, a)| (n.to_string(), a.to_string()))
+                    .collect();
+                (resource.to_string(), endpoints)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offers_are_checked_field_by_field() {
+        let mut r = Registration {
+            resource: "ipc".into(),
+            offers: offers(&[("broker", &[("frontend", "tcp://h:1")])]),
+            ..Registration::default()
+        };
+        assert!(r.check().is_ok());
+        r.offers = offers(&[("broker", &[("frontend", "tcp://a b")])]);
+        assert_eq!(r.check().unwrap_err().field, "offers.broker.frontend");
+        r.offers = offers(&[("bro ker", &[])]);
+        let err = r.check().unwrap_err();
+        assert_eq!(err.field, "offers");
+        assert!(err.message.contains("\"bro ker\""), "{err}");
+        r.offers = offers(&[("broker", &[("front end", "tcp://h:1")])]);
+        assert_eq!(r.check().unwrap_err().field, "offers.broker");
+        // 64 resources in all, the primary one counted.
+        r.offers = (0..MAX_OFFERS)
+            .map(|i| (format!("r{i}"), Endpoints::new()))
+            .collect();
+        let err = r.check().unwrap_err();
+        assert_eq!(err.field, "offers");
+        assert!(err.message.contains("65 resources"), "{err}");
+        r.offers.insert("ipc".into(), Endpoints::new());
+        r.offers.remove("r0");
+        assert!(r.check().is_ok());
+        // 64 endpoints per resource, 256 over all of them.
+        let many = |n: usize, tag: &str| -> Endpoints {
+            (0..n)
+                .map(|i| (format!("{tag}{i}"), "tcp://h:1".to_string()))
+                .collect()
+        };
+        r.offers = [("broker".to_string(), many(MAX_ENDPOINTS + 1, "e"))].into();
+        let err = r.check().unwrap_err();
+        assert_eq!(err.field, "offers.broker");
+        assert!(err.message.contains("at most 64"), "{err}");
+        r.offers = (0..5)
+            .map(|i| (format!("r{i}"), many(MAX_ENDPOINTS, "e")))
+            .collect();
+        let err = r.check().unwrap_err();
+        assert_eq!(err.field, "offers");
+        assert!(err.message.contains("320 endpoints"), "{err}");
+        // The primary resource's endpoints given twice must agree.
+        r.offers = offers(&[("ipc", &[("api", "tcp://h:1")])]);
+        r.endpoints = [("api".to_string(), "tcp://h:2".to_string())].into();
+        assert_eq!(r.check().unwrap_err().field, "endpoints");
+        r.endpoints = [("api".to_string(), "tcp://h:1".to_string())].into();
+        assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn a_register_with_offers_is_decoded_and_normalized() {
+        let frame = br#"{"v":1,"op":"register","node":"n","resource":"ipc","endpoints":{"sock":"ipc:///s"},"offers":{"broker":{"frontend":"tcp://h:1"}},"heartbeat_ms":1000}"#;
+        let Request::Register(register) = decode_request(frame, 65536).unwrap().request else {
+            panic!()
+        };
+        let mut r = register.registration();
+        r.normalize();
+        assert_eq!(
+            r.offers,
+            offers(&[
+                ("broker", &[("frontend", "tcp://h:1")]),
+                ("ipc", &[("sock", "ipc:///s")])
+            ])
+        );
+        // `endpoints` follows `offers` when that lists the primary resource.
+        let mut r = Registration {
+            resource: "ipc".into(),
+            offers: offers(&[("ipc", &[("sock", "ipc:///t")])]),
+            ..Registration::default()
+        };
+        r.normalize();
+        assert_eq!(r.endpoints["sock"], "ipc:///t");
+        let e = err(
+            r#"{"v":1,"op":"register","node":"n","resource":"r","offers":{"b":{"x":"a b"}},"heartbeat_ms":1000}"#,
+        );
+        assert!(e.message.contains("field `offers.b.x`"), "{}", e.message);
+    }
+
+    #[test]
+    fn nodes_are_projected_onto_one_resource() {
+        let view = NodeView {
+            name: "hub".into(),
+            resource: "ipc".into(),
+            requires: vec![],
+            endpoints: [("sock".to_string(), "ipc:///s".to_string())].into(),
+            offers: offers(&[
+                ("broker", &[("frontend", "tcp://h:1")]),
+                ("ipc", &[("sock", "ipc:///s")]),
+                ("supervisor", &[]),
+            ]),
+            metadata: Map::new(),
+            status: Status::Online,
+            heartbeat_ms: 1000,
+            last_seen_ms: None,
+        };
+        assert!(view.offers_resource("broker") && !view.offers_resource("db"));
+        assert_eq!(
+            view.endpoints_for("broker").unwrap()["frontend"],
+            "tcp://h:1"
+        );
+        assert_eq!(view.endpoints_for("db"), None);
+        assert_eq!(
+            view.resources().collect::<Vec<_>>(),
+            ["broker", "ipc", "supervisor"]
+        );
+        let node = Node::new(view);
+        let broker = node.projected("broker");
+        assert_eq!(broker.resource, "broker");
+        assert_eq!(
+            broker.endpoints,
+            offers(&[("x", &[("frontend", "tcp://h:1")])])["x"]
+        );
+        assert_eq!(broker.offers, node.offers, "offers still lists everything");
+        // Made once: the same shared projection every time, encoded once.
+        assert!(Arc::ptr_eq(&broker.0, &node.projected("broker").0));
+        assert!(Arc::ptr_eq(&node.0, &node.projected("ipc").0));
+        let json: Value = serde_json::to_value(&broker).unwrap();
+        assert_eq!(json["resource"], "broker");
+        assert_eq!(json["endpoints"]["frontend"], "tcp://h:1");
+        assert_eq!(json["offers"]["ipc"]["sock"], "ipc:///s");
+        // A node from an older beacon (no `offers`) still answers for its one resource.
+        let old: NodeView = serde_json::from_value(serde_json::json!({
+            "name": "old", "resource": "db", "requires": [], "endpoints": {"main": "tcp://d:1"},
+            "metadata": {}, "status": "online", "heartbeat_ms": 1000
+        }))
+        .unwrap();
+        assert!(old.offers_resource("db"));
+        assert_eq!(old.endpoints_for("db").unwrap()["main"], "tcp://d:1");
+        assert_eq!(old.resources().collect::<Vec<_>>(), ["db"]);
+    }
+
+    #[test]
+    fn events_are_translated_for_each_watch() {
+        let node = |resources: &[&str]| {
+            let offers = resources
+                .iter()
+                .map(|r| {
+                    (
+                        r.to_string(),
+                        [("e".to_string(), format!("tcp://{r}:1"))].into(),
+                    )
+                })
+                .collect::<BTreeMap<String, Endpoints>>();
+            Node::new(NodeView {
+                name: "n".into(),
+                resource: resources[0].into(),
+                requires: vec![],
+                endpoints: offers[resources[0]].clone(),
+                offers,
+                metadata: Map::new(),
+                status: Status::Online,
+                heartbeat_ms: 1000,
+                last_seen_ms: None,
+            })
+        };
+        let change = Event {
+            rev: 7,
+            kind: EventKind::Changed,
+            node: node(&["ipc", "db"]),
+            previous: Some(node(&["ipc", "broker"])),
+        };
+        let watch = |filter: &[&str]| {
+            let filter: Vec<String> = filter.iter().map(|s| s.to_string()).collect();
+            change.for_watch(&filter).map(|e| {
+                (
+                    e.kind,
+                    e.node.resource.clone(),
+                    e.node.endpoints["e"].clone(),
+                )
+            })
+        };
+        let seen = |kind, resource: &str| {
+            Some((kind, resource.to_string(), format!("tcp://{resource}:1")))
+        };
+        assert_eq!(watch(&[]), seen(EventKind::Changed, "ipc"));
+        assert_eq!(watch(&["ipc"]), seen(EventKind::Changed, "ipc"));
+        assert_eq!(watch(&["broker"]), seen(EventKind::Removed, "broker"));
+        assert_eq!(watch(&["db"]), seen(EventKind::Nodeup, "db"));
+        assert_eq!(watch(&["db", "ipc"]), seen(EventKind::Changed, "db"));
+        assert_eq!(watch(&["cache"]), None);
+        assert!(!change.concerns(&["cache".to_string()]));
+        assert!(change.concerns(&["broker".to_string()]));
+        let removed = change.for_watch(&["broker".to_string()]).unwrap();
+        assert!(
+            removed.node.offers.contains_key("broker"),
+            "the node as it was"
+        );
+        assert_eq!(removed.previous, None);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! Invariants:
 //! - only `online` nodes are ever offered (by [`Registry::requirements`] and
 //!   [`Registry::lookup`]);
+//! - a node is indexed under every resource it offers (its registration is normalized: its
+//!   `offers` list them all), and shown projected onto the resource asked about;
 //! - a node is online from its registration until `liveness` × its heartbeat interval passes
 //!   without a heartbeat, then offline until it heartbeats or re-registers again, and removed
 //!   after `offline_ttl` offline;
@@ -127,20 +129,24 @@ impl Registry {
     }
 
     /// Adds or updates `name`, owned by `owner`. Re-registering never duplicates a node: it
-    /// updates the entry, brings it online and emits an event only if something changed.
+    /// updates the entry, brings it online and emits an event only if something changed. A
+    /// change of the set of resources offered is one event that remembers the node as it was
+    /// (see [`Event::for_watch`]).
     pub fn register(
         &mut self,
         now: Instant,
         owner: Option<PeerId>,
         name: &str,
-        registration: Registration,
+        mut registration: Registration,
         heartbeat: Duration,
     ) -> Result<Vec<Event>, RegistryError> {
+        registration.normalize();
         let view = Node::new(NodeView {
             name: name.to_string(),
             resource: registration.resource,
             requires: registration.requires,
             endpoints: registration.endpoints,
+            offers: registration.offers,
             metadata: registration.metadata,
             status: Status::Online,
             heartbeat_ms: heartbeat.as_millis() as u64,
@@ -161,7 +167,7 @@ impl Registry {
                 indexed_at: due,
             });
             self.online += 1;
-            events.push(self.emit(EventKind::Nodeup, view));
+            events.push(self.emit(EventKind::Nodeup, view, None));
             return Ok(events);
         };
         let old = std::mem::replace(&mut entry.view, view.clone());
@@ -182,18 +188,25 @@ impl Registry {
             self.deadlines.remove(&(old_key, key.clone()));
             self.deadlines.insert((due, key.clone()));
         }
-        if old.resource != view.resource {
-            self.unindex_resource(&old.resource, &key);
-            self.by_resource
-                .entry(view.resource.clone())
-                .or_default()
-                .insert(key);
-            events.push(self.emit(EventKind::Removed, old));
-            events.push(self.emit(EventKind::Nodeup, view));
-        } else if !was_online {
-            events.push(self.emit(EventKind::Nodeup, view));
+        let same_resources = old.offers.keys().eq(view.offers.keys());
+        if !same_resources {
+            for resource in old.offers.keys() {
+                if !view.offers.contains_key(resource) {
+                    self.unindex_resource(resource, &key);
+                }
+            }
+            for resource in view.offers.keys() {
+                self.by_resource
+                    .entry(resource.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        let previous = (!same_resources).then_some(old.clone());
+        if !was_online {
+            events.push(self.emit(EventKind::Nodeup, view, previous));
         } else if *old != *view {
-            events.push(self.emit(EventKind::Changed, view));
+            events.push(self.emit(EventKind::Changed, view, previous));
         }
         Ok(events)
     }
@@ -225,7 +238,7 @@ impl Registry {
         let key = self.key(name);
         self.deadlines.remove(&(old_key, key.clone()));
         self.deadlines.insert((due, key));
-        Ok(vec![self.emit(EventKind::Nodeup, view)])
+        Ok(vec![self.emit(EventKind::Nodeup, view, None)])
     }
 
     /// Removes `name` at once, if `owner` registered it.
@@ -269,7 +282,7 @@ impl Registry {
                 entry.indexed_at = now + ttl;
                 self.deadlines.insert((now + ttl, key));
                 self.online -= 1;
-                events.push(self.emit(EventKind::Nodedown, view));
+                events.push(self.emit(EventKind::Nodedown, view, None));
             } else {
                 events.push(self.remove(&key));
             }
@@ -282,8 +295,8 @@ impl Registry {
         self.deadlines.first().map(|(at, _)| *at)
     }
 
-    /// For each requirement of `name`, the online nodes offering it (never `name` itself), and
-    /// the requirements nobody online offers.
+    /// For each requirement of `name`, the online nodes offering it (never `name` itself),
+    /// each projected onto the requirement, and the requirements nobody online offers.
     pub fn requirements(&self, name: &str) -> Result<(Offers, Vec<String>), RegistryError> {
         let entry = self
             .nodes
@@ -304,19 +317,19 @@ impl Registry {
         Ok((offers, unmet))
     }
 
-    /// The online nodes offering `resource`, sorted by name.
+    /// The online nodes offering `resource`, sorted by name, each projected onto it.
     pub fn lookup(&self, resource: &str) -> Vec<Node> {
         self.providers(resource).collect()
     }
 
-    fn providers<'a>(&'a self, resource: &str) -> impl Iterator<Item = Node> + 'a {
+    fn providers<'a>(&'a self, resource: &'a str) -> impl Iterator<Item = Node> + 'a {
         self.by_resource
             .get(resource)
             .into_iter()
             .flatten()
             .filter_map(|key| self.nodes.get(key))
             .filter(|entry| entry.view.status == Status::Online)
-            .map(|entry| entry.view.clone())
+            .map(move |entry| entry.view.projected(resource))
     }
 
     /// Every node, online and offline, sorted by name, each with how long ago it was heard.
@@ -335,27 +348,32 @@ impl Registry {
         nodes
     }
 
-    /// Every node (online and offline) whose resource is in `resources` (all when empty),
-    /// sorted by name.
+    /// Every node (online and offline) offering one of `resources` (all when empty), sorted
+    /// by name; with a filter, each projected onto the first of `resources` it offers.
     pub fn watched(&self, resources: &[String]) -> Vec<Node> {
         let mut nodes: Vec<Node> = if resources.is_empty() {
             self.nodes.values().map(|e| e.view.clone()).collect()
         } else {
-            resources
+            let names: BTreeSet<&Arc<str>> = resources
                 .iter()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
                 .filter_map(|r| self.by_resource.get(r.as_str()))
                 .flatten()
+                .collect();
+            names
+                .into_iter()
                 .filter_map(|key| self.nodes.get(key))
-                .map(|e| e.view.clone())
+                .filter_map(|e| {
+                    let resource = e.view.first_offered(resources)?;
+                    Some(e.view.projected(resource))
+                })
                 .collect()
         };
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes
     }
 
-    /// Where a watch of `resources` that last saw `since` starts.
+    /// Where a watch of `resources` that last saw `since` starts. Resumed events are
+    /// translated for the watch ([`Event::for_watch`]) as live ones are.
     pub fn watch_from(&self, since: Option<&Position>, resources: &[String]) -> WatchStart {
         let Some(since) = since else {
             return WatchStart::Snapshot(self.watched(resources));
@@ -371,8 +389,8 @@ impl Registry {
         let events = self
             .history
             .iter()
-            .filter(|e| e.rev > since.rev && matches(resources, &e.node.resource))
-            .cloned()
+            .filter(|e| e.rev > since.rev)
+            .filter_map(|e| e.for_watch(resources))
             .collect();
         WatchStart::Resume(events)
     }
@@ -391,10 +409,11 @@ impl Registry {
         let mut skipped = Vec::new();
         let mut restored = 0;
         for node in nodes {
-            let registration = Registration {
+            let mut registration = Registration {
                 resource: node.resource.clone(),
                 requires: node.requires.clone(),
                 endpoints: node.endpoints.clone(),
+                offers: node.offers.clone(),
                 metadata: node.metadata.clone(),
             };
             if let Err(why) =
@@ -403,6 +422,7 @@ impl Registry {
                 skipped.push(format!("{}: {why}", node.name));
                 continue;
             }
+            registration.normalize();
             if self.nodes.contains_key(node.name.as_str()) {
                 skipped.push(format!("{}: listed twice", node.name));
                 continue;
@@ -416,6 +436,8 @@ impl Registry {
                 crate::protocol::MAX_HEARTBEAT_MS,
             ));
             let view = Node::new(NodeView {
+                endpoints: registration.endpoints,
+                offers: registration.offers,
                 status: Status::Offline,
                 heartbeat_ms: heartbeat.as_millis() as u64,
                 last_seen_ms: None,
@@ -456,30 +478,36 @@ impl Registry {
             .remove_entry(name)
             .expect("remove is called for registered nodes");
         self.deadlines.remove(&(entry.indexed_at, key.clone()));
-        self.unindex_resource(&entry.view.resource, &key);
+        for resource in entry.view.offers.keys() {
+            self.unindex_resource(resource, &key);
+        }
         if entry.view.status == Status::Online {
             self.online -= 1;
         }
-        self.emit(EventKind::Removed, entry.view)
+        self.emit(EventKind::Removed, entry.view, None)
     }
 
-    /// Adds a node not yet known, indexed by its resource and its next deadline.
+    /// Adds a node not yet known (normalized), indexed by the resources it offers and its next
+    /// deadline.
     fn insert_new(&mut self, entry: Entry) {
         let key: Arc<str> = Arc::from(entry.view.name.as_str());
-        self.by_resource
-            .entry(entry.view.resource.clone())
-            .or_default()
-            .insert(key.clone());
+        for resource in entry.view.offers.keys() {
+            self.by_resource
+                .entry(resource.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         self.deadlines.insert((entry.indexed_at, key.clone()));
         self.nodes.insert(key, entry);
     }
 
-    fn emit(&mut self, kind: EventKind, node: Node) -> Event {
+    fn emit(&mut self, kind: EventKind, node: Node, previous: Option<Node>) -> Event {
         self.rev += 1;
         let event = Event {
             rev: self.rev,
             kind,
             node,
+            previous,
         };
         if self.config.history > 0 {
             if self.history.len() == self.config.history {
@@ -489,11 +517,6 @@ impl Registry {
         }
         event
     }
-}
-
-/// Whether a watch of `resources` (all when empty) sees changes to `resource`.
-pub fn matches(resources: &[String], resource: &str) -> bool {
-    resources.is_empty() || resources.iter().any(|r| r == resource)
 }
 
 #[cfg(test)]
@@ -588,20 +611,157 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r.lookup("broker").len(), 1);
         assert_eq!(r.lookup("broker")[0].endpoints.len(), 2);
-        // Another resource: removed from the old one, up in the new one.
+        // Another resource: one change, remembering the node as it was, so that each watch
+        // can be told what it means to it.
         let e = r
             .register(t0, Some(peer(2)), "n", offering("ipc", &[]), HB)
             .unwrap();
-        assert_eq!(
-            kinds(&e),
-            [
-                (3, EventKind::Removed, "n".into()),
-                (4, EventKind::Nodeup, "n".into())
-            ]
-        );
-        assert_eq!(e[0].node.resource, "broker");
+        assert_eq!(kinds(&e), [(3, EventKind::Changed, "n".into())]);
+        assert_eq!(e[0].previous.as_ref().unwrap().resource, "broker");
+        assert_eq!(e[0].node.resource, "ipc");
         assert!(r.lookup("broker").is_empty());
         assert_eq!(names(&r.lookup("ipc")), ["n"]);
+        assert!(!r.by_resource.contains_key("broker"));
+        // Endpoints changed within the same resources: a plain `changed`.
+        let mut moved = offering("ipc", &[]);
+        moved.endpoints.insert("main".into(), "tcp://ipc:2".into());
+        let e = r.register(t0, Some(peer(2)), "n", moved, HB).unwrap();
+        assert_eq!(kinds(&e), [(4, EventKind::Changed, "n".into())]);
+        assert_eq!(e[0].previous, None);
+    }
+
+    /// A registration offering `primary` (with one endpoint) and `others` (each with one).
+    fn multi(primary: &str, others: &[&str]) -> Registration {
+        let mut r = offering(primary, &[]);
+        for other in others {
+            r.offers.insert(
+                other.to_string(),
+                [("main".to_string(), format!("tcp://{other}:9"))].into(),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn a_node_is_found_under_every_resource_it_offers_projected_onto_it() {
+        let mut r = registry();
+        let t0 = Instant::now();
+        r.register(
+            t0,
+            Some(peer(1)),
+            "hub",
+            multi("ipc", &["broker", "beacon"]),
+            HB,
+        )
+        .unwrap();
+        r.register(t0, Some(peer(2)), "b2", offering("broker", &[]), HB)
+            .unwrap();
+        r.register(
+            t0,
+            Some(peer(3)),
+            "edge",
+            offering("app", &["broker", "ipc"]),
+            HB,
+        )
+        .unwrap();
+        let hub = r.get("hub").unwrap();
+        assert_eq!(
+            hub.offers.keys().collect::<Vec<_>>(),
+            ["beacon", "broker", "ipc"]
+        );
+        assert_eq!(hub.endpoints, hub.offers["ipc"]);
+        let brokers = r.lookup("broker");
+        assert_eq!(names(&brokers), ["b2", "hub"]);
+        assert_eq!(brokers[1].resource, "broker");
+        assert_eq!(brokers[1].endpoints["main"], "tcp://broker:9");
+        assert_eq!(brokers[1].offers.len(), 3);
+        let ipc = r.lookup("ipc");
+        assert_eq!(
+            (ipc[0].resource.as_str(), ipc[0].endpoints["main"].as_str()),
+            ("ipc", "tcp://ipc:1")
+        );
+        assert_eq!(r.lookup("beacon")[0].endpoints["main"], "tcp://beacon:9");
+        let (offers, unmet) = r.requirements("edge").unwrap();
+        assert!(unmet.is_empty());
+        assert_eq!(offers["broker"][1].endpoints["main"], "tcp://broker:9");
+        assert_eq!(offers["ipc"][0].resource, "ipc");
+        // A watch of several resources lists a node once, projected onto the first it offers.
+        let watched = r.watched(&["beacon".to_string(), "broker".to_string()]);
+        assert_eq!(names(&watched), ["b2", "hub"]);
+        assert_eq!(watched[1].resource, "beacon");
+        assert_eq!(r.watched(&[])[2].resource, "ipc");
+        // Its whole set is unindexed when it goes.
+        r.deregister(&peer(1), "hub").unwrap();
+        assert!(r.lookup("beacon").is_empty());
+        assert!(!r.by_resource.contains_key("beacon") && !r.by_resource.contains_key("ipc"));
+    }
+
+    #[test]
+    fn a_change_of_resources_is_one_revision_translated_for_each_watch() {
+        let mut r = registry();
+        let t0 = Instant::now();
+        r.register(t0, Some(peer(1)), "n", multi("ipc", &["broker"]), HB)
+            .unwrap();
+        let start = Position {
+            epoch: "epoch-a".into(),
+            rev: r.rev(),
+        };
+        let e = r
+            .register(t0, Some(peer(1)), "n", multi("ipc", &["db"]), HB)
+            .unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(r.rev(), 2);
+        let shown = |filter: &[&str]| -> Option<(EventKind, String)> {
+            let filter: Vec<String> = filter.iter().map(|s| s.to_string()).collect();
+            e[0].for_watch(&filter)
+                .map(|e| (e.kind, e.node.resource.clone()))
+        };
+        assert_eq!(shown(&[]), Some((EventKind::Changed, "ipc".into())));
+        assert_eq!(shown(&["ipc"]), Some((EventKind::Changed, "ipc".into())));
+        assert_eq!(
+            shown(&["broker"]),
+            Some((EventKind::Removed, "broker".into()))
+        );
+        assert_eq!(shown(&["db"]), Some((EventKind::Nodeup, "db".into())));
+        assert_eq!(shown(&["cache"]), None);
+        // Resuming from before the change is told the same.
+        for (filter, kind) in [
+            ("broker", EventKind::Removed),
+            ("db", EventKind::Nodeup),
+            ("ipc", EventKind::Changed),
+        ] {
+            match r.watch_from(Some(&start), &[filter.to_string()]) {
+                WatchStart::Resume(events) => {
+                    assert_eq!(kinds(&events), [(2, kind, "n".into())], "{filter}");
+                    assert_eq!(events[0].node.resource, filter);
+                    assert_eq!(events[0].previous, None);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match r.watch_from(Some(&start), &["cache".to_string()]) {
+            WatchStart::Resume(events) => assert!(events.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // Back online with another set after going offline: `nodeup` for those that keep
+        // seeing it.
+        r.tick(t0 + HB * 3);
+        let e = r
+            .register(
+                t0 + HB * 4,
+                Some(peer(1)),
+                "n",
+                multi("ipc", &["broker"]),
+                HB,
+            )
+            .unwrap();
+        let to = |filter: &str| {
+            let e = e[0].for_watch(&[filter.to_string()]).unwrap();
+            (e.kind, e.node.status)
+        };
+        assert_eq!(to("ipc"), (EventKind::Nodeup, Status::Online));
+        assert_eq!(to("broker"), (EventKind::Nodeup, Status::Online));
+        assert_eq!(to("db"), (EventKind::Removed, Status::Offline));
     }
 
     #[test]

@@ -135,6 +135,14 @@ mod tests {
             resource: "broker".into(),
             requires: vec!["ipc".into()],
             endpoints: [("frontend".to_string(), "tcp://h:1".to_string())].into(),
+            offers: [
+                (
+                    "broker".to_string(),
+                    [("frontend".to_string(), "tcp://h:1".to_string())].into(),
+                ),
+                ("ipc".to_string(), Default::default()),
+            ]
+            .into(),
             metadata: Default::default(),
             status: Status::Online,
             heartbeat_ms: 1000,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 use troupe_beacon::client::{
-    start_client, AddEndpoints, AwaitRequirements, ClientError, ClusterEvent, GetRequirements,
-    RemoveEndpoints, Subscribe,
+    start_client, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, Offer, Subscribe,
+    Withdraw,
 };
 use troupe_beacon::protocol::EventKind;
 use troupe_beacon::server::start_server;
@@ -102,10 +102,13 @@ fn a_role_waits_for_its_requirements_and_publishes_endpoints() {
             ("db.replica".to_string(), "tcp://10.0.0.8:5432".to_string()),
         ]
         .into();
-        db.send(AddEndpoints(endpoints.clone()))
-            .await
-            .unwrap()
-            .unwrap();
+        db.send(Offer {
+            resource: "db".into(),
+            endpoints: endpoints.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let changed = tokio::time::timeout(WAIT, events.recv())
             .await
             .unwrap()
@@ -122,16 +125,23 @@ fn a_role_waits_for_its_requirements_and_publishes_endpoints() {
 
         // Invalid endpoints are refused, naming the field; removal re-registers too.
         let bad = db
-            .send(AddEndpoints(
-                [("x".to_string(), "has space".to_string())].into(),
-            ))
+            .send(Offer {
+                resource: "db".into(),
+                endpoints: [("x".to_string(), "has space".to_string())].into(),
+            })
             .await
             .unwrap();
-        assert!(matches!(bad, Err(ClientError::Invalid(m)) if m.contains("endpoints.x")));
-        db.send(RemoveEndpoints(vec!["db.replica".into()]))
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(
+            matches!(&bad, Err(m) if m.contains("offers.db.x")),
+            "{bad:?}"
+        );
+        db.send(Withdraw {
+            resource: "db".into(),
+            names: vec!["db.replica".into()],
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let changed = tokio::time::timeout(WAIT, events.recv())
             .await
             .unwrap()

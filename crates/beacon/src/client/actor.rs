@@ -1,7 +1,7 @@
 //! The cluster client actor: owns the [`ClientCore`], drives it with a tick and the frames from
 //! the socket thread, and keeps the callers waiting for answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -12,9 +12,9 @@ use troupe_core::Shutdown;
 use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
 use crate::client::socket::{Frames, LinkEvent, SocketAction, ToDealers};
 use crate::client::{
-    AddEndpoints, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf,
-    GetStatus, ListNodes, LookupResource, RemoveEndpoints, Requirements, Subscribe, SubscriptionId,
-    Unsubscribe,
+    AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf, GetStatus,
+    ListNodes, LookupResource, Offer, ProvidersChanged, Requirements, Subscribe, SubscriptionId,
+    Unsubscribe, Unwatch, WatchId, WatchProviders, Withdraw,
 };
 use crate::protocol::Node;
 
@@ -25,6 +25,7 @@ pub struct BeaconClient {
     answers: HashMap<u64, oneshot::Sender<Result<Answer, ClientError>>>,
     awaiting: HashMap<u64, oneshot::Sender<Result<Requirements, ClientError>>>,
     subscribers: HashMap<SubscriptionId, Recipient<ClusterEvent>>,
+    watchers: HashMap<WatchId, Recipient<ProvidersChanged>>,
     left: Vec<oneshot::Sender<()>>,
     next_token: u64,
     tick: Duration,
@@ -38,6 +39,7 @@ impl BeaconClient {
             answers: HashMap::new(),
             awaiting: HashMap::new(),
             subscribers: HashMap::new(),
+            watchers: HashMap::new(),
             left: Vec::new(),
             next_token: 1,
             tick: Duration::from_millis(50),
@@ -50,10 +52,11 @@ impl BeaconClient {
     }
 
     /// Carries out the core's actions; `answers_batch` when they answer a batch of frames.
+    /// Subscribers and provider watchers that are gone are dropped on the way.
     fn apply(&mut self, actions: Vec<Action>, answers_batch: bool) {
         let mut socket_actions = Vec::new();
-        let mut gone = Vec::new();
-        for action in actions {
+        let mut actions = VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
             match action {
                 Action::Send { link, frame } => {
                     socket_actions.push(SocketAction::Send { link, frame })
@@ -74,7 +77,19 @@ impl BeaconClient {
                     event,
                 } => match self.subscribers.get(&subscription) {
                     Some(recipient) if recipient.connected() => recipient.do_send(event),
-                    _ => gone.push(subscription),
+                    _ => {
+                        if self.subscribers.remove(&subscription).is_some() {
+                            actions.extend(self.core.unsubscribe(subscription));
+                        }
+                    }
+                },
+                Action::Providers { watch, changed } => match self.watchers.get(&watch) {
+                    Some(recipient) if recipient.connected() => recipient.do_send(changed),
+                    _ => {
+                        if self.watchers.remove(&watch).is_some() {
+                            actions.extend(self.core.unwatch_providers(Instant::now(), watch));
+                        }
+                    }
                 },
                 Action::Left => {
                     for caller in self.left.drain(..) {
@@ -82,14 +97,6 @@ impl BeaconClient {
                     }
                 }
             }
-        }
-        for subscription in gone {
-            self.subscribers.remove(&subscription);
-            let actions = self.core.unsubscribe(subscription);
-            socket_actions.extend(actions.into_iter().filter_map(|a| match a {
-                Action::Send { link, frame } => Some(SocketAction::Send { link, frame }),
-                _ => None,
-            }));
         }
         if !socket_actions.is_empty() || answers_batch {
             let command = ToDealers::Run {
@@ -238,31 +245,77 @@ impl Handler<Unsubscribe> for BeaconClient {
     type Result = ();
 
     fn handle(&mut self, unsubscribe: Unsubscribe, _: &mut Self::Context) {
-        self.subscribers.remove(&unsubscribe.0);
-        let actions = self.core.unsubscribe(unsubscribe.0);
-        self.apply(actions, false);
+        if self.subscribers.remove(&unsubscribe.0).is_some() {
+            let actions = self.core.unsubscribe(unsubscribe.0);
+            self.apply(actions, false);
+        }
     }
 }
 
-impl Handler<AddEndpoints> for BeaconClient {
-    type Result = Result<(), ClientError>;
-
-    fn handle(&mut self, add: AddEndpoints, _: &mut Self::Context) -> Self::Result {
-        let actions = self.core.update_endpoints(Instant::now(), add.0, &[])?;
-        self.apply(actions, false);
-        Ok(())
+/// The sentence a role is answered with when the client refuses a change of what the node
+/// offers.
+fn refusal(action: &str, resource: &str, err: ClientError) -> String {
+    match err {
+        ClientError::Invalid(why) => format!("cannot {action} \"{resource}\": {why}"),
+        ClientError::NotRegistering => format!(
+            "cannot {action} \"{resource}\": this cluster client registers no node (it only asks questions)"
+        ),
+        other => format!("cannot {action} \"{resource}\": {other}"),
     }
 }
 
-impl Handler<RemoveEndpoints> for BeaconClient {
-    type Result = Result<(), ClientError>;
+impl Handler<Offer> for BeaconClient {
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, remove: RemoveEndpoints, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, offer: Offer, _: &mut Self::Context) -> Self::Result {
         let actions = self
             .core
-            .update_endpoints(Instant::now(), Default::default(), &remove.0)?;
+            .offer(Instant::now(), &offer.resource, offer.endpoints)
+            .map_err(|err| refusal("offer", &offer.resource, err))?;
         self.apply(actions, false);
         Ok(())
+    }
+}
+
+impl Handler<Withdraw> for BeaconClient {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, withdraw: Withdraw, _: &mut Self::Context) -> Self::Result {
+        let actions = self
+            .core
+            .withdraw(Instant::now(), &withdraw.resource, &withdraw.names)
+            .map_err(|err| refusal("withdraw", &withdraw.resource, err))?;
+        self.apply(actions, false);
+        Ok(())
+    }
+}
+
+impl Handler<WatchProviders> for BeaconClient {
+    type Result = Result<WatchId, String>;
+
+    fn handle(&mut self, watch: WatchProviders, _: &mut Self::Context) -> Self::Result {
+        let id = WatchId(self.token());
+        let actions = self
+            .core
+            .watch_providers(Instant::now(), id, watch.resources)
+            .map_err(|err| match err {
+                ClientError::Invalid(why) => why,
+                other => other.to_string(),
+            })?;
+        self.watchers.insert(id, watch.recipient);
+        self.apply(actions, false);
+        Ok(id)
+    }
+}
+
+impl Handler<Unwatch> for BeaconClient {
+    type Result = ();
+
+    fn handle(&mut self, unwatch: Unwatch, _: &mut Self::Context) {
+        if self.watchers.remove(&unwatch.0).is_some() {
+            let actions = self.core.unwatch_providers(Instant::now(), unwatch.0);
+            self.apply(actions, false);
+        }
     }
 }
 

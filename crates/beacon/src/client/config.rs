@@ -1,5 +1,9 @@
 //! The node config's `[cluster]` table: which beacons this node registers with, what it
 //! offers and needs, and the cluster's shared cookie.
+//!
+//! A node offers one resource per role it runs (named after the role), plus the resources
+//! declared in `resources` (and the deprecated `resource`). `endpoints` belong to the first
+//! declared resource if there is one, else to the first role's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use troupe_core::settings::{Duration, ZmqEndpoint};
 use troupe_core::ConfigError;
 
 use crate::auth::Cookie;
-use crate::protocol::{Registration, MAX_HEARTBEAT_MS, MIN_HEARTBEAT_MS};
+use crate::protocol::{check_name, Registration, MAX_HEARTBEAT_MS, MAX_OFFERS, MIN_HEARTBEAT_MS};
 
 /// The `[cluster]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,11 +23,14 @@ pub struct ClusterConfig {
     /// Beacons to register with; the node registers with each of them. Empty: the node runs no
     /// cluster client.
     pub beacons: Vec<ZmqEndpoint>,
-    /// The role this node offers. Empty in a file: the first role in the node's `roles`.
+    /// Resources this node offers in addition to one per role it runs.
+    pub resources: Vec<String>,
+    /// Deprecated: one more resource in `resources` when not empty.
     pub resource: String,
-    /// Roles this node needs.
+    /// Resources this node needs.
     pub requires: Vec<String>,
-    /// Where to reach this node's services: name → address. Roles may add more at run time.
+    /// Endpoints of the first resource in `resources` (of the first role's resource when none
+    /// is declared): name → address. Roles add theirs at run time.
     pub endpoints: BTreeMap<String, String>,
     /// Free-form data registered with the node.
     pub metadata: Map<String, Value>,
@@ -44,6 +51,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             beacons: Vec::new(),
+            resources: Vec::new(),
             resource: String::new(),
             requires: Vec::new(),
             endpoints: BTreeMap::new(),
@@ -71,7 +79,39 @@ impl ClusterConfig {
                 ));
             }
         }
-        self.registration().check().map_err(|err| {
+        if self.resources.len() > MAX_OFFERS {
+            return Err(ConfigError::new(
+                "resources",
+                format!(
+                    "{} resources, at most {MAX_OFFERS} allowed",
+                    self.resources.len()
+                ),
+            ));
+        }
+        for (i, resource) in self.resources.iter().enumerate() {
+            check_name(&format!("resources[{i}]"), resource)
+                .map_err(|err| ConfigError::new("resources", err.to_string()))?;
+            if self.resources[..i].contains(resource) {
+                return Err(ConfigError::new(
+                    "resources",
+                    format!("\"{resource}\" is listed twice"),
+                ));
+            }
+        }
+        if !self.resource.is_empty() {
+            check_name("resource", &self.resource)
+                .map_err(|err| ConfigError::new("resource", err.to_string()))?;
+        }
+        // The rules of a registration for `requires`, `endpoints` and `metadata` (the
+        // resources are checked above, the roles' names as the roles are).
+        let registration = Registration {
+            resource: "-".into(),
+            requires: self.requires.clone(),
+            endpoints: self.endpoints.clone(),
+            offers: BTreeMap::new(),
+            metadata: self.metadata.clone(),
+        };
+        registration.check().map_err(|err| {
             let key = err.field.split(['[', '.']).next().unwrap_or_default();
             ConfigError::new(key, err.to_string())
         })?;
@@ -110,14 +150,39 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// What this node registers, from config.
-    pub fn registration(&self) -> Registration {
-        Registration {
-            resource: self.resource.clone(),
-            requires: self.requires.clone(),
-            endpoints: self.endpoints.clone(),
-            metadata: self.metadata.clone(),
+    /// The resources declared in `resources`, then `resource` (when set and not listed).
+    pub fn declared_resources(&self) -> Vec<String> {
+        let mut declared = self.resources.clone();
+        if !self.resource.is_empty() && !declared.contains(&self.resource) {
+            declared.push(self.resource.clone());
         }
+        declared
+    }
+
+    /// What a node running `roles` (in start order) registers: one resource per role, then
+    /// the declared ones, each with no endpoints but the first declared resource (or, with
+    /// none declared, the first role's), which has `endpoints`. The primary resource is the
+    /// first role's (the first declared one's when `roles` is empty). Normalized; `None` when
+    /// there is nothing to offer.
+    pub fn registration(&self, roles: &[String]) -> Option<Registration> {
+        let declared = self.declared_resources();
+        let primary = roles.first().or(declared.first())?.clone();
+        let owner = declared.first().unwrap_or(&primary).clone();
+        let mut offers: BTreeMap<String, BTreeMap<String, String>> = roles
+            .iter()
+            .chain(&declared)
+            .map(|resource| (resource.clone(), BTreeMap::new()))
+            .collect();
+        offers.insert(owner, self.endpoints.clone());
+        let mut registration = Registration {
+            resource: primary,
+            requires: self.requires.clone(),
+            endpoints: BTreeMap::new(),
+            offers,
+            metadata: self.metadata.clone(),
+        };
+        registration.normalize();
+        Some(registration)
     }
 
     /// The cookie, from `cookie` or read from `cookie_file`; `None` when neither is set.
@@ -235,6 +300,78 @@ mod tests {
             let err = config.validate().unwrap_err();
             assert_eq!(err.key, key, "{err}");
         }
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_offers_its_roles_and_its_declared_resources() {
+        let config = ClusterConfig {
+            resources: strings(&["store", "cache"]),
+            resource: "legacy".into(),
+            requires: strings(&["db"]),
+            endpoints: [("api".to_string(), "tcp://h:1".to_string())].into(),
+            ..valid()
+        };
+        assert_eq!(
+            config.declared_resources(),
+            strings(&["store", "cache", "legacy"])
+        );
+        let r = config.registration(&strings(&["ipc", "broker"])).unwrap();
+        assert_eq!(r.resource, "ipc");
+        assert!(r.endpoints.is_empty());
+        assert_eq!(
+            r.offers.keys().collect::<Vec<_>>(),
+            ["broker", "cache", "ipc", "legacy", "store"]
+        );
+        assert_eq!(r.offers["store"]["api"], "tcp://h:1");
+        assert!(r.offers["broker"].is_empty());
+        assert_eq!(r.requires, ["db"]);
+        assert!(r.check().is_ok());
+        // Nothing declared: the endpoints are the first role's.
+        let plain = ClusterConfig {
+            resource: String::new(),
+            endpoints: [("api".to_string(), "tcp://h:1".to_string())].into(),
+            ..valid()
+        };
+        let r = plain.registration(&strings(&["ipc", "broker"])).unwrap();
+        assert_eq!((r.resource.as_str(), r.endpoints.len()), ("ipc", 1));
+        // No roles: the first declared resource is the primary one.
+        let r = config.registration(&[]).unwrap();
+        assert_eq!((r.resource.as_str(), r.endpoints.len()), ("store", 1));
+        assert_eq!(plain.registration(&[]), None);
+        // A declared resource that is also a role's is offered once.
+        let r = config.registration(&strings(&["store"])).unwrap();
+        assert_eq!(r.offers.len(), 3);
+        assert_eq!(r.endpoints["api"], "tcp://h:1");
+    }
+
+    #[test]
+    fn bad_resources_name_their_key() {
+        for resources in [
+            strings(&["ok", "not ok"]),
+            strings(&["a", "a"]),
+            (0..=MAX_OFFERS).map(|i| format!("r{i}")).collect(),
+        ] {
+            let err = ClusterConfig {
+                resources,
+                ..valid()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.key, "resources", "{err}");
+        }
+        let ok = ClusterConfig {
+            resources: strings(&["store"]),
+            resource: String::new(),
+            ..valid()
+        };
+        assert!(ok.validate().is_ok());
+        let parsed: ClusterConfig =
+            serde_json::from_value(serde_json::json!({"resources": ["a", "b"]})).unwrap();
+        assert_eq!(parsed.resources, strings(&["a", "b"]));
     }
 
     #[test]

@@ -14,19 +14,27 @@
 //!   elsewhere from their last revision;
 //! - a query goes to the beacon heard from most recently and moves to the next one when it is
 //!   not answered within `request_timeout`; it fails only when every beacon was tried;
-//! - with a cookie, a beacon must prove it knows the cookie too, or this node refuses it.
+//! - with a cookie, a beacon must prove it knows the cookie too, or this node refuses it;
+//! - what the node offers changes at run time ([`ClientCore::offer`], [`ClientCore::withdraw`])
+//!   and is sent to every beacon at once; a beacon too old to know `offers` is sent the primary
+//!   resource alone;
+//! - provider watches ([`ClientCore::watch_providers`]) share one subscription, whose snapshot
+//!   and events feed the providers mirror (`client/providers.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use troupe_core::cluster::{ProvidersChanged, WatchId};
+
 use crate::auth::{self, Cookie};
+use crate::client::providers::{Own, Providers};
 use crate::client::{ClientError, ClusterEvent, Requirements, SubscriptionId};
 use crate::protocol::{
-    encode_request, Auth, ErrorCode, FieldError, Hello, Lookup, Node, NodeRef, Position, Register,
-    Registration, Reply, Request, Unwatch, Watch,
+    check_name, encode_request, Auth, Endpoints, ErrorCode, FieldError, Hello, Lookup, Node,
+    NodeRef, Position, Register, Registration, Reply, Request, Unwatch, Watch,
 };
 
 /// Index of a beacon in the configured list.
@@ -36,8 +44,12 @@ pub type LinkId = usize;
 pub const MAX_PENDING: usize = 4096;
 /// Most `await_requirements` callers waiting at once.
 pub const MAX_AWAITERS: usize = 1024;
-/// Most subscriptions at once (a beacon holds at most 16 watches per connection).
-pub const MAX_SUBSCRIPTIONS: usize = 16;
+/// Most subscriptions at once (a beacon holds at most 16 watches per connection, and one is
+/// kept for the provider watches).
+pub const MAX_SUBSCRIPTIONS: usize = 15;
+
+/// The subscription that feeds the provider watches.
+const PROVIDERS: SubscriptionId = SubscriptionId(0);
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -46,6 +58,10 @@ pub struct ClientSettings {
     pub node: String,
     /// What this node registers; `None` for a client that only asks (operator commands).
     pub registration: Option<Registration>,
+    /// The resources of the node's roles and those declared in `[cluster]`: withdrawing one
+    /// leaves it offered, with no endpoints. Resources offered at run time beyond these go
+    /// when withdrawn.
+    pub base_resources: BTreeSet<String>,
     /// The cluster's cookie.
     pub cookie: Option<Cookie>,
     /// Heartbeat interval.
@@ -121,6 +137,13 @@ pub enum Action {
     },
     /// Every beacon answered the deregistration (or none was reachable).
     Left,
+    /// Tell a provider watch its new picture.
+    Providers {
+        /// The watch.
+        watch: WatchId,
+        /// Its picture.
+        changed: ProvidersChanged,
+    },
 }
 
 #[derive(Debug)]
@@ -159,6 +182,9 @@ struct Link {
     connected: bool,
     /// Whether the connection went down since the session was opened.
     dropped: bool,
+    /// Whether the beacon refused `offers` (it is older): it is sent the primary resource only,
+    /// until the next session.
+    legacy: bool,
 }
 
 impl Link {
@@ -216,6 +242,8 @@ pub struct ClientStatus {
     pub node: String,
     /// What it registers (none for an asking-only client).
     pub registration: Option<Registration>,
+    /// What it offers: every resource with its endpoints (empty for an asking-only client).
+    pub offers: BTreeMap<String, Endpoints>,
     /// Each configured beacon.
     pub beacons: Vec<BeaconStatus>,
     /// `met`, `unmet` or `unknown` (not checked yet), as last seen.
@@ -224,6 +252,8 @@ pub struct ClientStatus {
     pub unmet: Vec<String>,
     /// Watches open.
     pub subscriptions: usize,
+    /// Provider watches held (they share one subscription).
+    pub provider_watches: usize,
 }
 
 /// The cluster client's state machine.
@@ -237,12 +267,16 @@ pub struct ClientCore {
     requirement_state: RequirementState,
     subscriptions: BTreeMap<SubscriptionId, Subscription>,
     leaving: Option<(Vec<u64>, Instant)>,
+    providers: Providers,
     rng: StdRng,
 }
 
 impl ClientCore {
     /// A client for `beacons`, not started.
-    pub fn new(settings: ClientSettings, beacons: Vec<String>, now: Instant) -> Self {
+    pub fn new(mut settings: ClientSettings, beacons: Vec<String>, now: Instant) -> Self {
+        if let Some(registration) = &mut settings.registration {
+            registration.normalize();
+        }
         let links = beacons
             .into_iter()
             .map(|endpoint| Link {
@@ -258,8 +292,10 @@ impl ClientCore {
                 refusal: None,
                 connected: false,
                 dropped: false,
+                legacy: false,
             })
             .collect();
+        let providers = Providers::new(own(&settings));
         ClientCore {
             settings,
             links,
@@ -270,6 +306,7 @@ impl ClientCore {
             requirement_state: RequirementState::Unknown,
             subscriptions: BTreeMap::new(),
             leaving: None,
+            providers,
             rng: StdRng::from_entropy(),
         }
     }
@@ -325,10 +362,17 @@ impl ClientCore {
         ClientStatus {
             node: self.settings.node.clone(),
             registration: self.settings.registration.clone(),
+            offers: self
+                .settings
+                .registration
+                .as_ref()
+                .map(|r| r.offers.clone())
+                .unwrap_or_default(),
             beacons,
             requirements,
             unmet,
             subscriptions: self.subscriptions.len(),
+            provider_watches: self.providers.len(),
         }
     }
 
@@ -362,6 +406,7 @@ impl ClientCore {
         }
         self.on_reply(now, link, id, reply, &mut out);
         self.dispatch(now, &mut out);
+        self.provider_updates(&mut out);
         out
     }
 
@@ -379,6 +424,7 @@ impl ClientCore {
             self.send_hello(now, link, &mut out);
         }
         self.dispatch(now, &mut out);
+        self.provider_updates(&mut out);
         out
     }
 
@@ -406,6 +452,7 @@ impl ClientCore {
         }
         self.attach_subscriptions(now, &mut out);
         self.dispatch(now, &mut out);
+        self.provider_updates(&mut out);
         out
     }
 
@@ -461,6 +508,7 @@ impl ClientCore {
         self.expire(now, &mut out);
         self.attach_subscriptions(now, &mut out);
         self.dispatch(now, &mut out);
+        self.provider_updates(&mut out);
         out
     }
 
@@ -515,7 +563,14 @@ impl ClientCore {
         resources: Vec<String>,
         since: Option<Position>,
     ) -> Result<Vec<Action>, ClientError> {
-        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+        if subscription == PROVIDERS {
+            return Err(ClientError::Invalid(
+                "subscription 0 is the provider watches'".into(),
+            ));
+        }
+        let held =
+            self.subscriptions.len() - usize::from(self.subscriptions.contains_key(&PROVIDERS));
+        if held >= MAX_SUBSCRIPTIONS {
             return Err(ClientError::Busy(MAX_SUBSCRIPTIONS));
         }
         for (i, resource) in resources.iter().enumerate() {
@@ -553,22 +608,67 @@ impl ClientCore {
         out
     }
 
-    /// Adds or replaces endpoints in this node's registration and re-registers with every
-    /// beacon; `remove` names endpoints to drop.
-    pub fn update_endpoints(
+    /// Adds `endpoints` to what this node offers for `resource` (replacing those of the same
+    /// name; adding the resource when it is new) and re-registers with every beacon.
+    pub fn offer(
         &mut self,
         now: Instant,
-        add: BTreeMap<String, String>,
-        remove: &[String],
+        resource: &str,
+        endpoints: Endpoints,
     ) -> Result<Vec<Action>, ClientError> {
         let Some(registration) = &self.settings.registration else {
             return Err(ClientError::NotRegistering);
         };
+        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
         let mut updated = registration.clone();
-        for name in remove {
-            updated.endpoints.remove(name);
+        updated
+            .offers
+            .entry(resource.to_string())
+            .or_default()
+            .extend(endpoints);
+        self.update_registration(now, updated)
+    }
+
+    /// Removes `names` from the endpoints this node offers for `resource`, or with `names`
+    /// empty all of them and the resource itself when it is not one of the base resources, and
+    /// re-registers with every beacon. Withdrawing what is not offered changes nothing.
+    pub fn withdraw(
+        &mut self,
+        now: Instant,
+        resource: &str,
+        names: &[String],
+    ) -> Result<Vec<Action>, ClientError> {
+        let Some(registration) = &self.settings.registration else {
+            return Err(ClientError::NotRegistering);
+        };
+        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
+        let mut updated = registration.clone();
+        let stays = self.settings.base_resources.contains(resource) || updated.resource == resource;
+        match updated.offers.get_mut(resource) {
+            None => return Ok(Vec::new()),
+            Some(endpoints) if !names.is_empty() => {
+                for name in names {
+                    endpoints.remove(name);
+                }
+            }
+            Some(endpoints) if stays => endpoints.clear(),
+            Some(_) => {
+                updated.offers.remove(resource);
+            }
         }
-        updated.endpoints.extend(add);
+        self.update_registration(now, updated)
+    }
+
+    /// Sends `updated` (the registration with other offers) to every beacon, if it is valid
+    /// and differs.
+    fn update_registration(
+        &mut self,
+        now: Instant,
+        mut updated: Registration,
+    ) -> Result<Vec<Action>, ClientError> {
+        if let Some(primary) = updated.offers.get(&updated.resource) {
+            updated.endpoints = primary.clone();
+        }
         updated
             .check()
             .map_err(|err: FieldError| ClientError::Invalid(err.to_string()))?;
@@ -585,7 +685,78 @@ impl ClientCore {
                 self.send_register(now, link, &mut out);
             }
         }
+        self.providers.set_own(own(&self.settings));
+        self.provider_updates(&mut out);
         Ok(out)
+    }
+
+    /// Follows the online providers of `resources` for watch `id`: [`Action::Providers`]
+    /// tells it its picture once known, then every change to it.
+    pub fn watch_providers(
+        &mut self,
+        now: Instant,
+        id: WatchId,
+        resources: Vec<String>,
+    ) -> Result<Vec<Action>, ClientError> {
+        self.providers
+            .add(id, resources)
+            .map_err(ClientError::Invalid)?;
+        let mut out = Vec::new();
+        self.sync_providers_subscription(now, &mut out);
+        self.dispatch(now, &mut out);
+        self.provider_updates(&mut out);
+        Ok(out)
+    }
+
+    /// Ends provider watch `id`.
+    pub fn unwatch_providers(&mut self, now: Instant, id: WatchId) -> Vec<Action> {
+        self.providers.remove(id);
+        let mut out = Vec::new();
+        self.sync_providers_subscription(now, &mut out);
+        self.provider_updates(&mut out);
+        out
+    }
+
+    /// Gives the provider watches' subscription the filter they need now.
+    fn sync_providers_subscription(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let wanted = self.providers.wanted_filter();
+        if wanted.as_deref() == self.providers.filter() {
+            return;
+        }
+        self.providers.resubscribed(wanted.clone());
+        let Some(filter) = wanted else {
+            out.extend(self.unsubscribe(PROVIDERS));
+            return;
+        };
+        let entry = self
+            .subscriptions
+            .entry(PROVIDERS)
+            .or_insert_with(|| Subscription {
+                resources: Vec::new(),
+                position: None,
+                link: None,
+                request: None,
+                retry_at: None,
+            });
+        entry.resources = filter;
+        entry.position = None;
+        entry.request = None;
+        match entry.link {
+            Some(link) if self.links[link].is_ready() => self.send_watch(link, PROVIDERS, out),
+            _ => {
+                entry.link = None;
+                self.attach_subscriptions(now, out);
+            }
+        }
+    }
+
+    /// Tells the provider watches what changed: whether a beacon is reachable, their pictures.
+    fn provider_updates(&mut self, out: &mut Vec<Action>) {
+        let reachable = self.links.iter().any(|l| !l.unreachable);
+        self.providers.set_reachable(reachable);
+        for (watch, changed) in self.providers.updates() {
+            out.push(Action::Providers { watch, changed });
+        }
     }
 
     /// Deregisters from every beacon that has this node; [`Action::Left`] follows once each
@@ -652,9 +823,16 @@ impl ClientCore {
                     } else if state.registered_once {
                         tracing::info!(beacon = %state.endpoint, "registered again with the beacon");
                     } else {
+                        let resources = self
+                            .settings
+                            .registration
+                            .as_ref()
+                            .map(|r| r.offers.keys().cloned().collect::<Vec<_>>().join(","))
+                            .unwrap_or_default();
                         tracing::info!(
                             beacon = %state.endpoint,
                             resource = self.settings.registration.as_ref().map(|r| r.resource.as_str()),
+                            %resources,
                             "registered with the beacon"
                         );
                     }
@@ -697,8 +875,17 @@ impl ClientCore {
                 let Some(sub) = self.subscription_on(link, &watch) else {
                     return;
                 };
+                let entry = self.subscriptions.get_mut(&sub).expect("found");
+                if sub == PROVIDERS && entry.request != id {
+                    // The answer to a watch request since replaced (with another filter).
+                    return;
+                }
                 let position = Position { epoch, rev };
-                self.subscriptions.get_mut(&sub).expect("found").position = Some(position.clone());
+                entry.position = Some(position.clone());
+                if sub == PROVIDERS {
+                    self.providers.snapshot(nodes);
+                    return;
+                }
                 out.push(Action::Deliver {
                     subscription: sub,
                     event: ClusterEvent::Snapshot {
@@ -717,6 +904,9 @@ impl ClientCore {
                 let Some(sub) = self.subscription_on(link, &watch) else {
                     return;
                 };
+                if sub == PROVIDERS && self.subscriptions[&sub].request != id {
+                    return;
+                }
                 for event in events {
                     self.deliver_change(link, sub, &epoch, event, out);
                 }
@@ -724,6 +914,9 @@ impl ClientCore {
                 let entry = self.subscriptions.get_mut(&sub).expect("found");
                 if advances(entry.position.as_ref(), &position) {
                     entry.position = Some(position);
+                }
+                if sub == PROVIDERS {
+                    self.providers.resumed();
                 }
             }
             Reply::Event {
@@ -902,6 +1095,13 @@ impl ClientCore {
             }
             (Phase::Ready | Phase::Register { .. }, ErrorCode::AuthRequired) => {
                 self.restart_session(now, link, out);
+            }
+            (Phase::Register { id: expected, .. }, ErrorCode::BadRequest)
+                if Some(*expected) == id && !state.legacy && error.contains("`offers`") =>
+            {
+                tracing::warn!(beacon = %endpoint, "the beacon is older and does not know `offers`: registering the primary resource only (upgrade it to offer every resource)");
+                self.links[link].legacy = true;
+                self.send_register(now, link, out);
             }
             (Phase::Ready, ErrorCode::UnknownNode) if self.settings.registration.is_some() => {
                 tracing::info!(beacon = %endpoint, "the beacon does not know this node (it restarted?); registering again");
@@ -1236,6 +1436,10 @@ impl ClientCore {
             epoch: epoch.to_string(),
             rev: event.rev,
         });
+        if sub == PROVIDERS {
+            self.providers.event(event);
+            return;
+        }
         out.push(Action::Deliver {
             subscription: sub,
             event: ClusterEvent::Change {
@@ -1266,17 +1470,26 @@ impl ClientCore {
         let state = &mut self.links[link];
         state.phase = Phase::Hello { id, nonce };
         state.step_at = now;
+        state.legacy = false;
     }
 
     fn send_register(&mut self, now: Instant, link: LinkId, out: &mut Vec<Action>) {
         let Some(registration) = self.settings.registration.clone() else {
             return;
         };
+        // `offers` only when the node offers more than its primary resource, so that an
+        // older beacon still takes a node with one resource.
+        let offers = if self.links[link].legacy || registration.offers.len() <= 1 {
+            BTreeMap::new()
+        } else {
+            registration.offers
+        };
         let request = Request::Register(Register {
             node: self.settings.node.clone(),
             resource: registration.resource,
             requires: registration.requires,
             endpoints: registration.endpoints,
+            offers,
             metadata: registration.metadata,
             heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
         });
@@ -1300,6 +1513,12 @@ impl ClientCore {
         });
         id
     }
+}
+
+/// This node as the provider watches show it: its name and what it offers, when it registers.
+fn own(settings: &ClientSettings) -> Option<Own> {
+    let registration = settings.registration.as_ref()?;
+    Some((settings.node.clone(), registration.offers.clone()))
 }
 
 /// The wire name of a subscription's watch.

@@ -13,26 +13,41 @@
 //! | [`ListNodes`] | every node, online and offline |
 //! | [`AwaitRequirements`] | waits until every requirement has an online provider |
 //! | [`Subscribe`] / [`Unsubscribe`] | [`ClusterEvent`]s for some resources, to a `Recipient` |
-//! | [`AddEndpoints`] / [`RemoveEndpoints`] | change the endpoints this node registers |
 //! | [`GetStatus`] | what the client knows: registration, beacons up or down |
+//!
+//! and the [`troupe_core::cluster`] contract, which the node also publishes as a
+//! [`ClusterHandle`] for roles that do not depend on this crate:
+//!
+//! | message | answer |
+//! |---|---|
+//! | [`Offer`] / [`Withdraw`] | change what this node offers, resource by resource |
+//! | [`WatchProviders`] / [`Unwatch`] | [`ProvidersChanged`] for some resources, to a `Recipient` |
+//!
+//! A node offers one resource per role it runs (named after the role) and those declared in
+//! `[cluster] resources`; roles add their endpoints with [`Offer`] once their sockets are open.
 
 pub(crate) mod actor;
 pub mod config;
 pub mod core;
+pub(crate) mod providers;
 pub(crate) mod socket;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+pub use troupe_core::cluster::{
+    ClusterHandle, Offer, Provider, ProvidersChanged, Unwatch, WatchId, WatchProviders, Withdraw,
+};
 use troupe_core::{span, zmq_thread, ConfigError, Role, RoleContext, RoleError, Shutdown};
 
 pub use actor::BeaconClient;
 pub use config::ClusterConfig;
 pub use core::{BeaconStatus, ClientStatus};
+pub use providers::MAX_PROVIDER_WATCHES;
 
-use crate::protocol::{ErrorCode, Event, Node, Offers, Position};
+use crate::protocol::{ErrorCode, Event, Node, Offers, Position, Registration};
 use core::{ClientCore, ClientSettings};
 
 /// Names one subscription of one client.
@@ -135,7 +150,8 @@ pub struct GetRequirements;
 #[rtype(result = "Result<Requirements, ClientError>")]
 pub struct GetRequirementsOf(pub String);
 
-/// The online nodes offering a resource, sorted by name.
+/// The online nodes offering a resource, sorted by name, each projected onto it: its
+/// `resource` is that one and its `endpoints` are those it offers for it.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<Node>, ClientError>")]
 pub struct LookupResource(pub String);
@@ -173,43 +189,11 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct Unsubscribe(pub SubscriptionId);
 
-/// Adds endpoints to this node's registration, replacing any of the same name, and
-/// re-registers with every beacon. Answers once the change is sent; an invalid name or address
-/// is refused with [`ClientError::Invalid`].
-///
-/// A role that opens sockets at start registers them like this:
-///
-/// ```no_run
-/// # use actix::Addr;
-/// # use troupe_beacon::client::{AddEndpoints, BeaconClient};
-/// # async fn example(ctx: troupe_core::RoleContext) {
-/// if let Some(cluster) = ctx.published.lookup::<Addr<BeaconClient>>() {
-///     let endpoints = [
-///         ("echo.frontend".to_string(), "tcp://10.0.0.1:7501".to_string()),
-///         ("echo.backend".to_string(), "tcp://10.0.0.1:7502".to_string()),
-///     ];
-///     match cluster.send(AddEndpoints(endpoints.into())).await {
-///         Ok(Ok(())) => {}
-///         Ok(Err(err)) => tracing::warn!(%err, "endpoints not registered"),
-///         Err(_) => tracing::warn!("the cluster client has stopped"),
-///     }
-/// }
-/// # }
-/// ```
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<(), ClientError>")]
-pub struct AddEndpoints(pub BTreeMap<String, String>);
-
 /// What the client knows now: registration, beacons up or down, requirements as last seen.
 /// Answered from the client's state, without asking a beacon.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "ClientStatus")]
 pub struct GetStatus;
-
-/// Removes endpoints (by name) from this node's registration and re-registers.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<(), ClientError>")]
-pub struct RemoveEndpoints(pub Vec<String>);
 
 /// The cluster client as the node runs it: the internal role `cluster`, started before the
 /// node's roles and stopped after them. Users never list it in `roles`; it runs when the
@@ -229,11 +213,31 @@ impl Role for ClusterClient {
     }
 
     async fn start(config: ClusterConfig, ctx: RoleContext) -> Result<Self, RoleError> {
-        let (actor, thread_done) = start_client(&config, &ctx.node, true).await?;
+        let roles: Vec<String> = match ctx.config.get("roles").and_then(|r| r.as_array()) {
+            Some(roles) => roles
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect(),
+            None => ctx.roles.to_vec(),
+        };
+        let (actor, thread_done) = start_node_client(&config, &ctx.node, &roles).await?;
         ctx.published.publish(actor.clone());
+        ctx.published.publish(ClusterHandle {
+            offer: actor.clone().recipient(),
+            withdraw: actor.clone().recipient(),
+            watch: actor.clone().recipient(),
+            unwatch: actor.clone().recipient(),
+            beacons: config.beacons.iter().map(|b| b.to_string()).collect(),
+            cookie_file: (!config.cookie_file.as_os_str().is_empty())
+                .then(|| config.cookie_file.clone()),
+        });
+        let resources = config
+            .registration(&roles)
+            .map(|r| r.offers.keys().cloned().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
         tracing::info!(
             beacons = %config.beacons.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(" "),
-            resource = %config.resource,
+            %resources,
             requires = %config.requires.join(" "),
             "cluster client started"
         );
@@ -252,17 +256,51 @@ impl Role for ClusterClient {
 }
 
 /// Starts a client for `config.beacons` on the current arbiter, as node `node`. With
-/// `register`, it registers the node from `config`; without, it only asks questions. Returns
-/// the actor and a receiver that fires when its socket thread has ended.
+/// `register`, it registers the node, offering the resources `config` declares (see
+/// [`start_node_client`] for a node that runs roles); without, it only asks questions (and
+/// follows providers). Returns the actor and a receiver that fires when its socket thread has
+/// ended.
 pub async fn start_client(
     config: &ClusterConfig,
     node: &str,
     register: bool,
 ) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
+    if !register {
+        return start(config, node, None).await;
+    }
+    start_node_client(config, node, &[]).await
+}
+
+/// Starts the client of a node that runs `roles` (in start order): it registers the node,
+/// offering one resource per role and those `config` declares ([`ClusterConfig::registration`]).
+pub async fn start_node_client(
+    config: &ClusterConfig,
+    node: &str,
+    roles: &[String],
+) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
+    let registration = config.registration(roles).ok_or_else(|| {
+        RoleError::new(
+            "the node offers nothing to register: it runs no role and [cluster] declares no resources",
+        )
+    })?;
+    let base: BTreeSet<String> = registration.offers.keys().cloned().collect();
+    start(config, node, Some((registration, base))).await
+}
+
+async fn start(
+    config: &ClusterConfig,
+    node: &str,
+    registration: Option<(Registration, BTreeSet<String>)>,
+) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
     let cookie = config.load_cookie().await.map_err(RoleError::new)?;
+    let (registration, base_resources) = match registration {
+        Some((registration, base)) => (Some(registration), base),
+        None => (None, BTreeSet::new()),
+    };
     let settings = ClientSettings {
         node: node.to_string(),
-        registration: register.then(|| config.registration()),
+        registration,
+        base_resources,
         cookie,
         heartbeat: config.heartbeat_interval.get(),
         liveness: config.liveness,

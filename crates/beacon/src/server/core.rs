@@ -20,7 +20,7 @@ use crate::auth::{self, Cookie};
 use crate::protocol::{
     Auth, ErrorCode, Event, EventKind, Hello, Incoming, Reply, Request, Watch, WireError,
 };
-use crate::registry::{matches, PeerId, Registry, RegistryError, WatchStart};
+use crate::registry::{PeerId, Registry, RegistryError, WatchStart};
 
 /// Most changes of one burst pushed to one watch; beyond, the watch resumes instead.
 pub const MAX_BURST_PER_WATCH: usize = 256;
@@ -635,25 +635,27 @@ impl BeaconCore {
         }
     }
 
-    /// Logs each change and pushes it to every watch that covers its resource.
+    /// Logs each change and pushes it to every watch it concerns, as that watch is to see it
+    /// ([`Event::for_watch`]).
     fn fan_out(&mut self, events: &[Event], out: &mut Vec<Outbound>) {
         if events.len() > MAX_BURST_PER_WATCH {
             self.drop_flooded_watches(events);
         }
         for event in events {
             let node = &event.node;
+            let resources = node.resources().collect::<Vec<_>>().join(",");
             match event.kind {
                 EventKind::Nodeup => {
-                    tracing::info!(node = %node.name, resource = %node.resource, rev = event.rev, "node up")
+                    tracing::info!(node = %node.name, resource = %node.resource, %resources, rev = event.rev, "node up")
                 }
                 EventKind::Nodedown => {
-                    tracing::warn!(node = %node.name, resource = %node.resource, rev = event.rev, "node down: missed its heartbeats")
+                    tracing::warn!(node = %node.name, resource = %node.resource, %resources, rev = event.rev, "node down: missed its heartbeats")
                 }
                 EventKind::Changed => {
-                    tracing::info!(node = %node.name, resource = %node.resource, rev = event.rev, "node changed its registration")
+                    tracing::info!(node = %node.name, resource = %node.resource, %resources, rev = event.rev, "node changed its registration")
                 }
                 EventKind::Removed => {
-                    tracing::info!(node = %node.name, resource = %node.resource, rev = event.rev, "node removed")
+                    tracing::info!(node = %node.name, resource = %node.resource, %resources, rev = event.rev, "node removed")
                 }
             }
             for peer in &self.watching {
@@ -661,7 +663,7 @@ impl BeaconCore {
                     continue;
                 };
                 for (watch, resources) in &session.watches {
-                    if matches(resources, &node.resource) {
+                    if let Some(event) = event.for_watch(resources) {
                         out.push(Outbound {
                             peer: peer.clone(),
                             delimited: session.delimited,
@@ -669,7 +671,7 @@ impl BeaconCore {
                             reply: Reply::Event {
                                 watch: watch.clone(),
                                 epoch: self.registry.epoch().to_string(),
-                                event: event.clone(),
+                                event,
                             },
                         });
                     }
@@ -692,11 +694,7 @@ impl BeaconCore {
                 .watches
                 .iter()
                 .filter(|(_, resources)| {
-                    events
-                        .iter()
-                        .filter(|e| matches(resources, &e.node.resource))
-                        .count()
-                        > MAX_BURST_PER_WATCH
+                    events.iter().filter(|e| e.concerns(resources)).count() > MAX_BURST_PER_WATCH
                 })
                 .map(|(watch, _)| watch.clone())
                 .collect();
@@ -799,7 +797,9 @@ fn registry_error(err: RegistryError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{decode_request, encode_request, NodeRef, Position, Register, Status};
+    use crate::protocol::{
+        decode_request, encode_reply, encode_request, NodeRef, Position, Register, Status,
+    };
     use crate::registry::RegistryConfig;
     use rand::SeedableRng;
 
@@ -859,6 +859,7 @@ mod tests {
                     resource: resource.into(),
                     requires: requires.iter().map(|s| s.to_string()).collect(),
                     endpoints: [("main".to_string(), format!("tcp://{node}:1"))].into(),
+                    offers: Default::default(),
                     metadata: Default::default(),
                     heartbeat_ms: 1000,
                 }),
@@ -1052,6 +1053,7 @@ mod tests {
                             resource: "broker".into(),
                             requires: vec![],
                             endpoints: Default::default(),
+                            offers: Default::default(),
                             metadata: Default::default(),
                             heartbeat_ms: 1000,
                         }),
@@ -1112,6 +1114,89 @@ mod tests {
             panic!("{:?}", out[0].reply)
         };
         assert_eq!(events.iter().map(|e| e.rev).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
+    fn a_change_of_resources_is_told_to_each_watch_as_it_concerns_it() {
+        let mut h = harness(None, SessionLimits::default());
+        let watch = |name: &str, resources: &[&str]| {
+            Request::Watch(Watch {
+                watch: name.into(),
+                resources: resources.iter().map(|s| s.to_string()).collect(),
+                since: None,
+            })
+        };
+        let register = |offers: &[&str]| {
+            Request::Register(Register {
+                node: "hub".into(),
+                resource: "ipc".into(),
+                requires: vec![],
+                endpoints: Default::default(),
+                offers: offers
+                    .iter()
+                    .map(|r| {
+                        let endpoints = [("main".to_string(), format!("tcp://{r}:1"))].into();
+                        (r.to_string(), endpoints)
+                    })
+                    .collect(),
+                metadata: Default::default(),
+                heartbeat_ms: 1000,
+            })
+        };
+        assert!(matches!(
+            h.send(1, register(&["broker"]))[0].reply,
+            Reply::Registered { rev: 1, .. }
+        ));
+        for (name, resources) in [
+            ("all", &[][..]),
+            ("brokers", &["broker"][..]),
+            ("dbs", &["db"][..]),
+            ("ipc", &["ipc", "db"][..]),
+            ("caches", &["cache"][..]),
+        ] {
+            let out = h.send(9, watch(name, resources));
+            let Reply::Snapshot { ref nodes, .. } = out[0].reply else {
+                panic!("{:?}", out[0].reply)
+            };
+            if name == "brokers" {
+                assert_eq!(
+                    nodes[0].resource, "broker",
+                    "projected onto the watched resource"
+                );
+                assert_eq!(nodes[0].endpoints["main"], "tcp://broker:1");
+            }
+        }
+        // The hub stops offering `broker` and offers `db`: one revision, told to each watch as
+        // it concerns it, projected onto the watched resource.
+        let out = h.send(1, register(&["db"]));
+        assert!(matches!(out[0].reply, Reply::Registered { rev: 2, .. }));
+        let told: Vec<(&str, EventKind, &str, u64)> = out[1..]
+            .iter()
+            .map(|o| match &o.reply {
+                Reply::Event { watch, event, .. } => (
+                    watch.as_str(),
+                    event.kind,
+                    event.node.resource.as_str(),
+                    event.rev,
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("all", EventKind::Changed, "ipc", 2),
+                ("brokers", EventKind::Removed, "broker", 2),
+                ("dbs", EventKind::Nodeup, "db", 2),
+                ("ipc", EventKind::Changed, "ipc", 2),
+            ]
+        );
+        let frame = String::from_utf8(encode_reply(None, &out[3].reply)).unwrap();
+        assert!(!frame.contains("previous"), "{frame}");
+        assert!(
+            frame.contains(r#""endpoints":{"main":"tcp://db:1"}"#),
+            "{frame}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::protocol::{decode_request, encode_reply, EventKind, Incoming, NodeView, Status};
+use troupe_core::cluster::{ProvidersChanged, WatchId};
 
 const HB: Duration = Duration::from_secs(1);
 
@@ -18,6 +19,7 @@ fn settings(cookie: Option<&str>, requires: &[&str]) -> ClientSettings {
             requires: requires.iter().map(|s| s.to_string()).collect(),
             ..Registration::default()
         }),
+        base_resources: ["gate".to_string()].into(),
         cookie: cookie.and_then(Cookie::new),
         heartbeat: HB,
         liveness: 3,
@@ -76,6 +78,7 @@ fn node(name: &str, resource: &str) -> Node {
         resource: resource.into(),
         requires: vec![],
         endpoints: Default::default(),
+        offers: Default::default(),
         metadata: Default::default(),
         status: Status::Online,
         heartbeat_ms: 1000,
@@ -532,6 +535,7 @@ fn subscriptions_deliver_in_order_and_resume_elsewhere() {
             rev,
             kind,
             node: node("d1", "db"),
+            previous: None,
         },
     };
     assert_eq!(s.push(link, None, event(6, EventKind::Nodedown)).len(), 1);
@@ -571,33 +575,270 @@ fn subscriptions_deliver_in_order_and_resume_elsewhere() {
     );
 }
 
+fn endpoints(entries: &[(&str, &str)]) -> Endpoints {
+    entries
+        .iter()
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .collect()
+}
+
+/// The register request among `actions` sent to `link`.
+fn register_sent(actions: &[Action], link: LinkId) -> Register {
+    match only(actions, link).request {
+        Request::Register(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
-fn endpoints_can_be_added_and_removed_at_run_time() {
+fn resources_are_offered_and_withdrawn_at_run_time() {
     let mut s = script(settings(None, &[]), 2);
     s.connect_all();
-    let add: BTreeMap<String, String> =
-        [("echo.frontend".to_string(), "tcp://h:1".to_string())].into();
-    let actions = s.core.update_endpoints(s.now, add.clone(), &[]).unwrap();
+    let add = endpoints(&[("frontend", "tcp://h:1")]);
+    let actions = s.core.offer(s.now, "broker", add.clone()).unwrap();
     for link in 0..2 {
-        let Request::Register(r) = only(&actions, link).request else {
-            panic!()
-        };
-        assert_eq!(r.endpoints, add);
+        let r = register_sent(&actions, link);
+        assert_eq!((r.resource.as_str(), r.endpoints.len()), ("gate", 0));
+        assert_eq!(r.offers["broker"], add);
+        assert!(r.offers["gate"].is_empty());
     }
     // Unchanged: nothing sent.
-    assert!(s.core.update_endpoints(s.now, add, &[]).unwrap().is_empty());
-    let bad: BTreeMap<String, String> = [("x".to_string(), "has space".to_string())].into();
-    assert!(
-        matches!(s.core.update_endpoints(s.now, bad, &[]), Err(ClientError::Invalid(m)) if m.contains("endpoints.x"))
-    );
+    assert!(s.core.offer(s.now, "broker", add).unwrap().is_empty());
+    // The primary resource's endpoints go in `endpoints` too.
     let actions = s
         .core
-        .update_endpoints(s.now, BTreeMap::new(), &["echo.frontend".into()])
+        .offer(s.now, "gate", endpoints(&[("api", "tcp://g:1")]))
         .unwrap();
-    let Request::Register(r) = only(&actions, 0).request else {
+    let r = register_sent(&actions, 0);
+    assert_eq!(r.endpoints["api"], "tcp://g:1");
+    assert_eq!(r.offers["gate"], r.endpoints);
+    // Bad names and addresses are refused, named.
+    let bad = endpoints(&[("x", "has space")]);
+    assert!(
+        matches!(s.core.offer(s.now, "broker", bad), Err(ClientError::Invalid(m)) if m.contains("offers.broker.x"))
+    );
+    assert!(
+        matches!(s.core.offer(s.now, "bro ker", Endpoints::new()), Err(ClientError::Invalid(m)) if m.contains("\"bro ker\""))
+    );
+    // Withdrawing endpoints by name, then a run-time resource entirely.
+    let actions = s
+        .core
+        .withdraw(s.now, "broker", &["frontend".into()])
+        .unwrap();
+    let r = register_sent(&actions, 1);
+    assert!(r.offers["broker"].is_empty());
+    let actions = s.core.withdraw(s.now, "broker", &[]).unwrap();
+    let r = register_sent(&actions, 0);
+    assert!(!r.offers.contains_key("broker"));
+    // Only the primary resource is left: no `offers` on the wire (an older beacon takes it).
+    assert!(r.offers.is_empty());
+    assert_eq!(r.endpoints["api"], "tcp://g:1");
+    // A base resource stays offered, with no endpoints.
+    let actions = s.core.withdraw(s.now, "gate", &[]).unwrap();
+    let r = register_sent(&actions, 0);
+    assert_eq!(r.resource, "gate");
+    assert!(r.endpoints.is_empty());
+    assert!(s.core.withdraw(s.now, "nothing", &[]).unwrap().is_empty());
+    let status = s.core.status(s.now);
+    assert_eq!(status.offers.keys().collect::<Vec<_>>(), ["gate"]);
+    // An asking-only client has nothing to offer.
+    let mut asking = script(
+        ClientSettings {
+            registration: None,
+            ..settings(None, &[])
+        },
+        1,
+    );
+    assert_eq!(
+        asking.core.offer(asking.now, "x", Endpoints::new()),
+        Err(ClientError::NotRegistering)
+    );
+}
+
+#[test]
+fn a_beacon_that_does_not_know_offers_is_sent_the_primary_resource() {
+    let mut s = script(settings(None, &[]), 1);
+    s.connect_all();
+    let actions = s
+        .core
+        .offer(s.now, "broker", endpoints(&[("frontend", "tcp://h:1")]))
+        .unwrap();
+    let register = only(&actions, 0);
+    let actions = s.reply(
+        0,
+        &register,
+        Reply::error(
+            ErrorCode::BadRequest,
+            "register: unknown field `offers`, expected one of `node`, `resource`",
+        ),
+    );
+    let again = only(&actions, 0);
+    let Request::Register(r) = &again.request else {
+        panic!("{again:?}")
+    };
+    assert!(r.offers.is_empty());
+    assert_eq!(r.resource, "gate");
+    s.reply(0, &again, registered(2));
+    assert!(s.core.is_ready(0));
+}
+
+fn snapshot(watch: &str, rev: u64, nodes: Vec<Node>) -> Reply {
+    Reply::Snapshot {
+        watch: watch.into(),
+        epoch: "e".into(),
+        rev,
+        nodes,
+    }
+}
+
+fn providers(actions: &[Action]) -> Vec<(WatchId, ProvidersChanged)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Providers { watch, changed } => Some((*watch, changed.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn names_of(changed: &ProvidersChanged, resource: &str) -> Vec<String> {
+    changed.providers[resource]
+        .iter()
+        .map(|p| p.node.clone())
+        .collect()
+}
+
+#[test]
+fn provider_watches_share_one_subscription_and_follow_reachability() {
+    let mut s = script(settings(None, &[]), 1);
+    s.connect_all();
+    let actions = s
+        .core
+        .watch_providers(s.now, WatchId(1), vec!["db".into()])
+        .unwrap();
+    assert!(providers(&actions).is_empty(), "nothing known yet");
+    let watch = only(&actions, 0);
+    let Request::Watch(w) = &watch.request else {
+        panic!("{watch:?}")
+    };
+    assert_eq!(w.resources, ["db"]);
+    let actions = s.reply(0, &watch, snapshot(&w.watch, 3, vec![node("d1", "db")]));
+    let told = providers(&actions);
+    assert_eq!(told.len(), 1);
+    assert!(told[0].1.reachable);
+    assert_eq!(names_of(&told[0].1, "db"), ["d1"]);
+
+    // A second watch of other resources changes the subscription's filter (same watch name:
+    // the beacon replaces it); the first watch hears nothing new.
+    let actions = s
+        .core
+        .watch_providers(s.now, WatchId(2), vec!["cache".into(), "gate".into()])
+        .unwrap();
+    let rewatch = only(&actions, 0);
+    let Request::Watch(w2) = &rewatch.request else {
+        panic!("{rewatch:?}")
+    };
+    assert_eq!(
+        (w2.watch.as_str(), w2.since.as_ref()),
+        (w.watch.as_str(), None)
+    );
+    assert_eq!(w2.resources, ["cache", "db", "gate"]);
+    // A late answer to the replaced watch request is ignored.
+    assert!(providers(&s.reply(0, &watch, snapshot(&w.watch, 3, vec![]))).is_empty());
+    let actions = s.reply(0, &rewatch, snapshot(&w.watch, 4, vec![node("d1", "db")]));
+    let told = providers(&actions);
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].0, WatchId(2));
+    // This node offers `gate`: it is its own provider.
+    assert_eq!(names_of(&told[0].1, "gate"), ["n1"]);
+    assert!(told[0].1.providers["cache"].is_empty());
+
+    // Events update the picture.
+    let event = Reply::Event {
+        watch: w.watch.clone(),
+        epoch: "e".into(),
+        event: crate::protocol::Event {
+            rev: 5,
+            kind: EventKind::Nodeup,
+            node: node("c1", "cache"),
+            previous: None,
+        },
+    };
+    let told = providers(&s.push(0, None, event));
+    assert_eq!(told.len(), 1);
+    assert_eq!(names_of(&told[0].1, "cache"), ["c1"]);
+
+    // The beacon goes silent: after liveness intervals, every watch is told it is unreachable.
+    let mut unreachable = Vec::new();
+    for _ in 0..40 {
+        unreachable.extend(providers(&s.tick(HB / 10)));
+        if !unreachable.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(unreachable.len(), 2, "{unreachable:?}");
+    assert!(unreachable.iter().all(|(_, c)| !c.reachable));
+    assert!(unreachable[1].1.providers["gate"].is_empty());
+    // It answers again: the session, the registration, then the watch resumes; the picture
+    // comes back with it.
+    let actions = s.tick(HB / 10);
+    let hello = sent(&actions, 0)
+        .into_iter()
+        .find(|r| r.request.op() == "hello");
+    let hello = match hello {
+        Some(hello) => hello,
+        None => only(&s.tick(HB), 0),
+    };
+    let register = only(&s.reply(0, &hello, welcome(5)), 0);
+    let actions = s.reply(0, &register, registered(6));
+    assert!(providers(&actions).is_empty());
+    let resume = only(&actions, 0);
+    let Request::Watch(w3) = &resume.request else {
+        panic!("{resume:?}")
+    };
+    assert_eq!(w3.since.as_ref().map(|p| p.rev), Some(5));
+    let resumed = Reply::Resumed {
+        watch: w.watch.clone(),
+        epoch: "e".into(),
+        rev: 6,
+        events: vec![],
+    };
+    let told = providers(&s.reply(0, &resume, resumed));
+    assert_eq!(told.len(), 2);
+    assert!(told.iter().all(|(_, c)| c.reachable));
+    assert_eq!(names_of(&told[0].1, "db"), ["d1"]);
+
+    // The last watch gone, the subscription ends.
+    assert!(sent(&s.core.unwatch_providers(s.now, WatchId(1)), 0)
+        .iter()
+        .all(|r| r.request.op() == "watch"));
+    let actions = s.core.unwatch_providers(s.now, WatchId(2));
+    assert_eq!(only(&actions, 0).request.op(), "unwatch");
+    assert_eq!(s.core.status(s.now).provider_watches, 0);
+}
+
+#[test]
+fn an_asking_only_client_follows_providers_too() {
+    let mut s = script(
+        ClientSettings {
+            registration: None,
+            ..settings(None, &[])
+        },
+        1,
+    );
+    let hello = only(&s.core.start(s.now), 0);
+    s.reply(0, &hello, welcome(0));
+    let actions = s
+        .core
+        .watch_providers(s.now, WatchId(1), vec!["gate".into()])
+        .unwrap();
+    let watch = only(&actions, 0);
+    let Request::Watch(w) = &watch.request else {
         panic!()
     };
-    assert!(r.endpoints.is_empty());
+    let told = providers(&s.reply(0, &watch, snapshot(&w.watch, 1, vec![node("n1", "gate")])));
+    assert_eq!(names_of(&told[0].1, "gate"), ["n1"]);
+    assert!(s.core.watch_providers(s.now, WatchId(2), vec![]).is_err());
 }
 
 #[test]
