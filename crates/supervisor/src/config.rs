@@ -15,10 +15,11 @@ use crate::limits::{
     check_identity, parse_rlimits, ByteSize, CpuMax, IdOrName, RlimitSetting, Umask,
 };
 use crate::plan::{Count, Plan, PlanElement};
+use crate::requirements::OnRequirementChange;
 use crate::spec::{
     check_id, ChildSpec, ChildStart, ChildType, DefaultSpec, LogFileSpec, OnExhausted, ProcessSpec,
     ReadyConfig, DEFAULT_COUNT, DEFAULT_MIN_RESTART_INTERVAL, DEFAULT_PERIOD,
-    DEFAULT_START_TIMEOUT,
+    DEFAULT_REQUIREMENTS_TIMEOUT, DEFAULT_START_TIMEOUT,
 };
 
 /// In `command` and `args`, stands for the path of the running troupe executable.
@@ -229,6 +230,22 @@ pub struct ServiceConfig {
     /// File mode creation mask, an octal string (`"0027"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub umask: Option<Umask>,
+    /// Cluster resources that must each have an online provider before the service starts
+    /// (needs `[cluster] beacons`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    /// How long the service may wait for them before it is marked failed (default `"60s"`;
+    /// `"0s"`: for ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements_timeout: Option<ConfigDuration>,
+    /// `"restart"` (default), `"notify"` or `"ignore"`: what a change of the providers of
+    /// `requires` does to the running service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_requirement_change: Option<OnRequirementChange>,
+    /// Endpoints the node offers as resource `<id>` while the service runs (and is ready):
+    /// name → address (needs `[cluster] beacons`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
 }
 
 impl ServiceConfig {
@@ -324,6 +341,12 @@ impl ServiceConfig {
                 .start_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_START_TIMEOUT),
+            requires: self.requires.clone(),
+            requirements_timeout: self
+                .requirements_timeout
+                .map_or(DEFAULT_REQUIREMENTS_TIMEOUT, ConfigDuration::get),
+            on_requirement_change: self.on_requirement_change.unwrap_or_default(),
+            endpoints: self.endpoints.clone(),
         };
         if spec.append {
             // Checked again once merged; here only what does not depend on the default.
@@ -817,6 +840,129 @@ mod tests {
             .unwrap_err();
             assert!(err.starts_with(path), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn cluster_keys_parse_and_bad_ones_name_their_key() {
+        let s = specs(
+            r#"
+            [[services]]
+            id = "worker"
+            command = "x"
+            args = ["--broker", "${cluster.broker.frontend}", "--db=${cluster.db-main.sql}"]
+            requires = ["broker", "db-main"]
+            requirements_timeout = "0s"
+            on_requirement_change = "notify"
+            ready = { broker = "echo" }
+            [[services]]
+            id = "web"
+            command = "x"
+            endpoints = { http = "tcp://0.0.0.0:8080", "admin.api" = "tcp://127.0.0.1:9" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s[0].requires, ["broker", "db-main"]);
+        assert_eq!(s[0].requirements_timeout, Duration::ZERO);
+        assert_eq!(s[0].on_requirement_change, OnRequirementChange::Notify);
+        assert_eq!(
+            s[0].ready,
+            Some(crate::spec::ReadyCheck::Broker("echo".into()))
+        );
+        assert_eq!(s[1].requires, Vec::<String>::new());
+        assert_eq!(s[1].requirements_timeout, Duration::from_secs(60));
+        assert_eq!(s[1].on_requirement_change, OnRequirementChange::Restart);
+        assert_eq!(s[1].endpoints["admin.api"], "tcp://127.0.0.1:9");
+        assert!(s[1].needs_cluster() && s[0].needs_cluster());
+
+        for (text, key, needle) in [
+            (
+                "requires = [\"a b\"]",
+                "services[0].requires[0]",
+                "not a valid name",
+            ),
+            (
+                "requires = [\"db\", \"db\"]",
+                "services[0].requires[1]",
+                "named twice",
+            ),
+            (
+                "args = [\"${cluster.db.sql}\"]",
+                "services[0].args[0]",
+                "not in requires",
+            ),
+            (
+                "requires = [\"db\"]\nargs = [\"${cluster.db}\"]",
+                "services[0].args[0]",
+                "names no endpoint",
+            ),
+            (
+                "endpoints = { http = \"tcp://a b\" }",
+                "services[0].endpoints.http",
+                "spaces",
+            ),
+            (
+                "endpoints = { http = \"${cluster.db.sql}\" }",
+                "services[0].endpoints.http",
+                "not endpoints",
+            ),
+            (
+                "endpoints = { \"a b\" = \"tcp://x:1\" }",
+                "services[0].endpoints",
+                "not a valid name",
+            ),
+            (
+                "ready = { broker = \"\" }",
+                "services[0].ready.broker",
+                "not a broker service name",
+            ),
+            (
+                "requires = [\"db\"]\nrequirements_timeout = \"31d\"",
+                "services[0].requirements_timeout",
+                "at most",
+            ),
+        ] {
+            let err = specs(&format!(
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n{text}"
+            ))
+            .unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
+        for (text, path) in [
+            (
+                "on_requirement_change = \"explode\"",
+                "services[0].on_requirement_change",
+            ),
+            (
+                "requirements_timeout = 5",
+                "services[0].requirements_timeout",
+            ),
+            ("requires = \"db\"", "services[0].requires"),
+            ("endpoints = [\"x\"]", "services[0].endpoints"),
+            ("ready = { broker = 1 }", "services[0].ready"),
+            ("require = [\"db\"]", "services[0]"),
+        ] {
+            let err = parse(&format!(
+                "[[services]]\nid = \"a\"\ncommand = \"x\"\n{text}"
+            ))
+            .unwrap_err();
+            assert!(err.starts_with(path), "{text}: {err}");
+        }
+        // A manifest takes the same keys, as JSON.
+        let entry: ServiceConfig = serde_json::from_value(serde_json::json!({
+            "command": "x",
+            "requires": ["broker"],
+            "requirements_timeout": "5s",
+            "on_requirement_change": "ignore",
+            "endpoints": {"http": "tcp://127.0.0.1:80"},
+            "ready": {"broker": "echo"},
+        }))
+        .unwrap();
+        let spec = entry
+            .to_spec("m", Some(Path::new("/svc/m")), "/svc/m/config.json".into())
+            .unwrap();
+        assert_eq!(spec.requirements_timeout, Duration::from_secs(5));
+        assert_eq!(spec.on_requirement_change, OnRequirementChange::Ignore);
     }
 
     #[test]

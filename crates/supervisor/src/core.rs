@@ -9,19 +9,32 @@
 //! ([`SupervisorCore::with_escalation_to_node`]) marks the child failed (`on_exhausted =
 //! "fail"`) and keeps running; otherwise the supervisor escalates.
 //!
+//! Cluster requirements: a child that `requires` resources starts only once each has an online
+//! provider, as the cluster client last reported ([`SupervisorCore::on_providers`]); until then
+//! it waits (its `requirements_timeout` bounds the wait), and a change of its providers while
+//! it runs restarts it, notifies it or is ignored (`on_requirement_change`). A child with
+//! `endpoints` has them offered while it runs (and is ready) and withdrawn when it stops or
+//! exits ([`Command::Offer`], [`Command::Withdraw`]).
+//!
 //! The actor feeds it events (a child spawned, became ready, exited; a timer fired; an API
-//! call) with the current time, and executes the [`Command`]s it returns. Every event and
+//! call; the providers changed) with the current time, and executes the [`Command`]s it
+//! returns. Every event and
 //! command names the child's *generation*: each start and each armed restart timer gets a new
 //! one, so an event about an earlier incarnation is recognised and ignored.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::plan::{Count, ExitReason, Outcome, Plan, PlanState};
+use troupe_core::cluster::Provider;
+
+use crate::plan::{duration_text, Count, ExitReason, Outcome, Plan, PlanState};
 use crate::reload::{ReloadFailure, ReloadReport};
+use crate::requirements::{self, OnRequirementChange, RequirementsView};
 use crate::spec::OnExhausted;
 use crate::spec::{ChildSpec, ChildStart, ChildType, DefaultSpec};
-use crate::status::{is_signal, spec_json, LastExit, ServiceState, ServiceStatus};
+use crate::status::{
+    is_signal, spec_json, LastExit, RequirementsStatus, ServiceState, ServiceStatus,
+};
 
 /// Deleted children whose last status is kept for operators.
 pub const TOMBSTONES: usize = 64;
@@ -61,6 +74,36 @@ pub enum Command {
     },
     /// Every child has stopped after [`SupervisorCore::shutdown`].
     ShutdownComplete,
+    /// Call [`SupervisorCore::on_requirements_timeout`] after `delay`.
+    ArmRequirementsTimeout {
+        /// The child.
+        id: String,
+        /// The wait's generation.
+        generation: u64,
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Offer `endpoints` as resource `id` to the cluster (the child runs, and is ready).
+    Offer {
+        /// The child, which is the resource.
+        id: String,
+        /// Name → address.
+        endpoints: BTreeMap<String, String>,
+    },
+    /// Withdraw resource `id` (offered by [`Command::Offer`]) from the cluster: the child is
+    /// being stopped or has exited.
+    Withdraw {
+        /// The child, which is the resource.
+        id: String,
+    },
+    /// Send the running child `id` the new picture of its requirements over its service
+    /// channel (`on_requirement_change = "notify"`).
+    NotifyRequirements {
+        /// The child.
+        id: String,
+        /// The JSON document to send (see [`requirements::notify_payload`]).
+        payload: serde_json::Value,
+    },
 }
 
 /// A child's state as the API shows it.
@@ -77,6 +120,8 @@ pub enum ChildStatus {
     Restarting,
     /// Down until `restart_child` (plan `wait`, or `terminate_child`).
     Waiting,
+    /// Down until each of these required resources has an online provider.
+    WaitingForRequirements(Vec<String>),
     /// Being stopped.
     Stopping,
     /// Down until an operator starts it; the reason says why (its restart plan is used up, or
@@ -231,6 +276,15 @@ enum State {
     /// Its plan is used up (the node's supervisor, `on_exhausted = "fail"`): down until an
     /// operator starts it, which resets its plan counters.
     Exhausted(String),
+    /// Waiting for providers of the resources it requires; `generation` is the start the
+    /// wait stands for (and names its timeout).
+    AwaitingRequirements {
+        generation: u64,
+        since: Instant,
+    },
+    /// Its requirements were not met within its `requirements_timeout`: down until an
+    /// operator starts it, which makes it wait again.
+    Unmet(String),
 }
 
 impl State {
@@ -251,12 +305,25 @@ struct Child {
     /// When the current or last run was started.
     last_start: Option<Instant>,
     last_exit: Option<LastExit>,
+    /// The providers of its requirements the current run was started with (or last told
+    /// of, or chose to ignore).
+    seen: Option<RequirementsView>,
+    /// Its endpoints are offered to the cluster.
+    offered: bool,
 }
 
 impl Child {
+    /// The withdrawal of its endpoints, if they are offered.
+    fn withdraw(&mut self) -> Option<Command> {
+        std::mem::take(&mut self.offered).then(|| Command::Withdraw {
+            id: self.spec.id.clone(),
+        })
+    }
+
     /// If the child is starting or running: marks it stopping, to do `then` once it has
-    /// stopped, and returns the stop to carry out. Otherwise changes nothing.
-    fn stop_running(&mut self, then: AfterStop) -> Option<Command> {
+    /// stopped, and returns what to carry out (its endpoints withdrawn, then the stop).
+    /// Otherwise changes nothing.
+    fn stop_running(&mut self, then: AfterStop) -> Vec<Command> {
         let (State::Starting {
             generation,
             pid,
@@ -268,7 +335,7 @@ impl Child {
             since,
         }) = self.state
         else {
-            return None;
+            return Vec::new();
         };
         self.state = State::Stopping {
             generation,
@@ -276,11 +343,13 @@ impl Child {
             since,
             then,
         };
-        Some(Command::Stop {
+        let mut commands: Vec<Command> = self.withdraw().into_iter().collect();
+        commands.push(Command::Stop {
             id: self.spec.id.clone(),
             generation,
             timeout: self.spec.terminate_timeout,
-        })
+        });
+        commands
     }
 }
 
@@ -305,6 +374,8 @@ impl Child {
             run: 0,
             last_start: None,
             last_exit: None,
+            seen: None,
+            offered: false,
         }
     }
 }
@@ -324,6 +395,15 @@ pub struct SupervisorCore {
     escalated: bool,
     /// This is the node's own supervisor: an escalation stops the node.
     escalates_to_node: bool,
+    /// A cluster client is there to follow requirements and take offers.
+    has_cluster: bool,
+    /// The online providers of the watched resources, as last reported; a resource not here
+    /// is not known yet.
+    providers: BTreeMap<String, Vec<Provider>>,
+    /// The resources the current watch follows (sorted, no duplicates).
+    watched: Vec<String>,
+    /// A child with requirements was added or removed since the watch was last settled.
+    watch_dirty: bool,
 }
 
 impl SupervisorCore {
@@ -346,7 +426,19 @@ impl SupervisorCore {
             shutting_down: false,
             escalated: false,
             escalates_to_node: false,
+            has_cluster: false,
+            providers: BTreeMap::new(),
+            watched: Vec::new(),
+            watch_dirty: false,
         }
+    }
+
+    /// Whether a cluster client runs on the node (the default: none). Without one, a child
+    /// that requires resources or offers endpoints cannot start: it is marked failed, and
+    /// `start_child` refuses it.
+    pub fn with_cluster(mut self, has_cluster: bool) -> Self {
+        self.has_cluster = has_cluster;
+        self
     }
 
     /// Whether this supervisor's escalation stops the node (the node's own supervisor) rather
@@ -392,6 +484,7 @@ impl SupervisorCore {
             )));
         }
         self.tombstones.retain(|t| t.id != spec.id);
+        self.watch_dirty |= !spec.requires.is_empty();
         self.children.push(Child::new(spec, State::Pending));
         Ok(())
     }
@@ -568,6 +661,8 @@ impl SupervisorCore {
             } if *g == generation => (*pid, *since, Some(then.clone())),
             _ => return commands,
         };
+        // A dead process is never offered: withdraw before anything else happens.
+        commands.extend(child.withdraw());
         let ran_for = now.saturating_duration_since(since);
         let ran_ms = ran_for.as_millis() as u64;
         let crash = match &requested {
@@ -728,6 +823,9 @@ impl SupervisorCore {
         if self.shutting_down || self.escalated {
             return Err(ChildError::Stopping);
         }
+        if let Some(why) = self.cluster_refusal(&self.default.merge(spec.clone())) {
+            return Err(ChildError::Invalid(why));
+        }
         self.add(spec)?;
         let mut commands = Vec::new();
         self.start_pending(now, &mut commands);
@@ -754,7 +852,11 @@ impl SupervisorCore {
                 self.start_index(index, now, &mut commands);
                 Ok(commands)
             }
-            State::Pending | State::Waiting => {
+            // A child whose requirements were not met in time waits for them again.
+            State::Pending
+            | State::Waiting
+            | State::AwaitingRequirements { .. }
+            | State::Unmet(_) => {
                 let mut commands = Vec::new();
                 self.start_index(index, now, &mut commands);
                 Ok(commands)
@@ -782,8 +884,11 @@ impl SupervisorCore {
                 }
                 Ok(Vec::new())
             }
-            State::Failed(_) | State::Exhausted(_) => Ok(Vec::new()),
-            State::Restarting { .. } | State::Pending | State::Waiting => {
+            State::Failed(_) | State::Exhausted(_) | State::Unmet(_) => Ok(Vec::new()),
+            State::Restarting { .. }
+            | State::Pending
+            | State::Waiting
+            | State::AwaitingRequirements { .. } => {
                 child.state = State::Waiting;
                 Ok(Vec::new())
             }
@@ -866,7 +971,11 @@ impl SupervisorCore {
                 self.start_index_as(index, next, now, &mut commands);
                 Ok((commands, next))
             }
-            State::Pending | State::Waiting | State::Restarting { .. } => {
+            State::Pending
+            | State::Waiting
+            | State::Restarting { .. }
+            | State::AwaitingRequirements { .. }
+            | State::Unmet(_) => {
                 let next = self.next_generation();
                 self.start_index_as(index, next, now, &mut commands);
                 Ok((commands, next))
@@ -928,7 +1037,9 @@ impl SupervisorCore {
             | State::Waiting
             | State::Restarting { .. }
             | State::Failed(_)
-            | State::Exhausted(_) => {
+            | State::Exhausted(_)
+            | State::AwaitingRequirements { .. }
+            | State::Unmet(_) => {
                 self.remove_index(index);
                 Vec::new()
             }
@@ -1041,14 +1152,20 @@ impl SupervisorCore {
     fn status_at(&self, child: &Child, now: Instant) -> ServiceStatus {
         let spec = &child.spec;
         let (state, waiting_for) = match &child.state {
-            State::Pending => (ServiceState::Waiting, Some("after")),
+            State::Pending => (ServiceState::Waiting, Some("after".to_string())),
             State::Starting { .. } => (ServiceState::Starting, None),
             State::Running { .. } if spec.ready.is_some() => (ServiceState::Ready, None),
             State::Running { .. } => (ServiceState::Running, None),
-            State::Restarting { .. } => (ServiceState::Waiting, Some("restart")),
-            State::Waiting => (ServiceState::Waiting, Some("start")),
+            State::Restarting { .. } => (ServiceState::Waiting, Some("restart".to_string())),
+            State::Waiting => (ServiceState::Waiting, Some("start".to_string())),
             State::Stopping { .. } => (ServiceState::Stopping, None),
-            State::Failed(_) | State::Exhausted(_) => (ServiceState::Failed, None),
+            State::Failed(_) | State::Exhausted(_) | State::Unmet(_) => {
+                (ServiceState::Failed, None)
+            }
+            State::AwaitingRequirements { .. } => (
+                ServiceState::WaitingForRequirements,
+                Some(self.unmet_of(spec).join(", ")),
+            ),
         };
         let since = match &child.state {
             State::Starting { since, .. }
@@ -1075,7 +1192,9 @@ impl SupervisorCore {
                 _ => None,
             },
             failure: match &child.state {
-                State::Failed(reason) | State::Exhausted(reason) => Some(reason.clone()),
+                State::Failed(reason) | State::Exhausted(reason) | State::Unmet(reason) => {
+                    Some(reason.clone())
+                }
                 _ => None,
             },
             pid: child_pid(&child.state),
@@ -1095,6 +1214,19 @@ impl SupervisorCore {
             // Filled in by the actor, which knows where its processes live.
             containment: None,
             last_exit: child.last_exit.clone(),
+            requirements: (!spec.requires.is_empty()).then(|| RequirementsStatus {
+                unmet: self.unmet_of(spec),
+                providers: spec
+                    .requires
+                    .iter()
+                    .map(|r| {
+                        let nodes = self.providers.get(r).map(Vec::as_slice).unwrap_or(&[]);
+                        (r.clone(), nodes.iter().map(|p| p.node.clone()).collect())
+                    })
+                    .collect(),
+            }),
+            // Filled in by the actor, which asks the broker.
+            broker: None,
             spec: spec_json(spec),
         }
     }
@@ -1106,7 +1238,12 @@ impl SupervisorCore {
             .map(|c| ChildInfo {
                 id: c.spec.id.clone(),
                 pid: child_pid(&c.state),
-                status: status_of(&c.state),
+                status: match c.state {
+                    State::AwaitingRequirements { .. } => {
+                        ChildStatus::WaitingForRequirements(self.unmet_of(&c.spec))
+                    }
+                    ref state => status_of(state),
+                },
                 child_type: c.spec.child_type,
                 kind: kind_of(&c.spec),
                 restarts: c.counters.restarts,
@@ -1208,7 +1345,10 @@ impl SupervisorCore {
         self.shutting_down = true;
         let mut commands = Vec::new();
         for child in &mut self.children {
-            if matches!(child.state, State::Restarting { .. } | State::Pending) {
+            if matches!(
+                child.state,
+                State::Restarting { .. } | State::Pending | State::AwaitingRequirements { .. }
+            ) {
                 child.state = State::Waiting;
             }
         }
@@ -1245,6 +1385,7 @@ impl SupervisorCore {
         now: Instant,
         commands: &mut Vec<Command>,
     ) {
+        let has_cluster = self.has_cluster;
         let Some(child) = self.get_mut(id) else {
             return;
         };
@@ -1259,6 +1400,13 @@ impl SupervisorCore {
                     pid,
                     since,
                 };
+                if !child.spec.endpoints.is_empty() && has_cluster {
+                    child.offered = true;
+                    commands.push(Command::Offer {
+                        id: id.to_string(),
+                        endpoints: child.spec.endpoints.clone(),
+                    });
+                }
             }
             _ => return,
         }
@@ -1267,7 +1415,10 @@ impl SupervisorCore {
             && self.children.iter().all(|c| {
                 matches!(
                     c.state,
-                    State::Running { .. } | State::Failed(_) | State::Exhausted(_)
+                    State::Running { .. }
+                        | State::Failed(_)
+                        | State::Exhausted(_)
+                        | State::Unmet(_)
                 )
             })
         {
@@ -1301,6 +1452,190 @@ impl SupervisorCore {
         }
     }
 
+    /// The cluster client reports the online providers of watched resources (each resource
+    /// listed replaces what was known of it; `reachable: false` means no provider is known;
+    /// resources not watched, see [`SupervisorCore::take_watch_change`], are ignored).
+    /// Children waiting for requirements now met start; running children whose requirements'
+    /// providers changed are restarted (stopped to wait, when one has none left), notified or
+    /// left alone, as their `on_requirement_change` says.
+    pub fn on_providers(
+        &mut self,
+        providers: BTreeMap<String, Vec<Provider>>,
+        reachable: bool,
+        now: Instant,
+    ) -> Vec<Command> {
+        // A late report from a watch since replaced may name a resource no longer watched.
+        for (resource, list) in providers {
+            if self.watched.binary_search(&resource).is_ok() {
+                let list = if reachable { list } else { Vec::new() };
+                self.providers.insert(resource, list);
+            }
+        }
+        let mut commands = Vec::new();
+        if self.shutting_down || self.escalated {
+            return commands;
+        }
+        for index in 0..self.children.len() {
+            if self.children[index].spec.requires.is_empty() {
+                continue;
+            }
+            match self.children[index].state {
+                State::AwaitingRequirements { generation, .. }
+                    if self.unmet_of(&self.children[index].spec).is_empty() =>
+                {
+                    tracing::info!(id = %self.children[index].spec.id, "requirements met; starting child");
+                    self.launch_index_as(index, generation, now, &mut commands);
+                }
+                State::Starting { .. } | State::Running { .. } => {
+                    let view = self.view_of(&self.children[index].spec);
+                    if self.children[index].seen.as_ref() == Some(&view) {
+                        continue;
+                    }
+                    let unmet = requirements::unmet(&view);
+                    let next = self.next_generation();
+                    let child = &mut self.children[index];
+                    let id = child.spec.id.clone();
+                    let policy = child.spec.on_requirement_change;
+                    tracing::info!(
+                        id,
+                        unmet = ?unmet,
+                        on_requirement_change = %policy,
+                        "the providers of the child's requirements changed"
+                    );
+                    match policy {
+                        OnRequirementChange::Restart => {
+                            // Not a crash: started again at once, or once they are met.
+                            commands.extend(
+                                child.stop_running(AfterStop::Restart { generation: next }),
+                            );
+                        }
+                        OnRequirementChange::Notify => {
+                            commands.push(Command::NotifyRequirements {
+                                id,
+                                payload: requirements::notify_payload(&view),
+                            });
+                            child.seen = Some(view);
+                        }
+                        OnRequirementChange::Ignore => child.seen = Some(view),
+                    }
+                }
+                _ => {}
+            }
+        }
+        commands
+    }
+
+    /// The requirements timeout armed by [`Command::ArmRequirementsTimeout`] has passed: a
+    /// child still waiting in that wait is marked failed, naming what is missing.
+    pub fn on_requirements_timeout(
+        &mut self,
+        id: &str,
+        generation: u64,
+        _now: Instant,
+    ) -> Vec<Command> {
+        let Some(index) = self.index(id) else {
+            return Vec::new();
+        };
+        if !matches!(self.children[index].state, State::AwaitingRequirements { generation: g, .. } if g == generation)
+        {
+            return Vec::new();
+        }
+        let unmet = self.unmet_of(&self.children[index].spec);
+        let child = &mut self.children[index];
+        let failure = format!(
+            "requirements not met within {}: {}",
+            duration_text(child.spec.requirements_timeout),
+            unmet.join(", ")
+        );
+        tracing::error!(id, unmet = ?unmet, failure = %failure, "child failed: requirements not met");
+        child.state = State::Unmet(failure);
+        Vec::new()
+    }
+
+    /// The resources every child requires, sorted, when they changed since the last call (a
+    /// child with requirements was added or removed): the watch to make now (empty: none).
+    /// What is known of resources no longer watched is forgotten.
+    pub fn take_watch_change(&mut self) -> Option<Vec<String>> {
+        if !std::mem::take(&mut self.watch_dirty) {
+            return None;
+        }
+        let mut resources: Vec<String> = self
+            .children
+            .iter()
+            .flat_map(|c| c.spec.requires.iter().cloned())
+            .collect();
+        resources.sort_unstable();
+        resources.dedup();
+        if resources == self.watched {
+            return None;
+        }
+        self.providers
+            .retain(|r, _| resources.binary_search(r).is_ok());
+        self.watched = resources.clone();
+        Some(resources)
+    }
+
+    /// The providers of child `id`'s requirements, as they are known now (what a start of it
+    /// now is given).
+    pub fn requirements_view(&self, id: &str) -> RequirementsView {
+        self.get(id)
+            .map(|c| self.view_of(&c.spec))
+            .unwrap_or_default()
+    }
+
+    /// Why child `id` is failed, if it is.
+    pub fn failure(&self, id: &str) -> Option<String> {
+        match &self.get(id)?.state {
+            State::Failed(reason) | State::Exhausted(reason) | State::Unmet(reason) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether child `id` waits for providers of its requirements.
+    pub fn waits_for_requirements(&self, id: &str) -> bool {
+        self.get(id)
+            .is_some_and(|c| matches!(c.state, State::AwaitingRequirements { .. }))
+    }
+
+    /// Why `spec` cannot start on this node: it needs a cluster client and there is none.
+    fn cluster_refusal(&self, spec: &ChildSpec) -> Option<String> {
+        if self.has_cluster {
+            return None;
+        }
+        let key = if !spec.requires.is_empty() {
+            "requires"
+        } else if !spec.endpoints.is_empty() {
+            "endpoints"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{key}: needs the node's cluster client: set [cluster] beacons in the node's config"
+        ))
+    }
+
+    fn view_of(&self, spec: &ChildSpec) -> RequirementsView {
+        spec.requires
+            .iter()
+            .map(|r| {
+                (
+                    r.clone(),
+                    self.providers.get(r).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn unmet_of(&self, spec: &ChildSpec) -> Vec<String> {
+        spec.requires
+            .iter()
+            .filter(|r| self.providers.get(*r).is_none_or(Vec::is_empty))
+            .cloned()
+            .collect()
+    }
+
     fn next_generation(&mut self) -> u64 {
         self.generation += 1;
         self.generation
@@ -1311,7 +1646,9 @@ impl SupervisorCore {
         self.start_index_as(index, generation, now, commands);
     }
 
-    /// Starts child `index` as `generation` (new, or reserved by an operator's restart).
+    /// Starts child `index` as `generation` (new, or reserved by an operator's restart), once
+    /// its requirements are met: until then it waits for them (or, without a cluster client,
+    /// it fails).
     fn start_index_as(
         &mut self,
         index: usize,
@@ -1319,7 +1656,49 @@ impl SupervisorCore {
         now: Instant,
         commands: &mut Vec<Command>,
     ) {
+        if let Some(why) = self.cluster_refusal(&self.children[index].spec) {
+            let child = &mut self.children[index];
+            tracing::error!(id = %child.spec.id, reason = %why, "child cannot start");
+            child.state = State::Failed(why);
+            return;
+        }
+        let unmet = self.unmet_of(&self.children[index].spec);
+        if !unmet.is_empty() {
+            let child = &mut self.children[index];
+            let timeout = child.spec.requirements_timeout;
+            tracing::info!(
+                id = %child.spec.id,
+                waiting_for = ?unmet,
+                timeout_ms = timeout.as_millis() as u64,
+                "child waits for providers of the resources it requires"
+            );
+            child.state = State::AwaitingRequirements {
+                generation,
+                since: now,
+            };
+            if !timeout.is_zero() {
+                commands.push(Command::ArmRequirementsTimeout {
+                    id: child.spec.id.clone(),
+                    generation,
+                    delay: timeout,
+                });
+            }
+            return;
+        }
+        self.launch_index_as(index, generation, now, commands);
+    }
+
+    /// Starts child `index` as `generation` now.
+    fn launch_index_as(
+        &mut self,
+        index: usize,
+        generation: u64,
+        now: Instant,
+        commands: &mut Vec<Command>,
+    ) {
+        let seen = self.view_of(&self.children[index].spec);
         let child = &mut self.children[index];
+        child.seen = Some(seen);
         child.run = generation;
         child.last_start = Some(now);
         child.state = State::Starting {
@@ -1343,6 +1722,7 @@ impl SupervisorCore {
     /// Forgets child `index`, keeping its last status among the tombstones.
     fn remove_index(&mut self, index: usize) {
         let child = self.children.remove(index);
+        self.watch_dirty |= !child.spec.requires.is_empty();
         let mut status = self.status_at(&child, self.created);
         status.state = ServiceState::Deleted;
         (status.waiting_for, status.restart_in_ms, status.failure) = (None, None, None);
@@ -1437,7 +1817,10 @@ fn status_of(state: &State) -> ChildStatus {
         State::Restarting { .. } => ChildStatus::Restarting,
         State::Waiting => ChildStatus::Waiting,
         State::Stopping { .. } => ChildStatus::Stopping,
-        State::Failed(reason) | State::Exhausted(reason) => ChildStatus::Failed(reason.clone()),
+        State::Failed(reason) | State::Exhausted(reason) | State::Unmet(reason) => {
+            ChildStatus::Failed(reason.clone())
+        }
+        State::AwaitingRequirements { .. } => ChildStatus::WaitingForRequirements(Vec::new()),
     }
 }
 
@@ -1904,7 +2287,10 @@ mod tests {
         assert!(core.terminate_child("a").unwrap().is_empty());
         assert!(started(&core.on_exit("a", g1, ExitReason::Signaled(15), clock.now())).is_empty());
         assert!(!core.awaits_start("a", g2));
-        assert_eq!(service(&core, "a", &clock).waiting_for, Some("start"));
+        assert_eq!(
+            service(&core, "a", &clock).waiting_for.as_deref(),
+            Some("start")
+        );
 
         let (mut core, g1) = one(spec("b", "[]"), &clock);
         let (_, g2) = core.restart_service("b", clock.now()).unwrap();
@@ -1935,7 +2321,7 @@ mod tests {
         let app = service(&core, "app", &clock);
         assert_eq!(
             (app.state, app.waiting_for),
-            (ServiceState::Waiting, Some("after"))
+            (ServiceState::Waiting, Some("after".to_string()))
         );
         assert_eq!((app.generation, app.pid, app.uptime_ms), (0, None, None));
         let db = service(&core, "db", &clock);
@@ -1963,7 +2349,7 @@ mod tests {
         let w = service(&core, "w", &clock);
         assert_eq!(
             (w.state, w.waiting_for),
-            (ServiceState::Waiting, Some("start"))
+            (ServiceState::Waiting, Some("start".to_string()))
         );
         assert_eq!((w.plan_position, w.plan_length, w.cycle), (1, 2, 0));
         assert_eq!(w.plan, "[wait, restart]");
@@ -1981,7 +2367,7 @@ mod tests {
         let r = service(&core, "r", &clock);
         assert_eq!(
             (r.state, r.waiting_for),
-            (ServiceState::Waiting, Some("restart"))
+            (ServiceState::Waiting, Some("restart".to_string()))
         );
         assert_eq!(r.restart_in_ms, Some(300));
         assert_eq!((r.restarts, r.count.as_str()), (1, "2"));
@@ -2574,3 +2960,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "core_requirements_tests.rs"]
+mod requirements_tests;

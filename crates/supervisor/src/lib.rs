@@ -11,11 +11,16 @@
 //! - [`status`]: what operators see of a child ([`ServiceStatus`]); [`logs`]: each service's
 //!   recent output lines ([`LogLine`]); [`reload`]: applying a new `[supervisor]` table
 //!   ([`ReloadReport`]).
+//! - [`requirements`]: services and the cluster: the names and addresses of `requires` and
+//!   `endpoints`, `${cluster.RESOURCE.ENDPOINT}` arguments, the `TROUPE_REQ_…` environment
+//!   and the `notify` payload ([`OnRequirementChange`]).
 //! - [`config`] and [`manifest`]: the `[supervisor]` table and `services_dir` manifests;
 //!   [`limits`]: a service's identity and resource limits (`user`, `group`, `rlimits`,
 //!   `memory_max`, `cpu_max`, `pids_max`, `umask`) and its `env_file`.
 //! - [`Supervisor`]: the actor that owns processes, actor children and timers; its API is in
-//!   [`messages`]. [`SupervisorRole`] is the role.
+//!   [`messages`]. [`SupervisorRole`] is the role; it uses the cluster client's
+//!   `ClusterHandle` and publishes a `SupervisorLink` (see `troupe_core::cluster` and
+//!   `troupe_core::services`).
 //!
 //! Internals: `process` and `exec` (clone + exec on dedicated threads, pidfd exit watch,
 //! process groups), `output` (bounded line capture, rotated log files), `ready` (readiness probes),
@@ -33,6 +38,7 @@ pub mod manifest;
 pub mod messages;
 pub mod plan;
 pub mod reload;
+pub mod requirements;
 pub mod spec;
 pub mod status;
 
@@ -50,8 +56,9 @@ pub use core::{ChildCounts, ChildError, ChildInfo, ChildStatus, SupervisorCore};
 pub use logs::{LogLine, ServiceLogs};
 pub use plan::{Backoff, Count, Exhaustion, ExitReason, Intensity, Plan, PlanElement, PlanFn};
 pub use reload::{ReloadFailure, ReloadReport};
+pub use requirements::{OnRequirementChange, RequirementsView};
 pub use role::SupervisorRole;
 pub use spec::{
     ChildSpec, ChildStart, ChildType, DefaultSpec, OnExhausted, ProcessSpec, ReadyCheck,
 };
-pub use status::{LastExit, ServiceState, ServiceStatus};
+pub use status::{BrokerStatus, LastExit, RequirementsStatus, ServiceState, ServiceStatus};

@@ -1,10 +1,12 @@
-//! Readiness probes that poll: a TCP connect and a command's exit status. (The `log_line`
-//! check is matched by the output reader.) Each probe runs until it passes or is cancelled;
+//! Readiness probes that poll: a TCP connect, a command's exit status and the broker's view of
+//! a service's workers. (The `log_line` check is matched by the output reader.) Each probe runs until it passes or is cancelled;
 //! the supervisor's start timeout bounds how long it is waited for.
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use actix::Recipient;
+use tokio::sync::{oneshot, watch};
+use troupe_core::services::BrokerWorkers;
 
 use crate::plan::ExitReason;
 use crate::process::{self, Launch};
@@ -61,6 +63,35 @@ pub(crate) async fn exec(argv: Vec<String>, mut cancelled: oneshot::Receiver<()>
                 }
             }
             Err(e) => tracing::debug!(error = %e, "readiness command cannot run"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = &mut cancelled => return false,
+        }
+    }
+}
+
+/// Passes (true) once the broker on this node answers `question` with `ready: true`; false
+/// if cancelled. Until a broker is attached (`broker` holds `None`), it keeps polling.
+pub(crate) async fn broker(
+    mut broker: watch::Receiver<Option<Recipient<BrokerWorkers>>>,
+    question: BrokerWorkers,
+    mut cancelled: oneshot::Receiver<()>,
+) -> bool {
+    loop {
+        let attached = broker.borrow_and_update().clone();
+        if let Some(to) = attached {
+            let attempt = tokio::time::timeout(ATTEMPT, to.send(question.clone()));
+            tokio::select! {
+                answer = attempt => {
+                    if let Ok(Ok(answer)) = answer {
+                        if answer.ready {
+                            return true;
+                        }
+                    }
+                }
+                _ = &mut cancelled => return false,
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}

@@ -1,12 +1,15 @@
 //! The `supervisor` role: builds the children from the `[supervisor]` table and the
-//! `services_dir`, starts the [`Supervisor`] actor (publishing its address for other roles),
-//! and stops every child when the node stops.
+//! `services_dir`, starts the [`Supervisor`] actor (publishing its address and a
+//! [`SupervisorLink`] for other roles), and stops every child when the node stops. It uses the
+//! ipc hub's [`ServiceChannels`] and the cluster client's [`ClusterHandle`] when they are
+//! published.
 
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use troupe_core::services::ServiceChannels;
+use troupe_core::cluster::ClusterHandle;
+use troupe_core::services::{ServiceChannels, SupervisorLink};
 use troupe_core::{ConfigError, Role, RoleContext, RoleError, Shutdown};
 
 use crate::actor::{Escalation, Supervisor, SupervisorSetup};
@@ -85,11 +88,13 @@ impl Role for SupervisorRole {
             .await
             .map_err(RoleError::new)?;
         let channels = ctx.published.lookup::<ServiceChannels>();
+        let cluster = ctx.published.lookup::<ClusterHandle>();
         tracing::info!(
             services = children.len(),
             failed = failed.len(),
             state_dir = %state_dir.display(),
             ipc = channels.is_some(),
+            cluster = cluster.is_some(),
             "supervisor starting"
         );
         let setup = SupervisorSetup {
@@ -102,11 +107,16 @@ impl Role for SupervisorRole {
             log_bytes: config.log_bytes,
             state_dir,
             channels,
+            cluster,
             config: Some(config),
         };
         let (stopped_tx, stopped) = oneshot::channel();
         let actor = Supervisor::new(setup, Escalation::Node(ctx.clone()), Some(stopped_tx)).start();
         ctx.published.publish(actor.clone());
+        ctx.published.publish(SupervisorLink {
+            subscribe: actor.clone().recipient(),
+            attach_broker: actor.clone().recipient(),
+        });
         Ok(SupervisorRole { actor, stopped })
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::actor_child::ActorFactory;
 use crate::limits::{CpuMax, IdOrName, Resource, Rlimit, Umask, MIN_MEMORY_MAX};
 use crate::plan::{duration_text, Count, Intensity, Plan, PlanElement};
+use crate::requirements::{self, OnRequirementChange};
 
 /// Whether a child is a worker or a supervisor of its own children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -71,6 +72,12 @@ pub const DEFAULT_MIN_RESTART_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest `min_restart_interval` (1 hour).
 pub const MAX_MIN_RESTART_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default `requirements_timeout`.
+pub const DEFAULT_REQUIREMENTS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `requirements_timeout` (30 days; `"0s"` waits forever).
+pub const MAX_REQUIREMENTS_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest broker service name in `ready = { broker = "..." }`.
+pub const MAX_BROKER_SERVICE_BYTES: usize = 255;
 
 /// A readiness check: a child counts as running only once it passes.
 #[derive(Debug, Clone)]
@@ -81,6 +88,10 @@ pub enum ReadyCheck {
     LogLine(regex::Regex),
     /// This command (program and arguments) exits with status 0.
     Exec(Vec<String>),
+    /// The broker on this node has seen a worker of the child's process say READY for this
+    /// broker service (asked with
+    /// [`BrokerWorkers`](troupe_core::services::BrokerWorkers)).
+    Broker(String),
 }
 
 impl PartialEq for ReadyCheck {
@@ -89,6 +100,7 @@ impl PartialEq for ReadyCheck {
             (ReadyCheck::Tcp(a), ReadyCheck::Tcp(b)) => a == b,
             (ReadyCheck::LogLine(a), ReadyCheck::LogLine(b)) => a.as_str() == b.as_str(),
             (ReadyCheck::Exec(a), ReadyCheck::Exec(b)) => a == b,
+            (ReadyCheck::Broker(a), ReadyCheck::Broker(b)) => a == b,
             _ => false,
         }
     }
@@ -100,12 +112,13 @@ impl fmt::Display for ReadyCheck {
             ReadyCheck::Tcp(addr) => write!(f, "tcp {addr}"),
             ReadyCheck::LogLine(re) => write!(f, "log line /{}/", re.as_str()),
             ReadyCheck::Exec(argv) => write!(f, "exec {}", argv.join(" ")),
+            ReadyCheck::Broker(service) => write!(f, "broker {service}"),
         }
     }
 }
 
-/// The config form of a [`ReadyCheck`]: `{ tcp = "HOST:PORT" }`, `{ log_line = "regex" }` or
-/// `{ exec = ["program", "arg", ...] }`.
+/// The config form of a [`ReadyCheck`]: `{ tcp = "HOST:PORT" }`, `{ log_line = "regex" }`,
+/// `{ exec = ["program", "arg", ...] }` or `{ broker = "SERVICE" }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum ReadyConfig {
@@ -115,6 +128,8 @@ pub enum ReadyConfig {
     LogLine(String),
     /// See [`ReadyCheck::Exec`].
     Exec(Vec<String>),
+    /// See [`ReadyCheck::Broker`].
+    Broker(String),
 }
 
 impl ReadyConfig {
@@ -138,6 +153,17 @@ impl ReadyConfig {
                 Err("exec: needs a program, e.g. [\"pg_isready\", \"-q\"]".into())
             }
             ReadyConfig::Exec(argv) => Ok(ReadyCheck::Exec(argv.clone())),
+            ReadyConfig::Broker(service)
+                if service.is_empty()
+                    || service.len() > MAX_BROKER_SERVICE_BYTES
+                    || service.chars().any(char::is_control) =>
+            {
+                Err(format!(
+                    "broker: \"{}\" is not a broker service name; use 1 to {MAX_BROKER_SERVICE_BYTES} bytes without control characters",
+                    service.escape_debug()
+                ))
+            }
+            ReadyConfig::Broker(service) => Ok(ReadyCheck::Broker(service.clone())),
         }
     }
 }
@@ -328,6 +354,14 @@ pub struct ChildSpec {
     pub ready: Option<ReadyCheck>,
     /// How long the readiness check may take.
     pub start_timeout: Duration,
+    /// Cluster resources that must each have an online provider before the child starts.
+    pub requires: Vec<String>,
+    /// How long the child may wait for them before it is marked failed (zero: for ever).
+    pub requirements_timeout: Duration,
+    /// What a change of the providers of `requires` does to the running child.
+    pub on_requirement_change: OnRequirementChange,
+    /// Endpoints this node offers, as resource `<id>`, while the child runs (and is ready).
+    pub endpoints: BTreeMap<String, String>,
 }
 
 /// Default of `start_timeout` when a readiness check is given.
@@ -368,7 +402,58 @@ impl ChildSpec {
             after: Vec::new(),
             ready: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            requires: Vec::new(),
+            requirements_timeout: DEFAULT_REQUIREMENTS_TIMEOUT,
+            on_requirement_change: OnRequirementChange::Restart,
+            endpoints: BTreeMap::new(),
         }
+    }
+
+    /// Sets the cluster resources the child requires.
+    pub fn with_requires<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        requires: I,
+    ) -> Self {
+        self.requires = requires.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets how long the child may wait for its requirements (zero: for ever).
+    pub fn with_requirements_timeout(mut self, timeout: Duration) -> Self {
+        self.requirements_timeout = timeout;
+        self
+    }
+
+    /// Sets what a change of its requirements' providers does to the running child.
+    pub fn with_on_requirement_change(mut self, on_change: OnRequirementChange) -> Self {
+        self.on_requirement_change = on_change;
+        self
+    }
+
+    /// Sets the endpoints offered while the child runs.
+    pub fn with_endpoints<I, K, V>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.endpoints = endpoints
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Sets the readiness check.
+    pub fn with_ready(mut self, ready: ReadyCheck) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
+    /// Whether the child needs the cluster client (it requires resources or offers
+    /// endpoints).
+    pub fn needs_cluster(&self) -> bool {
+        !self.requires.is_empty() || !self.endpoints.is_empty()
     }
 
     /// Sets the plan.
@@ -449,6 +534,10 @@ impl ChildSpec {
             && self.after == other.after
             && self.ready == other.ready
             && self.start_timeout == other.start_timeout
+            && self.requires == other.requires
+            && self.requirements_timeout == other.requirements_timeout
+            && self.on_requirement_change == other.on_requirement_change
+            && self.endpoints == other.endpoints
     }
 
     /// A warning about a plan that retries a broken command for ever without slowing down:
@@ -510,12 +599,33 @@ impl ChildSpec {
                     return Err(format!("env: \"{key}\" is not a valid variable name"));
                 }
                 p.check_limits()?;
+                requirements::check_args(&p.args, &self.requires)?;
             }
             ChildStart::Actor(_) => {
                 if matches!(self.ready, Some(ReadyCheck::LogLine(_))) {
                     return Err("ready: an actor child has no output for log_line".into());
                 }
+                if matches!(self.ready, Some(ReadyCheck::Broker(_))) {
+                    return Err("ready: an actor child has no process for broker".into());
+                }
             }
+        }
+        for (i, resource) in self.requires.iter().enumerate() {
+            requirements::check_name(resource).map_err(|e| format!("requires[{i}]: {e}"))?;
+            if self.requires[..i].contains(resource) {
+                return Err(format!("requires[{i}]: \"{resource}\" is named twice"));
+            }
+        }
+        if self.requirements_timeout > MAX_REQUIREMENTS_TIMEOUT {
+            return Err(format!(
+                "requirements_timeout: must be at most {} (30 days; \"0s\" waits for ever), got {}",
+                duration_text(MAX_REQUIREMENTS_TIMEOUT),
+                duration_text(self.requirements_timeout)
+            ));
+        }
+        for (name, address) in &self.endpoints {
+            requirements::check_name(name).map_err(|e| format!("endpoints: {e}"))?;
+            requirements::check_address(address).map_err(|e| format!("endpoints.{name}: {e}"))?;
         }
         if self.after.iter().any(|a| a == &self.id) {
             return Err(format!("after: \"{}\" cannot start after itself", self.id));

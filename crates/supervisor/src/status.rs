@@ -23,6 +23,9 @@ pub enum ServiceState {
     Stopping,
     /// Down; `waiting_for` says until what.
     Waiting,
+    /// Down until every resource it `requires` has an online provider; `waiting_for` lists
+    /// the missing ones (`broker, db`).
+    WaitingForRequirements,
     /// Down for good until an operator starts it (`failure` says why): its restart plan is
     /// used up, or it cannot be started at all (a broken manifest).
     Failed,
@@ -80,8 +83,9 @@ pub struct ServiceStatus {
     pub state: ServiceState,
     /// For [`ServiceState::Waiting`]: `restart` (a restart timer is armed), `after` (it waits
     /// for the children named in its `after`), `start` (down until started: plan `wait`, or
-    /// stopped by an operator).
-    pub waiting_for: Option<&'static str>,
+    /// stopped by an operator). For [`ServiceState::WaitingForRequirements`]: the required
+    /// resources without a provider, comma-separated (`broker, db`).
+    pub waiting_for: Option<String>,
     /// Time left before the armed restart timer fires.
     pub restart_in_ms: Option<u64>,
     /// For [`ServiceState::Failed`]: why (`exhausted its restart plan: 5 cycles within 60s;
@@ -121,10 +125,40 @@ pub struct ServiceStatus {
     pub containment: Option<String>,
     /// How its last run ended.
     pub last_exit: Option<LastExit>,
+    /// For a child that `requires` resources: their providers as the supervisor last heard.
+    pub requirements: Option<RequirementsStatus>,
+    /// For a child with `ready = { broker = "..." }` that runs, what the broker on this node
+    /// says of that broker service (only in a single service's status, and only when a broker
+    /// is attached and answers at once).
+    pub broker: Option<BrokerStatus>,
     /// The spec as it runs (merged with the default when it appends), in the keys of a
     /// `[[supervisor.services]]` entry; for an actor `{id, kind, plan, count, period,
     /// min_restart_interval, on_exhausted, terminate_timeout_ms, type}`.
     pub spec: serde_json::Value,
+}
+
+/// What a child that requires cluster resources sees of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequirementsStatus {
+    /// The required resources without an online provider (or not heard of yet).
+    pub unmet: Vec<String>,
+    /// For each required resource, the nodes that provide it, in name order.
+    pub providers: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// What the broker on this node says of a `ready = { broker = "SERVICE" }` child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerStatus {
+    /// The broker service.
+    pub service: String,
+    /// Whether the broker serves it.
+    pub known: bool,
+    /// Whether a worker of the child's current process has said READY and is connected.
+    pub ready: bool,
+    /// Workers connected to the broker service, from every process.
+    pub workers: usize,
+    /// Requests waiting for a worker.
+    pub queue_depth: usize,
 }
 
 /// The name of signal `signal` (`SIGTERM`, `SIGRTMIN+3`), if it is one.
@@ -159,12 +193,17 @@ pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
             "on_exhausted": spec.on_exhausted,
             "terminate_timeout_ms": millis(spec.terminate_timeout),
             "type": spec.child_type,
+            "requires": spec.requires,
+            "requirements_timeout": duration_text(spec.requirements_timeout),
+            "on_requirement_change": spec.on_requirement_change,
+            "endpoints": spec.endpoints,
         }),
         ChildStart::Process(p) => {
             let ready = spec.ready.as_ref().map(|r| match r {
                 ReadyCheck::Tcp(addr) => json!({ "tcp": addr }),
                 ReadyCheck::LogLine(re) => json!({ "log_line": re.as_str() }),
                 ReadyCheck::Exec(argv) => json!({ "exec": argv }),
+                ReadyCheck::Broker(service) => json!({ "broker": service }),
             });
             json!({
                 "id": spec.id,
@@ -199,6 +238,10 @@ pub fn spec_json(spec: &ChildSpec) -> serde_json::Value {
                 "pids_max": p.pids_max,
                 "env_file": p.env_file.as_ref().map(|f| f.to_string_lossy()),
                 "umask": p.umask,
+                "requires": spec.requires,
+                "requirements_timeout": duration_text(spec.requirements_timeout),
+                "on_requirement_change": spec.on_requirement_change,
+                "endpoints": spec.endpoints,
             })
         }
     }
@@ -228,7 +271,7 @@ mod tests {
         let entry: ServiceConfig = serde_json::from_value(serde_json::json!({
             "id": "web",
             "command": "/bin/web",
-            "args": ["-p", "80"],
+            "args": ["-p", "80", "--broker=${cluster.broker.frontend}"],
             "env": {"MODE": "x"},
             "cwd": "/srv",
             "plan": ["restart", {"restart_after_ms": 100}],
@@ -243,7 +286,10 @@ mod tests {
             "cpu_max": "50%",
             "pids_max": 64,
             "env_file": "/etc/web.env",
-            "umask": "0027"
+            "umask": "0027",
+            "requires": ["broker"],
+            "on_requirement_change": "notify",
+            "endpoints": {"http": "tcp://127.0.0.1:8080"}
         }))
         .unwrap();
         let spec = entry
@@ -262,6 +308,10 @@ mod tests {
         assert_eq!(shown["cpu_max"], "50%");
         assert_eq!(shown["umask"], "0027");
         assert_eq!(shown["user"], serde_json::Value::Null);
+        assert_eq!(shown["requires"], serde_json::json!(["broker"]));
+        assert_eq!(shown["requirements_timeout"], "60s");
+        assert_eq!(shown["on_requirement_change"], "notify");
+        assert_eq!(shown["endpoints"]["http"], "tcp://127.0.0.1:8080");
         // Every key of an entry, and it parses back to the same entry.
         let again: ServiceConfig = serde_json::from_value(shown).unwrap();
         assert_eq!(
@@ -270,6 +320,7 @@ mod tests {
                 terminate_timeout_ms: Some(1000),
                 period: Some(troupe_core::settings::Duration::from_secs(60)),
                 on_exhausted: Some(OnExhausted::Fail),
+                requirements_timeout: Some(troupe_core::settings::Duration::from_secs(60)),
                 ..entry
             }
         );

@@ -109,6 +109,38 @@ fn last_exit(service: &Value) -> String {
     shown
 }
 
+/// A service's required resources and their providers: `broker: hub-1, hub-2; db: -`.
+fn requirements(service: &Value) -> String {
+    let Some(providers) = service["requirements"]["providers"].as_object() else {
+        return "-".into();
+    };
+    providers
+        .iter()
+        .map(|(resource, nodes)| format!("{resource}: {}", list(nodes)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the broker says of a `ready = { broker = ... }` service:
+/// `echo: ready, 2 workers, 0 queued`.
+fn broker_view(service: &Value) -> String {
+    let b = &service["broker"];
+    if b.is_null() {
+        return "-".into();
+    }
+    let said = match (b["known"].as_bool(), b["ready"].as_bool()) {
+        (Some(false), _) => "unknown to the broker",
+        (_, Some(true)) => "ready",
+        _ => "not ready",
+    };
+    format!(
+        "{}: {said}, {} workers, {} queued",
+        text(&b["service"]),
+        text(&b["workers"]),
+        text(&b["queue_depth"])
+    )
+}
+
 fn services_table(services: &Value) -> String {
     let rows: Vec<Vec<String>> = services["services"]
         .as_array()
@@ -211,6 +243,8 @@ pub(super) fn service(s: &Value) -> String {
             format!("{} of count {}", text(&s["cycle"]), text(&s["count"])),
         ),
         ("containment", text(&s["containment"])),
+        ("requirements", requirements(s)),
+        ("broker", broker_view(s)),
         ("last exit", last_exit(s)),
         ("last exit at", time(&s["last_exit"]["at_unix_ms"])),
     ];
@@ -572,6 +606,41 @@ mod tests {
             "{shown}"
         );
         assert_eq!(services(&json!({ "services": [] })), "no services\n");
+    }
+
+    #[test]
+    fn waiting_for_requirements_shows_what_is_missing_and_who_provides() {
+        let waiting = json!({
+            "id": "app", "state": "waiting_for_requirements", "waiting_for": "broker, db",
+            "requirements": { "unmet": ["broker", "db"], "providers": { "broker": [], "db": [] } }
+        });
+        let shown = services(&json!({ "services": [waiting] }));
+        assert!(
+            shown.contains("waiting_for_requirements (broker, db)"),
+            "{shown}"
+        );
+        let detail = service(&waiting);
+        assert!(
+            detail.contains("requirements  broker: -; db: -"),
+            "{detail}"
+        );
+        let running = json!({
+            "id": "app", "state": "ready",
+            "requirements": { "unmet": [], "providers": { "broker": ["hub-1", "hub-2"] } },
+            "broker": { "service": "echo", "known": true, "ready": true, "workers": 2, "queue_depth": 0 }
+        });
+        let detail = service(&running);
+        assert!(
+            detail.contains("requirements  broker: hub-1, hub-2"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("broker        echo: ready, 2 workers, 0 queued"),
+            "{detail}"
+        );
+        // An older node sends neither: dashes.
+        let detail = service(&json!({ "id": "old", "state": "running" }));
+        assert!(detail.contains("requirements  -"), "{detail}");
     }
 
     #[test]

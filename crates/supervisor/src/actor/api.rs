@@ -17,8 +17,11 @@ use crate::logs::ServiceLogs;
 use crate::messages::*;
 use crate::reload::{ReloadFailure, ReloadReport};
 use crate::role::{configured_children, SupervisorRole};
-use crate::spec::ChildSpec;
-use crate::status::ServiceStatus;
+use crate::spec::{ChildSpec, ReadyCheck};
+use crate::status::{BrokerStatus, ServiceStatus};
+
+/// Longest wait for the broker's answer to a `ready = { broker = ... }` child's status.
+const BROKER_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Supervisor {
     /// Says how a process child's processes are contained (see `contain.rs`).
@@ -110,9 +113,10 @@ impl Handler<TerminateChild> for Supervisor {
 impl Handler<DeleteChild> for Supervisor {
     type Result = Result<(), ChildError>;
 
-    fn handle(&mut self, msg: DeleteChild, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DeleteChild, ctx: &mut Self::Context) -> Self::Result {
         self.core.delete_child(&msg.0)?;
         self.forget_if_deleted(&msg.0);
+        self.sync_watch(ctx);
         Ok(())
     }
 }
@@ -241,12 +245,39 @@ impl Handler<ServiceStatuses> for Supervisor {
 }
 
 impl Handler<GetServiceStatus> for Supervisor {
-    type Result = Result<ServiceStatus, ChildError>;
+    type Result = ResponseFuture<Result<ServiceStatus, ChildError>>;
 
     fn handle(&mut self, msg: GetServiceStatus, _: &mut Self::Context) -> Self::Result {
-        let mut status = self.core.service_status(&msg.0, Instant::now())?;
+        let mut status = match self.core.service_status(&msg.0, Instant::now()) {
+            Ok(status) => status,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         self.show_containment(&mut status);
-        Ok(status)
+        // A `ready = { broker = ... }` child that runs: what the broker sees of it, if a
+        // broker is attached and answers at once.
+        let service = match self.core.spec(&msg.0).and_then(|s| s.ready.as_ref()) {
+            Some(ReadyCheck::Broker(service)) => Some(service.clone()),
+            _ => None,
+        };
+        let broker = self.broker.borrow().clone();
+        let (Some(service), Some(pid), Some(broker)) = (service, status.pid, broker) else {
+            return Box::pin(std::future::ready(Ok(status)));
+        };
+        let question = super::cluster::broker_question(&service, &msg.0, pid);
+        Box::pin(async move {
+            if let Ok(Ok(answer)) =
+                tokio::time::timeout(BROKER_STATUS_WAIT, broker.send(question)).await
+            {
+                status.broker = Some(BrokerStatus {
+                    service,
+                    known: answer.known,
+                    ready: answer.ready,
+                    workers: answer.workers,
+                    queue_depth: answer.queue_depth,
+                });
+            }
+            Ok(status)
+        })
     }
 }
 
@@ -258,12 +289,17 @@ impl Handler<RestartService> for Supervisor {
             Ok(planned) => planned,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        self.execute(commands, ctx);
+        // It may wait for its requirements instead (or cannot start at all): answer now.
+        if !self.core.awaits_start(&msg.0, generation) {
+            return Box::pin(std::future::ready(self.not_started(&msg.0)));
+        }
+        // The start's outcome comes back in a later turn of the actor, after this.
         let (tx, rx) = oneshot::channel();
         self.start_waiters
             .entry((msg.0, generation))
             .or_default()
             .push(tx);
-        self.execute(commands, ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(ChildError::Stopping)) })
     }
 }

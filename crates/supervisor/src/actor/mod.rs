@@ -3,6 +3,7 @@
 //! API handlers are in [`api`].
 
 mod api;
+mod cluster;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,7 +15,10 @@ use actix::prelude::*;
 use futures::FutureExt;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
-use troupe_core::services::{ServiceChannels, ServiceLifecycle, ENV_IPC_SOCKET, ENV_SERVICE_ID};
+use troupe_core::cluster::ClusterHandle;
+use troupe_core::services::{
+    BrokerWorkers, ServiceChannels, ServiceLifecycle, ENV_IPC_SOCKET, ENV_SERVICE_ID,
+};
 use troupe_core::{RoleContext, Shutdown};
 
 use crate::actor_child::{ActorExited, ActorStarted, ExitNotice};
@@ -58,6 +62,9 @@ pub struct SupervisorSetup {
     pub state_dir: PathBuf,
     /// The ipc hub's service channels, when the ipc role runs on the node.
     pub channels: Option<ServiceChannels>,
+    /// The cluster client, when the node has `[cluster] beacons`: children's requirements
+    /// are followed and their endpoints offered through it.
+    pub cluster: Option<ClusterHandle>,
     /// The `[supervisor]` table `children` and `failed` were built from, if they come from
     /// configuration: they are then the services that
     /// [`ApplyConfig`](crate::messages::ApplyConfig) replaces, and the keys that need a node
@@ -125,6 +132,16 @@ pub struct Supervisor {
     start_waiters: HashMap<(String, u64), Vec<StartReply>>,
     stop_waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
     channels: Option<ServiceChannels>,
+    /// The cluster client, if any.
+    cluster: Option<ClusterHandle>,
+    /// The current watch of the children's requirements.
+    watch: cluster::Watch,
+    /// Who else hears of service starts and exits (the broker).
+    lifecycle_subscribers: Vec<Recipient<ServiceLifecycle>>,
+    /// The broker on this node, once attached (for `ready = { broker = ... }`).
+    broker: tokio::sync::watch::Sender<Option<Recipient<BrokerWorkers>>>,
+    /// When each service was last warned about a notification that did not reach it.
+    notify_warned: HashMap<String, Instant>,
     escalation: Option<Escalation>,
     log_files: Option<LogFiles>,
     max_line_bytes: usize,
@@ -173,7 +190,8 @@ impl Supervisor {
             }));
         Supervisor {
             core: SupervisorCore::new(setup.default, setup.max_children, Instant::now())
-                .with_escalation_to_node(matches!(escalation, Escalation::Node(_))),
+                .with_escalation_to_node(matches!(escalation, Escalation::Node(_)))
+                .with_cluster(setup.cluster.is_some()),
             setup_children: setup.children,
             setup_failed: setup.failed,
             instances: HashMap::new(),
@@ -181,6 +199,11 @@ impl Supervisor {
             start_waiters: HashMap::new(),
             stop_waiters: HashMap::new(),
             channels: setup.channels,
+            cluster: setup.cluster,
+            watch: cluster::Watch::default(),
+            lifecycle_subscribers: Vec::new(),
+            broker: tokio::sync::watch::Sender::new(None),
+            notify_warned: HashMap::new(),
             escalation: Some(escalation),
             log_files: None,
             max_line_bytes: setup.max_line_bytes,
@@ -215,8 +238,21 @@ impl Supervisor {
                 }
                 Command::Escalate { reason } => self.escalate(reason, ctx),
                 Command::ShutdownComplete => ctx.stop(),
+                Command::ArmRequirementsTimeout {
+                    id,
+                    generation,
+                    delay,
+                } => {
+                    self.after(delay, Timer::Requirements { id, generation }, ctx);
+                }
+                Command::Offer { id, endpoints } => self.offer(id, endpoints),
+                Command::Withdraw { id } => self.withdraw(id),
+                Command::NotifyRequirements { id, payload } => {
+                    self.notify_requirements(id, payload, ctx)
+                }
             }
         }
+        self.sync_watch(ctx);
     }
 
     fn escalate(&mut self, reason: String, ctx: &mut Context<Self>) {
@@ -274,8 +310,22 @@ impl Supervisor {
         let Some(p) = spec.process_spec() else {
             return;
         };
-        let mut env: Vec<(String, String)> =
-            p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.instances
+            .insert(id.clone(), Instance::Spawning { generation });
+        // Lowest first (over the env_file): the cluster's, the service's own `env`, then the
+        // supervisor's own variables.
+        let (mut env, args) = match self.cluster_launch(&id, p) {
+            Ok(launch) => launch,
+            Err(error) => {
+                ctx.notify(SpawnDone {
+                    id,
+                    generation,
+                    result: Err(error),
+                });
+                return;
+            }
+        };
+        env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push((ENV_SERVICE_ID.to_string(), id.clone()));
         if let Some(channels) = &self.channels {
             env.push((
@@ -289,7 +339,7 @@ impl Supervisor {
             .and_then(|_| self.config_path(&id, &spec).parent().map(PathBuf::from));
         let launch = Launch {
             program: expand_exe(p.command.as_deref().unwrap_or_default()),
-            args: p.args.iter().map(|a| expand_exe(a)).collect(),
+            args: args.iter().map(|a| expand_exe(a)).collect(),
             env,
             inherit_env: p.inherit_env,
             cwd: p.cwd.clone(),
@@ -309,8 +359,6 @@ impl Supervisor {
                 umask: p.umask,
             },
         };
-        self.instances
-            .insert(id.clone(), Instance::Spawning { generation });
         let me = ctx.address().downgrade();
         actix_rt::spawn(async move {
             let result = process::spawn(launch).await;
@@ -422,13 +470,12 @@ impl Supervisor {
                 });
             }
         });
-        if let Some(channels) = &self.channels {
-            channels.lifecycle.do_send(ServiceLifecycle::Started {
-                id: id.clone(),
-                pid,
-                config_path: self.config_path(&id, &spec),
-            });
-        }
+        let config_path = self.config_path(&id, &spec);
+        self.lifecycle(ServiceLifecycle::Started {
+            id: id.clone(),
+            pid,
+            config_path,
+        });
         let commands = self.core.on_spawned(&id, generation, Some(pid), now);
         self.reply_start(&id, generation, Ok(Some(pid)));
         if let Some(timeout) = self.pending_stops.remove(&(id.clone(), generation)) {
@@ -439,6 +486,7 @@ impl Supervisor {
                 generation,
                 check.clone(),
                 spec.start_timeout,
+                Some(pid),
                 ctx,
             );
         }
@@ -528,6 +576,7 @@ impl Supervisor {
         generation: u64,
         check: ReadyCheck,
         timeout: Duration,
+        pid: Option<u32>,
         ctx: &mut Context<Self>,
     ) {
         self.after(
@@ -543,6 +592,12 @@ impl Supervisor {
             ReadyCheck::LogLine(_) => return,
             ReadyCheck::Tcp(addr) => crate::ready::tcp(addr, cancelled).boxed_local(),
             ReadyCheck::Exec(argv) => crate::ready::exec(argv, cancelled).boxed_local(),
+            // Refused for actors by the spec check: they have no process.
+            ReadyCheck::Broker(service) => {
+                let Some(pid) = pid else { return };
+                let question = cluster::broker_question(&service, &id, pid);
+                crate::ready::broker(self.broker.subscribe(), question, cancelled).boxed_local()
+            }
         };
         if let Some(Instance::Process { probe_cancel, .. }) = self.instances.get_mut(&id) {
             *probe_cancel = Some(cancel);
@@ -682,12 +737,10 @@ impl Supervisor {
                 let _ = cancel.send(());
             }
         }
-        if let Some(channels) = &self.channels {
-            channels.lifecycle.do_send(ServiceLifecycle::Exited {
-                id: id.clone(),
-                pid,
-            });
-        }
+        self.lifecycle(ServiceLifecycle::Exited {
+            id: id.clone(),
+            pid,
+        });
         let commands = self.core.on_exit(&id, generation, reason, Instant::now());
         self.after_child_event(&id);
         self.execute(commands, ctx);
@@ -716,18 +769,28 @@ impl Supervisor {
             .cloned()
             .collect();
         for key in stale {
-            let error = if self.core.is_stopping() {
-                ChildError::Stopping
-            } else if self.core.spec(id).is_some() {
-                ChildError::NotRunning(id.to_string())
-            } else {
-                ChildError::NotFound(id.to_string())
-            };
+            let answer = self.not_started(id);
             for waiter in self.start_waiters.remove(&key).unwrap_or_default() {
-                let _ = waiter.send(Err(error.clone()));
+                let _ = waiter.send(answer.clone());
             }
         }
         self.forget_if_deleted(id);
+    }
+
+    /// The answer to a call waiting for a start of child `id` that is not coming: none yet
+    /// (it waits for its requirements), or why not.
+    fn not_started(&self, id: &str) -> Result<Option<u32>, ChildError> {
+        if self.core.is_stopping() {
+            Err(ChildError::Stopping)
+        } else if self.core.waits_for_requirements(id) {
+            Ok(None)
+        } else if let Some(reason) = self.core.failure(id) {
+            Err(ChildError::Failed(id.to_string(), reason))
+        } else if self.core.spec(id).is_some() {
+            Err(ChildError::NotRunning(id.to_string()))
+        } else {
+            Err(ChildError::NotFound(id.to_string()))
+        }
     }
 
     /// Drops what is kept about child `id` if it is no longer known: its ring, and its place
@@ -736,6 +799,7 @@ impl Supervisor {
         if self.core.spec(id).is_none() && !self.replacing.contains(id) {
             self.rings.remove(id);
             self.configured.retain(|c| c != id);
+            self.notify_warned.remove(id);
         }
     }
 
@@ -785,6 +849,13 @@ enum Timer {
         generation: u64,
         timeout: Duration,
     },
+    Requirements {
+        id: String,
+        generation: u64,
+    },
+    Watch {
+        seq: u64,
+    },
 }
 
 /// A child passed its readiness check (`log_line` match or probe).
@@ -817,6 +888,7 @@ impl Actor for Supervisor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.unwatch();
         if let Some(stopped) = self.stopped.take() {
             let _ = stopped.send(());
         }
@@ -905,6 +977,13 @@ impl Handler<Timer> for Supervisor {
                 self.kill_overdue(id, generation, timeout);
                 Vec::new()
             }
+            Timer::Requirements { id, generation } => {
+                self.core.on_requirements_timeout(&id, generation, now)
+            }
+            Timer::Watch { seq } => {
+                self.retry_watch(seq, ctx);
+                Vec::new()
+            }
         };
         self.execute(commands, ctx);
     }
@@ -943,7 +1022,7 @@ impl Handler<ActorStarted> for Supervisor {
         } else if let Some(spec) = self.core.spec(&id) {
             if let Some(check) = spec.ready.clone() {
                 let timeout = spec.start_timeout;
-                self.watch_readiness(id, generation, check, timeout, ctx);
+                self.watch_readiness(id, generation, check, timeout, None, ctx);
             }
         }
         self.execute(commands, ctx);

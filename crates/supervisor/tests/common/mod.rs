@@ -28,6 +28,7 @@ pub fn setup(children: Vec<ChildSpec>, channels: Option<ServiceChannels>) -> Sup
         log_bytes: 1 << 20,
         state_dir: std::env::temp_dir().join(format!("troupe-sv-test-{}", std::process::id())),
         channels,
+        cluster: None,
         config: None,
     }
 }
