@@ -15,14 +15,13 @@
 //! Environment: `TROUPE_BENCH_QUICK=1` (1 s windows, 2 runs), `TROUPE_BENCH_SECONDS`,
 //! `TROUPE_BENCH_RUNS`, `TROUPE_BENCH_SERVICES`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use troupe_tests::bench::{median, Api};
 use troupe_tests::{free_port, troupe, Proc};
 
 struct Params {
@@ -45,70 +44,6 @@ impl Params {
             runs: get("TROUPE_BENCH_RUNS", if quick { 2.0 } else { 5.0 }) as usize,
             services: get("TROUPE_BENCH_SERVICES", 1000.0) as usize,
         }
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection to a node's control socket.
-struct Api {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Api {
-    fn connect(socket: &Path) -> Api {
-        let stream = UnixStream::connect(socket).expect("connect to the control socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Api {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    /// GET `path`; returns the status and the body.
-    fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
-        write!(
-            self.writer,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
-        )
-        .unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).unwrap();
-        (status, body)
     }
 }
 

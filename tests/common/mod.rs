@@ -63,6 +63,8 @@ pub fn runtime_dir() -> PathBuf {
     dir
 }
 
+pub mod bench;
+pub mod netns;
 mod ports;
 pub use ports::free_port;
 

@@ -41,12 +41,38 @@ pub enum Command {
     },
 }
 
+/// Where `troupe echo-worker` and `troupe call` find brokers through the beacons, instead of
+/// one given address. Without any of these (and without `--connect`/`--endpoint`), the
+/// environment's `TROUPE_BEACONS` (space-separated) and `TROUPE_COOKIE_FILE` are used when
+/// set (a supervisor gives them to its services); otherwise the default address.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BrokerDiscoveryArgs {
+    /// Find the brokers through this beacon (repeat for several).
+    #[arg(long = "beacon", value_name = "ENDPOINT")]
+    pub beacons: Vec<String>,
+    /// The cluster's cookie file (mode 0600), when the beacons require one.
+    #[arg(long, value_name = "FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Take the beacons and the cookie file from this node config's `[cluster]` table
+    /// (`--beacon` and `--cookie-file` win over it).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// Flags of `troupe echo-worker`.
 #[derive(Debug, Clone, Args)]
 pub struct EchoWorkerArgs {
-    /// The broker backend to connect to.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7502")]
-    pub connect: String,
+    /// The broker backend to connect to [default: tcp://127.0.0.1:7502, when no beacon is
+    /// given or in TROUPE_BEACONS].
+    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["beacons", "cookie_file", "config"])]
+    pub connect: Option<String>,
+    /// With beacons: the broker service to serve; the worker joins the `<service>.backend` of
+    /// every online broker that has one, and follows them as they come and go.
+    #[arg(long, value_name = "NAME", default_value = "echo")]
+    pub service: String,
+    /// Finding the brokers through the beacons.
+    #[command(flatten)]
+    pub discovery: BrokerDiscoveryArgs,
     /// Requests handled at once (1 to 255), announced to the broker as free concurrency.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     pub concurrency: u8,
@@ -87,13 +113,20 @@ pub struct CallArgs {
     pub service: String,
     /// The request body (one frame).
     pub payload: String,
-    /// The broker's Majordomo socket.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7500")]
-    pub endpoint: String,
-    /// How long to wait for the reply (per attempt).
+    /// The broker's Majordomo socket [default: tcp://127.0.0.1:7500, when no beacon is given
+    /// or in TROUPE_BEACONS].
+    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["beacons", "cookie_file", "config"])]
+    pub endpoint: Option<String>,
+    /// Finding the brokers through the beacons: the request goes to one online broker with a
+    /// Majordomo socket (one serving SERVICE on its own sockets, if any does).
+    #[command(flatten)]
+    pub discovery: BrokerDiscoveryArgs,
+    /// How long to wait for the reply (per attempt); with beacons, also how long to wait for
+    /// a first broker.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Attempts after the first when no reply comes (only for requests safe to repeat).
+    /// Attempts after the first when no reply comes, or when the broker goes away (with
+    /// beacons: on the next broker). Only for requests safe to repeat.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
 }

@@ -29,7 +29,13 @@ const ENV_PREFIX: &str = "TROUPE_";
 pub const RESERVED_ENV: &[&str] = &[
     troupe_core::services::ENV_SERVICE_ID,
     troupe_core::services::ENV_IPC_SOCKET,
+    troupe_core::cluster::ENV_BEACONS,
+    troupe_core::cluster::ENV_COOKIE_FILE,
 ];
+
+/// Prefix of the variables that carry a supervised service's requirements
+/// (`TROUPE_REQ_BROKER_MAJORDOMO`); never config keys either.
+const RESERVED_ENV_PREFIX: &str = "TROUPE_REQ_";
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "name",
@@ -41,19 +47,36 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// What the configuration allows but probably should not (`check-config` prints these, `run`
-/// logs them): the supervisor's, when the node runs it. Each is a key and a sentence.
+/// logs them): the deprecated `[cluster] resource`, and the supervisor's, when the node runs
+/// it. Each is a key and a sentence.
 pub fn warnings(effective: &Value) -> Vec<(String, String)> {
+    let mut warnings = Vec::new();
+    if let Some(resource) = effective["cluster"]["resource"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        warnings.push((
+            "cluster.resource".to_string(),
+            format!(
+                "`resource` is deprecated: a node offers one resource per role it runs; write `resources = [\"{resource}\"]` only for a resource beyond its roles (it is read as that now)"
+            ),
+        ));
+    }
     let runs = |role: &str| {
         effective["roles"]
             .as_array()
             .is_some_and(|roles| roles.iter().any(|r| r == role))
     };
-    if !runs("supervisor") {
-        return Vec::new();
+    if runs("supervisor") {
+        warnings.extend(
+            serde_json::from_value::<troupe_supervisor::SupervisorConfig>(
+                effective["supervisor"].clone(),
+            )
+            .map(|config| config.warnings())
+            .unwrap_or_default(),
+        );
     }
-    serde_json::from_value::<troupe_supervisor::SupervisorConfig>(effective["supervisor"].clone())
-        .map(|config| config.warnings())
-        .unwrap_or_default()
+    warnings
 }
 
 /// Whether top-level `key` is a role's table (not one of the node's own keys).
@@ -193,7 +216,7 @@ fn config_env(
         let Some(key) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if RESERVED_ENV.contains(&var.as_str()) {
+        if RESERVED_ENV.contains(&var.as_str()) || var.starts_with(RESERVED_ENV_PREFIX) {
             continue;
         }
         let top = key.split("__").next().unwrap_or_default().to_lowercase();
@@ -242,7 +265,7 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
             .map_err(|err| ConfigError::new("shutdown_timeout", err.to_string()))?;
     let log_level = parse_log_level(doc.remove("log_level"))?;
     let selected = parse_roles(known, doc.remove("roles"))?;
-    let (cluster_effective, cluster) = parse_cluster(doc.remove(ClusterConfig::TABLE), &selected)?;
+    let (cluster_effective, cluster) = parse_cluster(doc.remove(ClusterConfig::TABLE))?;
     let control = parse_control(doc.remove(ControlConfig::TABLE))?;
 
     let mut effective = Map::new();
@@ -273,7 +296,8 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
         "roles".into(),
         json!(roles.iter().map(|r| r.name).collect::<Vec<_>>()),
     );
-    check_cluster_resource(&cluster_effective, known, &selected)?;
+    check_cluster_resources(&cluster_effective, known, &selected)?;
+    check_cluster_users(&effective, &selected, cluster.is_some())?;
     check_terminate_timeouts(&effective, &selected, shutdown_timeout)?;
     effective.insert(ClusterConfig::TABLE.into(), cluster_effective);
     effective.insert(
@@ -292,25 +316,73 @@ fn validate(known: &RoleSet, merged: Value) -> Result<NodeSettings, ConfigError>
     })
 }
 
-/// A `[cluster] resource` naming a Troupe role must name one this node runs: other nodes
-/// would find it there.
-fn check_cluster_resource(
+/// A resource declared in `[cluster] resources` (or the deprecated `resource`) that names a
+/// Troupe role must name one this node runs: other nodes would look for that role here.
+fn check_cluster_resources(
     cluster: &Value,
     known: &RoleSet,
     selected: &[String],
 ) -> Result<(), ConfigError> {
-    match cluster["resource"].as_str() {
-        Some(resource) if known.contains(resource) && !selected.iter().any(|r| r == resource) => {
-            Err(ConfigError::new(
-                "cluster.resource",
+    let declared = cluster["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, r)| Some((format!("cluster.resources[{i}]"), r.as_str()?)))
+        .chain(
+            cluster["resource"]
+                .as_str()
+                .map(|r| ("cluster.resource".to_string(), r)),
+        );
+    for (key, resource) in declared {
+        if known.contains(resource) && !selected.iter().any(|r| r == resource) {
+            return Err(ConfigError::new(
+                key,
                 format!(
                     "`{resource}` is a Troupe role this node does not run (it runs {}); other nodes would look for it here",
                     selected.join(", ")
                 ),
-            ))
+            ));
         }
-        _ => Ok(()),
     }
+    Ok(())
+}
+
+/// Services that use the registry (`requires`, `endpoints`) need the node to have a cluster
+/// client: `run` would refuse to start them.
+fn check_cluster_users(
+    effective: &Map<String, Value>,
+    selected: &[String],
+    has_cluster: bool,
+) -> Result<(), ConfigError> {
+    if has_cluster || !selected.iter().any(|r| r == "supervisor") {
+        return Ok(());
+    }
+    let services = effective
+        .get("supervisor")
+        .and_then(|s| s["services"].as_array())
+        .into_iter()
+        .flatten()
+        .enumerate();
+    for (i, service) in services {
+        for key in ["requires", "endpoints"] {
+            let used = match &service[key] {
+                Value::Array(list) => !list.is_empty(),
+                Value::Object(map) => !map.is_empty(),
+                _ => false,
+            };
+            if used {
+                return Err(ConfigError::new(
+                    format!("supervisor.services[{i}].{key}"),
+                    format!(
+                        "service `{}` uses the cluster registry, but `[cluster] beacons` is empty: name the beacons this node registers with",
+                        service["id"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// No service may take longer to stop than the node gives its supervisor: the node would
@@ -381,18 +453,10 @@ fn parse_control(section: Option<Value>) -> Result<ControlConfig, ConfigError> {
     Ok(control)
 }
 
-/// Parses the `[cluster]` table; its `resource` defaults to the first role the user listed.
-/// Returns its effective value and, when it names beacons, the client ready to start.
-fn parse_cluster(
-    section: Option<Value>,
-    selected: &[String],
-) -> Result<(Value, Option<PreparedRole>), ConfigError> {
-    let mut section = section.unwrap_or_else(|| json!({}));
-    if let (Value::Object(table), Some(first)) = (&mut section, selected.first()) {
-        if table.get("resource").is_none_or(|r| r.as_str() == Some("")) {
-            table.insert("resource".into(), Value::String(first.clone()));
-        }
-    }
+/// Parses the `[cluster]` table. Returns its effective value and, when it names beacons, the
+/// client ready to start (it offers one resource per role, see `troupe_beacon::client`).
+fn parse_cluster(section: Option<Value>) -> Result<(Value, Option<PreparedRole>), ConfigError> {
+    let section = section.unwrap_or_else(|| json!({}));
     let client = RoleSet::new().with::<ClusterClient>();
     let effective = client.parse(ClusterClient::NAME, section.clone())?;
     let has_beacons = effective["beacons"]
@@ -721,10 +785,10 @@ mod tests {
     }
 
     #[test]
-    fn cluster_table_is_checked_and_defaults_its_resource() {
+    fn cluster_table_is_checked() {
         let f = file("roles = [\"supervisor\", \"ipc\"]\n[cluster]\nrequires = [\"broker\"]");
         let s = load(&known(), Some(f.path()), vec![], &Overrides::default()).unwrap();
-        assert_eq!(s.effective["cluster"]["resource"], "supervisor");
+        assert_eq!(s.effective["cluster"]["resources"], serde_json::json!([]));
         assert!(s.cluster.is_none(), "no beacons: no cluster client");
         let vars = env(&[(
             "TROUPE_CLUSTER__BEACONS",
@@ -761,8 +825,42 @@ mod tests {
         assert_eq!(err.key, "cluster.beacons[0]");
         let err = load_err("roles = [\"ipc\"]\n[cluster]\nresource = \"a b\"", &[]);
         assert_eq!(err.key, "cluster.resource");
+        let err = load_err(
+            "roles = [\"ipc\"]\n[cluster]\nresources = [\"db\", \"broker\"]",
+            &[],
+        );
+        assert_eq!(err.key, "cluster.resources[1]");
+        assert!(err.message.contains("does not run"), "{err}");
         let err = load_err("roles = [\"ipc\"]", &[("TROUPE_CLUSTER__LIVENESS", "0")]);
         assert_eq!(err.key, "cluster.liveness");
+    }
+
+    #[test]
+    fn the_single_resource_key_is_an_alias_with_a_warning() {
+        let f = file("roles = [\"broker\"]\n[cluster]\nresource = \"broker\"");
+        let s = load(&known(), Some(f.path()), vec![], &Overrides::default()).unwrap();
+        let warnings = warnings(&s.effective);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].0, "cluster.resource");
+        assert!(
+            warnings[0].1.contains("resources = [\"broker\"]"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn registry_users_need_beacons() {
+        let service = "[[supervisor.services]]\nid = \"w\"\ncommand = \"/bin/true\"";
+        let err = load_err(
+            &format!("roles = [\"supervisor\"]\n{service}\nrequires = [\"broker\"]"),
+            &[],
+        );
+        assert_eq!(err.key, "supervisor.services[0].requires");
+        assert!(err.message.contains("[cluster] beacons"), "{err}");
+        let f = file(&format!(
+            "roles = [\"supervisor\"]\n[cluster]\nbeacons = [\"tcp://127.0.0.1:1\"]\n{service}\nrequires = [\"broker\"]"
+        ));
+        assert!(load(&known(), Some(f.path()), vec![], &Overrides::default()).is_ok());
     }
 
     #[test]

@@ -1,14 +1,22 @@
 //! The control plane: the `broker` role and its actor. The actor owns the handle on the
 //! socket thread, answers stats queries ([`GetStats`]), applies live service updates
-//! ([`UpdateServices`]), registers the broker's endpoints with the cluster's beacons when the
-//! node has them (and keeps them in step with the updates), and on stop deregisters, then
-//! drains the broker.
+//! ([`UpdateServices`]), offers the broker's endpoints under the resource `broker` through the
+//! node's [`ClusterHandle`] when the node has one (and keeps them in step with the updates),
+//! and on stop withdraws them, then drains the broker.
+//!
+//! When the node runs a supervisor (a [`SupervisorLink`] is published), the role subscribes
+//! the actor to its services' starts and exits ([`ServiceLifecycle`]: an exit fails the dead
+//! process's workers over at once) and attaches it for readiness checks ([`BrokerWorkers`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use troupe_beacon::client::{AddEndpoints, BeaconClient, RemoveEndpoints};
+use troupe_core::cluster::{ClusterHandle, Offer, Withdraw};
+use troupe_core::services::{
+    AttachBroker, BrokerWorkers, BrokerWorkersAnswer, ServiceLifecycle, SubscribeLifecycle,
+    SupervisorLink,
+};
 use troupe_core::{Role, RoleContext, RoleError, Shutdown};
 
 use crate::config::BrokerConfig;
@@ -20,6 +28,11 @@ use crate::update::ServicesUpdate;
 
 /// Longest wait for the cluster client to take an endpoint change.
 const CLUSTER_CALL: Duration = Duration::from_secs(1);
+/// Longest wait for the supervisor to take the broker's subscription.
+const SUPERVISOR_CALL: Duration = Duration::from_secs(1);
+
+/// The resource the broker's endpoints are offered under.
+pub const BROKER_RESOURCE: &str = "broker";
 
 /// The broker's actor.
 pub struct BrokerActor {
@@ -28,8 +41,9 @@ pub struct BrokerActor {
     drain_timeout: Duration,
     /// The host registered for sockets bound to every interface (`broker.advertise_host`).
     advertise_host: String,
-    /// The cluster client and the endpoint names registered with it.
-    registered: Option<(Addr<BeaconClient>, Vec<String>)>,
+    /// The cluster client and the endpoint names offered through it under
+    /// [`BROKER_RESOURCE`].
+    registered: Option<(ClusterHandle, Vec<String>)>,
 }
 
 impl Actor for BrokerActor {
@@ -115,6 +129,37 @@ impl Handler<UpdateServices> for BrokerActor {
     }
 }
 
+/// The supervisor's report of a service process's start or exit (the broker subscribes when
+/// the node has a supervisor, see [`SupervisorLink`]). On an exit, every worker whose
+/// identity names that process is dead at once: what it held is retried or answered with a
+/// 502 now, not after the liveness window (see [`crate::engine::Engine::process_exited`]).
+impl Handler<ServiceLifecycle> for BrokerActor {
+    type Result = ();
+
+    fn handle(&mut self, event: ServiceLifecycle, _: &mut Self::Context) {
+        let sent = match event {
+            ServiceLifecycle::Exited { id, pid } => self.handle.process_exited(id, pid),
+            ServiceLifecycle::Started { id, pid, .. } => self.handle.process_started(id, pid),
+        };
+        if sent.is_err() {
+            tracing::debug!("a service start or exit arrived after the broker stopped");
+        }
+    }
+}
+
+/// The supervisor's readiness question: what the broker sees of a broker service and of the
+/// workers one supervised process opened to it (see
+/// [`crate::engine::Engine::broker_workers`]). Once the broker has stopped, everything is
+/// `false`/0.
+impl Handler<BrokerWorkers> for BrokerActor {
+    type Result = ResponseFuture<BrokerWorkersAnswer>;
+
+    fn handle(&mut self, query: BrokerWorkers, _: &mut Self::Context) -> Self::Result {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.workers(query).await.unwrap_or_default() })
+    }
+}
+
 /// Asks for the addresses the broker is bound to.
 #[derive(Debug, Message)]
 #[rtype(result = "BoundEndpoints")]
@@ -168,6 +213,7 @@ fn log_summary(stats: &BrokerStats) {
             timed_out = s.timed_out,
             lost = s.lost,
             retried = s.retried,
+            workers_exited = s.workers_exited,
             "broker service totals"
         );
     }
@@ -214,7 +260,7 @@ impl Role for BrokerRole {
         if let Some(majordomo) = &endpoints.majordomo {
             tracing::info!(%majordomo, "broker Majordomo socket listening");
         }
-        let registered = match ctx.published.lookup::<Addr<BeaconClient>>() {
+        let registered = match ctx.published.lookup::<ClusterHandle>() {
             Some(cluster) => {
                 let advertised = discovery::advertised_endpoints(
                     &endpoints,
@@ -235,6 +281,9 @@ impl Role for BrokerRole {
             registered,
         }
         .start();
+        if let Some(link) = ctx.published.lookup::<SupervisorLink>() {
+            attach_to_supervisor(&link, &actor).await;
+        }
         ctx.published.publish(actor.clone());
         Ok(BrokerRole { actor })
     }
@@ -244,15 +293,46 @@ impl Role for BrokerRole {
     }
 }
 
-/// Adds `endpoints` to the node's registration; returns their names if the cluster client took
-/// them. A refusal is logged: the broker serves all the same, it is only not discoverable.
+/// Subscribes the broker to the supervisor's service starts and exits and attaches it for
+/// the supervisor's `ready = { broker = … }` checks. A failure is logged: the broker serves
+/// all the same, and notices dead workers after their liveness window.
+async fn attach_to_supervisor(link: &SupervisorLink, actor: &Addr<BrokerActor>) {
+    let subscribed = tokio::time::timeout(
+        SUPERVISOR_CALL,
+        link.subscribe
+            .send(SubscribeLifecycle(actor.clone().recipient())),
+    )
+    .await;
+    let attached = tokio::time::timeout(
+        SUPERVISOR_CALL,
+        link.attach_broker
+            .send(AttachBroker(actor.clone().recipient())),
+    )
+    .await;
+    match (subscribed, attached) {
+        (Ok(Ok(())), Ok(Ok(()))) => {
+            tracing::debug!("broker attached to the supervisor: service exits fail their workers over at once")
+        }
+        _ => tracing::warn!(
+            "the supervisor did not take the broker's subscription; workers of exited services are noticed after the liveness window"
+        ),
+    }
+}
+
+/// Offers `endpoints` under the [`BROKER_RESOURCE`] resource; returns their names if the
+/// cluster client took them. A refusal is logged: the broker serves all the same, it is only
+/// not discoverable.
 async fn register(
-    cluster: &Addr<BeaconClient>,
+    cluster: &ClusterHandle,
     endpoints: BTreeMap<String, String>,
 ) -> Option<Vec<String>> {
     let names: Vec<String> = endpoints.keys().cloned().collect();
     let shown = format!("{endpoints:?}");
-    match tokio::time::timeout(CLUSTER_CALL, cluster.send(AddEndpoints(endpoints))).await {
+    let offer = Offer {
+        resource: BROKER_RESOURCE.to_string(),
+        endpoints,
+    };
+    match tokio::time::timeout(CLUSTER_CALL, cluster.offer.send(offer)).await {
         Ok(Ok(Ok(()))) => {
             tracing::info!(endpoints = %shown, "broker endpoints registered with the cluster");
             Some(names)
@@ -268,30 +348,45 @@ async fn register(
     }
 }
 
-/// Withdraws the endpoints named in `remove`, then adds `add`; returns the names of those the
-/// cluster client took, added and removed. A refusal is logged: the broker serves all the same.
+/// Withdraws the [`BROKER_RESOURCE`] endpoints named in `names` (never an empty list, which
+/// would withdraw the whole resource). `Ok` once the cluster client took it; a refusal is
+/// logged.
+async fn withdraw(cluster: &ClusterHandle, names: Vec<String>) -> Result<(), ()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let withdraw = Withdraw {
+        resource: BROKER_RESOURCE.to_string(),
+        names: names.clone(),
+    };
+    match tokio::time::timeout(CLUSTER_CALL, cluster.withdraw.send(withdraw)).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!(endpoints = ?names, "broker endpoints removed from the cluster");
+            Ok(())
+        }
+        Ok(Ok(Err(err))) => {
+            tracing::warn!(%err, endpoints = ?names, "the cluster client refused to remove broker endpoints");
+            Err(())
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(endpoints = ?names, "the cluster client did not remove broker endpoints");
+            Err(())
+        }
+    }
+}
+
+/// Withdraws the endpoints named in `remove`, then offers `add`; returns the names of those
+/// the cluster client took, added and removed. A refusal is logged: the broker serves all
+/// the same.
 async fn update_registration(
-    cluster: &Addr<BeaconClient>,
+    cluster: &ClusterHandle,
     add: BTreeMap<String, String>,
     remove: Vec<String>,
 ) -> (Vec<String>, Vec<String>) {
-    let mut removed = Vec::new();
-    if !remove.is_empty() {
-        match tokio::time::timeout(CLUSTER_CALL, cluster.send(RemoveEndpoints(remove.clone())))
-            .await
-        {
-            Ok(Ok(Ok(()))) => {
-                tracing::info!(endpoints = ?remove, "broker endpoints removed from the cluster");
-                removed = remove;
-            }
-            Ok(Ok(Err(err))) => {
-                tracing::warn!(%err, endpoints = ?remove, "the cluster client refused to remove broker endpoints");
-            }
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(endpoints = ?remove, "the cluster client did not remove broker endpoints");
-            }
-        }
-    }
+    let removed = match withdraw(cluster, remove.clone()).await {
+        Ok(()) => remove,
+        Err(()) => Vec::new(),
+    };
     let added = if add.is_empty() {
         Vec::new()
     } else {
@@ -302,14 +397,8 @@ async fn update_registration(
 
 /// Removes the broker's endpoints from the node's registration, so that no new client finds
 /// a broker that is going away.
-async fn deregister(cluster: &Addr<BeaconClient>, names: Vec<String>) {
-    match tokio::time::timeout(CLUSTER_CALL, cluster.send(RemoveEndpoints(names))).await {
-        Ok(Ok(Ok(()))) => tracing::info!("broker endpoints removed from the cluster"),
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "could not remove the broker's endpoints"),
-        Ok(Err(_)) | Err(_) => {
-            tracing::warn!("the cluster client was gone before the broker's endpoints were removed")
-        }
-    }
+async fn deregister(cluster: &ClusterHandle, names: Vec<String>) {
+    let _ = withdraw(cluster, names).await;
 }
 
 fn warn_if_drain_outlasts_shutdown(config: &BrokerConfig, ctx: &RoleContext) {

@@ -3,6 +3,11 @@
 //! Pirate frontend, and [`MajordomoClient`] (the same over Majordomo, naming the service).
 //! Both turn the broker's error replies into [`ClientError::Broker`].
 //!
+//! [`MultiMajordomoClient`] is the Majordomo client of a changing set of brokers (as
+//! [`crate::discover`] finds them): each request goes to one broker, in turn; a broker that
+//! leaves the set while it holds a request is given up at once (see
+//! [`MultiMajordomoClient::request`]).
+//!
 //! Retrying resends the request: use `retries > 0` only for requests that are safe to repeat.
 //!
 //! ```no_run
@@ -18,7 +23,11 @@
 //! }
 //! ```
 
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
 
 use crate::protocol::{self, MDP_CLIENT};
 
@@ -46,6 +55,18 @@ pub enum ClientError {
     /// The reply was not in the protocol's format.
     #[error("malformed reply: {0}")]
     Malformed(&'static str),
+    /// The broker holding the request left the set of brokers (see
+    /// [`MultiMajordomoClient`]) and no retry was left, or no other broker was known.
+    #[error("the broker at {endpoint} went away while it held the request (after {attempts} attempt(s))")]
+    BrokerLost {
+        /// The broker that went away.
+        endpoint: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// No broker is known to send the request to (see [`MultiMajordomoClient`]).
+    #[error("no broker is known")]
+    NoBroker,
     /// ZeroMQ refused something.
     #[error("client socket: {0}")]
     Socket(#[from] zmq::Error),
@@ -173,19 +194,261 @@ impl MajordomoClient {
         service: &str,
         body: Vec<Vec<u8>>,
     ) -> Result<Vec<Vec<u8>>, ClientError> {
-        let mut frames = Vec::with_capacity(2 + body.len());
-        frames.push(MDP_CLIENT.to_vec());
-        frames.push(service.as_bytes().to_vec());
-        frames.extend(body);
-        let mut reply = self.socket.request(&frames, self.options)?;
-        if reply.len() < 2 || reply[0] != MDP_CLIENT {
-            return Err(ClientError::Malformed("reply without the MDPC01 header"));
-        }
-        if reply[1] != service.as_bytes() {
-            return Err(ClientError::Malformed("reply names another service"));
-        }
-        let body = reply.split_off(2);
-        check_error(&body)?;
-        Ok(body)
+        let frames = majordomo_request(service, body);
+        let reply = self.socket.request(&frames, self.options)?;
+        majordomo_reply(service, reply)
     }
+}
+
+/// A Majordomo request's frames: `["MDPC01", service, body…]`.
+fn majordomo_request(service: &str, body: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut frames = Vec::with_capacity(2 + body.len());
+    frames.push(MDP_CLIENT.to_vec());
+    frames.push(service.as_bytes().to_vec());
+    frames.extend(body);
+    frames
+}
+
+/// The body of a Majordomo reply for `service`, or the error it carries.
+fn majordomo_reply(service: &str, mut reply: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, ClientError> {
+    if reply.len() < 2 || reply[0] != MDP_CLIENT {
+        return Err(ClientError::Malformed("reply without the MDPC01 header"));
+    }
+    if reply[1] != service.as_bytes() {
+        return Err(ClientError::Malformed("reply names another service"));
+    }
+    let body = reply.split_off(2);
+    check_error(&body)?;
+    Ok(body)
+}
+
+/// Gives a [`MultiMajordomoClient`] a new set of brokers, from any thread, even while it
+/// waits for a reply. Cheap to clone.
+#[derive(Clone)]
+pub struct BrokerEndpoints {
+    updates: CommandSender<BTreeSet<String>>,
+}
+
+impl BrokerEndpoints {
+    /// The client's brokers are `endpoints` (Majordomo sockets) from now on. Returns false if
+    /// the client is gone.
+    pub fn set_endpoints(&self, endpoints: BTreeSet<String>) -> bool {
+        self.updates.send(endpoints).is_ok()
+    }
+}
+
+/// How one attempt ended without a reply.
+enum Failed {
+    /// No reply within the timeout.
+    Timeout,
+    /// The broker left the set.
+    Lost,
+}
+
+/// A Majordomo client of a changing set of brokers.
+///
+/// - Each request goes to one broker, taking the brokers in turn (in address order, after
+///   the one used last).
+/// - When the broker holding a request leaves the set (a [`BrokerEndpoints::set_endpoints`]
+///   without it), the request is sent at once to the next broker if retries are left and
+///   another broker is known; otherwise it ends at once with [`ClientError::BrokerLost`]
+///   naming the broker.
+/// - When no reply comes within the timeout and retries are left, the request is sent to the
+///   next broker (the same one if it is the only one).
+/// - With no broker known, a request fails at once with [`ClientError::NoBroker`]; use
+///   [`MultiMajordomoClient::wait_for_broker`] first.
+///
+/// ```no_run
+/// use std::collections::BTreeSet;
+/// use std::time::Duration;
+/// use troupe_broker::client::{ClientOptions, MultiMajordomoClient};
+///
+/// let (mut client, brokers) = MultiMajordomoClient::new(ClientOptions::default()).unwrap();
+/// // From any thread, e.g. one following the beacons:
+/// brokers.set_endpoints(BTreeSet::from(["tcp://10.0.0.1:7500".to_string()]));
+/// if client.wait_for_broker(Duration::from_secs(2)) {
+///     let reply = client.request("echo", vec![b"hello".to_vec()]);
+/// }
+/// ```
+pub struct MultiMajordomoClient {
+    context: zmq::Context,
+    updates: CommandInbox<BTreeSet<String>>,
+    endpoints: BTreeSet<String>,
+    /// REQ sockets kept between requests, by endpoint.
+    sockets: HashMap<String, zmq::Socket>,
+    /// The broker used last, for the rotation.
+    last: Option<String>,
+    options: ClientOptions,
+}
+
+impl MultiMajordomoClient {
+    /// A client with no broker yet, and the handle that gives it its brokers.
+    pub fn new(
+        options: ClientOptions,
+    ) -> Result<(MultiMajordomoClient, BrokerEndpoints), ClientError> {
+        // The update channel has a context of its own: the handle may outlive the client.
+        let control = zmq::Context::new();
+        let (updates, inbox) = zmq_thread::channel(&control)?;
+        Ok((
+            MultiMajordomoClient {
+                context: zmq::Context::new(),
+                updates: inbox,
+                endpoints: BTreeSet::new(),
+                sockets: HashMap::new(),
+                last: None,
+                options,
+            },
+            BrokerEndpoints { updates },
+        ))
+    }
+
+    /// The brokers known now (updates sent so far included).
+    pub fn endpoints(&mut self) -> &BTreeSet<String> {
+        self.apply_updates();
+        &self.endpoints
+    }
+
+    /// Replaces the set of brokers directly (the same as an update through
+    /// [`BrokerEndpoints`]).
+    pub fn set_endpoints(&mut self, endpoints: BTreeSet<String>) {
+        self.apply_updates();
+        self.install(endpoints);
+    }
+
+    /// Waits up to `timeout` until at least one broker is known; returns whether one is.
+    pub fn wait_for_broker(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.apply_updates();
+            if !self.endpoints.is_empty() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut items = [self.updates.poll_item()];
+            let _ = zmq::poll(&mut items, millis(left));
+        }
+    }
+
+    fn install(&mut self, endpoints: BTreeSet<String>) {
+        self.sockets
+            .retain(|endpoint, _| endpoints.contains(endpoint));
+        self.endpoints = endpoints;
+    }
+
+    /// Takes the updates sent so far; returns whether there were any.
+    fn apply_updates(&mut self) -> bool {
+        match self.updates.drain().pop() {
+            Some(latest) => {
+                self.install(latest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The broker after `self.last` in address order, wrapping around.
+    fn next_broker(&self) -> Option<String> {
+        let after = match &self.last {
+            Some(last) => self
+                .endpoints
+                .range::<String, _>((Bound::Excluded(last), Bound::Unbounded))
+                .next(),
+            None => None,
+        };
+        after.or_else(|| self.endpoints.iter().next()).cloned()
+    }
+
+    fn socket(&mut self, endpoint: &str) -> Result<&zmq::Socket, zmq::Error> {
+        if !self.sockets.contains_key(endpoint) {
+            let socket = self.context.socket(zmq::REQ)?;
+            socket.set_linger(0)?;
+            socket.connect(endpoint)?;
+            self.sockets.insert(endpoint.to_string(), socket);
+        }
+        Ok(&self.sockets[endpoint])
+    }
+
+    /// Sends `body` to `service` on one broker and returns the reply's body frames; see
+    /// [`MultiMajordomoClient`] for which broker, and for what happens when it goes away.
+    pub fn request(
+        &mut self,
+        service: &str,
+        body: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let frames = majordomo_request(service, body);
+        self.apply_updates();
+        let allowed = self.options.retries.saturating_add(1);
+        let mut attempts = 0;
+        let mut failure: Option<(String, Failed)> = None;
+        loop {
+            let Some(endpoint) = self.next_broker() else {
+                return Err(match failure {
+                    Some((endpoint, Failed::Lost)) => {
+                        ClientError::BrokerLost { endpoint, attempts }
+                    }
+                    Some((endpoint, Failed::Timeout)) => ClientError::NoReply {
+                        endpoint,
+                        timeout: self.options.timeout,
+                        attempts,
+                    },
+                    None => ClientError::NoBroker,
+                });
+            };
+            self.last = Some(endpoint.clone());
+            attempts += 1;
+            match self.attempt(&endpoint, &frames)? {
+                Ok(reply) => return majordomo_reply(service, reply),
+                Err(failed) => {
+                    // A REQ socket that got no reply cannot send again.
+                    self.sockets.remove(&endpoint);
+                    if attempts >= allowed {
+                        return Err(match failed {
+                            Failed::Lost => ClientError::BrokerLost { endpoint, attempts },
+                            Failed::Timeout => ClientError::NoReply {
+                                endpoint,
+                                timeout: self.options.timeout,
+                                attempts,
+                            },
+                        });
+                    }
+                    failure = Some((endpoint, failed));
+                }
+            }
+        }
+    }
+
+    /// One attempt on `endpoint`: the reply, or how it failed.
+    fn attempt(
+        &mut self,
+        endpoint: &str,
+        frames: &[Vec<u8>],
+    ) -> Result<Result<Vec<Vec<u8>>, Failed>, ClientError> {
+        let timeout = self.options.timeout;
+        self.socket(endpoint)?.send_multipart(frames, 0)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let socket = &self.sockets[endpoint];
+            let mut items = [socket.as_poll_item(zmq::POLLIN), self.updates.poll_item()];
+            zmq::poll(&mut items, millis(left))?;
+            if items[0].is_readable() {
+                return Ok(Ok(socket.recv_multipart(0)?));
+            }
+            if items[1].is_readable() && self.apply_updates() && !self.endpoints.contains(endpoint)
+            {
+                return Ok(Err(Failed::Lost));
+            }
+            if Instant::now() >= deadline {
+                return Ok(Err(Failed::Timeout));
+            }
+        }
+    }
+}
+
+/// `d` in whole milliseconds for `zmq::poll`, rounded up.
+fn millis(d: Duration) -> i64 {
+    d.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64
 }

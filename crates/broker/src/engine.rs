@@ -10,10 +10,11 @@
 //! never meets an earlier service's requests. Majordomo-only services are created on demand,
 //! at most `max_services` at once, and forgotten once they have neither workers nor requests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use troupe_core::services::{parse_worker_identity, BrokerWorkers, BrokerWorkersAnswer};
 
 use crate::config::BrokerConfig;
 use crate::protocol::{self, BackendMessage, Control, Frame, Framing, MajordomoMessage};
@@ -63,6 +64,79 @@ pub struct ServiceSnapshot {
     pub worker_list: Vec<WorkerSnapshot>,
 }
 
+/// Processes whose exit the supervisor reported that the engine remembers at most (see
+/// [`Engine::process_exited`]).
+const EXITED_REMEMBERED: usize = 1024;
+
+/// The supervised processes reported dead recently, oldest first: a message still queued from
+/// one of their workers is dropped, so that a dead worker is not registered again by its last
+/// heartbeat. An entry is forgotten after a worker window (such messages arrive within
+/// milliseconds of the exit), when the supervisor reports a start of the same service with
+/// the same pid (the pid was reused), or when [`EXITED_REMEMBERED`] newer ones push it out.
+#[derive(Default)]
+struct ExitedProcesses {
+    /// Service ids by pid.
+    by_pid: HashMap<u32, Vec<String>>,
+    order: VecDeque<(Instant, u32, String)>,
+}
+
+impl ExitedProcesses {
+    fn insert(&mut self, service_id: &str, pid: u32, now: Instant) {
+        if self.contains(service_id, pid) {
+            return;
+        }
+        if self.order.len() >= EXITED_REMEMBERED {
+            if let Some((_, old_pid, old_id)) = self.order.pop_front() {
+                self.forget_entry(&old_id, old_pid);
+            }
+        }
+        self.by_pid
+            .entry(pid)
+            .or_default()
+            .push(service_id.to_string());
+        self.order.push_back((now, pid, service_id.to_string()));
+    }
+
+    fn forget_entry(&mut self, service_id: &str, pid: u32) {
+        if let Some(ids) = self.by_pid.get_mut(&pid) {
+            ids.retain(|id| id != service_id);
+            if ids.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+    }
+
+    /// Forgets `(service_id, pid)`: a process of that service started with that pid again.
+    fn forget(&mut self, service_id: &str, pid: u32) {
+        if self.contains(service_id, pid) {
+            self.forget_entry(service_id, pid);
+            self.order
+                .retain(|(_, p, id)| !(*p == pid && id == service_id));
+        }
+    }
+
+    /// Forgets the entries recorded before `before`.
+    fn purge(&mut self, before: Instant) {
+        while self.order.front().is_some_and(|(at, _, _)| *at < before) {
+            let (_, pid, id) = self.order.pop_front().expect("checked");
+            self.forget_entry(&id, pid);
+        }
+    }
+
+    fn contains(&self, service_id: &str, pid: u32) -> bool {
+        self.by_pid
+            .get(&pid)
+            .is_some_and(|ids| ids.iter().any(|id| id == service_id))
+    }
+
+    /// Whether worker identity `id` names a process reported dead.
+    fn owns(&self, id: &[u8]) -> bool {
+        !self.order.is_empty()
+            && parse_worker_identity(id)
+                .is_some_and(|(service_id, pid)| self.contains(service_id, pid))
+    }
+}
+
 /// The broker's logic.
 pub struct Engine<F> {
     config: BrokerConfig,
@@ -77,6 +151,7 @@ pub struct Engine<F> {
     malformed: u64,
     malformed_unreported: u64,
     undeliverable_replies: u64,
+    exited: ExitedProcesses,
 }
 
 impl<F: Frame> Engine<F> {
@@ -106,6 +181,7 @@ impl<F: Frame> Engine<F> {
             malformed: 0,
             malformed_unreported: 0,
             undeliverable_replies: 0,
+            exited: ExitedProcesses::default(),
             config,
         }
     }
@@ -181,6 +257,10 @@ impl<F: Frame> Engine<F> {
             Ok(message) => message,
             Err(why) => return self.malformed(Socket::Backend(index), why),
         };
+        if self.exited.owns(frames[0].bytes()) {
+            tracing::debug!(worker = %show_id(frames[0].bytes()), "dropped a message from a worker whose process exited");
+            return;
+        }
         let Some(service) = self.pirate(index) else {
             return;
         };
@@ -256,6 +336,10 @@ impl<F: Frame> Engine<F> {
             Err(why) => return self.malformed(Socket::Majordomo, why),
         };
         let id = frames[0].bytes().to_vec();
+        if !matches!(message, MajordomoMessage::Request { .. }) && self.exited.owns(&id) {
+            tracing::debug!(worker = %show_id(&id), "dropped a message from a worker whose process exited");
+            return;
+        }
         match message {
             MajordomoMessage::Request { service } => {
                 let service = service.to_string();
@@ -478,6 +562,75 @@ impl<F: Frame> Engine<F> {
         }
     }
 
+    /// The supervisor reports that process `pid` of supervised service `service_id` has
+    /// exited: every worker whose identity names that process (see
+    /// [`troupe_core::services::worker_identity`]), in every service, is removed now. What
+    /// each held is given to another worker where the service retries on worker loss and
+    /// attempts remain, or answered at once with the error a lost worker's requests get
+    /// (502), without waiting for the liveness window. Messages still queued from those
+    /// workers are dropped afterwards. Returns how many workers were removed.
+    pub fn process_exited(
+        &mut self,
+        service_id: &str,
+        pid: u32,
+        now: Instant,
+        out: &mut Vec<Outgoing<F>>,
+    ) -> usize {
+        self.exited.insert(service_id, pid, now);
+        let mut removed = 0;
+        for index in 0..self.services.len() {
+            let Some(svc) = self.services[index].as_mut() else {
+                continue;
+            };
+            for worker in svc.workers_of_process(service_id, pid) {
+                if svc.remove_worker(&worker, Loss::Exited, now, out) {
+                    removed += 1;
+                }
+                if self.majordomo_workers.get(&worker) == Some(&index) {
+                    self.majordomo_workers.remove(&worker);
+                }
+            }
+        }
+        removed
+    }
+
+    /// The supervisor reports that process `pid` of supervised service `service_id` has
+    /// started. Only matters when an earlier process of the service had the same pid: its
+    /// workers' identities are accepted again.
+    pub fn process_started(&mut self, service_id: &str, pid: u32) {
+        self.exited.forget(service_id, pid);
+    }
+
+    /// What the broker sees of broker service `query.broker_service` and of the workers of
+    /// process `query.pid` of supervised service `query.service_id`. `known` is true for a
+    /// Paranoid Pirate service, for a Majordomo service that exists now, and, when the
+    /// Majordomo socket is enabled, for any valid service name (Majordomo services are made
+    /// on demand, so one that has no worker yet is served all the same).
+    pub fn broker_workers(&self, query: &BrokerWorkers) -> BrokerWorkersAnswer {
+        let name = query.broker_service.as_str();
+        let service = self
+            .by_name
+            .get(name)
+            .and_then(|&index| self.services.get(index))
+            .and_then(|s| s.as_ref());
+        match service {
+            Some(svc) => BrokerWorkersAnswer {
+                known: true,
+                ready: !svc
+                    .workers_of_process(&query.service_id, query.pid)
+                    .is_empty(),
+                workers: svc.worker_count(),
+                queue_depth: svc.waiting_count(),
+            },
+            None => BrokerWorkersAnswer {
+                known: self.config.majordomo.enabled
+                    && !name.as_bytes().starts_with(protocol::MMI_PREFIX)
+                    && crate::config::check_service_name(name).is_ok(),
+                ..BrokerWorkersAnswer::default()
+            },
+        }
+    }
+
     /// A reply the frontend could not route: counted.
     pub fn reply_undeliverable(&mut self) {
         self.undeliverable_replies += 1;
@@ -519,6 +672,9 @@ impl<F: Frame> Engine<F> {
                     let svc = self.services[index].take().expect("checked");
                     self.by_name.remove(svc.name());
                 }
+            }
+            if let Some(before) = now.checked_sub(self.worker_window) {
+                self.exited.purge(before);
             }
             if self.malformed_unreported > 0 {
                 tracing::warn!(

@@ -15,13 +15,20 @@
 //!   workers and counters, all `serde::Serialize`); [`UpdateServices`] adds, removes and
 //!   retunes Paranoid Pirate services live, as [`update`] plans it.
 //! - [`worker`] and [`client`] are the Rust APIs for programs on either side of the broker;
+//!   [`worker_set`] and [`client::MultiMajordomoClient`] serve or use several brokers at once,
+//!   following a changing set of them, which [`discover`] finds through the beacons;
 //!   [`protocol`] holds the frame formats, including the documented error reply.
+//! - Under a supervisor, a worker's socket identity names its process
+//!   ([`troupe_core::services::worker_identity`]), and the broker, subscribed to the
+//!   supervisor's service exits, fails a dead process's workers over at once
+//!   ([`engine::Engine::process_exited`]).
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod actor;
 pub mod client;
 pub mod config;
+pub mod discover;
 pub mod discovery;
 pub mod engine;
 pub mod error;
@@ -30,6 +37,7 @@ pub mod service;
 pub mod socket_loop;
 pub mod update;
 pub mod worker;
+pub mod worker_set;
 
 pub use actor::{BrokerActor, BrokerRole, GetEndpoints, GetStats, UpdateServices};
 pub use config::BrokerConfig;

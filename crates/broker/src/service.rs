@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use troupe_core::services::parse_worker_identity;
+
 use crate::config::ServiceSettings;
 use crate::protocol::{self, ErrorCode, Frame, Framing};
 
@@ -103,6 +105,9 @@ pub enum Loss {
     Restarted,
     /// Its connection is gone (the socket refused to route to it).
     Disconnected,
+    /// The supervisor reported that its process exited (its identity names the process, see
+    /// [`troupe_core::services::worker_identity`]).
+    Exited,
 }
 
 impl Loss {
@@ -112,6 +117,7 @@ impl Loss {
             Loss::Stopped => "left",
             Loss::Restarted => "restarted",
             Loss::Disconnected => "disconnected",
+            Loss::Exited => "exited",
         }
     }
 }
@@ -166,6 +172,11 @@ pub struct WorkerSnapshot {
     pub held: usize,
     /// Milliseconds since the broker last heard from it.
     pub last_heard_ms_ago: u64,
+    /// The supervised service whose process opened this worker, when its identity says so
+    /// (see [`troupe_core::services::worker_identity`]); `null` otherwise.
+    pub service_id: Option<String>,
+    /// That process's id, with `service_id`.
+    pub pid: Option<u32>,
 }
 
 /// Per-service counters.
@@ -189,8 +200,10 @@ pub struct ServiceStats {
     pub unmatched_replies: u64,
     /// Workers that joined.
     pub workers_joined: u64,
-    /// Workers that left or were lost.
+    /// Workers that left or were lost (those below included).
     pub workers_lost: u64,
+    /// Workers removed because the supervisor reported their process's exit.
+    pub workers_exited: u64,
 }
 
 /// One service: its workers, their credit, waiting requests and held requests.
@@ -265,12 +278,15 @@ impl<F: Frame> Service<F> {
             .map(|w| {
                 let heard = w.expires_at.checked_sub(self.worker_window);
                 let ago = heard.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                let process = parse_worker_identity(&w.id);
                 WorkerSnapshot {
                     identity: show_id(&w.id),
                     framing: w.framing.as_str(),
                     credit: w.credit,
                     held: w.held.len(),
                     last_heard_ms_ago: ago.as_millis().min(u64::MAX as u128) as u64,
+                    service_id: process.map(|(id, _)| id.to_string()),
+                    pid: process.map(|(_, pid)| pid),
                 }
             })
             .collect()
@@ -303,6 +319,15 @@ impl<F: Frame> Service<F> {
     /// Whether `worker` is known.
     pub fn knows(&self, worker: &[u8]) -> bool {
         self.slots.contains_key(worker)
+    }
+
+    /// The known workers opened by process `pid` of supervised service `service_id` (their
+    /// identities parse to it, see [`troupe_core::services::parse_worker_identity`]).
+    pub fn workers_of_process(&self, service_id: &str, pid: u32) -> Vec<WorkerId> {
+        self.live()
+            .filter(|w| parse_worker_identity(&w.id) == Some((service_id, pid)))
+            .map(|w| w.id.clone())
+            .collect()
     }
 
     /// Credit the queue believes `worker` has (None if unknown).
@@ -585,10 +610,14 @@ impl<F: Frame> Service<F> {
             self.with_credit -= 1;
         }
         self.stats.workers_lost += 1;
+        if why == Loss::Exited {
+            self.stats.workers_exited += 1;
+        }
         let held = worker.held.len();
         let (service, worker_id, why_text) = (&self.settings.name, show_id(id), why.describe());
-        // A worker leaving empty-handed is routine; one lost with requests, or silent, is not.
-        if why == Loss::Expired || held > 0 {
+        // A worker leaving empty-handed is routine; one lost with requests, silent, or whose
+        // process died, is not.
+        if matches!(why, Loss::Expired | Loss::Exited) || held > 0 {
             tracing::warn!(%service, worker = %worker_id, held, "worker {why_text}; removed");
         } else {
             tracing::info!(%service, worker = %worker_id, held, "worker {why_text}; removed");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::Span;
+use troupe_core::services::{BrokerWorkers, BrokerWorkersAnswer};
 use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
 
 use crate::config::{is_wildcard_port, BrokerConfig, PirateService};
@@ -44,6 +45,30 @@ pub enum Command {
         dry_run: bool,
         /// Receives the outcome.
         done: oneshot::Sender<Result<ServicesApplied, BrokerError>>,
+    },
+    /// The supervisor reported that process `pid` of supervised service `service_id` exited:
+    /// its workers are dead now (see [`Engine::process_exited`]).
+    ProcessExited {
+        /// The supervised service.
+        service_id: String,
+        /// The process that exited.
+        pid: u32,
+    },
+    /// The supervisor reported that process `pid` of supervised service `service_id` started
+    /// (see [`Engine::process_started`]).
+    ProcessStarted {
+        /// The supervised service.
+        service_id: String,
+        /// The process that started.
+        pid: u32,
+    },
+    /// What the broker sees of a service and of one process's workers (see
+    /// [`Engine::broker_workers`]).
+    Workers {
+        /// The question.
+        query: BrokerWorkers,
+        /// Receives the answer.
+        done: oneshot::Sender<BrokerWorkersAnswer>,
     },
 }
 
@@ -119,6 +144,31 @@ impl BrokerHandle {
             })
             .map_err(|_| BrokerError::Stopped)?;
         rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Tells the broker that process `pid` of supervised service `service_id` exited (see
+    /// [`Command::ProcessExited`]). Never waits.
+    pub fn process_exited(&self, service_id: String, pid: u32) -> Result<(), BrokerError> {
+        self.commands
+            .send(Command::ProcessExited { service_id, pid })
+            .map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Tells the broker that process `pid` of supervised service `service_id` started (see
+    /// [`Command::ProcessStarted`]). Never waits.
+    pub fn process_started(&self, service_id: String, pid: u32) -> Result<(), BrokerError> {
+        self.commands
+            .send(Command::ProcessStarted { service_id, pid })
+            .map_err(|_| BrokerError::Stopped)
+    }
+
+    /// What the broker sees of `query`'s service and process (see [`Command::Workers`]).
+    pub async fn workers(&self, query: BrokerWorkers) -> Result<BrokerWorkersAnswer, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Workers { query, done: tx })
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.await.map_err(|_| BrokerError::Stopped)
     }
 
     /// [`BrokerHandle::drain`] for callers outside an async runtime (benchmarks, tools).
@@ -490,6 +540,20 @@ fn run(
                     let result = this.update(&config, dry_run);
                     sockets = this.read_order();
                     let _ = done.send(result);
+                }
+                Command::ProcessExited { service_id, pid } => {
+                    let now = Instant::now();
+                    let removed = this
+                        .engine
+                        .process_exited(&service_id, pid, now, &mut this.out);
+                    this.flush(now);
+                    tracing::debug!(service_id = %service_id, pid, removed, "supervised process exited");
+                }
+                Command::ProcessStarted { service_id, pid } => {
+                    this.engine.process_started(&service_id, pid);
+                }
+                Command::Workers { query, done } => {
+                    let _ = done.send(this.engine.broker_workers(&query));
                 }
                 Command::Drain { window, done } => {
                     if drained.is_none() {

@@ -12,6 +12,11 @@
 //! Paranoid Pirate has no STOP: the worker stops heartbeating, serves what is in progress and
 //! disconnects; the broker notices after its liveness window.
 //!
+//! Under a supervisor (`TROUPE_SERVICE_ID` set, or [`WorkerOptions::service_id`]) each socket's
+//! identity names the process (`troupe/<service id>/<pid>/<n>`), so that the broker fails the
+//! process's requests over the moment the supervisor reports its exit. For several brokers at
+//! once, see [`crate::worker_set`].
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use troupe_broker::worker::{Worker, WorkerOptions};
@@ -30,6 +35,7 @@
 //! # }
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,11 +61,26 @@ pub enum WorkerFraming {
     Seed,
 }
 
+/// Connections (sockets) this process has opened to brokers, for
+/// [`troupe_core::services::worker_identity`]: each gets the next number, so a reconnecting
+/// worker, or a second connection of a [`crate::worker_set::WorkerSet`], has an identity of
+/// its own.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
 /// How a worker connects and behaves.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// The broker backend, e.g. `tcp://127.0.0.1:7502`.
     pub endpoint: String,
+    /// The supervised service this process belongs to. When set, every socket the worker
+    /// opens gets the ZeroMQ identity
+    /// [`worker_identity`](troupe_core::services::worker_identity)`(service_id, pid, n)`
+    /// (`troupe/<service id>/<pid>/<n>`, `n` counting the connections this process has opened),
+    /// which lets a broker on the supervisor's node fail its requests over the moment the
+    /// process exits. When `None` the socket's identity is ZeroMQ's (random). [`WorkerOptions::new`]
+    /// takes it from `TROUPE_SERVICE_ID` ([`troupe_core::services::ENV_SERVICE_ID`]), which the
+    /// supervisor gives its services.
+    pub service_id: Option<String>,
     /// Framing; see [`WorkerFraming`].
     pub framing: WorkerFraming,
     /// Requests handled at once (handler threads), 1 to 255.
@@ -82,6 +103,7 @@ impl WorkerOptions {
     pub fn new(endpoint: impl Into<String>) -> Self {
         WorkerOptions {
             endpoint: endpoint.into(),
+            service_id: service_id_from_env(),
             framing: WorkerFraming::Seed,
             concurrency: 1,
             heartbeat_interval: Duration::from_secs(1),
@@ -91,6 +113,45 @@ impl WorkerOptions {
             drain_timeout: Duration::from_secs(5),
         }
     }
+}
+
+impl WorkerOptions {
+    /// Checks the ranges [`Worker::new`] requires.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if self.concurrency == 0 {
+            return Err(WorkerError::Options("concurrency must be 1 to 255".into()));
+        }
+        if self.heartbeat_interval.is_zero() || self.liveness == 0 {
+            return Err(WorkerError::Options(
+                "heartbeat interval and liveness must be positive".into(),
+            ));
+        }
+        if self.service_id.as_deref() == Some("") {
+            return Err(WorkerError::Options(
+                "the service id, when given, cannot be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The supervised service id in `TROUPE_SERVICE_ID`, if set and not empty.
+pub fn service_id_from_env() -> Option<String> {
+    std::env::var(troupe_core::services::ENV_SERVICE_ID)
+        .ok()
+        .filter(|id| !id.is_empty())
+}
+
+/// The identity of the next socket this process opens for `options`, if it has a service id
+/// (see [`WorkerOptions::service_id`]).
+fn next_identity(options: &WorkerOptions) -> Option<Vec<u8>> {
+    let service_id = options.service_id.as_deref()?;
+    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    Some(troupe_core::services::worker_identity(
+        service_id,
+        std::process::id(),
+        n,
+    ))
 }
 
 /// Errors of the worker API.
@@ -158,14 +219,7 @@ struct Job {
 impl Worker {
     /// A worker with `options`, and the handle that stops it.
     pub fn new(options: WorkerOptions) -> Result<(Worker, WorkerStop), WorkerError> {
-        if options.concurrency == 0 {
-            return Err(WorkerError::Options("concurrency must be 1 to 255".into()));
-        }
-        if options.heartbeat_interval.is_zero() || options.liveness == 0 {
-            return Err(WorkerError::Options(
-                "heartbeat interval and liveness must be positive".into(),
-            ));
-        }
+        options.validate()?;
         // The socket's context is separate from the stop channel's, so that the worker can
         // terminate it when it leaves (waiting for its last messages, STOP included) while
         // stop handles still exist.
@@ -243,6 +297,9 @@ impl WorkerLoop<'_> {
     fn connect(&self) -> Result<zmq::Socket, WorkerError> {
         let socket = self.context.socket(zmq::DEALER)?;
         socket.set_linger(0)?;
+        if let Some(identity) = next_identity(self.options) {
+            socket.set_identity(&identity)?;
+        }
         socket.connect(&self.options.endpoint)?;
         self.send_control(&socket, PPP_READY, self.free())?;
         Ok(socket)

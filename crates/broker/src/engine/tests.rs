@@ -633,3 +633,227 @@ fn the_snapshot_lists_workers_with_framing_and_credit() {
     assert_eq!(json["services"][1]["kind"], "majordomo");
     assert_eq!(json["services"][0]["stats"]["requests"], 1);
 }
+
+/// A worker identity made by the worker API under a supervisor.
+fn supervised(service_id: &str, pid: u32, connection: u64) -> Vec<u8> {
+    troupe_core::services::worker_identity(service_id, pid, connection)
+}
+
+fn query(broker_service: &str, service_id: &str, pid: u32) -> BrokerWorkers {
+    BrokerWorkers {
+        broker_service: broker_service.into(),
+        service_id: service_id.into(),
+        pid,
+    }
+}
+
+#[test]
+fn a_supervised_process_exit_fails_its_workers_requests_at_once() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let dead = supervised("echo-svc", 41, 0);
+    let dead_too = supervised("echo-svc", 41, 1);
+    let other_pid = supervised("echo-svc", 42, 2);
+    e.on_backend(0, vec![dead.clone(), b"\x01".to_vec()], at(0), &mut out);
+    e.on_backend(0, vec![dead_too.clone(), b"\x01".to_vec()], at(0), &mut out);
+    e.on_backend(
+        0,
+        vec![other_pid.clone(), b"\x01".to_vec()],
+        at(0),
+        &mut out,
+    );
+    e.on_majordomo(
+        vec![
+            supervised("echo-svc", 41, 3),
+            vec![],
+            b"MDPW01".to_vec(),
+            b"\x01".to_vec(),
+            b"weather".to_vec(),
+        ],
+        at(0),
+        &mut out,
+    );
+    // Four requests: one for each pirate worker, one for the Majordomo worker.
+    for client in [b"A", b"B", b"C"] {
+        e.on_frontend(0, f(&[client, b"", b"x"]), at(1), &mut out);
+    }
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPC01", b"weather", b"y"]),
+        at(1),
+        &mut out,
+    );
+    let held_by: Vec<Vec<u8>> = out.drain(..).map(|o| o.frames[0].clone()).collect();
+    assert_eq!(held_by.len(), 4);
+    assert_eq!(
+        e.broker_workers(&query("echo", "echo-svc", 41)),
+        BrokerWorkersAnswer {
+            known: true,
+            ready: true,
+            workers: 3,
+            queue_depth: 0
+        }
+    );
+
+    // Well inside the liveness window (300 ms): the three workers of pid 41 are gone now.
+    assert_eq!(e.process_exited("echo-svc", 41, at(2), &mut out), 3);
+    let failed = error_replies(&out);
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    for (socket, _, code, text) in &failed {
+        assert_eq!(*code, 502);
+        assert!(text.contains("exited after 1 attempt(s)"), "{text}");
+        assert!(matches!(socket, Socket::Frontend(0) | Socket::Majordomo));
+    }
+    let stats = e.stats(at(2));
+    assert_eq!(stats.services[0].workers, 1);
+    assert_eq!(stats.services[0].stats.workers_exited, 2);
+    assert_eq!(stats.services[0].stats.lost, 2);
+    assert_eq!(stats.services[1].stats.workers_exited, 1);
+    assert_eq!(stats.services[0].worker_list[0].pid, Some(42));
+    assert_eq!(
+        stats.services[0].worker_list[0].service_id.as_deref(),
+        Some("echo-svc")
+    );
+    let answer = e.broker_workers(&query("echo", "echo-svc", 41));
+    assert!(answer.known && !answer.ready);
+    assert_eq!(answer.workers, 1);
+
+    // A heartbeat still queued from a dead worker does not bring it back, nor does a
+    // Majordomo command.
+    out.clear();
+    e.on_backend(0, vec![dead.clone(), b"\x02".to_vec()], at(3), &mut out);
+    e.on_majordomo(
+        vec![
+            supervised("echo-svc", 41, 3),
+            vec![],
+            b"MDPW01".to_vec(),
+            b"\x04".to_vec(),
+        ],
+        at(3),
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(e.stats(at(3)).services[0].workers, 1);
+    // Reported twice: nothing more happens.
+    assert_eq!(e.process_exited("echo-svc", 41, at(4), &mut out), 0);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn with_retry_a_dead_process_requests_go_to_another_worker_at_once() {
+    let mut config = engine().config().clone();
+    config.retry_on_worker_loss = true;
+    config.validate().unwrap();
+    let mut e = Engine::new(config, at(0));
+    let mut out = Vec::new();
+    let dead = supervised("echo-svc", 7, 0);
+    e.on_backend(0, vec![dead.clone(), b"\x01".to_vec()], at(0), &mut out);
+    e.on_frontend(0, f(&[b"A", b"", b"x"]), at(1), &mut out);
+    assert_eq!(only(&mut out).frames[0], dead);
+    e.on_backend(0, f(&[b"spare", b"\x01"]), at(2), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(e.process_exited("echo-svc", 7, at(3), &mut out), 1);
+    let retried = only(&mut out);
+    assert_eq!(retried.frames, f(&[b"spare", b"A", b"", b"x"]));
+    let stats = e.stats(at(3)).services[0].stats.clone();
+    assert_eq!((stats.retried, stats.lost, stats.workers_exited), (1, 0, 1));
+
+    // With one attempt allowed, the request is answered instead (502), at once.
+    let mut config = e.config().clone();
+    config.max_attempts = 1;
+    let mut e = Engine::new(config, at(0));
+    e.on_backend(0, vec![dead.clone(), b"\x01".to_vec()], at(0), &mut out);
+    e.on_frontend(0, f(&[b"B", b"", b"x"]), at(1), &mut out);
+    assert_eq!(only(&mut out).frames[0], dead);
+    e.on_backend(0, f(&[b"spare", b"\x01"]), at(2), &mut out);
+    e.process_exited("echo-svc", 7, at(3), &mut out);
+    let failed = error_replies(&out);
+    assert_eq!(failed.len(), 1, "{out:?}");
+    assert_eq!((failed[0].1.as_slice(), failed[0].2), (&b"B"[..], 502));
+}
+
+#[test]
+fn broker_workers_answers_for_unknown_and_majordomo_services() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Any valid name is served on demand through the Majordomo socket.
+    assert_eq!(
+        e.broker_workers(&query("weather", "w", 1)),
+        BrokerWorkersAnswer {
+            known: true,
+            ..Default::default()
+        }
+    );
+    assert!(!e.broker_workers(&query("mmi.service", "w", 1)).known);
+    assert!(!e.broker_workers(&query("bad name", "w", 1)).known);
+    e.on_majordomo(
+        f(&[b"C", b"", b"MDPC01", b"weather", b"x"]),
+        at(0),
+        &mut out,
+    );
+    let waiting = e.broker_workers(&query("weather", "w", 1));
+    assert_eq!(
+        (waiting.known, waiting.ready, waiting.queue_depth),
+        (true, false, 1)
+    );
+    e.on_majordomo(
+        vec![
+            supervised("w", 1, 9),
+            vec![],
+            b"MDPW01".to_vec(),
+            b"\x01".to_vec(),
+            b"weather".to_vec(),
+        ],
+        at(1),
+        &mut out,
+    );
+    let ready = e.broker_workers(&query("weather", "w", 1));
+    assert_eq!(
+        (ready.ready, ready.workers, ready.queue_depth),
+        (true, 1, 0)
+    );
+    assert!(!e.broker_workers(&query("weather", "w", 2)).ready);
+
+    let mut config = engine().config().clone();
+    config.majordomo.enabled = false;
+    let e = Engine::<Vec<u8>>::new(config, at(0));
+    assert!(e.broker_workers(&query("echo", "w", 1)).known);
+    assert!(!e.broker_workers(&query("weather", "w", 1)).known);
+}
+
+#[test]
+fn a_dead_process_is_forgotten_after_a_window_or_when_its_pid_starts_again() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let dead = supervised("svc", 5, 0);
+    e.on_backend(0, vec![dead.clone(), b"\x01".to_vec()], at(0), &mut out);
+    e.process_exited("svc", 5, at(10), &mut out);
+    e.on_backend(0, vec![dead.clone(), b"\x01".to_vec()], at(20), &mut out);
+    assert_eq!(
+        e.stats(at(20)).services[0].workers,
+        0,
+        "a late READY is dropped"
+    );
+    // A new process of the service with the same pid (reused): accepted again.
+    e.process_started("svc", 5);
+    e.on_backend(
+        0,
+        vec![supervised("svc", 5, 1), b"\x01".to_vec()],
+        at(30),
+        &mut out,
+    );
+    assert_eq!(e.stats(at(30)).services[0].workers, 1);
+
+    // Another exit is remembered for a worker window (300 ms), then forgotten.
+    e.process_exited("svc", 5, at(40), &mut out);
+    assert_eq!(e.stats(at(40)).services[0].workers, 0);
+    let late = supervised("svc", 5, 2);
+    e.on_backend(0, vec![late.clone(), b"\x02".to_vec()], at(100), &mut out);
+    assert_eq!(e.stats(at(100)).services[0].workers, 0);
+    let mut t = 100;
+    while t <= 400 {
+        t += 100;
+        e.on_timer(at(t), &mut out);
+    }
+    e.on_backend(0, vec![late, b"\x02".to_vec()], at(t), &mut out);
+    assert_eq!(e.stats(at(t)).services[0].workers, 1);
+}
