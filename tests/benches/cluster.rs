@@ -9,9 +9,10 @@
 //! 2. **A supervised worker's death.** A request is held by an echo worker (`--delay 30s`);
 //!    the worker is killed with SIGKILL; the time from the kill to the client's answer is
 //!    measured for a worker the node's own supervisor runs (the supervisor tells the broker at
-//!    once) and for the baseline, the same worker run outside the node (as on another machine:
-//!    the broker learns of the death only when its heartbeats stop, after the heartbeat
-//!    window).
+//!    once) and for the baseline, the same worker run outside the node, as another node's
+//!    worker is: the broker learns of its death from heartbeats only (here at its next
+//!    heartbeat, which the closed connection refuses; after the whole liveness window when the
+//!    connection is not closed, as with a machine cut off).
 //!
 //! Environment: `TROUPE_BENCH_RUNS` (default 5).
 

@@ -9,7 +9,9 @@ prefix=$(mktemp -d)
 runtime=$(mktemp -d)
 log="$runtime/node.log"
 node=""
+worker=""
 cleanup() {
+    if [ -n "$worker" ] && kill -0 "$worker" 2>/dev/null; then kill -KILL "$worker" 2>/dev/null || true; fi
     if [ -n "$node" ] && kill -0 "$node" 2>/dev/null; then kill -KILL "$node" 2>/dev/null || true; fi
     rm -rf "$prefix" "$runtime"
 }
@@ -38,6 +40,26 @@ until [ "$(troupe call echo hello 2>/dev/null)" = "hello" ]; do
     [ $((tries += 1)) -lt 100 ] || fail "troupe call echo hello never answered hello"
     sleep 0.1
 done
+
+# The node offers the broker under its own resource, with its endpoints.
+tries=0
+until troupe cluster lookup broker | grep -q "majordomo=tcp://127.0.0.1:7500"; do
+    [ $((tries += 1)) -lt 100 ] || fail "cluster lookup broker does not show the broker's endpoints"
+    sleep 0.1
+done
+[ "$(troupe call echo hello --beacon tcp://127.0.0.1:7400)" = "hello" ] || fail "call --beacon"
+
+# A worker that finds the broker through the beacon joins it.
+troupe echo-worker --service echo --beacon tcp://127.0.0.1:7400 >"$runtime/worker.log" 2>&1 &
+worker=$!
+tries=0
+until [ "$(troupe ctl broker --json | python3 -c 'import json,sys; print(sum(len(s["worker_list"]) for s in json.load(sys.stdin)["services"]))')" -ge 2 ]; do
+    [ $((tries += 1)) -lt 100 ] || fail "the discovering echo worker never joined the broker"
+    sleep 0.1
+done
+kill -TERM "$worker"
+wait "$worker" || fail "the discovering echo worker did not leave cleanly"
+worker=""
 
 before=$(troupe ctl service echo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 troupe ctl restart echo | grep -q "echo: restarted (pid" || fail "ctl restart echo"

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use troupe_core::cluster::advertised;
+
 use crate::socket_loop::{BoundEndpoints, ServicesApplied};
 
 /// Name of the Majordomo socket's endpoint.
@@ -26,15 +28,15 @@ pub fn advertised_endpoints(
     for service in &bound.services {
         endpoints.insert(
             format!("{}.frontend", service.name),
-            advertise(&service.frontend, host),
+            advertised(&service.frontend, host),
         );
         endpoints.insert(
             format!("{}.backend", service.name),
-            advertise(&service.backend, host),
+            advertised(&service.backend, host),
         );
     }
     if let Some(majordomo) = &bound.majordomo {
-        endpoints.insert(MAJORDOMO_ENDPOINT.to_string(), advertise(majordomo, host));
+        endpoints.insert(MAJORDOMO_ENDPOINT.to_string(), advertised(majordomo, host));
     }
     endpoints
 }
@@ -61,30 +63,9 @@ pub fn registration_changes(
     (add, remove)
 }
 
-/// `endpoint` with a wildcard TCP host replaced by `host`.
-fn advertise(endpoint: &str, host: &str) -> String {
-    let Some(rest) = endpoint.strip_prefix("tcp://") else {
-        return endpoint.to_string();
-    };
-    let Some((bound_host, port)) = rest.rsplit_once(':') else {
-        return endpoint.to_string();
-    };
-    match bound_host {
-        "*" | "0.0.0.0" | "[::]" | "::" if !host.is_empty() => format!("tcp://{host}:{port}"),
-        _ => endpoint.to_string(),
-    }
-}
-
 /// This machine's host name, or an empty string if it has none.
 pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    troupe_core::cluster::host_name()
 }
 
 #[cfg(test)]

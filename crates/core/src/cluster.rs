@@ -133,9 +133,70 @@ fn push_env_part(name: &mut String, part: &str) {
     }));
 }
 
+/// `endpoint` as other machines can reach it: a TCP socket bound to every interface
+/// (`tcp://0.0.0.0:…`, `tcp://[::]:…`, `tcp://*:…`) is given `host` instead (when `host` is not
+/// empty); other addresses are returned as they are.
+pub fn advertised(endpoint: &str, host: &str) -> String {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.to_string();
+    };
+    let Some((bound_host, port)) = rest.rsplit_once(':') else {
+        return endpoint.to_string();
+    };
+    match bound_host {
+        "*" | "0.0.0.0" | "[::]" | "::" if !host.is_empty() => format!("tcp://{host}:{port}"),
+        _ => endpoint.to_string(),
+    }
+}
+
+/// This machine's host name, or an empty string if it has none.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Offers `endpoints` under `resource` through the node's cluster client, if it has one; a
+/// refusal or a stopped client is logged (the role serves all the same, it is only not
+/// discoverable).
+pub async fn offer_if_clustered(
+    published: &crate::context::Published,
+    resource: &str,
+    endpoints: BTreeMap<String, String>,
+) {
+    let Some(cluster) = published.lookup::<ClusterHandle>() else {
+        return;
+    };
+    let shown = format!("{endpoints:?}");
+    let offer = Offer {
+        resource: resource.to_string(),
+        endpoints,
+    };
+    match cluster.offer.send(offer).await {
+        Ok(Ok(())) => tracing::info!(resource, endpoints = %shown, "endpoints registered with the cluster"),
+        Ok(Err(err)) => tracing::warn!(resource, endpoints = %shown, %err, "the cluster client refused the endpoints"),
+        Err(_) => tracing::warn!(resource, "the cluster client has stopped; endpoints not registered"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_hosts_are_advertised_at_the_given_host() {
+        assert_eq!(advertised("tcp://0.0.0.0:7400", "hub-1"), "tcp://hub-1:7400");
+        assert_eq!(advertised("tcp://*:7400", "10.0.0.1"), "tcp://10.0.0.1:7400");
+        assert_eq!(advertised("tcp://[::]:7400", "h"), "tcp://h:7400");
+        assert_eq!(advertised("tcp://0.0.0.0:7400", ""), "tcp://0.0.0.0:7400");
+        assert_eq!(advertised("tcp://127.0.0.1:1", "h"), "tcp://127.0.0.1:1");
+        assert_eq!(advertised("ipc:///tmp/x", "h"), "ipc:///tmp/x");
+    }
 
     #[test]
     fn requirement_env_names_are_upper_case_and_safe() {

@@ -64,6 +64,8 @@ impl Role for IpcRole {
             mode = if group.is_some() { "0660" } else { "0600" },
             "ipc hub listening"
         );
+        let endpoints = [("socket".to_string(), path.display().to_string())].into();
+        troupe_core::cluster::offer_if_clustered(&ctx.published, Self::NAME, endpoints).await;
         Ok(IpcRole { hub, socket })
     }
 

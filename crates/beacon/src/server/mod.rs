@@ -134,6 +134,12 @@ impl Role for BeaconRole {
         let cookie = cluster.load_cookie().await.map_err(RoleError::new)?;
         let (actor, thread_done) = start_server(&config, cookie).await?;
         ctx.published.publish(actor.clone());
+        let router = troupe_core::cluster::advertised(
+            config.bind.as_str(),
+            &troupe_core::cluster::host_name(),
+        );
+        let endpoints = [("router".to_string(), router)].into();
+        troupe_core::cluster::offer_if_clustered(&ctx.published, Self::NAME, endpoints).await;
         let snapshot_file =
             (!config.snapshot_file.as_os_str().is_empty()).then(|| config.snapshot_file.clone());
         Ok(BeaconRole {

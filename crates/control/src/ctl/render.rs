@@ -386,6 +386,10 @@ pub(super) fn broker(b: &Value) -> String {
                     vec![
                         text(&s["name"]),
                         text(&w["identity"]),
+                        match (w["service_id"].as_str(), w["pid"].as_u64()) {
+                            (Some(id), Some(pid)) => format!("{id} (pid {pid})"),
+                            _ => "-".to_string(),
+                        },
                         text(&w["framing"]),
                         text(&w["credit"]),
                         text(&w["held"]),
@@ -402,6 +406,7 @@ pub(super) fn broker(b: &Value) -> String {
             &[
                 "SERVICE",
                 "WORKER",
+                "SUPERVISED AS",
                 "FRAMING",
                 "CREDIT",
                 "HELD",
