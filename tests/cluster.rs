@@ -305,8 +305,9 @@ fn requirements_hold_a_service_until_a_provider_is_online() {
     let beacon = format!("tcp://{}:7400", hub_machine.ip);
 
     let unmet = format!(
-        "{}\n[[supervisor.services]]\nid = \"lonely\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\nrequires = [\"nobody-offers-this\"]\nrequirements_timeout = \"1s\"\n",
-        edge_config(&beacon)
+        "{}\n[[supervisor.services]]\nid = \"lonely\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\nrequires = [\"nobody-offers-this\"]\nrequirements_timeout = \"1s\"\n\n[[supervisor.services]]\nid = \"api\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\nendpoints = {{ http = \"tcp://{}:8080\" }}\n",
+        edge_config(&beacon),
+        edge_machine.ip
     );
     let edge = Node::start(&edge_machine, "edge-a", &unmet);
     let waiting = edge.state("gated", "waiting_for_requirements");
@@ -332,6 +333,37 @@ fn requirements_hold_a_service_until_a_provider_is_online() {
         failed.to_string().contains("nobody-offers-this"),
         "the failure names what is missing: {failed}"
     );
+
+    // A service's endpoints are offered while it runs and withdrawn when it stops.
+    let lookup = |resource: &str| {
+        let mut cmd = troupe();
+        cmd.args(["cluster", "lookup", resource, "--json", "--beacon", &beacon]);
+        let out = hub_machine.wrap(cmd).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["nodes"].clone()
+    };
+    let api = format!("tcp://{}:8080", edge_machine.ip);
+    let deadline = Instant::now() + SETTLE;
+    while lookup("api")[0]["endpoints"]["http"] != api.as_str() {
+        assert!(
+            Instant::now() < deadline,
+            "api never offered: {}",
+            lookup("api")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    edge.ctl_json(&["stop", "api"]).expect("ctl stop api");
+    let deadline = Instant::now() + SETTLE;
+    while lookup("api")
+        .as_array()
+        .is_some_and(|nodes| !nodes.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "api still offered: {}",
+            lookup("api")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -377,7 +409,7 @@ fn a_second_broker_joins_and_the_workers_attach_to_it() {
         "hub",
         &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
     );
-    let _edge = Node::start(&a, "edge-a", &edge_config(&beacon));
+    let edge = Node::start(&a, "edge-a", &edge_config(&beacon));
     until_workers(&hub, 1);
     let hub2 = Node::start(&second, "hub2", &broker_config(&second.ip, &beacon));
     until_workers(&hub2, 1);
@@ -393,7 +425,15 @@ fn a_second_broker_joins_and_the_workers_attach_to_it() {
     let out = a.wrap(cmd).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "via-second");
     // The gated service was restarted with both brokers in its environment.
-    edge_has_both_brokers(&_edge, &hub_machine, &second);
+    edge_has_both_brokers(&edge, &hub_machine, &second);
+
+    // The second broker goes away: the workers leave it, and calls go on through the first.
+    drop(hub2);
+    let left = format!("left broker endpoint=tcp://{}:7502", second.ip);
+    edge.until(&["logs", "echo"], "leaving the stopped broker", |logs| {
+        logs.to_string().contains(&left)
+    });
+    call_until_answered(&a, &beacon, "after-the-second");
 }
 
 fn edge_has_both_brokers(edge: &Node, one: &Machine, two: &Machine) {

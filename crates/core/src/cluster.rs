@@ -178,9 +178,16 @@ pub async fn offer_if_clustered(
         endpoints,
     };
     match cluster.offer.send(offer).await {
-        Ok(Ok(())) => tracing::info!(resource, endpoints = %shown, "endpoints registered with the cluster"),
-        Ok(Err(err)) => tracing::warn!(resource, endpoints = %shown, %err, "the cluster client refused the endpoints"),
-        Err(_) => tracing::warn!(resource, "the cluster client has stopped; endpoints not registered"),
+        Ok(Ok(())) => {
+            tracing::info!(resource, endpoints = %shown, "endpoints registered with the cluster")
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(resource, endpoints = %shown, %err, "the cluster client refused the endpoints")
+        }
+        Err(_) => tracing::warn!(
+            resource,
+            "the cluster client has stopped; endpoints not registered"
+        ),
     }
 }
 
@@ -190,8 +197,14 @@ mod tests {
 
     #[test]
     fn wildcard_hosts_are_advertised_at_the_given_host() {
-        assert_eq!(advertised("tcp://0.0.0.0:7400", "hub-1"), "tcp://hub-1:7400");
-        assert_eq!(advertised("tcp://*:7400", "10.0.0.1"), "tcp://10.0.0.1:7400");
+        assert_eq!(
+            advertised("tcp://0.0.0.0:7400", "hub-1"),
+            "tcp://hub-1:7400"
+        );
+        assert_eq!(
+            advertised("tcp://*:7400", "10.0.0.1"),
+            "tcp://10.0.0.1:7400"
+        );
         assert_eq!(advertised("tcp://[::]:7400", "h"), "tcp://h:7400");
         assert_eq!(advertised("tcp://0.0.0.0:7400", ""), "tcp://0.0.0.0:7400");
         assert_eq!(advertised("tcp://127.0.0.1:1", "h"), "tcp://127.0.0.1:1");
