@@ -189,6 +189,29 @@ on_requirement_change = "restart"
     )
 }
 
+/// A lab with a hub machine (address .1) and `edges` more machines (.2, .3, …); the hub is
+/// not started yet. Returns the lab, the hub's machine, the edges and the beacon's address.
+fn lab_with_hub(edges: &[&str]) -> (Lab, Machine, Vec<Machine>, String) {
+    let mut lab = Lab::new();
+    let hub = lab.machine("hub", 1);
+    let others = edges
+        .iter()
+        .zip(2u8..)
+        .map(|(name, host)| lab.machine(name, host))
+        .collect();
+    let beacon = format!("tcp://{}:7400", hub.ip);
+    (lab, hub, others, beacon)
+}
+
+/// Starts the hub node (beacon and broker) on `machine`.
+fn start_hub(machine: &Machine) -> Node {
+    Node::start(
+        machine,
+        "hub",
+        &hub_config(&machine.ip, "\"beacon\", \"broker\""),
+    )
+}
+
 /// `troupe call echo PAYLOAD`, run on `machine`, finding the broker through `beacon`.
 fn call(machine: &Machine, beacon: &str, payload: &str, timeout: &str) -> Output {
     let mut cmd = troupe();
@@ -299,28 +322,22 @@ fn the_network_between_machines_is_real() {
 
 #[test]
 fn requirements_hold_a_service_until_a_provider_is_online() {
-    let mut lab = Lab::new();
-    let hub_machine = lab.machine("hub", 1);
-    let edge_machine = lab.machine("edge", 2);
-    let beacon = format!("tcp://{}:7400", hub_machine.ip);
+    let (_lab, hub_machine, machines, beacon) = lab_with_hub(&["edge"]);
+    let edge_machine = &machines[0];
 
     let unmet = format!(
         "{}\n[[supervisor.services]]\nid = \"lonely\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\nrequires = [\"nobody-offers-this\"]\nrequirements_timeout = \"1s\"\n\n[[supervisor.services]]\nid = \"api\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\nendpoints = {{ http = \"tcp://{}:8080\" }}\n",
         edge_config(&beacon),
         edge_machine.ip
     );
-    let edge = Node::start(&edge_machine, "edge-a", &unmet);
+    let edge = Node::start(edge_machine, "edge-a", &unmet);
     let waiting = edge.state("gated", "waiting_for_requirements");
     assert!(
         waiting.to_string().contains("broker"),
         "it says what it waits for: {waiting}"
     );
 
-    let _hub = Node::start(
-        &hub_machine,
-        "hub",
-        &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
-    );
+    let _hub = start_hub(&hub_machine);
     edge.state("gated", "running");
     let logs = edge.until(&["logs", "gated"], "logging its broker", |logs| {
         logs.to_string()
@@ -368,19 +385,12 @@ fn requirements_hold_a_service_until_a_provider_is_online() {
 
 #[test]
 fn a_worker_on_one_edge_answers_a_call_from_another() {
-    let mut lab = Lab::new();
-    let hub_machine = lab.machine("hub", 1);
-    let a = lab.machine("a", 2);
-    let b = lab.machine("b", 3);
-    let beacon = format!("tcp://{}:7400", hub_machine.ip);
-    let hub = Node::start(
-        &hub_machine,
-        "hub",
-        &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
-    );
-    let _edge = Node::start(&a, "edge-a", &edge_config(&beacon));
+    let (_lab, hub_machine, machines, beacon) = lab_with_hub(&["a", "b"]);
+    let (a, b) = (&machines[0], &machines[1]);
+    let hub = start_hub(&hub_machine);
+    let _edge = Node::start(a, "edge-a", &edge_config(&beacon));
     until_workers(&hub, 1);
-    let took = call_until_answered(&b, &beacon, "hello");
+    let took = call_until_answered(b, &beacon, "hello");
     eprintln!("first answer from edge b after {took:?}");
 
     // The README's lookup shows the broker with its endpoints.
@@ -399,19 +409,12 @@ fn a_worker_on_one_edge_answers_a_call_from_another() {
 
 #[test]
 fn a_second_broker_joins_and_the_workers_attach_to_it() {
-    let mut lab = Lab::new();
-    let hub_machine = lab.machine("hub", 1);
-    let second = lab.machine("hub2", 2);
-    let a = lab.machine("a", 3);
-    let beacon = format!("tcp://{}:7400", hub_machine.ip);
-    let hub = Node::start(
-        &hub_machine,
-        "hub",
-        &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
-    );
-    let edge = Node::start(&a, "edge-a", &edge_config(&beacon));
+    let (_lab, hub_machine, machines, beacon) = lab_with_hub(&["hub2", "a"]);
+    let (second, a) = (&machines[0], &machines[1]);
+    let hub = start_hub(&hub_machine);
+    let edge = Node::start(a, "edge-a", &edge_config(&beacon));
     until_workers(&hub, 1);
-    let hub2 = Node::start(&second, "hub2", &broker_config(&second.ip, &beacon));
+    let hub2 = Node::start(second, "hub2", &broker_config(&second.ip, &beacon));
     until_workers(&hub2, 1);
     // Clients reach the worker through either broker.
     let mut cmd = troupe();
@@ -425,7 +428,7 @@ fn a_second_broker_joins_and_the_workers_attach_to_it() {
     let out = a.wrap(cmd).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "via-second");
     // The gated service was restarted with both brokers in its environment.
-    edge_has_both_brokers(&edge, &hub_machine, &second);
+    edge_has_both_brokers(&edge, &hub_machine, second);
 
     // The second broker goes away: the workers leave it, and calls go on through the first.
     drop(hub2);
@@ -433,7 +436,7 @@ fn a_second_broker_joins_and_the_workers_attach_to_it() {
     edge.until(&["logs", "echo"], "leaving the stopped broker", |logs| {
         logs.to_string().contains(&left)
     });
-    call_until_answered(&a, &beacon, "after-the-second");
+    call_until_answered(a, &beacon, "after-the-second");
 }
 
 fn edge_has_both_brokers(edge: &Node, one: &Machine, two: &Machine) {
@@ -445,24 +448,17 @@ fn edge_has_both_brokers(edge: &Node, one: &Machine, two: &Machine) {
 
 #[test]
 fn the_hub_is_killed_and_restarted_and_everything_recovers() {
-    let mut lab = Lab::new();
-    let hub_machine = lab.machine("hub", 1);
-    let a = lab.machine("a", 2);
-    let b = lab.machine("b", 3);
-    let beacon = format!("tcp://{}:7400", hub_machine.ip);
-    let mut hub = Node::start(
-        &hub_machine,
-        "hub",
-        &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
-    );
-    let _edge = Node::start(&a, "edge-a", &edge_config(&beacon));
+    let (_lab, hub_machine, machines, beacon) = lab_with_hub(&["a", "b"]);
+    let (a, b) = (&machines[0], &machines[1]);
+    let mut hub = start_hub(&hub_machine);
+    let _edge = Node::start(a, "edge-a", &edge_config(&beacon));
     until_workers(&hub, 1);
-    call_until_answered(&b, &beacon, "before");
+    call_until_answered(b, &beacon, "before");
 
     hub.kill();
     hub.launch();
     let ready = Instant::now();
-    let took = call_until_answered(&b, &beacon, "after");
+    let took = call_until_answered(b, &beacon, "after");
     // Liveness plus one interval, and room for a loaded machine to schedule the processes.
     let bound = Duration::from_millis((LIVENESS + 1) * BEAT_MS) + Duration::from_secs(3);
     assert!(
@@ -475,17 +471,10 @@ fn the_hub_is_killed_and_restarted_and_everything_recovers() {
 
 #[test]
 fn an_edge_cut_off_goes_offline_waits_and_comes_back() {
-    let mut lab = Lab::new();
-    let hub_machine = lab.machine("hub", 1);
-    let a = lab.machine("a", 2);
-    let b = lab.machine("b", 3);
-    let beacon = format!("tcp://{}:7400", hub_machine.ip);
-    let hub = Node::start(
-        &hub_machine,
-        "hub",
-        &hub_config(&hub_machine.ip, "\"beacon\", \"broker\""),
-    );
-    let edge = Node::start(&a, "edge-a", &edge_config(&beacon));
+    let (_lab, hub_machine, machines, beacon) = lab_with_hub(&["a", "b"]);
+    let (a, b) = (&machines[0], &machines[1]);
+    let hub = start_hub(&hub_machine);
+    let edge = Node::start(a, "edge-a", &edge_config(&beacon));
     edge.state("gated", "running");
     until_workers(&hub, 1);
 
@@ -515,7 +504,7 @@ fn an_edge_cut_off_goes_offline_waits_and_comes_back() {
         assert!(Instant::now() < deadline, "edge-a never came back online");
         std::thread::sleep(Duration::from_millis(20));
     }
-    call_until_answered(&b, &beacon, "healed");
+    call_until_answered(b, &beacon, "healed");
 }
 
 #[test]

@@ -24,6 +24,22 @@ pub struct Provider {
     pub endpoints: BTreeMap<String, String>,
 }
 
+impl Provider {
+    /// Node `node` offering `endpoints` (name, address).
+    pub fn new<'a>(
+        node: &str,
+        endpoints: impl IntoIterator<Item = &'a (&'a str, &'a str)>,
+    ) -> Self {
+        Provider {
+            node: node.to_string(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(name, address)| (name.to_string(), address.to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// The current online providers of the watched resources.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]

@@ -24,13 +24,7 @@ impl Clock {
 }
 
 fn provider(node: &str, endpoints: &[(&str, &str)]) -> Provider {
-    Provider {
-        node: node.into(),
-        endpoints: endpoints
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    Provider::new(node, endpoints)
 }
 
 fn picture(entries: Vec<(&str, Vec<Provider>)>) -> BTreeMap<String, Vec<Provider>> {

@@ -265,13 +265,7 @@ mod tests {
     use super::*;
 
     fn provider(node: &str, endpoints: &[(&str, &str)]) -> Provider {
-        Provider {
-            node: node.into(),
-            endpoints: endpoints
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        Provider::new(node, endpoints)
     }
 
     fn view() -> RequirementsView {

@@ -25,7 +25,7 @@ use troupe_core::Role;
 use troupe_supervisor::messages::*;
 use troupe_supervisor::{
     ChildError, ChildSpec, OnRequirementChange, ReadyCheck, ServiceConfig, ServiceState,
-    ServiceStatus, Supervisor, SupervisorConfig, SupervisorRole,
+    Supervisor, SupervisorConfig, SupervisorRole,
 };
 
 /// What the fake cluster client was told, with when.
@@ -186,13 +186,7 @@ impl Cluster {
 }
 
 fn provider(node: &str, endpoints: &[(&str, &str)]) -> Provider {
-    Provider {
-        node: node.into(),
-        endpoints: endpoints
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    Provider::new(node, endpoints)
 }
 
 fn hub(n: u32) -> Provider {
@@ -210,28 +204,6 @@ fn start_with(children: Vec<ChildSpec>, cluster: &Cluster) -> Addr<Supervisor> {
     let mut setup = setup(children, None);
     setup.cluster = Some(cluster.handle.clone());
     start(setup).0
-}
-
-async fn status_until(
-    sup: &Addr<Supervisor>,
-    id: &str,
-    what: &str,
-    check: impl Fn(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let status = sup.send(GetServiceStatus(id.into())).await.unwrap();
-        if let Ok(s) = &status {
-            if check(s) {
-                return s.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: not {what} within {DEADLINE:?}; last: {status:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until `id` runs a process other than `not`; its pid.

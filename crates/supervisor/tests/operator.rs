@@ -12,32 +12,9 @@ use common::*;
 use troupe_core::Role;
 use troupe_supervisor::messages::*;
 use troupe_supervisor::{
-    ChildError, ServiceConfig, ServiceLogs, ServiceState, ServiceStatus, Supervisor,
-    SupervisorConfig, SupervisorRole,
+    ChildError, ServiceConfig, ServiceLogs, ServiceState, Supervisor, SupervisorConfig,
+    SupervisorRole,
 };
-
-/// Polls child `id`'s status until `check` holds.
-async fn status_until(
-    sup: &Addr<Supervisor>,
-    id: &str,
-    what: &str,
-    check: impl Fn(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let status = sup.send(GetServiceStatus(id.into())).await.unwrap();
-        if let Ok(s) = &status {
-            if check(s) {
-                return s.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: not {what} within {DEADLINE:?}; last: {status:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn up(sup: &Addr<Supervisor>, id: &str) -> u32 {
     status_until(sup, id, "running", |s| s.state == ServiceState::Running)

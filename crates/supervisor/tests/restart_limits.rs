@@ -5,35 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use actix::prelude::*;
 use common::*;
 use troupe_supervisor::messages::*;
-use troupe_supervisor::{Count, OnExhausted, ServiceState, ServiceStatus, Supervisor};
-
-/// Polls child `id`'s status until `check` holds.
-async fn status_until(
-    sup: &Addr<Supervisor>,
-    id: &str,
-    what: &str,
-    check: impl Fn(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let status = sup.send(GetServiceStatus(id.into())).await.unwrap();
-        if let Ok(s) = &status {
-            if check(s) {
-                return s.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: not {what} within {DEADLINE:?}; last: {status:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use troupe_supervisor::{Count, OnExhausted, ServiceState};
 
 #[actix_rt::test]
 async fn a_crash_loop_ends_failed_and_the_rest_runs_on_until_an_operator_starts_it() {

@@ -122,3 +122,29 @@ pub fn sh(id: &str, script: &str, plan: &str) -> ChildSpec {
         .with_args(["-c", script])
         .with_plan(serde_json::from_str(plan).unwrap())
 }
+
+/// Polls child `id`'s status until `check` holds.
+pub async fn status_until(
+    sup: &Addr<Supervisor>,
+    id: &str,
+    what: &str,
+    check: impl Fn(&troupe_supervisor::ServiceStatus) -> bool,
+) -> troupe_supervisor::ServiceStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = sup
+            .send(troupe_supervisor::messages::GetServiceStatus(id.into()))
+            .await
+            .unwrap();
+        if let Ok(s) = &status {
+            if check(s) {
+                return s.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: not {what} within {DEADLINE:?}; last: {status:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
