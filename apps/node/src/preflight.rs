@@ -41,6 +41,9 @@ pub fn check(settings: &NodeSettings) -> Result<(), ConfigError> {
     let control: ControlConfig = section(doc, "control")?;
     creatable_folder("control.socket", &control.socket_path(&settings.name))?;
     let mut addresses: Vec<(String, String)> = Vec::new();
+    if !control.metrics_bind.is_empty() {
+        addresses.push(("control.metrics_bind".into(), control.metrics_bind.clone()));
+    }
     if !control.bind.is_empty() {
         addresses.push(("control.bind".into(), control.bind.clone()));
     }

@@ -19,8 +19,8 @@ use troupe_core::services::{parse_worker_identity, BrokerWorkers, BrokerWorkersA
 use crate::config::BrokerConfig;
 use crate::protocol::{self, BackendMessage, Control, Frame, Framing, MajordomoMessage};
 use crate::service::{
-    show_id, Loss, Origin, Outgoing, Purpose, Request, Service, ServiceStats, Socket, WorkerId,
-    WorkerSnapshot,
+    body_bytes, show_id, Loss, Origin, Outgoing, Purpose, Request, Service, ServiceStats, Socket,
+    WorkerId, WorkerSnapshot,
 };
 use crate::update::UpdatePlan;
 
@@ -233,6 +233,7 @@ impl<F: Frame> Engine<F> {
             envelope: frames,
             body,
             attempts: 0,
+            received: now,
         };
         let draining = self.is_draining();
         let Some(service) = self.pirate(index) else {
@@ -305,6 +306,7 @@ impl<F: Frame> Engine<F> {
                         return;
                     }
                 };
+                service.stats.sent_bytes += body_bytes(frames.get(end + 1..).unwrap_or(&[]));
                 match held.origin {
                     Origin::Frontend(i) => {
                         let reply = frames.split_off(start);
@@ -364,6 +366,7 @@ impl<F: Frame> Engine<F> {
                     envelope: frames,
                     body,
                     attempts: 0,
+                    received: now,
                 };
                 let draining = self.is_draining();
                 match self.service_for(&service, now) {
@@ -433,6 +436,7 @@ impl<F: Frame> Engine<F> {
                     return;
                 }
                 let body = frames.split_off(6);
+                svc.stats.sent_bytes += body_bytes(&body);
                 let client = frames.swap_remove(4);
                 out.push(Outgoing {
                     socket: Socket::Majordomo,

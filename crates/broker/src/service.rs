@@ -92,6 +92,8 @@ pub struct Request<F> {
     pub body: Vec<F>,
     /// Workers it has been given to so far.
     pub attempts: u32,
+    /// When the broker received it (for [`ServiceStats::durations`]).
+    pub received: Instant,
 }
 
 /// Why a worker left the queue.
@@ -142,6 +144,8 @@ pub struct Held<F> {
     pub attempts: u32,
     /// The body, kept only when the service retries on worker loss.
     body: Option<Vec<F>>,
+    /// When the broker received the request.
+    pub received: Instant,
 }
 
 struct Waiting<F> {
@@ -204,6 +208,59 @@ pub struct ServiceStats {
     pub workers_lost: u64,
     /// Workers removed because the supervisor reported their process's exit.
     pub workers_exited: u64,
+    /// Bytes of request bodies received from clients.
+    pub received_bytes: u64,
+    /// Bytes of reply bodies forwarded from workers to clients (the broker's own error
+    /// replies are not counted).
+    pub sent_bytes: u64,
+    /// Time from each request's arrival to its worker's reply, for replies forwarded. Not in
+    /// the JSON: metrics expose it as a histogram.
+    #[serde(skip)]
+    pub durations: DurationHistogram,
+}
+
+/// Upper bounds of [`DurationHistogram`]'s buckets, in microseconds (100 µs to 10 s).
+pub const DURATION_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A histogram of durations with fixed buckets ([`DURATION_BUCKETS_US`]): a count per bucket
+/// (not cumulative; the last counts what is above every bound) and the sum. Recording is a
+/// binary search over 16 bounds and two additions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DurationHistogram {
+    counts: [u64; DURATION_BUCKETS_US.len() + 1],
+    sum_us: u64,
+}
+
+impl DurationHistogram {
+    /// Records one duration.
+    pub fn observe(&mut self, duration: Duration) {
+        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Durations recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Their sum, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us as f64 / 1e6
+    }
+
+    /// Each bucket's upper bound in seconds and the durations in it, not cumulative (the
+    /// last bucket, above every bound, is left out: it is `count()` minus the others).
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        DURATION_BUCKETS_US
+            .iter()
+            .zip(self.counts)
+            .map(|(&bound, count)| (bound as f64 / 1e6, count))
+    }
 }
 
 /// One service: its workers, their credit, waiting requests and held requests.
@@ -339,6 +396,7 @@ impl<F: Frame> Service<F> {
     /// A new request: handed to the best worker, else queued, else refused at once.
     pub fn offer(&mut self, request: Request<F>, now: Instant, out: &mut Vec<Outgoing<F>>) {
         self.stats.requests += 1;
+        self.stats.received_bytes += body_bytes(&request.body);
         self.admit(request, now, out);
     }
 
@@ -366,6 +424,7 @@ impl<F: Frame> Service<F> {
     /// Refuses a request at once with `text` (503), e.g. while shutting down.
     pub fn refuse(&mut self, request: Request<F>, text: &str, out: &mut Vec<Outgoing<F>>) {
         self.stats.requests += 1;
+        self.stats.received_bytes += body_bytes(&request.body);
         self.stats.refused += 1;
         out.push(self.error_reply(
             request.origin,
@@ -458,6 +517,7 @@ impl<F: Frame> Service<F> {
             route,
             attempts: request.attempts,
             body: body_copy,
+            received: request.received,
         });
         let id = worker.id.clone();
         self.stats.dispatched += 1;
@@ -585,6 +645,9 @@ impl<F: Frame> Service<F> {
         let credit = worker.credit + 1;
         self.set_credit(slot, credit);
         self.stats.replies += 1;
+        self.stats
+            .durations
+            .observe(now.saturating_duration_since(held.received));
         self.pump(out);
         Ok(held)
     }
@@ -635,6 +698,7 @@ impl<F: Frame> Service<F> {
                     envelope,
                     body: held.body.expect("checked"),
                     attempts: held.attempts,
+                    received: held.received,
                 });
             } else {
                 self.stats.lost += 1;
@@ -693,6 +757,7 @@ impl<F: Frame> Service<F> {
                     envelope,
                     body,
                     attempts: held.attempts - 1,
+                    received: held.received,
                 });
                 undone += 1;
             }
@@ -890,6 +955,11 @@ impl<F: Frame> Service<F> {
             }
         }
     }
+}
+
+/// The bytes of a message's body frames.
+pub fn body_bytes<F: Frame>(frames: &[F]) -> u64 {
+    frames.iter().map(|f| f.bytes().len() as u64).sum()
 }
 
 /// The client's routing frames for a held request.

@@ -2,7 +2,9 @@
 //!
 //! Every one is logged as a tracing event (`service metric`, `service event`) and handed to
 //! each subscriber. Another role subscribes by looking up [`IpcEvents`] in the node's
-//! published registry and sending [`SubscribeEvents`] with its own recipient. Delivery to a
+//! published registry and sending [`SubscribeEvents`] with its own recipient; what starts
+//! before the roles publishes a [`NodeSubscriber`] instead, which the ipc role subscribes as
+//! it starts. Delivery to a
 //! subscriber never blocks the hub: a subscriber whose mailbox is full misses the event,
 //! and the hub counts and logs what it missed.
 
@@ -47,6 +49,12 @@ pub const MAX_SUBSCRIBERS: usize = 64;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the event stream already has {MAX_SUBSCRIBERS} subscribers")]
 pub struct TooManySubscribers;
+
+/// A subscriber the node publishes before its roles start: the ipc role subscribes it as it
+/// starts, before any service can attach, so it misses no event (the control API's store of
+/// services' metrics). One per node.
+#[derive(Clone)]
+pub struct NodeSubscriber(pub Recipient<ServiceEvent>);
 
 /// What the ipc role publishes for roles that want the event stream.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ use troupe_core::services::ServiceChannels;
 use troupe_core::{ConfigError, Role, RoleContext, RoleError};
 
 use crate::config::IpcConfig;
-use crate::events::IpcEvents;
+use crate::events::{IpcEvents, NodeSubscriber, SubscribeEvents};
 use crate::hub::Limits;
 use crate::server::actor::{HubActor, StopHub};
 use crate::server::config_store::ConfigStore;
@@ -49,6 +49,10 @@ impl Role for IpcRole {
             group.is_some(),
         )
         .start();
+        // Before anything can attach: the node's own subscriber misses no event.
+        if let Some(NodeSubscriber(subscriber)) = ctx.published.lookup::<NodeSubscriber>() {
+            hub.do_send(SubscribeEvents(subscriber));
+        }
         ctx.published.publish(ServiceChannels {
             socket_path: path.clone(),
             lifecycle: hub.clone().recipient(),

@@ -33,11 +33,19 @@ use crate::requirements::{self, OnRequirementChange, RequirementsView};
 use crate::spec::OnExhausted;
 use crate::spec::{ChildSpec, ChildStart, ChildType, DefaultSpec};
 use crate::status::{
-    is_signal, spec_json, LastExit, RequirementsStatus, ServiceState, ServiceStatus,
+    is_signal, spec_json, ExitCounts, ExitKind, LastExit, RequirementsStatus, ServiceMetrics,
+    ServiceState, ServiceStatus,
 };
 
 /// Deleted children whose last status is kept for operators.
 pub const TOMBSTONES: usize = 64;
+
+/// Restart times remembered per child for
+/// [`ServiceStatus::restarts_last_hour`]: the latest ones within the hour, at most this many.
+pub const RESTART_RECORD: usize = 1000;
+
+/// The window of [`ServiceStatus::restarts_last_hour`].
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// What the actor must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +318,43 @@ struct Child {
     seen: Option<RequirementsView>,
     /// Its endpoints are offered to the cluster.
     offered: bool,
+    /// What metrics count of its runs since it was added.
+    history: RunHistory,
+}
+
+/// A child's restarts and exits since it was added: never reset (unlike its plan counters).
+#[derive(Debug, Clone, Default)]
+struct RunHistory {
+    /// Restarts its plan decided.
+    restarts: u64,
+    /// When the latest of them were decided, oldest first: none older than an hour once
+    /// pruned, at most [`RESTART_RECORD`].
+    restart_times: VecDeque<Instant>,
+    /// Exits by kind.
+    exits: ExitCounts,
+}
+
+impl RunHistory {
+    fn restarted(&mut self, now: Instant) {
+        self.restarts = self.restarts.saturating_add(1);
+        while self
+            .restart_times
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > HOUR)
+            || self.restart_times.len() >= RESTART_RECORD
+        {
+            self.restart_times.pop_front();
+        }
+        self.restart_times.push_back(now);
+    }
+
+    /// Restarts decided within the hour before `now`.
+    fn restarts_last_hour(&self, now: Instant) -> u64 {
+        self.restart_times
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= HOUR)
+            .count() as u64
+    }
 }
 
 impl Child {
@@ -376,6 +421,7 @@ impl Child {
             last_exit: None,
             seen: None,
             offered: false,
+            history: RunHistory::default(),
         }
     }
 }
@@ -389,7 +435,8 @@ pub struct SupervisorCore {
     created: Instant,
     /// Milliseconds since the Unix epoch at `created`.
     created_unix_ms: u64,
-    tombstones: VecDeque<ServiceStatus>,
+    /// Deleted children: their last status and metrics, oldest first.
+    tombstones: VecDeque<(ServiceStatus, ServiceMetrics)>,
     all_running_announced: bool,
     shutting_down: bool,
     escalated: bool,
@@ -483,7 +530,7 @@ impl SupervisorCore {
                 "after: no child `{missing}` (a child may only start after children added before it)"
             )));
         }
-        self.tombstones.retain(|t| t.id != spec.id);
+        self.tombstones.retain(|(t, _)| t.id != spec.id);
         self.watch_dirty |= !spec.requires.is_empty();
         self.children.push(Child::new(spec, State::Pending));
         Ok(())
@@ -501,7 +548,7 @@ impl SupervisorCore {
         if self.children.len() >= self.max_children {
             return Err(ChildError::TooMany(self.max_children));
         }
-        self.tombstones.retain(|t| t.id != spec.id);
+        self.tombstones.retain(|(t, _)| t.id != spec.id);
         self.children
             .push(Child::new(spec, State::Failed(reason.into())));
         Ok(())
@@ -674,6 +721,11 @@ impl SupervisorCore {
         };
         let at_unix_ms = self.unix_ms(now);
         let child = &mut self.children[index];
+        child.history.exits.count(match &requested {
+            Some(AfterStop::Crash(cause)) => ExitKind::of(cause),
+            Some(_) => ExitKind::Requested,
+            None => ExitKind::of(&reason),
+        });
         child.last_exit = Some(LastExit::new(
             crash.as_ref().unwrap_or(&reason),
             &reason,
@@ -706,6 +758,7 @@ impl SupervisorCore {
         );
         if let Outcome::Restart { delay } = &mut decision.outcome {
             *delay = child.restart_delay(*delay, now);
+            child.history.restarted(now);
         }
         let fail = matches!(decision.outcome, Outcome::Exhausted(_))
             && self.escalates_to_node
@@ -1132,7 +1185,7 @@ impl SupervisorCore {
         self.children
             .iter()
             .map(|c| self.status_at(c, now))
-            .chain(self.tombstones.iter().cloned())
+            .chain(self.tombstones.iter().map(|(status, _)| status.clone()))
             .collect()
     }
 
@@ -1144,35 +1197,48 @@ impl SupervisorCore {
         self.tombstones
             .iter()
             .rev()
-            .find(|t| t.id == id)
-            .cloned()
+            .find(|(t, _)| t.id == id)
+            .map(|(status, _)| status.clone())
             .ok_or_else(|| ChildError::NotFound(id.into()))
+    }
+
+    /// Every child's metrics in the order added, then the recently deleted ones' (oldest
+    /// first). The cgroup folders are left to the actor, which knows where they are.
+    pub fn service_metrics(&self) -> Vec<ServiceMetrics> {
+        self.children
+            .iter()
+            .map(|c| self.metrics_of(c))
+            .chain(self.tombstones.iter().map(|(_, metrics)| metrics.clone()))
+            .collect()
+    }
+
+    fn metrics_of(&self, child: &Child) -> ServiceMetrics {
+        ServiceMetrics {
+            id: child.spec.id.clone(),
+            kind: kind_of(&child.spec),
+            state: service_state(child),
+            restarts_total: child.history.restarts,
+            exits: child.history.exits,
+            started_at_unix_ms: run_since(&child.state).map(|s| self.unix_ms(s)),
+            last_exit_code: child
+                .last_exit
+                .as_ref()
+                .and_then(|e| e.status.or(e.signal.map(|s| 128 + s))),
+            cgroup: None,
+        }
     }
 
     fn status_at(&self, child: &Child, now: Instant) -> ServiceStatus {
         let spec = &child.spec;
-        let (state, waiting_for) = match &child.state {
-            State::Pending => (ServiceState::Waiting, Some("after".to_string())),
-            State::Starting { .. } => (ServiceState::Starting, None),
-            State::Running { .. } if spec.ready.is_some() => (ServiceState::Ready, None),
-            State::Running { .. } => (ServiceState::Running, None),
-            State::Restarting { .. } => (ServiceState::Waiting, Some("restart".to_string())),
-            State::Waiting => (ServiceState::Waiting, Some("start".to_string())),
-            State::Stopping { .. } => (ServiceState::Stopping, None),
-            State::Failed(_) | State::Exhausted(_) | State::Unmet(_) => {
-                (ServiceState::Failed, None)
-            }
-            State::AwaitingRequirements { .. } => (
-                ServiceState::WaitingForRequirements,
-                Some(self.unmet_of(spec).join(", ")),
-            ),
-        };
-        let since = match &child.state {
-            State::Starting { since, .. }
-            | State::Running { since, .. }
-            | State::Stopping { since, .. } => Some(*since),
+        let state = service_state(child);
+        let waiting_for = match &child.state {
+            State::Pending => Some("after".to_string()),
+            State::Restarting { .. } => Some("restart".to_string()),
+            State::Waiting => Some("start".to_string()),
+            State::AwaitingRequirements { .. } => Some(self.unmet_of(spec).join(", ")),
             _ => None,
         };
+        let since = run_since(&child.state);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let plan_length = spec.plan.0.len();
         // Once every element is used, the next exit starts the next cycle.
@@ -1202,6 +1268,7 @@ impl SupervisorCore {
             started_at_unix_ms: since.map(|s| self.unix_ms(s)),
             uptime_ms: since.map(|s| millis(now.saturating_duration_since(s))),
             restarts: child.counters.restarts,
+            restarts_last_hour: child.history.restarts_last_hour(now),
             plan: spec.plan.to_string(),
             plan_position,
             plan_length,
@@ -1727,12 +1794,15 @@ impl SupervisorCore {
         status.state = ServiceState::Deleted;
         (status.waiting_for, status.restart_in_ms, status.failure) = (None, None, None);
         (status.pid, status.started_at_unix_ms, status.uptime_ms) = (None, None, None);
+        status.restarts_last_hour = 0;
+        let mut metrics = self.metrics_of(&child);
+        (metrics.state, metrics.started_at_unix_ms) = (ServiceState::Deleted, None);
         tracing::info!(id = %child.spec.id, "child deleted");
-        self.tombstones.retain(|t| t.id != status.id);
+        self.tombstones.retain(|(t, _)| t.id != status.id);
         if self.tombstones.len() >= TOMBSTONES {
             self.tombstones.pop_front();
         }
-        self.tombstones.push_back(status);
+        self.tombstones.push_back((status, metrics));
     }
 
     fn is_running(&self, id: &str) -> bool {
@@ -1797,6 +1867,29 @@ impl ReportFields {
             period_ms: u64::try_from(child.spec.period.as_millis()).unwrap_or(u64::MAX),
             restarts: child.counters.restarts,
         }
+    }
+}
+
+/// A child's state as operators see it.
+fn service_state(child: &Child) -> ServiceState {
+    match &child.state {
+        State::Pending | State::Restarting { .. } | State::Waiting => ServiceState::Waiting,
+        State::Starting { .. } => ServiceState::Starting,
+        State::Running { .. } if child.spec.ready.is_some() => ServiceState::Ready,
+        State::Running { .. } => ServiceState::Running,
+        State::Stopping { .. } => ServiceState::Stopping,
+        State::Failed(_) | State::Exhausted(_) | State::Unmet(_) => ServiceState::Failed,
+        State::AwaitingRequirements { .. } => ServiceState::WaitingForRequirements,
+    }
+}
+
+/// When the current run started, if one runs.
+fn run_since(state: &State) -> Option<Instant> {
+    match state {
+        State::Starting { since, .. }
+        | State::Running { since, .. }
+        | State::Stopping { since, .. } => Some(*since),
+        _ => None,
     }
 }
 
@@ -2390,6 +2483,95 @@ mod tests {
         let spec = &service(&core, "db", &clock).spec;
         assert_eq!(spec["ready"]["tcp"], "127.0.0.1:1");
         assert_eq!(spec["command"], "/bin/true");
+    }
+
+    #[test]
+    fn metrics_count_restarts_and_exits_by_kind_and_never_reset() {
+        let mut clock = Clock::new();
+        let (mut core, g1) = one(
+            spec("a", r#"["restart"]"#).with_count(Count::Infinity),
+            &clock,
+        );
+        let metrics = |core: &SupervisorCore| core.service_metrics().remove(0);
+        let m = metrics(&core);
+        assert_eq!(
+            (m.state, m.restarts_total, m.last_exit_code),
+            (ServiceState::Running, 0, None)
+        );
+        assert_eq!(m.started_at_unix_ms, Some(core.unix_ms(clock.now())));
+        clock.advance(1000);
+        // A crash: a plan restart and a `killed` exit (128 + 9).
+        let g2 = started(&core.on_exit("a", g1, ExitReason::Signaled(9), clock.now()))[0].1;
+        core.on_spawned("a", g2, Some(101), clock.now());
+        let m = metrics(&core);
+        assert_eq!((m.restarts_total, m.last_exit_code), (1, Some(137)));
+        assert_eq!(m.exits.get(ExitKind::Killed), 1);
+        assert_eq!(service(&core, "a", &clock).restarts_last_hour, 1);
+        // An operator's restart: a `requested` exit, no plan restart.
+        clock.advance(1000);
+        let (commands, g3) = core.restart_service("a", clock.now()).unwrap();
+        assert_eq!(stops(&commands), [("a".to_string(), g2)]);
+        core.on_exit("a", g2, ExitReason::Exited(0), clock.now());
+        core.on_spawned("a", g3, Some(102), clock.now());
+        let m = metrics(&core);
+        assert_eq!(m.restarts_total, 1);
+        assert_eq!(
+            (
+                m.exits.get(ExitKind::Requested),
+                m.exits.get(ExitKind::Exited)
+            ),
+            (1, 0)
+        );
+        assert_eq!(m.last_exit_code, Some(0));
+        // A plain exit with a status.
+        clock.advance(1000);
+        let g4 = started(&core.on_exit("a", g3, ExitReason::Exited(3), clock.now()))[0].1;
+        let m = metrics(&core);
+        assert_eq!((m.restarts_total, m.exits.get(ExitKind::Exited)), (2, 1));
+        assert_eq!(m.last_exit_code, Some(3));
+        // A new plan resets the plan's counters, not the metrics'.
+        core.change_plan("a", Plan(vec![PlanElement::Restart]), None)
+            .unwrap();
+        assert_eq!(service(&core, "a", &clock).restarts, 0);
+        assert_eq!(metrics(&core).restarts_total, 2);
+        // Restarts older than an hour leave `restarts_last_hour`.
+        core.on_spawned("a", g4, Some(103), clock.now());
+        assert_eq!(service(&core, "a", &clock).restarts_last_hour, 2);
+        clock.advance(3600 * 1000 - 500);
+        assert_eq!(service(&core, "a", &clock).restarts_last_hour, 1);
+        clock.advance(1000);
+        assert_eq!(service(&core, "a", &clock).restarts_last_hour, 0);
+        assert_eq!(metrics(&core).restarts_total, 2);
+        // A deleted child keeps its counts among the tombstones.
+        core.terminate_child("a").unwrap();
+        core.on_exit("a", g4, ExitReason::Signaled(15), clock.now());
+        core.delete_child("a").unwrap();
+        let m = metrics(&core);
+        assert_eq!((m.state, m.restarts_total), (ServiceState::Deleted, 2));
+        assert_eq!(m.exits.get(ExitKind::Requested), 2);
+        assert_eq!(m.started_at_unix_ms, None);
+    }
+
+    #[test]
+    fn the_restart_record_is_bounded() {
+        let mut clock = Clock::new();
+        let (mut core, mut g) = one(
+            spec("a", r#"["restart"]"#)
+                .with_count(Count::Infinity)
+                .with_min_restart_interval(Duration::ZERO),
+            &clock,
+        );
+        for _ in 0..RESTART_RECORD + 10 {
+            clock.advance(1);
+            g = started(&core.on_exit("a", g, ExitReason::Exited(1), clock.now()))[0].1;
+            core.on_spawned("a", g, Some(100), clock.now());
+        }
+        let a = service(&core, "a", &clock);
+        assert_eq!(a.restarts_last_hour, RESTART_RECORD as u64);
+        assert_eq!(
+            core.service_metrics()[0].restarts_total,
+            RESTART_RECORD as u64 + 10
+        );
     }
 
     #[test]

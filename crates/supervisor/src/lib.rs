@@ -61,4 +61,7 @@ pub use role::SupervisorRole;
 pub use spec::{
     ChildSpec, ChildStart, ChildType, DefaultSpec, OnExhausted, ProcessSpec, ReadyCheck,
 };
-pub use status::{BrokerStatus, LastExit, RequirementsStatus, ServiceState, ServiceStatus};
+pub use status::{
+    BrokerStatus, ExitCounts, ExitKind, LastExit, RequirementsStatus, ServiceMetrics, ServiceState,
+    ServiceStatus,
+};

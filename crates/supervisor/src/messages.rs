@@ -14,7 +14,7 @@ use crate::logs::ServiceLogs;
 use crate::plan::{Count, Plan};
 use crate::reload::ReloadReport;
 use crate::spec::{ChildSpec, DefaultSpec};
-use crate::status::ServiceStatus;
+use crate::status::{ServiceMetrics, ServiceStatus};
 
 /// Adds a child and starts it. Answers once it has started (its pid for a process, `None` for
 /// an actor or a child that waits for its `after` children).
@@ -97,6 +97,12 @@ pub struct ChangeDefaultChildSpec(pub DefaultSpec);
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<ServiceStatus>")]
 pub struct ServiceStatuses;
+
+/// What metrics show of every child, in the order added, followed by the recently deleted
+/// ones: a lean answer (no spec, no plan text), cheap enough to ask at every scrape.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ServiceMetrics>")]
+pub struct GetServiceMetrics;
 
 /// One child's status; a recently deleted id answers its last status (state `deleted`).
 #[derive(Debug, Message)]

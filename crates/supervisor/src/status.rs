@@ -33,6 +33,180 @@ pub enum ServiceState {
     Deleted,
 }
 
+impl ServiceState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [ServiceState; 8] = [
+        ServiceState::Starting,
+        ServiceState::Running,
+        ServiceState::Ready,
+        ServiceState::Stopping,
+        ServiceState::Waiting,
+        ServiceState::WaitingForRequirements,
+        ServiceState::Failed,
+        ServiceState::Deleted,
+    ];
+
+    /// The state's name, as the API shows it (`waiting_for_requirements`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Ready => "ready",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Waiting => "waiting",
+            ServiceState::WaitingForRequirements => "waiting_for_requirements",
+            ServiceState::Failed => "failed",
+            ServiceState::Deleted => "deleted",
+        }
+    }
+
+    /// Whether the service is up: it runs and, when it has a readiness check, passed it.
+    pub fn is_up(self) -> bool {
+        matches!(self, ServiceState::Running | ServiceState::Ready)
+    }
+}
+
+/// How a run of a child ended, as metrics count exits: a small fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// A process exited by itself with a status (0 included).
+    Exited,
+    /// A process was killed by a signal it was not asked to die of.
+    Killed,
+    /// A process was killed by the kernel's OOM killer.
+    OomKilled,
+    /// The child could not be started.
+    StartFailed,
+    /// The child did not pass its readiness check in time (and was stopped).
+    NotReady,
+    /// An actor stopped itself.
+    Stopped,
+    /// An actor panicked.
+    Panicked,
+    /// A nested supervisor escalated.
+    Escalated,
+    /// The node or an operator asked for the stop (stop, restart, reload, shutdown): not a
+    /// crash.
+    Requested,
+}
+
+impl ExitKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [ExitKind; 9] = [
+        ExitKind::Exited,
+        ExitKind::Killed,
+        ExitKind::OomKilled,
+        ExitKind::StartFailed,
+        ExitKind::NotReady,
+        ExitKind::Stopped,
+        ExitKind::Panicked,
+        ExitKind::Escalated,
+        ExitKind::Requested,
+    ];
+
+    /// The kinds a process child's runs can end with.
+    pub const PROCESS: [ExitKind; 6] = [
+        ExitKind::Exited,
+        ExitKind::Killed,
+        ExitKind::OomKilled,
+        ExitKind::StartFailed,
+        ExitKind::NotReady,
+        ExitKind::Requested,
+    ];
+
+    /// The kinds an actor child's runs can end with.
+    pub const ACTOR: [ExitKind; 5] = [
+        ExitKind::Stopped,
+        ExitKind::Panicked,
+        ExitKind::Escalated,
+        ExitKind::StartFailed,
+        ExitKind::Requested,
+    ];
+
+    /// The kind's name (`oom_killed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitKind::Exited => "exited",
+            ExitKind::Killed => "killed",
+            ExitKind::OomKilled => "oom_killed",
+            ExitKind::StartFailed => "start_failed",
+            ExitKind::NotReady => "not_ready",
+            ExitKind::Stopped => "stopped",
+            ExitKind::Panicked => "panicked",
+            ExitKind::Escalated => "escalated",
+            ExitKind::Requested => "requested",
+        }
+    }
+
+    /// The kind of an exit for `reason` that nobody asked for.
+    pub fn of(reason: &ExitReason) -> ExitKind {
+        match reason {
+            ExitReason::Exited(_) => ExitKind::Exited,
+            ExitReason::Signaled(_) => ExitKind::Killed,
+            ExitReason::OomKilled(_) => ExitKind::OomKilled,
+            ExitReason::StartFailed(_) => ExitKind::StartFailed,
+            ExitReason::NotReady(_) => ExitKind::NotReady,
+            ExitReason::Stopped => ExitKind::Stopped,
+            ExitReason::Panicked => ExitKind::Panicked,
+            ExitReason::Escalated(_) => ExitKind::Escalated,
+        }
+    }
+
+    /// The kinds a child of `kind` (`process` or `actor`) can end with.
+    pub fn for_child(kind: &str) -> &'static [ExitKind] {
+        if kind == "actor" {
+            &ExitKind::ACTOR
+        } else {
+            &ExitKind::PROCESS
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A child's exits counted by [`ExitKind`] since it was added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounts([u64; ExitKind::ALL.len()]);
+
+impl ExitCounts {
+    /// Exits of `kind`.
+    pub fn get(&self, kind: ExitKind) -> u64 {
+        self.0[kind.index()]
+    }
+
+    /// Counts one exit of `kind`.
+    pub fn count(&mut self, kind: ExitKind) {
+        self.0[kind.index()] = self.0[kind.index()].saturating_add(1);
+    }
+}
+
+/// What metrics show of one child (see [`crate::messages::GetServiceMetrics`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceMetrics {
+    /// The child's id.
+    pub id: String,
+    /// `process` or `actor`.
+    pub kind: &'static str,
+    /// Its state.
+    pub state: ServiceState,
+    /// Restarts its plan decided since it was added to this supervisor (never reset, unlike
+    /// [`ServiceStatus::restarts`]).
+    pub restarts_total: u64,
+    /// Its exits since it was added, by kind.
+    pub exits: ExitCounts,
+    /// Start of the current run, in milliseconds since the Unix epoch.
+    pub started_at_unix_ms: Option<u64>,
+    /// How its last run ended: the exit status, or 128 + the signal number for a process
+    /// killed by a signal; `None` before the first exit and for actors.
+    pub last_exit_code: Option<i32>,
+    /// The cgroup folder of the current run (a running process child, with the cgroup
+    /// mechanism).
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
 /// How a child's last run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastExit {
@@ -101,6 +275,9 @@ pub struct ServiceStatus {
     pub uptime_ms: Option<u64>,
     /// Restarts its plan has decided so far.
     pub restarts: u64,
+    /// Restarts its plan decided within the last hour (at most the latest
+    /// [`RESTART_RECORD`](crate::core::RESTART_RECORD) are remembered).
+    pub restarts_last_hour: u64,
     /// The plan, as `get_plan` shows it.
     pub plan: String,
     /// Index (from 0) of the plan element the next unplanned exit will use.

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use troupe_core::zmq_thread::CommandSender;
 use troupe_core::Shutdown;
 
-use crate::server::core::{BeaconCore, Outbound};
+use crate::server::core::{BeaconCore, BeaconCounters, Outbound};
 use crate::server::socket::{NotDelivered, Received, ToSocket};
 use crate::snapshot;
 
@@ -197,6 +197,31 @@ impl Handler<GetServerStats> for BeaconServer {
             rev: registry.rev(),
             sessions: self.core.sessions(),
             watchers: self.core.watchers(),
+        }
+    }
+}
+
+/// What metrics show of the beacon: [`ServerStats`] and [`BeaconCounters`].
+#[derive(Debug, Clone, PartialEq, Eq, MessageResponse)]
+pub struct BeaconMetrics {
+    /// Counts of what the beacon holds now.
+    pub stats: ServerStats,
+    /// What it has answered and pushed since it started.
+    pub counters: BeaconCounters,
+}
+
+/// Asks the beacon for its [`BeaconMetrics`].
+#[derive(Message)]
+#[rtype(result = "BeaconMetrics")]
+pub struct GetBeaconMetrics;
+
+impl Handler<GetBeaconMetrics> for BeaconServer {
+    type Result = BeaconMetrics;
+
+    fn handle(&mut self, _: GetBeaconMetrics, ctx: &mut Self::Context) -> BeaconMetrics {
+        BeaconMetrics {
+            stats: <Self as Handler<GetServerStats>>::handle(self, GetServerStats, ctx),
+            counters: self.core.counters().clone(),
         }
     }
 }

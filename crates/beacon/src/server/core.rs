@@ -201,6 +201,29 @@ impl NodeBudget {
     }
 }
 
+/// The op named for a frame that could not be decoded, in [`BeaconCounters::requests`].
+pub const UNDECODED_OP: &str = "undecoded";
+
+/// What the beacon has answered since it started, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BeaconCounters {
+    /// Requests by `(op, outcome)`: the op's name (or [`UNDECODED_OP`]) and `ok` or the
+    /// error code answered. Both come from fixed lists, so the map stays small.
+    pub requests: BTreeMap<(&'static str, &'static str), u64>,
+    /// Events pushed to watches.
+    pub events_sent: u64,
+}
+
+impl BeaconCounters {
+    fn answered(&mut self, op: &'static str, reply: &Reply) {
+        let outcome = match reply {
+            Reply::Error { code, .. } => code.as_str(),
+            _ => "ok",
+        };
+        *self.requests.entry((op, outcome)).or_default() += 1;
+    }
+}
+
 /// The beacon's protocol state machine.
 pub struct BeaconCore {
     registry: Registry,
@@ -218,6 +241,7 @@ pub struct BeaconCore {
     bad_input: LogLimiter,
     auth_failures: LogLimiter,
     next_sweep: Option<Instant>,
+    counters: BeaconCounters,
 }
 
 impl BeaconCore {
@@ -238,6 +262,7 @@ impl BeaconCore {
             bad_input: LogLimiter::default(),
             auth_failures: LogLimiter::default(),
             next_sweep: None,
+            counters: BeaconCounters::default(),
         }
     }
 
@@ -259,6 +284,11 @@ impl BeaconCore {
     /// Watches held now, over all peers.
     pub fn watchers(&self) -> usize {
         self.watchers
+    }
+
+    /// What the beacon has answered and pushed since it started.
+    pub fn counters(&self) -> &BeaconCounters {
+        &self.counters
     }
 
     /// Handles one frame from a peer; appends replies and pushes to `out`.
@@ -292,10 +322,14 @@ impl BeaconCore {
                         err.message
                     );
                 }
-                out.push(reply_to(err.id, Reply::error(err.code, err.message)));
+                let reply = Reply::error(err.code, err.message);
+                self.counters.answered(UNDECODED_OP, &reply);
+                out.push(reply_to(err.id, reply));
                 return;
             }
         };
+        let op = request.op();
+        let mut events = Vec::new();
         let reply = match request {
             Request::Hello(hello) => self.hello(now, &peer, delimited, hello),
             Request::Auth(auth) => self.auth(now, &peer, auth),
@@ -306,15 +340,13 @@ impl BeaconCore {
                     request.op()
                 ),
             ),
-            request => {
-                let mut events = Vec::new();
-                let reply = self.dispatch(now, &peer, delimited, request, &mut events);
-                out.push(reply_to(id, reply));
-                self.fan_out(&events, out);
-                return;
-            }
+            request => self.dispatch(now, &peer, delimited, request, &mut events),
         };
+        self.counters.answered(op, &reply);
         out.push(reply_to(id, reply));
+        if !events.is_empty() {
+            self.fan_out(&events, out);
+        }
     }
 
     /// Applies deadlines due by `now`: nodes going offline or expiring, idle sessions.
@@ -664,6 +696,7 @@ impl BeaconCore {
                 };
                 for (watch, resources) in &session.watches {
                     if let Some(event) = event.for_watch(resources) {
+                        self.counters.events_sent += 1;
                         out.push(Outbound {
                             peer: peer.clone(),
                             delimited: session.delimited,
@@ -880,6 +913,30 @@ mod tests {
             node: Some("n1".into()),
             nonce: nonce.into(),
         })
+    }
+
+    #[test]
+    fn requests_are_counted_by_op_and_outcome_and_pushed_events_too() {
+        let mut h = harness(None, SessionLimits::default());
+        let watch = Request::Watch(Watch {
+            watch: "w".into(),
+            resources: vec!["broker".into()],
+            since: None,
+        });
+        h.send(9, watch);
+        h.register(1, "a", "broker", &[]);
+        h.register(2, "b", "broker", &[]);
+        h.send(1, Request::Heartbeat(NodeRef { node: "zz".into() }));
+        h.raw(1, b"not json");
+        let counters = h.core.counters();
+        let count = |op, outcome| counters.requests.get(&(op, outcome)).copied();
+        assert_eq!(count("watch", "ok"), Some(1));
+        assert_eq!(count("register", "ok"), Some(2));
+        assert_eq!(count("heartbeat", "unknown_node"), Some(1));
+        assert_eq!(count(UNDECODED_OP, "bad_json"), Some(1));
+        assert_eq!(counters.requests.values().sum::<u64>(), 5);
+        // Two nodes came up under the watch: two events pushed.
+        assert_eq!(counters.events_sent, 2);
     }
 
     #[test]

@@ -857,3 +857,49 @@ fn a_dead_process_is_forgotten_after_a_window_or_when_its_pid_starts_again() {
     e.on_backend(0, vec![late, b"\x02".to_vec()], at(t), &mut out);
     assert_eq!(e.stats(at(t)).services[0].workers, 1);
 }
+
+#[test]
+fn the_engine_counts_body_bytes_and_reply_durations_per_service() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Paranoid Pirate: 5 bytes in, 7 bytes back after 2 ms.
+    e.on_backend(0, f(&[b"W", b"\x01"]), at(0), &mut out);
+    e.on_frontend(0, f(&[b"C", b"", b"hello"]), at(1), &mut out);
+    out.clear();
+    e.on_backend(0, f(&[b"W", b"C", b"", b"goodbye"]), at(3), &mut out);
+    // Majordomo: 5 bytes in, 3 bytes back after 1 ms.
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPW01", b"\x01", b"weather"]),
+        at(0),
+        &mut out,
+    );
+    e.on_majordomo(
+        f(&[b"C", b"", b"MDPC01", b"weather", b"paris"]),
+        at(4),
+        &mut out,
+    );
+    out.clear();
+    e.on_majordomo(
+        f(&[b"M", b"", b"MDPW01", b"\x03", b"C", b"", b"sun"]),
+        at(5),
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let stats = e.stats(at(5));
+    let by_name = |name: &str| {
+        stats
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .stats
+            .clone()
+    };
+    let echo = by_name("echo");
+    assert_eq!((echo.received_bytes, echo.sent_bytes), (5, 7));
+    assert_eq!(echo.durations.count(), 1);
+    assert!((echo.durations.sum_seconds() - 0.002).abs() < 1e-9);
+    let weather = by_name("weather");
+    assert_eq!((weather.received_bytes, weather.sent_bytes), (5, 3));
+    assert!((weather.durations.sum_seconds() - 0.001).abs() < 1e-9);
+}

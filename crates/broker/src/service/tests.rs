@@ -39,6 +39,7 @@ fn request(client: &str) -> Request<Vec<u8>> {
         envelope: vec![client.as_bytes().to_vec()],
         body: vec![format!("body of {client}").into_bytes()],
         attempts: 0,
+        received: at(0),
     }
 }
 
@@ -414,4 +415,57 @@ fn a_worker_never_holds_more_than_max_held() {
         Some(0),
         "255 held: no room whatever it says"
     );
+}
+
+#[test]
+fn replies_record_their_duration_and_requests_and_replies_their_bytes() {
+    let mut svc = service(10, false);
+    let mut out = Vec::new();
+    ready(&mut svc, "w", 2, at(0), &mut out);
+    svc.offer(request("c1"), at(0), &mut out);
+    assert_eq!(svc.stats.received_bytes, "body of c1".len() as u64);
+    reply(&mut svc, "w", "c1", at(3), &mut out);
+    let mut late = request("c2");
+    late.received = at(10);
+    svc.offer(late, at(10), &mut out);
+    reply(
+        &mut svc,
+        "w",
+        "c2",
+        at(10) + Duration::from_micros(80),
+        &mut out,
+    );
+    let histogram = &svc.stats.durations;
+    assert_eq!(histogram.count(), 2);
+    assert!((histogram.sum_seconds() - 0.00308).abs() < 1e-9);
+    let buckets: Vec<(f64, u64)> = histogram.buckets().collect();
+    assert_eq!(buckets.len(), DURATION_BUCKETS_US.len());
+    // 80 µs in the first bucket (<= 100 µs), 3 ms in the one up to 5 ms.
+    assert_eq!(buckets[0], (0.0001, 1));
+    assert_eq!(buckets[5], (0.005, 1));
+    assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    // A refused request's body counts as received too; nothing was replied by the broker's
+    // own error replies.
+    let mut full = service(0, false);
+    full.offer(request("c3"), at(0), &mut out);
+    assert_eq!(
+        (
+            full.stats.received_bytes,
+            full.stats.refused,
+            full.stats.sent_bytes
+        ),
+        ("body of c3".len() as u64, 1, 0)
+    );
+}
+
+#[test]
+fn the_histogram_puts_each_duration_in_the_first_bucket_that_holds_it() {
+    let mut h = DurationHistogram::default();
+    h.observe(Duration::from_micros(100));
+    h.observe(Duration::from_micros(101));
+    h.observe(Duration::from_secs(11));
+    let buckets: Vec<u64> = h.buckets().map(|(_, n)| n).collect();
+    assert_eq!((buckets[0], buckets[1]), (1, 1));
+    // Above every bound: counted, in no listed bucket.
+    assert_eq!((h.count(), buckets.iter().sum::<u64>()), (3, 2));
 }

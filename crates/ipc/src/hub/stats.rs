@@ -58,6 +58,8 @@ pub struct HubStats {
     pub stalled_closed: u64,
     /// Metrics and events published.
     pub events_published: u64,
+    /// Events a subscriber missed because its mailbox was full (counted per subscriber).
+    pub events_missed: u64,
 }
 
 /// One connection, as an operator sees it.

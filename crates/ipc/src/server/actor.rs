@@ -452,7 +452,9 @@ impl Handler<GetStats> for HubActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.hub.stats())
+        let mut stats = self.hub.stats();
+        stats.events_missed = self.events_missed;
+        MessageResult(stats)
     }
 }
 
@@ -466,7 +468,9 @@ impl Handler<GetView> for HubActor {
     type Result = MessageResult<GetView>;
 
     fn handle(&mut self, msg: GetView, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.hub.view(msg.0))
+        let mut view = self.hub.view(msg.0);
+        view.stats.events_missed = self.events_missed;
+        MessageResult(view)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::messages::*;
 use crate::reload::{ReloadFailure, ReloadReport};
 use crate::role::{configured_children, SupervisorRole};
 use crate::spec::{ChildSpec, ReadyCheck};
-use crate::status::{BrokerStatus, ServiceStatus};
+use crate::status::{BrokerStatus, ServiceState, ServiceStatus};
 
 /// Longest wait for the broker's answer to a `ready = { broker = ... }` child's status.
 const BROKER_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -241,6 +241,29 @@ impl Handler<ServiceStatuses> for Supervisor {
             self.show_containment(status);
         }
         MessageResult(statuses)
+    }
+}
+
+impl Handler<GetServiceMetrics> for Supervisor {
+    type Result = MessageResult<GetServiceMetrics>;
+
+    fn handle(&mut self, _: GetServiceMetrics, _: &mut Self::Context) -> Self::Result {
+        let mut metrics = self.core.service_metrics();
+        if let Some(dir) = &crate::contain::current().services_dir {
+            for service in &mut metrics {
+                let runs = matches!(
+                    service.state,
+                    ServiceState::Starting
+                        | ServiceState::Running
+                        | ServiceState::Ready
+                        | ServiceState::Stopping
+                );
+                if service.kind == "process" && runs {
+                    service.cgroup = Some(dir.join(self.cgroup_scope.name(&service.id)));
+                }
+            }
+        }
+        MessageResult(metrics)
     }
 }
 
