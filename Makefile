@@ -25,9 +25,9 @@ install:
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/troupe
 
-## Python packages the interoperability tests use (pyzmq), installed if missing.
+## Python packages the tests use (pyzmq, prometheus_client, selenium), installed if missing.
 test-deps:
-	@$(PYTHON) -c 'import zmq' 2>/dev/null || $(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
+	@$(PYTHON) -c 'import zmq, prometheus_client, selenium' 2>/dev/null || $(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
 
 ## Every test CI runs: unit, integration (real troupe processes), Python interoperability.
 test: test-deps

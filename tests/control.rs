@@ -944,3 +944,178 @@ args = ["-c", "while :; do sleep 1; done"]
     });
     node.stop();
 }
+
+/// Starts a node from `config` with its control API on the Unix socket `DIR/NAME.ctl` and on
+/// TCP `port`, guarded by `token` (both given through the environment, since `config` may
+/// hold a `[control]` table of its own).
+fn start_tcp_node(dir: &Path, name: &str, config: &str, port: u16, token: &Path) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\n{config}\n")).unwrap();
+    let mut cmd = troupe();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("TROUPE_CONTROL__SOCKET", dir.join(format!("{name}.ctl")))
+        .env("TROUPE_CONTROL__BIND", format!("127.0.0.1:{port}"))
+        .env("TROUPE_CONTROL__TOKEN_FILE", token);
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_for(&["node ready"], START);
+    proc
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, "cluster-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    token
+}
+
+fn tcp_get(port: u16, path: &str) -> (u16, Value) {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(START)).unwrap();
+    let (status, body) = http(stream, &format!("GET {path} HTTP/1.1"), b"");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn health_and_readiness_answer_without_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let flag = dir.path().join("ready-now");
+    let port = free_port();
+    let config = format!(
+        "roles = [\"supervisor\"]\n[[supervisor.services]]\nid = \"gate\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nready = {{ exec = [\"test\", \"-e\", \"{}\"] }}\nstart_timeout_ms = 60000\n",
+        flag.display()
+    );
+    let mut node = start_tcp_node(dir.path(), &unique("health"), &config, port, &token);
+
+    let (status, body) = tcp_get(port, "/readyz");
+    assert_eq!(status, 503, "a readiness check is pending: {body}");
+    assert!(body.to_string().contains("service gate"), "{body}");
+    let (status, body) = tcp_get(port, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(
+        tcp_get(port, "/v1/node").0,
+        401,
+        "the API still needs the token"
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (status, body) = tcp_get(port, "/readyz");
+        if status == 200 {
+            assert_eq!(body["status"], "ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(tcp_get(port, "/healthz").0, 200);
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(STOP).success());
+}
+
+#[test]
+fn ctl_cluster_status_asks_every_node_and_names_the_silent_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let beacon = free_port();
+    let cluster = format!(
+        "[cluster]\nbeacons = [\"tcp://127.0.0.1:{beacon}\"]\nheartbeat_interval = \"1s\"\n"
+    );
+    let names: Vec<String> = ["hub", "one", "two"]
+        .iter()
+        .map(|n| unique(&format!("cl-{n}")))
+        .collect();
+    let hub = start_tcp_node(
+        dir.path(),
+        &names[0],
+        &format!("roles = [\"beacon\"]\n[beacon]\nbind = \"tcp://127.0.0.1:{beacon}\"\n{cluster}"),
+        free_port(),
+        &token,
+    );
+    let services = "roles = [\"supervisor\"]\n[[supervisor.services]]\nid = \"a\"\ncommand = \"sleep\"\nargs = [\"1000\"]\n[[supervisor.services]]\nid = \"b\"\ncommand = \"sleep\"\nargs = [\"1000\"]\n";
+    let one = start_tcp_node(
+        dir.path(),
+        &names[1],
+        &format!("{services}{cluster}"),
+        free_port(),
+        &token,
+    );
+    let two = start_tcp_node(
+        dir.path(),
+        &names[2],
+        &format!("{services}{cluster}"),
+        free_port(),
+        &token,
+    );
+    let ask = |timeout: &str| {
+        let mut cmd = troupe();
+        cmd.args(["ctl", "--cluster", "status", "--json", "--timeout", timeout])
+            .args(["--beacon", &format!("tcp://127.0.0.1:{beacon}")])
+            .arg("--token-file")
+            .arg(&token);
+        let out = cmd.output().unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), rows, text(&out))
+    };
+    let row = |rows: &Value, name: &str| {
+        rows.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node"] == name).cloned())
+    };
+    // Every node registers its control endpoint once it is ready.
+    let deadline = Instant::now() + SETTLE;
+    let rows = loop {
+        let (code, rows, shown) = ask("5s");
+        let all = names.iter().all(|n| row(&rows, n).is_some());
+        let up = row(&rows, &names[1]).is_some_and(|r| r["services_up"] == 2);
+        if code == Some(0) && all && up {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "not every node listed: {shown}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let hub_row = row(&rows, &names[0]).unwrap();
+    assert_eq!(hub_row["roles"], serde_json::json!(["beacon"]), "{rows}");
+    assert_eq!(hub_row["services_total"], Value::Null, "{rows}");
+    let one_row = row(&rows, &names[1]).unwrap();
+    assert_eq!(one_row["services_total"], 2, "{rows}");
+
+    // A node that stops answering (SIGSTOP: its port still accepts) is named within --timeout,
+    // while its registration still stands.
+    two.signal(libc::SIGSTOP);
+    let asked = Instant::now();
+    let (code, rows, shown) = ask("1s");
+    two.signal(libc::SIGCONT);
+    assert_eq!(code, Some(1), "{shown}");
+    let silent = row(&rows, &names[2]).unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        silent["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("within 1s")),
+        "{shown}"
+    );
+    assert_eq!(
+        row(&rows, &names[1]).unwrap()["error"],
+        Value::Null,
+        "{shown}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(5), "{shown}");
+
+    // The table for people.
+    let mut cmd = troupe();
+    cmd.args(["ctl", "--cluster", "status"])
+        .args(["--beacon", &format!("tcp://127.0.0.1:{beacon}")])
+        .arg("--token-file")
+        .arg(&token);
+    let out = cmd.output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.contains("SERVICES UP"), "{}", text(&out));
+    assert!(table.contains("2/2"), "{}", text(&out));
+    for mut node in [two, one, hub] {
+        node.signal(libc::SIGTERM);
+        node.wait_exit(STOP);
+    }
+}

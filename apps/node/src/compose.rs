@@ -122,6 +122,7 @@ impl RunningNode {
             let since = Instant::now();
             node.status.set_role(name, RoleState::Starting);
             let (slot, started) = launch(role, ctx);
+            node.status.set_arbiter(name, slot.arbiter.handle());
             node.roles.push(slot);
             let outcome = tokio::select! {
                 started = started => started.unwrap_or_else(|_| {

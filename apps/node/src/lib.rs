@@ -104,6 +104,9 @@ fn cluster(known: &RoleSet, args: troupe_beacon::cli::ClusterArgs) -> i32 {
 /// `troupe ctl …`: the flags name the node, else the config (`--config`, else the embedded
 /// default) does.
 fn ctl(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
+    if args.cluster {
+        return ctl_cluster(known, args);
+    }
     let target = match troupe_control::ctl::explicit_target(&args) {
         Ok(Some(target)) => target,
         Ok(None) => {
@@ -127,6 +130,49 @@ fn ctl(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
         }
     };
     troupe_control::ctl::run(args, target)
+}
+
+/// `troupe ctl --cluster status`: the config names the beacons and the token file.
+fn ctl_cluster(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
+    if !matches!(args.command, troupe_control::ctl::CtlCommand::Status) {
+        eprintln!("troupe: ctl: --cluster goes with `status` only");
+        return 2;
+    }
+    let node_args = NodeArgs {
+        config: args.config.clone(),
+        roles: None,
+        name: None,
+        log_level: None,
+        log_format: cli::LogFormat::Text,
+    };
+    let settings = match load(known, &node_args) {
+        Ok(settings) => settings,
+        Err(err) => return config_failure(err),
+    };
+    let mut cluster: troupe_beacon::ClusterConfig =
+        match serde_json::from_value(settings.effective["cluster"].clone()) {
+            Ok(cluster) => cluster,
+            Err(err) => {
+                eprintln!("troupe: invalid [cluster] table: {err}");
+                return 2;
+            }
+        };
+    if !args.beacons.is_empty() {
+        cluster.beacons = args.beacons.clone();
+    }
+    let token_file = args.token_file.clone().or_else(|| {
+        (!settings.control.token_file.is_empty())
+            .then(|| std::path::PathBuf::from(&settings.control.token_file))
+    });
+    let token = match token_file.map(|path| troupe_control::token::Token::from_file(&path)) {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(why)) => {
+            eprintln!("troupe: ctl --cluster: token file {why}");
+            return 2;
+        }
+    };
+    troupe_control::ctl::cluster::status(&cluster, token, args.timeout, args.json)
 }
 
 fn run(known: &RoleSet, args: NodeArgs) -> i32 {
@@ -208,6 +254,11 @@ async fn run_node(
             return aborted.exit_code;
         }
     };
+    running.status().set_all_started();
+    if let Some(addr) = api.tcp_addr() {
+        let endpoints = [("control".to_string(), control_url(addr))].into();
+        troupe_core::cluster::offer_if_clustered(&published, "control", endpoints).await;
+    }
     tracing::info!(node = %node, roles = ?running.role_names(), "node ready");
     notify::spawn_ready_and_watchdog(notifier.clone(), published);
     let code = loop {
@@ -282,4 +333,15 @@ fn log_reload(node: &str, report: &serde_json::Value) {
         }
         None => tracing::info!(node, report = %report, "configuration reloaded"),
     }
+}
+
+/// The control API's TCP address as other machines reach it: `http://HOST:PORT`, with the host
+/// name for an address bound to every interface.
+fn control_url(addr: std::net::SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => troupe_core::cluster::host_name(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
 }

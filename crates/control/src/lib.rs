@@ -10,6 +10,8 @@
 //! - [`NodeHandle`] is what the node shares with it (identity, roles' states);
 //!   [`ReloadRequest`]s reach the node's main task, which owns the configuration.
 //! - [`client`] is a small HTTP client over a Unix socket or TCP; [`ctl`] is `troupe ctl`.
+//! - [`console`] is the web console: a page and its assets, built into the binary, that show
+//!   and steer the node through the API from a browser.
 //!
 //! Errors are JSON bodies that name the rule broken ([`ApiError`]).
 
@@ -17,8 +19,10 @@
 
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod ctl;
 pub mod error;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -60,6 +60,8 @@ struct Inner {
     started_wall: SystemTime,
     started: Instant,
     roles: Mutex<(Vec<RoleView>, u64)>,
+    arbiters: Mutex<Vec<(String, actix_rt::ArbiterHandle)>>,
+    all_started: std::sync::atomic::AtomicBool,
 }
 
 /// The node's identity and its roles' states, shared by the node (which updates it) and the
@@ -76,7 +78,39 @@ impl NodeHandle {
             started_wall: SystemTime::now(),
             started: Instant::now(),
             roles: Mutex::new((Vec::new(), 0)),
+            arbiters: Mutex::new(Vec::new()),
+            all_started: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Records the arbiter role `name` runs on, for the health check to ask.
+    pub fn set_arbiter(&self, name: &str, arbiter: actix_rt::ArbiterHandle) {
+        let mut guard = self.0.arbiters.lock().unwrap_or_else(|e| e.into_inner());
+        guard.retain(|(role, _)| role != name);
+        guard.push((name.to_string(), arbiter));
+    }
+
+    /// The roles' arbiters, in start order.
+    pub fn arbiters(&self) -> Vec<(String, actix_rt::ArbiterHandle)> {
+        self.0
+            .arbiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records that every role has started (the node is past its start).
+    pub fn set_all_started(&self) {
+        self.0
+            .all_started
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether every role has started.
+    pub fn all_started(&self) -> bool {
+        self.0
+            .all_started
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The node's name.

@@ -3,6 +3,7 @@
 //! as the API's JSON with `--json`. Exit codes: 0 done, 1 the node refused or did not answer
 //! (the message says why), 2 usage.
 
+pub mod cluster;
 mod render;
 
 use std::io::Write;
@@ -41,6 +42,14 @@ pub struct CtlArgs {
     /// Print the API's JSON as it is.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With `status`: every online node that registered a control endpoint, found through the
+    /// beacons of the config's `[cluster]` table (or `--beacon`), asked in parallel with the
+    /// same token (`--token-file`, else the config's `[control] token_file`).
+    #[arg(long, global = true, conflicts_with_all = ["node", "socket", "url"])]
+    pub cluster: bool,
+    /// With `--cluster`: ask this beacon instead of the configured ones (repeat for several).
+    #[arg(long = "beacon", value_name = "ENDPOINT", global = true)]
+    pub beacons: Vec<troupe_core::settings::ZmqEndpoint>,
     /// How long to wait for the node to connect and answer a question. Actions (start,
     /// stop, reload, …) wait for the node to finish them.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, global = true)]
@@ -224,8 +233,11 @@ pub fn explicit_target(args: &CtlArgs) -> Result<Option<Target>, Failure> {
         };
         return Ok(Some(Target::Tcp { authority, token }));
     }
-    if args.token_file.is_some() {
-        return Err(Failure::usage("--token-file goes with --url"));
+    if !args.beacons.is_empty() && !args.cluster {
+        return Err(Failure::usage("--beacon goes with --cluster"));
+    }
+    if args.token_file.is_some() && !args.cluster {
+        return Err(Failure::usage("--token-file goes with --url or --cluster"));
     }
     Ok(args
         .node

@@ -1,8 +1,10 @@
 //! The API's routes, under `/v1/` (and `/healthz`). Handlers hold no state: each asks the
 //! actor of the role concerned (looked up in the node's published registry) and shapes its
 //! answer as JSON. [`services`] covers the supervisor, [`roles`] the node, the broker, the
-//! ipc hub, the cluster client and reloads.
+//! ipc hub, the cluster client and reloads, [`cluster_nodes`] every node of the cluster. The
+//! web console's page and assets are mounted from [`crate::console`].
 
+mod cluster_nodes;
 mod roles;
 mod services;
 
@@ -86,11 +88,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::bad_request("bad_query", format!("bad query string: {err}")).into()
     }))
-    .route("/healthz", web::get().to(roles::healthz));
+    .route("/healthz", web::get().to(roles::healthz))
+    .route("/readyz", web::get().to(roles::readyz));
+    cfg.configure(crate::console::configure);
+    cfg.route("/metrics", web::get().to(crate::metrics::serve));
     cfg.service(
         web::scope("/v1")
             .configure(roles::configure)
-            .configure(services::configure),
+            .configure(services::configure)
+            .configure(cluster_nodes::configure),
     )
     .default_service(web::to(not_found));
 }
