@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use troupe_tests::bench::{median, Api};
+use troupe_tests::bench::{echo_worker, load, median, Api};
 use troupe_tests::{free_port, troupe, Proc};
 
 struct Params {
@@ -142,67 +142,6 @@ fn status_latency(p: &Params) {
 }
 
 const ECHO: &str = "echo";
-
-/// An echo worker in the seed framing announcing 64 free (as the broker bench's).
-fn echo_worker(endpoint: String, stop: Arc<AtomicBool>) {
-    let context = zmq::Context::new();
-    let socket = context.socket(zmq::DEALER).unwrap();
-    socket.set_linger(0).unwrap();
-    socket.connect(&endpoint).unwrap();
-    socket
-        .send_multipart([&b""[..], b"\x01\x01\x40"], 0)
-        .unwrap();
-    let mut next_heartbeat = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if socket.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
-            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
-                if frames.len() > 3 {
-                    let _ = socket.send_multipart(frames, zmq::DONTWAIT);
-                }
-            }
-        }
-        if Instant::now() >= next_heartbeat {
-            next_heartbeat = Instant::now() + Duration::from_millis(500);
-            let _ = socket.send_multipart([&b""[..], b"\x02\x01\x40"], zmq::DONTWAIT);
-        }
-    }
-}
-
-/// A client keeping `in_flight` requests outstanding for `window`; returns the replies.
-fn client(endpoint: &str, in_flight: usize, window: Duration) -> u64 {
-    let context = zmq::Context::new();
-    let socket = context.socket(zmq::DEALER).unwrap();
-    socket.set_linger(0).unwrap();
-    socket.connect(endpoint).unwrap();
-    let body = [7u8; 64];
-    for _ in 0..in_flight {
-        socket.send_multipart([&b""[..], &body], 0).unwrap();
-    }
-    let until = Instant::now() + window;
-    let mut replies = 0;
-    while Instant::now() < until {
-        if socket.poll(zmq::POLLIN, 100).unwrap_or(0) == 0 {
-            continue;
-        }
-        while socket.recv_multipart(zmq::DONTWAIT).is_ok() {
-            replies += 1;
-            socket.send_multipart([&b""[..], &body], 0).unwrap();
-        }
-    }
-    replies
-}
-
-/// Load through the broker for `window`: replies per second.
-fn load(frontend: &str, window: Duration) -> f64 {
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let endpoint = frontend.to_string();
-            std::thread::spawn(move || client(&endpoint, 16, window))
-        })
-        .collect();
-    let replies: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
-    replies as f64 / window.as_secs_f64()
-}
 
 /// Load while the API is polled ten times a second (each of two routes).
 fn polled_load(frontend: &str, socket: &Path, window: Duration) -> f64 {

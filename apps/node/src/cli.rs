@@ -157,6 +157,20 @@ pub struct NodeArgs {
     pub log_format: LogFormat,
 }
 
+impl NodeArgs {
+    /// The flags of a command that only reads a node's config (`-c FILE`, or the embedded
+    /// default): `cluster`, `ctl`.
+    pub fn from_config(config: Option<PathBuf>) -> Self {
+        NodeArgs {
+            config,
+            roles: None,
+            name: None,
+            log_level: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
 /// How log events are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

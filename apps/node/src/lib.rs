@@ -78,13 +78,7 @@ fn check_config(known: &RoleSet, args: NodeArgs) -> i32 {
 
 /// `troupe cluster …`: the node's `[cluster]` table says which beacons to ask, and how.
 fn cluster(known: &RoleSet, args: troupe_beacon::cli::ClusterArgs) -> i32 {
-    let node_args = NodeArgs {
-        config: args.config.clone(),
-        roles: None,
-        name: None,
-        log_level: None,
-        log_format: cli::LogFormat::Text,
-    };
+    let node_args = NodeArgs::from_config(args.config.clone());
     let settings = match load(known, &node_args) {
         Ok(settings) => settings,
         Err(err) => return config_failure(err),
@@ -110,13 +104,7 @@ fn ctl(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
     let target = match troupe_control::ctl::explicit_target(&args) {
         Ok(Some(target)) => target,
         Ok(None) => {
-            let node_args = NodeArgs {
-                config: args.config.clone(),
-                roles: None,
-                name: None,
-                log_level: None,
-                log_format: cli::LogFormat::Text,
-            };
+            let node_args = NodeArgs::from_config(args.config.clone());
             match load(known, &node_args) {
                 Ok(settings) => troupe_control::client::Target::Unix(
                     settings.control.socket_path(&settings.name),
@@ -138,13 +126,7 @@ fn ctl_cluster(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
         eprintln!("troupe: ctl: --cluster goes with `status` only");
         return 2;
     }
-    let node_args = NodeArgs {
-        config: args.config.clone(),
-        roles: None,
-        name: None,
-        log_level: None,
-        log_format: cli::LogFormat::Text,
-    };
+    let node_args = NodeArgs::from_config(args.config.clone());
     let settings = match load(known, &node_args) {
         Ok(settings) => settings,
         Err(err) => return config_failure(err),
