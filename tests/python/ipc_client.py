@@ -29,7 +29,7 @@ ERROR_NAMES = {
     9: "NoSuchRequest", 10: "RequesterGone", 11: "TooManyPending", 12: "FrameTooLarge",
     13: "ChannelExists", 14: "NotPermitted", 15: "UnknownService", 16: "NotAttached",
     17: "ShuttingDown", 18: "TooManyConnections", 19: "Internal", 20: "Refused",
-    21: "DuplicateRequest", 22: "ReceiverGone",
+    21: "DuplicateRequest", 22: "ReceiverGone", 23: "TooMuchDamage",
 }
 REFUSED = 20
 

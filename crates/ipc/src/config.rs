@@ -18,6 +18,13 @@ pub struct IpcConfig {
     pub socket_group: String,
     /// Most connections at once; more are refused with an error.
     pub max_connections: usize,
+    /// Most connections at once from one user (the peer's uid); more are refused.
+    pub max_connections_per_uid: usize,
+    /// A connection that has not registered this long after connecting is closed.
+    pub register_timeout: Duration,
+    /// Most bytes held in partial frames (read, waiting for the rest) over all
+    /// connections; past it, the connection whose read went over is closed.
+    pub max_partial_bytes: ByteSize,
     /// Longest frame accepted; a longer one gets an error and its connection is closed.
     pub max_frame_bytes: ByteSize,
     /// How long messages for a receiver that is not connected are held.
@@ -38,6 +45,9 @@ pub struct IpcConfig {
     pub stall_timeout: Duration,
     /// How long a service's attach waits for the supervisor to report its process.
     pub attach_timeout: Duration,
+    /// Damage a connection may send (bytes skipped while resynchronising plus bytes of
+    /// would-be frames checksummed in vain) before it is closed with `TooMuchDamage`.
+    pub max_damage_bytes: ByteSize,
 }
 
 impl Default for IpcConfig {
@@ -46,6 +56,9 @@ impl Default for IpcConfig {
             socket: String::new(),
             socket_group: String::new(),
             max_connections: 1024,
+            max_connections_per_uid: 64,
+            register_timeout: Duration::from_secs(5),
+            max_partial_bytes: ByteSize(64 << 20),
             max_frame_bytes: ByteSize(1 << 20),
             mailbox_ttl: Duration::from_secs(10),
             mailbox_max_messages: 1000,
@@ -56,6 +69,7 @@ impl Default for IpcConfig {
             outbox_high_water: ByteSize(4 << 20),
             stall_timeout: Duration::from_secs(10),
             attach_timeout: Duration::from_secs(5),
+            max_damage_bytes: ByteSize(4 << 20),
         }
     }
 }
@@ -65,6 +79,7 @@ impl IpcConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
             ("mailbox_max_messages", self.mailbox_max_messages),
             ("max_pending_requests", self.max_pending_requests),
         ];
@@ -78,6 +93,7 @@ impl IpcConfig {
             ("request_timeout", self.request_timeout),
             ("stall_timeout", self.stall_timeout),
             ("attach_timeout", self.attach_timeout),
+            ("register_timeout", self.register_timeout),
         ];
         for (key, value) in durations {
             if value.get().is_zero() {
@@ -95,6 +111,7 @@ impl IpcConfig {
             ("mailbox_max_bytes", self.mailbox_max_bytes),
             ("mailbox_total_bytes", self.mailbox_total_bytes),
             ("outbox_high_water", self.outbox_high_water),
+            ("max_partial_bytes", self.max_partial_bytes),
         ];
         for (key, value) in at_least_a_frame {
             if value.0 < max_frame {
@@ -165,6 +182,20 @@ mod tests {
         let err = config.validate().unwrap_err();
         assert_eq!(err.key, "socket");
         assert!(err.message.contains("at most 107"), "{err}");
+        config.socket = String::new();
+        config.max_connections_per_uid = 0;
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "max_connections_per_uid"
+        );
+        config.max_connections_per_uid = 64;
+        config.register_timeout = Duration::from_secs(0);
+        assert_eq!(config.validate().unwrap_err().key, "register_timeout");
+        config.register_timeout = Duration::from_secs(5);
+        config.max_partial_bytes = ByteSize(1000);
+        assert_eq!(config.validate().unwrap_err().key, "max_partial_bytes");
+        config.max_partial_bytes = ByteSize(64 << 20);
+        config.validate().unwrap();
         let unknown = serde_json::from_value::<IpcConfig>(serde_json::json!({"sokcet": ""}));
         assert!(unknown.unwrap_err().to_string().contains("unknown field"));
     }

@@ -398,6 +398,11 @@ impl ClientState {
                         "the hub sent a frame of {length} bytes, over max_frame_bytes"
                     )))
                 }
+                Some(Found::Damaged) => {
+                    return Err(ClientError::Protocol(
+                        "the stream from the hub is damaged past the decoder's limit".into(),
+                    ))
+                }
             }
         }
     }

@@ -75,6 +75,12 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most connections.
     pub max_connections: usize,
+    /// Most connections from one user (peer uid).
+    pub max_connections_per_uid: usize,
+    /// How long a connection may stay unregistered before it is closed.
+    pub register_timeout: Duration,
+    /// Most bytes of partial frames held by all readers together.
+    pub max_partial_bytes: usize,
     /// How long held messages live, and the caps of mailboxes.
     pub mailbox_ttl: Duration,
     /// Most messages held per absent receiver.
@@ -95,6 +101,9 @@ pub struct Limits {
     pub attach_timeout: Duration,
     /// How long a closing connection gets to take what is queued for it.
     pub close_grace: Duration,
+    /// Damage (skipped plus vainly checksummed bytes) after which the reader of a
+    /// connection gives up on it (its decoder enforces it).
+    pub max_damage_bytes: u64,
 }
 
 impl Limits {
@@ -103,6 +112,9 @@ impl Limits {
         Limits {
             max_frame_bytes: config.max_frame_bytes.as_usize(),
             max_connections: config.max_connections,
+            max_connections_per_uid: config.max_connections_per_uid,
+            register_timeout: config.register_timeout.get(),
+            max_partial_bytes: config.max_partial_bytes.as_usize(),
             mailbox_ttl: config.mailbox_ttl.get(),
             mailbox_max_messages: config.mailbox_max_messages,
             mailbox_max_bytes: config.mailbox_max_bytes.as_usize(),
@@ -113,6 +125,7 @@ impl Limits {
             stall_timeout: config.stall_timeout.get(),
             attach_timeout: config.attach_timeout.get(),
             close_grace: Duration::from_secs(1),
+            max_damage_bytes: config.max_damage_bytes.0,
         }
     }
 }
@@ -199,6 +212,8 @@ struct Conn {
     stall_timer_set: bool,
     damage: Damage,
     last_damage_log: Option<Instant>,
+    /// Bytes of a partial frame its reader holds, as last reported.
+    partial: usize,
 }
 
 /// The last destination the fast path looked up.
@@ -242,6 +257,16 @@ pub struct Hub {
     stopping: bool,
     /// Outbox buffers to reuse.
     chunks: ChunkPool,
+    /// When a connection closed for damage was last logged.
+    last_damaged_log: Option<Instant>,
+    /// When a connection closed for not registering was last logged.
+    last_register_timeout_log: Option<Instant>,
+    /// When a connection closed for the partial-frame bound was last logged.
+    last_partial_log: Option<Instant>,
+    /// Bytes of partial frames held by all readers.
+    partial_total: usize,
+    /// When a refused connection was last logged.
+    last_refusal_log: Option<Instant>,
 }
 
 impl Hub {
@@ -268,6 +293,11 @@ impl Hub {
             stats: HubStats::default(),
             stopping: false,
             chunks: ChunkPool::default(),
+            last_damaged_log: None,
+            last_register_timeout_log: None,
+            last_partial_log: None,
+            partial_total: 0,
+            last_refusal_log: None,
         }
     }
 
@@ -286,11 +316,35 @@ impl Hub {
                     self.limits.max_connections
                 ),
             ))
+        } else if self
+            .conns
+            .values()
+            .filter(|c| c.peer.uid == peer.uid)
+            .count()
+            > self.limits.max_connections_per_uid
+        {
+            self.stats.refused_per_uid += 1;
+            Some((
+                ErrorCode::TooManyConnections,
+                format!(
+                    "user {} already has {} connections (max_connections_per_uid)",
+                    peer.uid, self.limits.max_connections_per_uid
+                ),
+            ))
         } else {
+            self.timers
+                .at(now + self.limits.register_timeout, Timer::Register(conn));
             None
         };
         if let Some((code, why)) = refusal {
-            tracing::warn!(pid = peer.pid, "connection refused: {why}");
+            // Rate-limited: a process can knock again and again.
+            let quiet = self
+                .last_refusal_log
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if quiet {
+                self.last_refusal_log = Some(now);
+                tracing::warn!(pid = peer.pid, uid = peer.uid, "connection refused: {why}");
+            }
             self.send_error(conn, 0, code, None, &why);
             self.close(conn, now);
         }
@@ -353,8 +407,15 @@ impl Hub {
             }
             match item {
                 Found::Frame { length, .. } => self.frame(conn, &frames[at..at + length], now),
-                Found::Foreign { pid, .. } => self.foreign(conn, pid, now),
-                Found::Oversize { length } => self.oversize(conn, length, now),
+                Found::Foreign { pid, length } => {
+                    let corr = corr_of(&frames[at..at + length]);
+                    self.foreign(conn, pid, corr, now)
+                }
+                Found::Oversize { length } => {
+                    let corr = corr_of(frames.get(at..).unwrap_or_default());
+                    self.oversize(conn, length, corr, now)
+                }
+                Found::Damaged => self.damaged(conn, now),
             }
             fast = self.may_take_fast_path(conn);
         }
@@ -439,6 +500,7 @@ impl Hub {
             // nothing new is routed to it (it would go to the mailbox instead).
             c.hung_up = true;
             c.closing = true;
+            self.partial_total -= std::mem::take(&mut c.partial);
             let pid = c.peer.pid;
             let name = c.name.clone();
             self.unlist(conn, pid, name.as_deref());
@@ -475,6 +537,7 @@ impl Hub {
                 Timer::Attach(conn) => self.attach_timed_out(conn, when),
                 Timer::Stall(conn) => self.check_stall(conn, now),
                 Timer::CloseGrace(conn) => self.cleanup(conn, now),
+                Timer::Register(conn) => self.register_timed_out(conn, now),
             }
         }
     }
@@ -516,6 +579,7 @@ impl Hub {
         stats.requests_in_flight = self.requests.len();
         stats.channels_attached = self.channels.attached();
         stats.calls_in_flight = self.channels.calls_in_flight();
+        stats.partial_bytes = self.partial_total;
         stats
     }
 
@@ -620,7 +684,7 @@ impl Hub {
             Err(err) => {
                 self.stats.malformed += 1;
                 let why = format!("malformed frame: {err}");
-                self.send_error(conn, 0, ErrorCode::Malformed, None, &why);
+                self.send_error(conn, corr_of(frame), ErrorCode::Malformed, None, &why);
                 return;
             }
         };
@@ -658,7 +722,7 @@ impl Hub {
         }
     }
 
-    fn foreign(&mut self, conn: ConnId, claimed: u32, now: Instant) {
+    fn foreign(&mut self, conn: ConnId, claimed: u32, corr: u64, now: Instant) {
         let own = self.conns[&conn].peer.pid;
         self.stats.foreign_frames += 1;
         let why =
@@ -668,11 +732,108 @@ impl Hub {
             claimed,
             "refused a frame speaking as another process"
         );
-        self.send_error(conn, 0, ErrorCode::PidMismatch, None, &why);
+        self.send_error(conn, corr, ErrorCode::PidMismatch, None, &why);
         self.close(conn, now);
     }
 
-    fn oversize(&mut self, conn: ConnId, length: u32, now: Instant) {
+    /// The reader of `conn` now holds `bytes` of a partial frame (read, waiting for the
+    /// rest). Past `max_partial_bytes` over all connections, a connection whose partial frame
+    /// grew is told and closed (it is the one whose new data went over). Returns whether
+    /// the reader may read on.
+    pub fn partial(&mut self, conn: ConnId, bytes: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.closing {
+            return false;
+        }
+        let grew = bytes > c.partial;
+        self.partial_total = self.partial_total - c.partial + bytes;
+        c.partial = bytes;
+        if !grew || self.partial_total <= self.limits.max_partial_bytes {
+            return true;
+        }
+        self.stats.partial_refused += 1;
+        let (pid, max) = (c.peer.pid, self.limits.max_partial_bytes);
+        let quiet = self
+            .last_partial_log
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if quiet {
+            self.last_partial_log = Some(now);
+            tracing::warn!(
+                pid,
+                partial = bytes,
+                total = self.partial_total,
+                closed_so_far = self.stats.partial_refused,
+                "partial frames hold more than max_partial_bytes; closing the connection that went over"
+            );
+        }
+        let why = format!(
+            "the hub holds more than max_partial_bytes ({max}) of partial frames; closing this connection, whose frame of {bytes} bytes so far went over"
+        );
+        self.send_error(conn, 0, ErrorCode::Internal, None, &why);
+        self.close(conn, now);
+        false
+    }
+
+    /// `conn` did not register within `register_timeout`: it is closed, so that idle
+    /// connections cannot hold slots.
+    fn register_timed_out(&mut self, conn: ConnId, now: Instant) {
+        match self.conns.get(&conn) {
+            Some(c) if !c.registered && !c.closing => {}
+            _ => return,
+        }
+        self.stats.register_timeouts += 1;
+        let pid = self.conns[&conn].peer.pid;
+        let timeout = self.limits.register_timeout;
+        let quiet = self
+            .last_register_timeout_log
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if quiet {
+            self.last_register_timeout_log = Some(now);
+            tracing::warn!(
+                pid,
+                closed_so_far = self.stats.register_timeouts,
+                "closing a connection that did not register within register_timeout"
+            );
+        }
+        let why = format!("not registered within register_timeout ({timeout:?}); closing");
+        self.send_error(conn, 0, ErrorCode::NotRegistered, None, &why);
+        self.close(conn, now);
+    }
+
+    /// The reader of `conn` gave up on it: it sent more damage than `max_damage_bytes`.
+    fn damaged(&mut self, conn: ConnId, now: Instant) {
+        self.stats.damaged_closed += 1;
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (pid, damage) = (c.peer.pid, c.damage);
+        let max = self.limits.max_damage_bytes;
+        // Rate-limited across connections: one process can open many.
+        let quiet = self
+            .last_damaged_log
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if quiet {
+            self.last_damaged_log = Some(now);
+            tracing::warn!(
+                pid,
+                skipped_bytes = damage.skipped_bytes,
+                wasted_bytes = damage.wasted_bytes,
+                resyncs = damage.resyncs,
+                closed_so_far = self.stats.damaged_closed,
+                "closing a connection that sent more damage than max_damage_bytes"
+            );
+        }
+        let why = format!(
+            "more than max_damage_bytes ({max}) of damaged data (bytes skipped plus bytes \
+             of frames with a wrong checksum); closing"
+        );
+        self.send_error(conn, 0, ErrorCode::TooMuchDamage, None, &why);
+        self.close(conn, now);
+    }
+
+    fn oversize(&mut self, conn: ConnId, length: u32, corr: u64, now: Instant) {
         self.stats.oversize_frames += 1;
         let pid = self.conns[&conn].peer.pid;
         let max = self.limits.max_frame_bytes;
@@ -683,7 +844,7 @@ impl Hub {
             "frame over max_frame_bytes; closing the connection"
         );
         let why = format!("frame of {length} bytes is over max_frame_bytes ({max}); closing");
-        self.send_error(conn, 0, ErrorCode::FrameTooLarge, None, &why);
+        self.send_error(conn, corr, ErrorCode::FrameTooLarge, None, &why);
         self.close(conn, now);
     }
 
@@ -1129,6 +1290,8 @@ impl Hub {
             return;
         }
         c.closing = true;
+        // Its reader stops: what it holds is let go.
+        self.partial_total -= std::mem::take(&mut c.partial);
         let pid = c.peer.pid;
         let name = c.name.clone();
         self.unlist(conn, pid, name.as_deref());
@@ -1164,6 +1327,7 @@ impl Hub {
         let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
+        self.partial_total -= std::mem::take(&mut c.partial);
         let pid = c.peer.pid;
         self.unlist(conn, pid, c.name.as_deref());
         self.effects.push(Effect::Finish { conn });
@@ -1260,6 +1424,7 @@ impl Hub {
         };
         c.damage.skipped_bytes += damage.skipped_bytes;
         c.damage.resyncs += damage.resyncs;
+        c.damage.wasted_bytes += damage.wasted_bytes;
         let quiet = c
             .last_damage_log
             .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
@@ -1293,8 +1458,18 @@ impl Conn {
             stall_timer_set: false,
             damage: Damage::default(),
             last_damage_log: None,
+            partial: 0,
         }
     }
+}
+
+/// The correlation id in the envelope of `frame` (header included) when its fixed part is
+/// there to read, whatever else is wrong with it; else 0.
+fn corr_of(frame: &[u8]) -> u64 {
+    const CORR: usize = HEADER_LEN + 8;
+    frame
+        .get(CORR..CORR + 8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// Where a `Send` or `Request` goes: its name if it has one, else its pid.

@@ -19,6 +19,8 @@ pub struct HubStats {
     pub requests_in_flight: usize,
     /// `push_config` and `invoke` calls waiting for a service's answer now.
     pub calls_in_flight: usize,
+    /// Bytes held for partial frames by all readers now (bounded by `max_partial_bytes`).
+    pub partial_bytes: usize,
     /// Connections accepted.
     pub connections_accepted: u64,
     /// Valid frames received.
@@ -50,6 +52,14 @@ pub struct HubStats {
     pub resyncs: u64,
     /// Frames over `max_frame_bytes` (their connections were closed).
     pub oversize_frames: u64,
+    /// Connections refused over `max_connections_per_uid`.
+    pub refused_per_uid: u64,
+    /// Connections closed for not registering within `register_timeout`.
+    pub register_timeouts: u64,
+    /// Connections closed because partial frames held more than `max_partial_bytes`.
+    pub partial_refused: u64,
+    /// Connections closed for sending more than `max_damage_bytes` of damage.
+    pub damaged_closed: u64,
     /// Frames carrying another process's pid (their connections were closed).
     pub foreign_frames: u64,
     /// Registrations under another process's pid (refused).

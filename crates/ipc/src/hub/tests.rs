@@ -49,6 +49,9 @@ fn limits() -> Limits {
     Limits {
         max_frame_bytes: 1 << 20,
         max_connections: 8,
+        max_connections_per_uid: 6,
+        register_timeout: Duration::from_secs(5),
+        max_partial_bytes: 3 << 20,
         mailbox_ttl: Duration::from_secs(10),
         mailbox_max_messages: 3,
         mailbox_max_bytes: 4096,
@@ -58,6 +61,7 @@ fn limits() -> Limits {
         outbox_high_water: 1000,
         stall_timeout: Duration::from_secs(10),
         attach_timeout: Duration::from_secs(5),
+        max_damage_bytes: 1 << 20,
         close_grace: Duration::from_secs(1),
     }
 }
@@ -646,6 +650,7 @@ fn oversize_frames_are_refused_and_damage_counted() {
     let damage = Damage {
         skipped_bytes: 17,
         resyncs: 2,
+        wasted_bytes: 0,
     };
     let found = [(0, Found::Oversize { length: 5_000_000 })];
     b.hub.receive(1, &[], &found, damage, b.now);
@@ -1167,4 +1172,203 @@ fn each_message_of_a_batch_that_cannot_be_held_or_expires_is_reported() {
     );
     assert_eq!(b.hub.stats().expired, 2);
     assert_eq!(b.hub.stats().mailbox_messages, 0);
+}
+
+#[test]
+fn a_connection_past_its_damage_budget_is_told_and_closed() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    let damage = Damage {
+        skipped_bytes: 70_000,
+        resyncs: 9,
+        wasted_bytes: 2 << 20,
+    };
+    b.hub.receive(1, &[], &[(0, Found::Damaged)], damage, b.now);
+    b.pump();
+    let got = b.take(1);
+    assert_eq!(got[0].code(), ErrorCode::TooMuchDamage);
+    assert_eq!(got[0].corr, 0);
+    assert!(
+        got[0].text().contains("max_damage_bytes"),
+        "{}",
+        got[0].text()
+    );
+    assert!(b.take_effects().contains(&Effect::Finish { conn: 1 }));
+    let stats = b.hub.stats();
+    assert_eq!(
+        (stats.corrupt_bytes, stats.resyncs, stats.damaged_closed),
+        (70_000, 9, 1)
+    );
+}
+
+#[test]
+fn envelope_level_errors_carry_the_corr_of_the_frame() {
+    // Malformed: an unknown kind, whose envelope still holds a corr.
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    let mut bad = Envelope {
+        corr: 4242,
+        ..env(Kind::Send)
+    }
+    .to_frame(100)
+    .to_vec();
+    bad[13] = 0x7f;
+    crate::wire::frame::seal(&mut bad);
+    let found = [(
+        0,
+        Found::Frame {
+            pid: 100,
+            length: bad.len(),
+        },
+    )];
+    b.hub.receive(1, &bad, &found, Damage::default(), b.now);
+    b.pump();
+    let got = b.take(1);
+    assert_eq!((got[0].code(), got[0].corr), (ErrorCode::Malformed, 4242));
+
+    // PidMismatch for a frame with another pid in its header.
+    let spoofed = Envelope {
+        pid: 100,
+        corr: 77,
+        ..env(Kind::Send)
+    }
+    .to_frame(555);
+    let found = [(
+        0,
+        Found::Foreign {
+            pid: 555,
+            length: spoofed.len(),
+        },
+    )];
+    b.hub.receive(1, &spoofed, &found, Damage::default(), b.now);
+    b.pump();
+    let got = b.take(1);
+    assert_eq!((got[0].code(), got[0].corr), (ErrorCode::PidMismatch, 77));
+
+    // FrameTooLarge: the reader hands over the oversized frame's fixed part.
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    let mut big = Envelope {
+        corr: 99,
+        ..env(Kind::Send)
+    }
+    .to_frame(100)
+    .to_vec();
+    big[0..4].copy_from_slice(&(5_000_000u32).to_le_bytes());
+    let found = [(0, Found::Oversize { length: 5_000_000 })];
+    b.hub.receive(1, &big, &found, Damage::default(), b.now);
+    b.pump();
+    let got = b.take(1);
+    assert_eq!((got[0].code(), got[0].corr), (ErrorCode::FrameTooLarge, 99));
+}
+
+#[test]
+fn one_user_cannot_take_every_slot_and_idle_connections_are_closed() {
+    let mut b = Bench::new();
+    // limits(): 6 connections per uid, 5 s to register.
+    for conn in 1..=6 {
+        b.hub.connect(
+            conn,
+            Peer {
+                pid: 100 + conn as u32,
+                uid: 1000,
+            },
+            b.now,
+        );
+    }
+    b.hub.connect(
+        7,
+        Peer {
+            pid: 107,
+            uid: 1000,
+        },
+        b.now,
+    );
+    b.pump();
+    let got = b.take(7);
+    assert_eq!(
+        (got[0].code(), got[0].corr),
+        (ErrorCode::TooManyConnections, 0)
+    );
+    assert!(
+        got[0].text().contains("max_connections_per_uid"),
+        "{}",
+        got[0].text()
+    );
+    // Another user still gets in.
+    b.hub.connect(
+        8,
+        Peer {
+            pid: 200,
+            uid: 2000,
+        },
+        b.now,
+    );
+    b.input(
+        8,
+        200,
+        Envelope {
+            pid: 200,
+            corr: 1,
+            ..env(Kind::Register)
+        },
+    );
+    assert_eq!(b.take(8)[0].kind, Kind::Ok);
+    assert_eq!(b.hub.stats().refused_per_uid, 1);
+    // Connections 1..=6 never register: after register_timeout they are closed.
+    b.input(
+        1,
+        101,
+        Envelope {
+            pid: 101,
+            corr: 1,
+            ..env(Kind::Register)
+        },
+    );
+    assert_eq!(b.take(1)[0].kind, Kind::Ok);
+    b.advance(Duration::from_secs(5));
+    for conn in 2..=6 {
+        let got = b.take(conn);
+        assert_eq!((got[0].code(), got[0].corr), (ErrorCode::NotRegistered, 0));
+        assert!(
+            got[0].text().contains("register_timeout"),
+            "{}",
+            got[0].text()
+        );
+    }
+    assert!(b.take(1).is_empty(), "a registered connection stays");
+    assert!(b.take(8).is_empty());
+    assert_eq!(b.hub.stats().register_timeouts, 5);
+}
+
+#[test]
+fn partial_frames_past_the_bound_close_the_connection_that_went_over() {
+    let mut b = Bench::new();
+    b.client(1, 100, "");
+    b.client(2, 200, "");
+    // limits(): 3 MiB in all.
+    assert!(b.hub.partial(1, 2 << 20, b.now));
+    assert!(b.hub.partial(2, 1 << 20, b.now));
+    assert!(!b.hub.partial(2, (1 << 20) + 1, b.now));
+    b.pump();
+    let got = b.take(2);
+    assert_eq!(got[0].code(), ErrorCode::Internal);
+    assert!(
+        got[0].text().contains("max_partial_bytes"),
+        "{}",
+        got[0].text()
+    );
+    assert_eq!(
+        b.hub.stats().partial_bytes,
+        2 << 20,
+        "the closed one's is let go"
+    );
+    // Shrinking is always allowed.
+    assert!(b.hub.partial(1, 10, b.now));
+    assert_eq!(b.hub.stats().partial_refused, 1);
+    // A connection that hangs up lets go of what its reader held.
+    assert!(b.hub.partial(1, 1 << 20, b.now));
+    b.hub.hangup(1, b.now);
+    b.pump();
+    assert_eq!(b.hub.stats().partial_bytes, 0);
 }

@@ -21,6 +21,8 @@ pub(crate) enum Timer {
     Stall(ConnId),
     /// A closing connection's time to take what is queued for it is up.
     CloseGrace(ConnId),
+    /// A new connection's time to register is up.
+    Register(ConnId),
 }
 
 #[derive(Debug, Default)]

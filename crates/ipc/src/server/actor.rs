@@ -220,7 +220,8 @@ impl HubActor {
         let (read, write) = stream.into_split();
         let (writer, batches) = mpsc::unbounded_channel();
         let addr = ctx.address();
-        let decoder = FrameDecoder::new(MIN_FRAME, self.limits.max_frame_bytes, Some(pid));
+        let decoder = FrameDecoder::new(MIN_FRAME, self.limits.max_frame_bytes, Some(pid))
+            .with_damage_limit(self.limits.max_damage_bytes);
         let reader_task = actix_rt::spawn(read_loop(conn, read, decoder, addr.clone()));
         let writer_task = actix_rt::spawn(write_loop(conn, write, batches, addr));
         self.conns.insert(
@@ -293,6 +294,8 @@ pub(crate) struct Inbound {
     /// What the reader found, in order, with where it starts in `frames`.
     pub(crate) found: Vec<(usize, Found)>,
     pub(crate) damage: Damage,
+    /// Bytes of a partial frame the reader holds after this read.
+    pub(crate) partial: usize,
 }
 
 impl Handler<Inbound> for HubActor {
@@ -306,6 +309,10 @@ impl Handler<Inbound> for HubActor {
             msg.damage,
             Instant::now(),
         );
+        if !self.hub.partial(msg.conn, msg.partial, Instant::now()) {
+            self.after(ctx);
+            return Box::pin(async { false });
+        }
         let waiting = match (flow, self.conns.get_mut(&msg.conn)) {
             (Flow::Paused, Some(tasks)) => {
                 let (resume, resumed) = oneshot::channel();

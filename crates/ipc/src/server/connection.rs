@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use super::actor::{Hangup, HubActor, Inbound, Written};
 use crate::hub::ConnId;
 use crate::wire::frame::{Damage, Found};
-use crate::wire::FrameDecoder;
+use crate::wire::{FrameDecoder, MIN_FRAME};
 
 /// Bytes asked of the socket per read (more when a longer frame is being assembled).
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads until the peer hangs up, the socket fails, the hub stops it, or the peer sends a
-/// frame over the limit.
+/// frame over the limit or more damage than the decoder's limit.
 pub(crate) async fn read_loop(
     conn: ConnId,
     mut socket: OwnedReadHalf,
@@ -28,6 +28,7 @@ pub(crate) async fn read_loop(
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reported = Damage::default();
+    let mut partial = 0;
     loop {
         let wanted = decoder.wanted(&buf).saturating_sub(buf.len());
         buf.reserve(wanted.max(READ_CHUNK));
@@ -40,25 +41,41 @@ pub(crate) async fn read_loop(
         // is reused rather than reallocated.
         let mut found = Vec::new();
         let at = decoder.scan_read(&buf, &mut found);
-        let oversize = matches!(found.last(), Some((_, Found::Oversize { .. })));
-        let frames = buf.split_to(at).freeze();
-        let total = decoder.damage();
-        let damage = Damage {
-            skipped_bytes: total.skipped_bytes - reported.skipped_bytes,
-            resyncs: total.resyncs - reported.resyncs,
+        let last = matches!(
+            found.last(),
+            Some((_, Found::Oversize { .. } | Found::Damaged))
+        );
+        // An oversized frame's envelope (its correlation id) goes to the hub too.
+        let keep = if matches!(found.last(), Some((_, Found::Oversize { .. }))) {
+            (at + MIN_FRAME).min(buf.len())
+        } else {
+            at
         };
+        let frames = buf.split_to(keep).freeze();
+        let total = decoder.damage();
+        let damage = total.since(&reported);
         reported = total;
-        if found.is_empty() && damage == Damage::default() {
+        // The hub bounds the bytes all readers hold for partial frames: it hears of this
+        // one's whenever it changes. What counts is the room the frame will take (its
+        // announced length), which the next read reserves, not only what has come yet.
+        let held = if buf.is_empty() {
+            0
+        } else {
+            decoder.wanted(&buf).max(buf.len())
+        };
+        if found.is_empty() && damage == Damage::default() && held == partial {
             continue;
         }
+        partial = held;
         let batch = Inbound {
             conn,
             frames,
             found,
             damage,
+            partial,
         };
         match hub.send(batch).await {
-            Ok(true) if !oversize => {}
+            Ok(true) if !last => {}
             // The hub closes the connection; it stops this task itself.
             _ => return,
         }

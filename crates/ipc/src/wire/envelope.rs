@@ -160,6 +160,8 @@ error_codes! {
     DuplicateRequest = 21,
     /// The receiver disconnected after getting the request and before replying.
     ReceiverGone = 22,
+    /// The connection sent more damaged data than `max_damage_bytes`.
+    TooMuchDamage = 23,
 }
 
 /// Why an envelope was rejected.

@@ -8,6 +8,17 @@
 //! [`FrameDecoder`] cuts frames out of a byte stream. Like the seed's decoder it treats
 //! anything that is not a valid frame as damage: it skips one byte and tries again, so the
 //! stream resynchronises on the next valid frame, and it counts what it skipped.
+//!
+//! Resynchronising costs work: each offset that could start a frame (a header whose length
+//! is in range and, for the hub, whose pid is the sender's) is checksummed over its whole
+//! announced length before it is known to be damage, and a sender can forge such headers
+//! every few bytes. So the decoder keeps a **damage budget** ([`with_damage_limit`]
+//! (FrameDecoder::with_damage_limit)): the bytes it skipped plus the bytes it checksummed in
+//! vain ([`Damage::wasted_bytes`]). Past it, it reports [`Found::Damaged`] and looks no
+//! further, so the work spent on a stream is linear in its length (each byte is examined
+//! once as a possible header start, and checksummed at most four times as part of a frame,
+//! as frames are checked four at a time) plus the budget plus one longest frame, whatever
+//! the stream holds.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -100,6 +111,9 @@ pub enum Decoded {
         /// The announced length.
         length: u32,
     },
+    /// The stream sent more damage than the decoder's damage limit: the decoder looks no
+    /// further (it reports this again on every call), and the reader should close it.
+    Damaged,
 }
 
 /// Where the next frame is, as [`FrameDecoder::locate`] found it at the start of the buffer.
@@ -124,6 +138,8 @@ pub enum Found {
         /// The announced length.
         length: u32,
     },
+    /// The damage budget is spent; see [`Decoded::Damaged`].
+    Damaged,
 }
 
 /// Counters of damage seen by a decoder.
@@ -133,6 +149,25 @@ pub struct Damage {
     pub skipped_bytes: u64,
     /// Times the decoder lost and found the frame boundary again (runs of skipped bytes).
     pub resyncs: u64,
+    /// Bytes checksummed for candidate frames whose checksum turned out wrong: the work that
+    /// damage cost beyond skipping it.
+    pub wasted_bytes: u64,
+}
+
+impl Damage {
+    /// What `self` holds beyond `earlier` (a reader reports its damage in pieces).
+    pub fn since(&self, earlier: &Damage) -> Damage {
+        Damage {
+            skipped_bytes: self.skipped_bytes - earlier.skipped_bytes,
+            resyncs: self.resyncs - earlier.resyncs,
+            wasted_bytes: self.wasted_bytes - earlier.wasted_bytes,
+        }
+    }
+
+    /// Skipped plus wasted bytes: what the damage budget counts.
+    pub fn cost(&self) -> u64 {
+        self.skipped_bytes + self.wasted_bytes
+    }
 }
 
 /// Cuts frames out of a byte stream; see the module doc.
@@ -145,6 +180,8 @@ pub struct FrameDecoder {
     sums: crc::FrameSums,
     damage: Damage,
     skipping: bool,
+    damage_limit: u64,
+    checked_bytes: u64,
 }
 
 impl FrameDecoder {
@@ -162,7 +199,29 @@ impl FrameDecoder {
             sums: crc::FrameSums::new(),
             damage: Damage::default(),
             skipping: false,
+            damage_limit: u64::MAX,
+            checked_bytes: 0,
         }
+    }
+
+    /// The same decoder giving up on a stream once its [`Damage::cost`] (bytes skipped plus
+    /// bytes checksummed in vain) passes `limit`: it then finds only [`Found::Damaged`]. The
+    /// work it spends on damage is at most `limit` plus one longest frame. Without this, the
+    /// budget is unlimited (for a stream from a trusted writer).
+    pub fn with_damage_limit(mut self, limit: u64) -> Self {
+        self.damage_limit = limit;
+        self
+    }
+
+    /// Bytes checksummed so far, for valid frames and damage alike: with the bytes skipped,
+    /// the work this decoder did.
+    pub fn checked_bytes(&self) -> u64 {
+        self.checked_bytes
+    }
+
+    #[inline]
+    fn over_budget(&self) -> bool {
+        self.damage.cost() > self.damage_limit
     }
 
     /// The same decoder taking checksums on trust: for a stream whose writer only sends frames
@@ -175,8 +234,16 @@ impl FrameDecoder {
 
     /// Whether `frame`'s checksum is right (or taken on trust).
     #[inline]
-    fn checksum_ok(&self, frame: &[u8]) -> bool {
-        !self.verify_checksums || read_u32(frame, 8) == self.sums.one(frame)
+    fn checksum_ok(&mut self, frame: &[u8]) -> bool {
+        if !self.verify_checksums {
+            return true;
+        }
+        self.checked_bytes += frame.len() as u64;
+        let ok = read_u32(frame, 8) == self.sums.one(frame);
+        if !ok {
+            self.damage.wasted_bytes += frame.len() as u64;
+        }
+        ok
     }
 
     /// Damage seen so far.
@@ -224,6 +291,7 @@ impl FrameDecoder {
                 bytes: buf.split_to(length).freeze(),
             }),
             Found::Oversize { length } => Decoded::Oversize { length },
+            Found::Damaged => Decoded::Damaged,
         }
     }
 
@@ -251,7 +319,11 @@ impl FrameDecoder {
         let mut run = [(0, 0); 4];
         let mut at = 0;
         loop {
-            let whole = self.frames_at_start(&buf[at..], &mut run);
+            if self.over_budget() {
+                found.push((at, Found::Damaged));
+                return at;
+            }
+            let (whole, first_bad) = self.frames_at_start(&buf[at..], &mut run);
             if whole > 0 {
                 for &(pid, length) in &run[..whole] {
                     found.push((at, Found::Frame { pid, length }));
@@ -259,7 +331,10 @@ impl FrameDecoder {
                 }
                 continue;
             }
-            let (skipped, item) = self.scan(&buf[at..], false);
+            // A header whose frame failed its checksum just now is damage: it is not
+            // checksummed again.
+            let start = if first_bad { self.skip(1) } else { 0 };
+            let (skipped, item) = self.scan_slow(&buf[at..], start, false);
             at += skipped;
             let Some(item) = item else {
                 return at;
@@ -267,7 +342,7 @@ impl FrameDecoder {
             found.push((at, item));
             match item {
                 Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
-                Found::Oversize { .. } => return at,
+                Found::Oversize { .. } | Found::Damaged => return at,
             }
         }
     }
@@ -275,9 +350,10 @@ impl FrameDecoder {
     /// The valid frames from the expected sender (any sender without one) that follow one
     /// another from the start of `buf`, whole, up to four, their checksums computed
     /// together: `(pid, length)` of each in `run`, and how many. 0 leaves what starts `buf`
-    /// to [`scan`](Self::scan).
+    /// to [`scan`](Self::scan); with it, whether the first frame there failed its checksum
+    /// (which is then counted as wasted work).
     #[inline]
-    fn frames_at_start(&mut self, buf: &[u8], run: &mut [(u32, usize); 4]) -> usize {
+    fn frames_at_start(&mut self, buf: &[u8], run: &mut [(u32, usize); 4]) -> (usize, bool) {
         let mut headers = 0;
         let mut at = 0;
         while headers < 4 && buf.len() - at >= HEADER_LEN {
@@ -294,6 +370,12 @@ impl FrameDecoder {
             headers += 1;
             at += length;
         }
+        // Checking several frames at once must not spend more than the damage budget left
+        // if they all turn out bad.
+        let left = self.damage_limit.saturating_sub(self.damage.cost());
+        while headers > 1 && run[..headers].iter().map(|r| r.1 as u64).sum::<u64>() > left {
+            headers -= 1;
+        }
         let mut valid = headers;
         if self.verify_checksums && headers > 0 {
             let mut starts = [0; 4];
@@ -301,6 +383,7 @@ impl FrameDecoder {
                 starts[i] = starts[i - 1] + run[i - 1].1;
             }
             let frame = |i: usize| &buf[starts[i]..starts[i] + run[i].1];
+            self.checked_bytes += (0..headers).map(|i| run[i].1 as u64).sum::<u64>();
             let sums = if headers == 4 {
                 self.sums.four(&[frame(0), frame(1), frame(2), frame(3)])
             } else {
@@ -315,11 +398,14 @@ impl FrameDecoder {
             valid = (0..headers)
                 .position(|i| read_u32(frame(i), 8) != sums[i])
                 .unwrap_or(headers);
+            // The first bad frame and those after it were checksummed in vain (the ones
+            // after it are checked again if the scan gets to them).
+            self.damage.wasted_bytes += (valid..headers).map(|i| run[i].1 as u64).sum::<u64>();
         }
         if valid > 0 {
             self.skipping = false;
         }
-        valid
+        (valid, valid == 0 && headers > 0 && self.verify_checksums)
     }
 
     /// Looks for the next frame in `buf` without consuming anything: returns how many bytes
@@ -329,10 +415,14 @@ impl FrameDecoder {
     #[inline]
     pub fn scan(&mut self, buf: &[u8], eof: bool) -> (usize, Option<Found>) {
         // The common case, kept small enough to inline: a whole valid frame right here.
-        if let Some((pid, length)) = self.frame_at_start(buf) {
-            return (0, Some(Found::Frame { pid, length }));
+        match self.check_at_start(buf) {
+            AtStart::Frame(pid, length) => (0, Some(Found::Frame { pid, length })),
+            AtStart::BadChecksum => {
+                let start = self.skip(1);
+                self.scan_slow(buf, start, eof)
+            }
+            AtStart::Other => self.scan_slow(buf, 0, eof),
         }
-        self.scan_slow(buf, eof)
     }
 
     /// `(pid, length)` of a valid frame from the expected sender (any sender without one)
@@ -340,8 +430,16 @@ impl FrameDecoder {
     /// [`scan`](Self::scan).
     #[inline]
     pub fn frame_at_start(&mut self, buf: &[u8]) -> Option<(u32, usize)> {
-        if buf.len() < HEADER_LEN {
-            return None;
+        match self.check_at_start(buf) {
+            AtStart::Frame(pid, length) => Some((pid, length)),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn check_at_start(&mut self, buf: &[u8]) -> AtStart {
+        if buf.len() < HEADER_LEN || self.over_budget() {
+            return AtStart::Other;
         }
         let length = read_u32(buf, 0) as usize;
         let pid = read_u32(buf, 4);
@@ -349,18 +447,25 @@ impl FrameDecoder {
             || length > self.max_frame
             || buf.len() < length
             || self.expected_pid.is_some_and(|p| p != pid)
-            || !self.checksum_ok(&buf[..length])
         {
-            return None;
+            return AtStart::Other;
+        }
+        if !self.checksum_ok(&buf[..length]) {
+            return AtStart::BadChecksum;
         }
         self.skipping = false;
-        Some((pid, length))
+        AtStart::Frame(pid, length)
     }
 
+    /// Scans `buf` from `at` on (the bytes before it are damage already counted).
     #[inline(never)]
-    fn scan_slow(&mut self, buf: &[u8], eof: bool) -> (usize, Option<Found>) {
-        let mut at = 0;
+    fn scan_slow(&mut self, buf: &[u8], mut at: usize, eof: bool) -> (usize, Option<Found>) {
         loop {
+            // Each turn skips a byte or checksums one candidate, so the work past the
+            // budget is at most one longest frame.
+            if self.over_budget() {
+                return (at, Some(Found::Damaged));
+            }
             let rest = &buf[at..];
             if rest.len() < HEADER_LEN {
                 return (at, None);
@@ -387,6 +492,8 @@ impl FrameDecoder {
             }
             if length > self.max_frame {
                 if self.expected_pid.is_some() {
+                    // Reported at once, not when more of it is in: a peer that sent only
+                    // the header must not wait for its answer.
                     let length = length as u32;
                     return (at, Some(Found::Oversize { length }));
                 }
@@ -418,6 +525,16 @@ impl FrameDecoder {
         self.damage.skipped_bytes += n as u64;
         n
     }
+}
+
+/// What starts a buffer, as [`FrameDecoder::check_at_start`] found it.
+enum AtStart {
+    /// A whole valid frame: pid and length.
+    Frame(u32, usize),
+    /// A whole frame from the expected sender whose checksum is wrong.
+    BadChecksum,
+    /// Anything else, for the slow scan.
+    Other,
 }
 
 #[inline]
@@ -592,6 +709,12 @@ mod tests {
         assert_eq!(frames, sealed);
     }
 
+    /// The damage that does not depend on how the frames were checked: the bytes skipped and
+    /// the runs of them. (`wasted_bytes` does: four frames checked at once waste more.)
+    fn skipped(damage: Damage) -> (u64, u64) {
+        (damage.skipped_bytes, damage.resyncs)
+    }
+
     /// What `scan_read` finds, the way the hub reads: frame by frame with `scan`.
     fn scan_one_at_a_time(decoder: &mut FrameDecoder, buf: &[u8]) -> (usize, Vec<(usize, Found)>) {
         let mut found = Vec::new();
@@ -605,7 +728,7 @@ mod tests {
             found.push((at, item));
             match item {
                 Found::Frame { length, .. } | Found::Foreign { length, .. } => at += length,
-                Found::Oversize { .. } => return (at, found),
+                Found::Oversize { .. } | Found::Damaged => return (at, found),
             }
         }
     }
@@ -638,7 +761,7 @@ mod tests {
             (scanned, found),
             scan_one_at_a_time(&mut one_by_one, &stream)
         );
-        assert_eq!(at_once.damage(), one_by_one.damage());
+        assert_eq!(skipped(at_once.damage()), skipped(one_by_one.damage()));
         assert_eq!(at_once.damage().resyncs, 3);
         assert_eq!(scanned, stream.len() - 30);
     }
@@ -680,8 +803,90 @@ mod tests {
             let scanned = at_once.scan_read(&stream, &mut found);
             let mut one_by_one = FrameDecoder::new(HEADER_LEN, 1 << 10, Some(7));
             proptest::prop_assert_eq!((scanned, found), scan_one_at_a_time(&mut one_by_one, &stream));
-            proptest::prop_assert_eq!(at_once.damage(), one_by_one.damage());
+            proptest::prop_assert_eq!(skipped(at_once.damage()), skipped(one_by_one.damage()));
+            // Checking four frames at once may waste more work on a bad one, never less.
+            proptest::prop_assert!(at_once.damage().wasted_bytes >= one_by_one.damage().wasted_bytes);
         }
+    }
+
+    /// Feeds `stream` the way the hub's reader does (reads of `chunk` bytes, each scanned at
+    /// once, the rest kept): how many bytes were consumed when the decoder gave up, if it did.
+    fn read_like_the_hub(decoder: &mut FrameDecoder, stream: &[u8], chunk: usize) -> Option<usize> {
+        let mut buf = BytesMut::new();
+        let mut consumed = 0;
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            let mut found = Vec::new();
+            let at = decoder.scan_read(&buf, &mut found);
+            consumed += at;
+            buf.advance(at);
+            if matches!(found.last(), Some((_, Found::Damaged))) {
+                return Some(consumed);
+            }
+        }
+        None
+    }
+
+    /// 2 MiB of fake headers carrying the sender's own pid and the longest length, one every
+    /// 8 bytes: each is a candidate that can only be refuted by checksumming 1 MiB.
+    fn forged_headers(pid: u32, max_frame: usize, total: usize) -> Vec<u8> {
+        let mut stream = Vec::with_capacity(total);
+        while stream.len() < total {
+            stream.extend_from_slice(&(max_frame as u32).to_le_bytes());
+            stream.extend_from_slice(&pid.to_le_bytes());
+        }
+        stream
+    }
+
+    #[test]
+    fn forged_headers_cost_linear_work_and_the_stream_is_given_up_after_the_budget() {
+        const MAX_FRAME: usize = 1 << 20;
+        const LIMIT: u64 = 1 << 20;
+        let stream = forged_headers(7, MAX_FRAME, 2 << 20);
+        let mut decoder = FrameDecoder::new(32, MAX_FRAME, Some(7)).with_damage_limit(LIMIT);
+        let gave_up = read_like_the_hub(&mut decoder, &stream, 64 * 1024);
+        let consumed = gave_up.expect("the decoder gives up on the stream");
+        let damage = decoder.damage();
+        // Work: every byte is examined once as a header start (skipped), and checksumming in
+        // vain stops within one longest frame past the budget.
+        let work = damage.skipped_bytes + decoder.checked_bytes();
+        assert!(damage.cost() > LIMIT, "{damage:?}");
+        assert!(
+            decoder.checked_bytes() <= LIMIT + MAX_FRAME as u64,
+            "checked {} bytes",
+            decoder.checked_bytes()
+        );
+        assert!(
+            work <= stream.len() as u64 + LIMIT + MAX_FRAME as u64,
+            "work {work}"
+        );
+        assert_eq!(damage.skipped_bytes, consumed as u64);
+        // It keeps saying so.
+        let mut rest = BytesMut::from(&stream[consumed..]);
+        assert_eq!(decoder.decode(&mut rest), Some(Decoded::Damaged));
+        assert!(decoder.checked_bytes() <= LIMIT + MAX_FRAME as u64);
+    }
+
+    #[test]
+    fn forged_headers_between_valid_frames_do_not_reset_the_budget() {
+        // Valid frames between the forgeries find the boundary again, but the damage counts
+        // on: the budget is per stream.
+        let mut stream = Vec::new();
+        for i in 0..400u32 {
+            stream.extend_from_slice(&frame(7, &[i as u8; 24]));
+            stream.extend_from_slice(&forged_headers(7, 4096, 64)[..60]);
+        }
+        let mut decoder = FrameDecoder::new(32, 4096, Some(7)).with_damage_limit(8192);
+        let consumed = read_like_the_hub(&mut decoder, &stream, 1000).expect("given up");
+        assert!(consumed < stream.len());
+        assert!(decoder.checked_bytes() <= consumed as u64 + 8192 + 4096);
+        // Without a budget the same stream decodes to its frames (but for the last ones,
+        // behind a forged header that announces more bytes than are left).
+        let mut unlimited = FrameDecoder::new(32, 4096, Some(7));
+        let mut found = Vec::new();
+        unlimited.scan_read(&stream, &mut found);
+        assert!(found.len() > 300, "{}", found.len());
+        assert!(found.iter().all(|(_, f)| matches!(f, Found::Frame { .. })));
     }
 
     #[test]
