@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use troupe_core::settings::{Duration, ZmqEndpoint};
+use troupe_core::settings::{ByteSize, Duration, ZmqEndpoint};
 use troupe_core::ConfigError;
 
 /// The `[broker]` table.
@@ -33,12 +33,18 @@ pub struct BrokerConfig {
     pub request_timeout: Duration,
     /// Requests that may wait for a worker, per service; one more is refused at once.
     pub queue_limit: usize,
+    /// Bytes (envelopes and bodies) of the requests that may wait for a worker, per service;
+    /// a request that would go past it is refused at once.
+    pub queue_max_bytes: ByteSize,
     /// Workers a service accepts; a further READY is ignored (and logged).
     pub max_workers: usize,
     /// Give the requests held by a lost worker to another worker instead of failing them.
     pub retry_on_worker_loss: bool,
     /// With `retry_on_worker_loss`, how many workers a request may be given in all.
     pub max_attempts: u32,
+    /// Answer a Paranoid Pirate client's failed request with a `TROUPE-ERROR` reply; false:
+    /// drop it silently (the client times out, as with the Guide's `ppqueue`).
+    pub error_replies: bool,
     /// On shutdown, how long requests in flight may take to finish before they fail.
     pub drain_timeout: Duration,
     /// High-water mark (messages) of every socket, both directions.
@@ -64,9 +70,11 @@ impl Default for BrokerConfig {
             liveness: 3,
             request_timeout: Duration::from_secs(5),
             queue_limit: 1000,
+            queue_max_bytes: ByteSize(64 * 1024 * 1024),
             max_workers: 1024,
             retry_on_worker_loss: false,
             max_attempts: 2,
+            error_replies: true,
             drain_timeout: Duration::from_secs(3),
             hwm: 10_000,
             max_message_size: 16 * 1024 * 1024,
@@ -91,12 +99,16 @@ pub struct ServiceConfig {
     pub request_timeout: Option<Duration>,
     /// Overrides `broker.queue_limit`.
     pub queue_limit: Option<usize>,
+    /// Overrides `broker.queue_max_bytes`.
+    pub queue_max_bytes: Option<ByteSize>,
     /// Overrides `broker.max_workers`.
     pub max_workers: Option<usize>,
     /// Overrides `broker.retry_on_worker_loss`.
     pub retry_on_worker_loss: Option<bool>,
     /// Overrides `broker.max_attempts`.
     pub max_attempts: Option<u32>,
+    /// Overrides `broker.error_replies`.
+    pub error_replies: Option<bool>,
 }
 
 /// `[broker.majordomo]`.
@@ -110,6 +122,9 @@ pub struct MajordomoConfig {
     /// Named services that may exist at once (services with neither workers nor waiting
     /// requests are forgotten).
     pub max_services: usize,
+    /// Overrides `broker.queue_max_bytes` for the services known only through the Majordomo
+    /// socket.
+    pub queue_max_bytes: Option<ByteSize>,
 }
 
 impl Default for MajordomoConfig {
@@ -118,6 +133,7 @@ impl Default for MajordomoConfig {
             enabled: true,
             bind: "tcp://127.0.0.1:7500".parse().expect("valid default"),
             max_services: 256,
+            queue_max_bytes: None,
         }
     }
 }
@@ -131,12 +147,16 @@ pub struct ServiceSettings {
     pub request_timeout: std::time::Duration,
     /// See [`BrokerConfig::queue_limit`].
     pub queue_limit: usize,
+    /// See [`BrokerConfig::queue_max_bytes`], in bytes.
+    pub queue_max_bytes: u64,
     /// See [`BrokerConfig::max_workers`].
     pub max_workers: usize,
     /// See [`BrokerConfig::retry_on_worker_loss`].
     pub retry_on_worker_loss: bool,
     /// See [`BrokerConfig::max_attempts`].
     pub max_attempts: u32,
+    /// See [`BrokerConfig::error_replies`] (Paranoid Pirate clients only).
+    pub error_replies: bool,
 }
 
 /// A Paranoid Pirate service's sockets and settings.
@@ -166,6 +186,9 @@ impl BrokerConfig {
             if let Some(n) = extra.queue_limit {
                 settings.queue_limit = n;
             }
+            if let Some(n) = extra.queue_max_bytes {
+                settings.queue_max_bytes = n.0;
+            }
             if let Some(n) = extra.max_workers {
                 settings.max_workers = n;
             }
@@ -174,6 +197,9 @@ impl BrokerConfig {
             }
             if let Some(n) = extra.max_attempts {
                 settings.max_attempts = n;
+            }
+            if let Some(e) = extra.error_replies {
+                settings.error_replies = e;
             }
             all.push(PirateService {
                 settings,
@@ -184,22 +210,38 @@ impl BrokerConfig {
         all
     }
 
-    /// Broker-wide request settings for a service called `name` (Majordomo services use these).
+    /// Broker-wide request settings for a service called `name`.
     pub fn settings_for(&self, name: &str) -> ServiceSettings {
         ServiceSettings {
             name: name.to_string(),
             request_timeout: self.request_timeout.get(),
             queue_limit: self.queue_limit,
+            queue_max_bytes: self.queue_max_bytes.0,
             max_workers: self.max_workers,
             retry_on_worker_loss: self.retry_on_worker_loss,
             max_attempts: self.max_attempts,
+            error_replies: self.error_replies,
         }
+    }
+
+    /// Request settings of a service known only through the Majordomo socket called `name`:
+    /// the broker-wide ones, with `majordomo.queue_max_bytes` when set.
+    pub fn majordomo_settings_for(&self, name: &str) -> ServiceSettings {
+        let mut settings = self.settings_for(name);
+        if let Some(n) = self.majordomo.queue_max_bytes {
+            settings.queue_max_bytes = n.0;
+        }
+        settings
     }
 
     /// Checks the rules the types cannot express. Keys in errors are relative to `[broker]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive(self.heartbeat_interval, "heartbeat_interval")?;
         positive(self.request_timeout, "request_timeout")?;
+        at_least_bytes(self.queue_max_bytes, "queue_max_bytes")?;
+        if let Some(n) = self.majordomo.queue_max_bytes {
+            at_least_bytes(n, "majordomo.queue_max_bytes")?;
+        }
         at_least(self.liveness as i64, 1, "liveness")?;
         at_least(self.max_workers as i64, 1, "max_workers")?;
         at_least(self.max_attempts as i64, 1, "max_attempts")?;
@@ -266,6 +308,9 @@ impl BrokerConfig {
             if let Some(t) = extra.request_timeout {
                 positive(t, &key("request_timeout"))?;
             }
+            if let Some(n) = extra.queue_max_bytes {
+                at_least_bytes(n, &key("queue_max_bytes"))?;
+            }
             if let Some(n) = extra.max_workers {
                 at_least(n as i64, 1, &key("max_workers"))?;
             }
@@ -285,6 +330,14 @@ pub(crate) fn is_wildcard_port(endpoint: &str) -> bool {
 fn positive(value: Duration, key: &str) -> Result<(), ConfigError> {
     if value.get().is_zero() {
         return Err(ConfigError::new(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+/// A queue byte bound below one frame's worth of bytes would refuse every request.
+fn at_least_bytes(value: ByteSize, key: &str) -> Result<(), ConfigError> {
+    if value.0 < 1024 {
+        return Err(ConfigError::new(key, "must be at least 1KiB"));
     }
     Ok(())
 }
@@ -398,5 +451,44 @@ mod tests {
         }
         let err = parse("queue_limt = 3").unwrap_err();
         assert!(err.contains("queue_limt"), "{err}");
+    }
+
+    #[test]
+    fn queue_max_bytes_defaults_overrides_and_validation() {
+        let config = parse(
+            r#"
+            queue_max_bytes = "32MiB"
+            majordomo.queue_max_bytes = "1MiB"
+            [[services]]
+            name = "resize"
+            frontend = "tcp://127.0.0.1:9011"
+            backend = "tcp://127.0.0.1:9012"
+            queue_max_bytes = "2GiB"
+            "#,
+        )
+        .unwrap();
+        let pirate = config.pirate_services();
+        assert_eq!(pirate[0].settings.queue_max_bytes, 32 << 20);
+        assert_eq!(pirate[1].settings.queue_max_bytes, 2 << 30);
+        assert_eq!(config.majordomo_settings_for("x").queue_max_bytes, 1 << 20);
+        assert_eq!(
+            BrokerConfig::default().settings_for("x").queue_max_bytes,
+            64 << 20
+        );
+        let err = parse("queue_max_bytes = \"12 apples\"").unwrap_err();
+        assert!(err.contains("invalid size"), "{err}");
+        let err = parse("queue_max_bytes = 10").unwrap_err();
+        assert!(err.contains("queue_max_bytes"), "{err}");
+        let err = parse(
+            r#"
+            [[services]]
+            name = "resize"
+            frontend = "tcp://127.0.0.1:9011"
+            backend = "tcp://127.0.0.1:9012"
+            queue_max_bytes = 0
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.contains("services[0].queue_max_bytes"), "{err}");
     }
 }

@@ -36,8 +36,16 @@ pub struct BrokerStats {
     pub services: Vec<ServiceSnapshot>,
     /// Messages dropped because they fit no protocol.
     pub malformed: u64,
-    /// Replies to clients that the frontend could not route (client gone or not reading).
+    /// Replies to clients that the frontend could not route (client gone).
     pub undeliverable_replies: u64,
+    /// Majordomo workers refused (and ignored for a while) because a Paranoid Pirate service
+    /// has the name they offered.
+    pub refused_majordomo_workers: u64,
+    /// Replies dropped because their client was not reading and its held replies reached a
+    /// bound (see [`crate::backlog`]). Filled in by the socket loop.
+    pub dropped_replies: u64,
+    /// Replies held now for clients that are not reading. Filled in by the socket loop.
+    pub held_replies: usize,
 }
 
 /// One service in [`BrokerStats`].
@@ -56,6 +64,8 @@ pub struct ServiceSnapshot {
     pub workers: usize,
     /// Requests waiting for a worker.
     pub waiting: usize,
+    /// Their bytes (envelopes and bodies), bounded by `queue_max_bytes`.
+    pub waiting_bytes: u64,
     /// Requests held by workers.
     pub held: usize,
     /// Counters.
@@ -137,6 +147,22 @@ impl ExitedProcesses {
     }
 }
 
+/// The error text of a request whose worker replied with more than
+/// [`protocol::MAX_BODY_FRAMES`] body frames (502).
+const TOO_MANY_REPLY_FRAMES: &str = "the worker's reply has more than 64 frames";
+
+/// Why a request with `envelope` routing frames and `body` body frames is refused at once, if
+/// it is over a limit ([`protocol::MAX_ENVELOPE_FRAMES`], [`protocol::MAX_BODY_FRAMES`]).
+fn oversized_request(envelope: usize, body: usize) -> Option<&'static str> {
+    if envelope > protocol::MAX_ENVELOPE_FRAMES {
+        Some("the request's envelope has more than 16 routing frames")
+    } else if body > protocol::MAX_BODY_FRAMES {
+        Some("the request has more than 64 frames")
+    } else {
+        None
+    }
+}
+
 /// The broker's logic.
 pub struct Engine<F> {
     config: BrokerConfig,
@@ -152,7 +178,26 @@ pub struct Engine<F> {
     malformed_unreported: u64,
     undeliverable_replies: u64,
     exited: ExitedProcesses,
+    /// Majordomo workers refused because a Paranoid Pirate service has their service's name,
+    /// with when the refusal ends: their messages are ignored until then (see
+    /// [`Engine::refuse_majordomo_worker`]).
+    refused_workers: HashMap<WorkerId, Instant>,
+    /// The same, oldest first (each refusal ends [`REFUSAL_BACKOFF`] after it began).
+    refused_order: VecDeque<(Instant, WorkerId)>,
+    /// Refusals not logged yet, and when the last warning was.
+    refusals_unreported: u64,
+    last_refusal_warning: Option<Instant>,
+    /// Majordomo workers refused that way since start.
+    refused_majordomo_workers: u64,
 }
+
+/// How long a refused Majordomo worker identity is ignored (see
+/// [`Engine::refuse_majordomo_worker`]).
+pub const REFUSAL_BACKOFF: Duration = Duration::from_secs(60);
+/// Refused identities remembered at most.
+const REFUSED_REMEMBERED: usize = 4096;
+/// Refusals are logged at most this often.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl<F: Frame> Engine<F> {
     /// An engine for a validated `config`, starting at `now`.
@@ -167,7 +212,8 @@ impl<F: Frame> Engine<F> {
                 i,
                 pirate.settings,
                 Socket::Backend(i),
-                worker_window,
+                interval,
+                config.liveness,
             )));
         }
         Engine {
@@ -182,6 +228,11 @@ impl<F: Frame> Engine<F> {
             malformed_unreported: 0,
             undeliverable_replies: 0,
             exited: ExitedProcesses::default(),
+            refused_workers: HashMap::new(),
+            refused_order: VecDeque::new(),
+            refusals_unreported: 0,
+            last_refusal_warning: None,
+            refused_majordomo_workers: 0,
             config,
         }
     }
@@ -228,6 +279,7 @@ impl<F: Frame> Engine<F> {
         };
         let body = frames.split_off(delimiter + 1);
         frames.truncate(delimiter);
+        let too_large = oversized_request(frames.len(), body.len());
         let request = Request {
             origin: Origin::Frontend(index),
             envelope: frames,
@@ -241,6 +293,8 @@ impl<F: Frame> Engine<F> {
         };
         if draining {
             service.refuse(request, "the broker is shutting down", out);
+        } else if let Some(text) = too_large {
+            service.refuse(request, text, out);
         } else {
             service.offer(request, now, out);
         }
@@ -306,6 +360,10 @@ impl<F: Frame> Engine<F> {
                         return;
                     }
                 };
+                let body_frames = frames.len().saturating_sub(end + 1);
+                if body_frames > protocol::MAX_BODY_FRAMES {
+                    return service.reply_refused(id, held, TOO_MANY_REPLY_FRAMES, out);
+                }
                 service.stats.sent_bytes += body_bytes(frames.get(end + 1..).unwrap_or(&[]));
                 match held.origin {
                     Origin::Frontend(i) => {
@@ -342,6 +400,15 @@ impl<F: Frame> Engine<F> {
             tracing::debug!(worker = %show_id(&id), "dropped a message from a worker whose process exited");
             return;
         }
+        if !matches!(message, MajordomoMessage::Request { .. })
+            && !self.refused_workers.is_empty()
+            && self
+                .refused_workers
+                .get(&id)
+                .is_some_and(|&until| now < until)
+        {
+            return;
+        }
         match message {
             MajordomoMessage::Request { service } => {
                 let service = service.to_string();
@@ -361,6 +428,7 @@ impl<F: Frame> Engine<F> {
                 }
                 let body = frames.split_off(4);
                 frames.truncate(1);
+                let too_large = oversized_request(1, body.len());
                 let request = Request {
                     origin: Origin::Majordomo,
                     envelope: frames,
@@ -374,18 +442,21 @@ impl<F: Frame> Engine<F> {
                         let svc = self.service(index).expect("index just looked up");
                         if draining {
                             svc.refuse(request, "the broker is shutting down", out);
+                        } else if let Some(text) = too_large {
+                            svc.refuse(request, text, out);
                         } else {
                             svc.offer(request, now, out);
                         }
                     }
                     None => {
                         // A throwaway service only to phrase the refusal in the usual format.
-                        let settings = self.config.settings_for(&service);
+                        let settings = self.config.majordomo_settings_for(&service);
                         let mut temp: Service<F> = Service::new(
                             usize::MAX,
                             settings,
                             Socket::Majordomo,
-                            self.worker_window,
+                            self.config.heartbeat_interval.get(),
+                            self.config.liveness,
                         );
                         let text = format!(
                             "the broker already has {} Majordomo services",
@@ -409,8 +480,7 @@ impl<F: Frame> Engine<F> {
                 }
                 if let Some(&index) = self.by_name.get(&service) {
                     if self.is_pirate(index) {
-                        tracing::warn!(%service, worker = %show_id(&id), "Majordomo worker refused: this service is served by Paranoid Pirate workers on its backend");
-                        return self.disconnect(&id, out);
+                        return self.refuse_majordomo_worker(id, &service, now);
                     }
                 }
                 let Some(index) = self.service_for(&service, now) else {
@@ -434,6 +504,10 @@ impl<F: Frame> Engine<F> {
                 if let Err(why) = held {
                     tracing::debug!(worker = %show_id(&id), ?why, "dropped a reply matching no request in flight");
                     return;
+                }
+                let held = held.expect("checked");
+                if frames.len() - 6 > protocol::MAX_BODY_FRAMES {
+                    return svc.reply_refused(&id, held, TOO_MANY_REPLY_FRAMES, out);
                 }
                 let body = frames.split_off(6);
                 svc.stats.sent_bytes += body_bytes(&body);
@@ -461,6 +535,38 @@ impl<F: Frame> Engine<F> {
                         svc.remove_worker(&id, Loss::Stopped, now, out);
                     }
                 }
+            }
+        }
+    }
+
+    /// A Majordomo worker offered the name of a Paranoid Pirate service. It is not answered
+    /// (a DISCONNECT would make it reconnect and offer again at once, in a loop): its identity
+    /// is remembered and everything it sends is ignored for [`REFUSAL_BACKOFF`], so it gets no
+    /// heartbeat and reconnects only after its own liveness window. Refusals are logged at
+    /// WARN at most every 10 s, with their count.
+    fn refuse_majordomo_worker(&mut self, id: WorkerId, service: &str, now: Instant) {
+        while self.refused_order.len() >= REFUSED_REMEMBERED {
+            self.forget_oldest_refusal();
+        }
+        let until = now + REFUSAL_BACKOFF;
+        self.refused_workers.insert(id.clone(), until);
+        self.refused_order.push_back((until, id.clone()));
+        self.refused_majordomo_workers += 1;
+        self.refusals_unreported += 1;
+        let due = self
+            .last_refusal_warning
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_WARN_EVERY);
+        if due {
+            tracing::warn!(%service, worker = %show_id(&id), refused = self.refusals_unreported, "Majordomo worker refused: this service is served by Paranoid Pirate workers on its backend; the worker is ignored for 60s");
+            self.refusals_unreported = 0;
+            self.last_refusal_warning = Some(now);
+        }
+    }
+
+    fn forget_oldest_refusal(&mut self) {
+        if let Some((until, id)) = self.refused_order.pop_front() {
+            if self.refused_workers.get(&id) == Some(&until) {
+                self.refused_workers.remove(&id);
             }
         }
     }
@@ -518,12 +624,13 @@ impl<F: Frame> Engine<F> {
             return None;
         }
         let index = self.free_slot();
-        let settings = self.config.settings_for(name);
+        let settings = self.config.majordomo_settings_for(name);
         self.services[index] = Some(Service::new(
             index,
             settings,
             Socket::Majordomo,
-            self.worker_window,
+            self.config.heartbeat_interval.get(),
+            self.config.liveness,
         ));
         self.by_name.insert(name.to_string(), index);
         Some(index)
@@ -680,6 +787,13 @@ impl<F: Frame> Engine<F> {
             if let Some(before) = now.checked_sub(self.worker_window) {
                 self.exited.purge(before);
             }
+            while self
+                .refused_order
+                .front()
+                .is_some_and(|(until, _)| *until <= now)
+            {
+                self.forget_oldest_refusal();
+            }
             if self.malformed_unreported > 0 {
                 tracing::warn!(
                     count = self.malformed_unreported,
@@ -765,6 +879,7 @@ impl<F: Frame> Engine<F> {
                     backend: None,
                     workers: svc.worker_count(),
                     waiting: svc.waiting_count(),
+                    waiting_bytes: svc.waiting_bytes(),
                     held: svc.held_count(),
                     stats: svc.stats.clone(),
                     worker_list: svc.worker_snapshots(now),
@@ -772,6 +887,9 @@ impl<F: Frame> Engine<F> {
                 .collect(),
             malformed: self.malformed,
             undeliverable_replies: self.undeliverable_replies,
+            refused_majordomo_workers: self.refused_majordomo_workers,
+            dropped_replies: 0,
+            held_replies: 0,
         }
     }
 
@@ -815,7 +933,7 @@ impl<F: Frame> Engine<F> {
         self.config = plan.config.clone();
         for svc in self.services.iter_mut().flatten() {
             if svc.socket() == Socket::Majordomo {
-                svc.set_settings(self.config.settings_for(svc.name()));
+                svc.set_settings(self.config.majordomo_settings_for(svc.name()));
             }
         }
         let mut started = Vec::with_capacity(plan.start.len());
@@ -840,7 +958,8 @@ impl<F: Frame> Engine<F> {
                 index,
                 pirate.settings.clone(),
                 Socket::Backend(index),
-                self.worker_window,
+                self.config.heartbeat_interval.get(),
+                self.config.liveness,
             );
             if let Some(mut old) = replaced {
                 tracing::warn!(service = %name, workers = old.worker_count(), "the Majordomo service of that name is now served on its Paranoid Pirate backend; its Majordomo workers are disconnected");

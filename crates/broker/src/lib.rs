@@ -26,6 +26,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod actor;
+pub mod backlog;
 pub mod client;
 pub mod config;
 pub mod discover;

@@ -35,6 +35,18 @@ pub const MMI_PREFIX: &[u8] = b"mmi.";
 /// ROUTER identity: generated ones are exactly 5 bytes, chosen ones cannot start with zero.
 pub const MAJORDOMO_ROUTE_TAG: &[u8] = b"\0troupe-mdp:";
 
+/// Most body frames a request or a reply may have, in either direction. Only the body counts:
+/// routing frames (identities, envelopes, delimiters, protocol headers) do not.
+pub const MAX_BODY_FRAMES: usize = 64;
+/// Most routing frames a client request's envelope may have (its identity and those of the
+/// proxies it passed).
+pub const MAX_ENVELOPE_FRAMES: usize = 16;
+/// Frames the socket loop keeps of one received message: the most a message within both
+/// limits can have (identity, delimiters and protocol headers included). The socket loop
+/// keeps one frame more of a longer message and discards the rest, so the engine sees that it
+/// is over a limit and can still answer it.
+pub const MAX_RECEIVED_FRAMES: usize = MAX_BODY_FRAMES + MAX_ENVELOPE_FRAMES + 8;
+
 /// A message frame: `zmq::Message` in the socket loop, `Vec<u8>` in tests.
 pub trait Frame: Sized {
     /// The frame's bytes.

@@ -23,6 +23,35 @@ use crate::protocol::{self, ErrorCode, Frame, Framing};
 /// Most requests one worker may hold at once (its credit is a byte).
 pub const MAX_HELD: usize = 255;
 
+/// The heartbeat interval of RFC 7 and of the Guide's Majordomo workers: what a Majordomo
+/// worker is assumed to use until its own interval is learned.
+pub const MAJORDOMO_HEARTBEAT: Duration = Duration::from_millis(2500);
+/// The longest heartbeat interval the broker learns from a worker (unless the configured one
+/// is longer).
+pub const MAX_LEARNED_HEARTBEAT: Duration = Duration::from_secs(10);
+/// While a standard Paranoid Pirate or Majordomo worker holds a request, its liveness window
+/// is this many times longer.
+pub const BUSY_GRACE: u32 = 10;
+
+/// Learns a worker's heartbeat interval from the gap since its last message, within `range`
+/// (min, max): a longer gap raises it at once, shorter gaps lower it slowly (by an eighth of
+/// the difference per message), so that a worker sending often while busy keeps the interval
+/// it heartbeats at while idle. Gaps while the worker holds requests teach nothing (a
+/// standard worker may be silent while it works).
+fn heard_from<F>(worker: &mut Worker<F>, now: Instant, range: (Duration, Duration)) {
+    let gap = now.saturating_duration_since(worker.last_heard);
+    worker.last_heard = now;
+    if !worker.held.is_empty() {
+        return;
+    }
+    let learned = if gap >= worker.interval {
+        gap
+    } else {
+        worker.interval - (worker.interval - gap) / 8
+    };
+    worker.interval = learned.clamp(range.0, range.1);
+}
+
 /// A worker's identity on its socket.
 pub type WorkerId = Vec<u8>;
 
@@ -153,12 +182,27 @@ struct Waiting<F> {
     deadline: Instant,
 }
 
+impl<F: Frame> Waiting<F> {
+    fn new(request: Request<F>, deadline: Instant) -> Self {
+        Waiting { request, deadline }
+    }
+
+    /// What it counts against `queue_max_bytes`: its envelope and body bytes.
+    fn bytes(&self) -> u64 {
+        request_bytes(&self.request)
+    }
+}
+
 struct Worker<F> {
     id: WorkerId,
     framing: Framing,
     credit: u32,
     sent_since_heard: u32,
-    expires_at: Instant,
+    /// When the broker last heard from it.
+    last_heard: Instant,
+    /// Its heartbeat interval as learned from the gaps between its messages (see
+    /// [`Service::heard_from`]).
+    interval: Duration,
     last_used: u64,
     held: VecDeque<Held<F>>,
 }
@@ -176,6 +220,9 @@ pub struct WorkerSnapshot {
     pub held: usize,
     /// Milliseconds since the broker last heard from it.
     pub last_heard_ms_ago: u64,
+    /// Its heartbeat interval as the broker learned it, in milliseconds (see *Liveness* in
+    /// docs/protocols/broker.md).
+    pub heartbeat_ms: u64,
     /// The supervised service whose process opened this worker, when its identity says so
     /// (see [`troupe_core::services::worker_identity`]); `null` otherwise.
     pub service_id: Option<String>,
@@ -202,6 +249,12 @@ pub struct ServiceStats {
     pub retried: u64,
     /// Replies dropped because no held request matched them.
     pub unmatched_replies: u64,
+    /// Requests failed without an error reply to their client, because the service has
+    /// `error_replies = false` (counted in `refused`, `timed_out` or `lost` too).
+    pub silenced: u64,
+    /// Replies the broker could not forward (over a limit); their requests were answered
+    /// with a 502 instead.
+    pub refused_replies: u64,
     /// Workers that joined.
     pub workers_joined: u64,
     /// Workers that left or were lost (those below included).
@@ -268,7 +321,10 @@ pub struct Service<F> {
     index: usize,
     settings: ServiceSettings,
     socket: Socket,
-    worker_window: Duration,
+    /// The configured heartbeat interval: the least a worker's learned interval can be.
+    heartbeat: Duration,
+    /// Silent intervals after which a worker is dead.
+    liveness: u32,
     /// Workers by slot; `slots` finds a worker's slot from its identity.
     workers: Vec<Option<Worker<F>>>,
     slots: HashMap<WorkerId, usize>,
@@ -276,6 +332,8 @@ pub struct Service<F> {
     /// Workers with credit left.
     with_credit: usize,
     waiting: VecDeque<Waiting<F>>,
+    /// [`Waiting::bytes`] of everything in `waiting`.
+    waiting_bytes: u64,
     use_clock: u64,
     /// Counters since start.
     pub stats: ServiceStats,
@@ -283,23 +341,27 @@ pub struct Service<F> {
 
 impl<F: Frame> Service<F> {
     /// A service with no workers. `socket` is where its workers live; a worker is dead after
-    /// `worker_window` (heartbeat interval × liveness) without a message.
+    /// `liveness` of its heartbeat intervals without a message (see [`Service::heard_from`]
+    /// for how its interval is learned, starting from `heartbeat`).
     pub fn new(
         index: usize,
         settings: ServiceSettings,
         socket: Socket,
-        worker_window: Duration,
+        heartbeat: Duration,
+        liveness: u32,
     ) -> Self {
         Service {
             index,
             settings,
             socket,
-            worker_window,
+            heartbeat,
+            liveness: liveness.max(1),
             workers: Vec::new(),
             slots: HashMap::new(),
             free_slots: Vec::new(),
             with_credit: 0,
             waiting: VecDeque::new(),
+            waiting_bytes: 0,
             use_clock: 0,
             stats: ServiceStats::default(),
         }
@@ -333,8 +395,7 @@ impl<F: Frame> Service<F> {
     pub fn worker_snapshots(&self, now: Instant) -> Vec<WorkerSnapshot> {
         self.live()
             .map(|w| {
-                let heard = w.expires_at.checked_sub(self.worker_window);
-                let ago = heard.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                let ago = now.saturating_duration_since(w.last_heard);
                 let process = parse_worker_identity(&w.id);
                 WorkerSnapshot {
                     identity: show_id(&w.id),
@@ -342,6 +403,7 @@ impl<F: Frame> Service<F> {
                     credit: w.credit,
                     held: w.held.len(),
                     last_heard_ms_ago: ago.as_millis().min(u64::MAX as u128) as u64,
+                    heartbeat_ms: w.interval.as_millis().min(u64::MAX as u128) as u64,
                     service_id: process.map(|(id, _)| id.to_string()),
                     pid: process.map(|(_, pid)| pid),
                 }
@@ -403,22 +465,67 @@ impl<F: Frame> Service<F> {
     fn admit(&mut self, request: Request<F>, now: Instant, out: &mut Vec<Outgoing<F>>) {
         if let Some(worker) = self.best_worker() {
             self.dispatch(worker, request, out);
-        } else if self.waiting.len() < self.settings.queue_limit {
-            let deadline = now + self.settings.request_timeout;
-            self.waiting.push_back(Waiting { request, deadline });
-        } else {
+        } else if let Some(text) = self.queue_full(&request) {
             self.stats.refused += 1;
-            let text = format!(
-                "no worker available and {} requests are already waiting",
-                self.waiting.len()
-            );
-            out.push(self.error_reply(
+            self.push_error(
                 request.origin,
                 request.envelope,
                 ErrorCode::Unavailable,
                 &text,
-            ));
+                out,
+            );
+        } else {
+            let deadline = now + self.settings.request_timeout;
+            self.enqueue(Waiting::new(request, deadline), false);
         }
+    }
+
+    /// Why `request` may not wait: `queue_limit` requests already wait, or it would take the
+    /// waiting bytes past `queue_max_bytes`.
+    fn queue_full(&self, request: &Request<F>) -> Option<String> {
+        let bytes = body_bytes(&request.envelope) + body_bytes(&request.body);
+        if self.waiting.len() >= self.settings.queue_limit {
+            Some(format!(
+                "no worker available and {} requests are already waiting",
+                self.waiting.len()
+            ))
+        } else if self.waiting_bytes.saturating_add(bytes) > self.settings.queue_max_bytes {
+            Some(format!(
+                "no worker available and the waiting requests would exceed {} bytes",
+                self.settings.queue_max_bytes
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `request` fits the queue's bounds with `count` more requests of `bytes` bytes.
+    fn fits(&self, count: usize, bytes: u64, request: &Request<F>) -> bool {
+        self.waiting.len() + count < self.settings.queue_limit
+            && self.waiting_bytes + bytes + request_bytes(request) <= self.settings.queue_max_bytes
+    }
+
+    /// Puts `waiting` in the queue, at the back or the front.
+    fn enqueue(&mut self, waiting: Waiting<F>, front: bool) {
+        self.waiting_bytes += waiting.bytes();
+        if front {
+            self.waiting.push_front(waiting);
+        } else {
+            self.waiting.push_back(waiting);
+        }
+    }
+
+    /// Takes everything out of the queue.
+    fn take_waiting(&mut self) -> VecDeque<Waiting<F>> {
+        self.waiting_bytes = 0;
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Bytes of the requests waiting for a worker (see [`BrokerConfig::queue_max_bytes`]).
+    ///
+    /// [`BrokerConfig::queue_max_bytes`]: crate::config::BrokerConfig::queue_max_bytes
+    pub fn waiting_bytes(&self) -> u64 {
+        self.waiting_bytes
     }
 
     /// Refuses a request at once with `text` (503), e.g. while shutting down.
@@ -426,12 +533,13 @@ impl<F: Frame> Service<F> {
         self.stats.requests += 1;
         self.stats.received_bytes += body_bytes(&request.body);
         self.stats.refused += 1;
-        out.push(self.error_reply(
+        self.push_error(
             request.origin,
             request.envelope,
             ErrorCode::Unavailable,
             text,
-        ));
+            out,
+        );
     }
 
     /// The worker with the most credit, least recently used among equals. A scan: for the
@@ -538,6 +646,7 @@ impl<F: Frame> Service<F> {
                 break;
             };
             let waiting = self.waiting.pop_front().expect("not empty");
+            self.waiting_bytes -= waiting.bytes();
             self.dispatch(worker, waiting.request, out);
         }
     }
@@ -571,7 +680,8 @@ impl<F: Frame> Service<F> {
             framing,
             credit: 0,
             sent_since_heard: 0,
-            expires_at: now + self.worker_window,
+            last_heard: now,
+            interval: self.initial_interval(framing),
             last_used: 0,
             held: VecDeque::new(),
         };
@@ -602,11 +712,11 @@ impl<F: Frame> Service<F> {
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> bool {
-        let window = self.worker_window;
+        let range = self.interval_range();
         let Some((slot, worker)) = self.worker_mut(id) else {
             return false;
         };
-        worker.expires_at = now + window;
+        heard_from(worker, now, range);
         if let Some(free) = concurrency {
             let credit = (free as u32).saturating_sub(worker.sent_since_heard);
             worker.sent_since_heard = 0;
@@ -626,12 +736,12 @@ impl<F: Frame> Service<F> {
         now: Instant,
         out: &mut Vec<Outgoing<F>>,
     ) -> Result<Held<F>, Unmatched> {
-        let window = self.worker_window;
+        let range = self.interval_range();
         let Some((slot, worker)) = self.worker_mut(id) else {
             self.stats.unmatched_replies += 1;
             return Err(Unmatched::UnknownWorker);
         };
-        worker.expires_at = now + window;
+        heard_from(worker, now, range);
         worker.sent_since_heard = 0;
         let position = worker
             .held
@@ -650,6 +760,54 @@ impl<F: Frame> Service<F> {
             .observe(now.saturating_duration_since(held.received));
         self.pump(out);
         Ok(held)
+    }
+
+    /// A reply from `id` to `held` (already taken by [`Service::worker_reply`]) that the
+    /// broker cannot forward (over a limit): the request fails with a 502 `text` instead, so
+    /// its client still gets exactly one answer.
+    pub fn reply_refused(
+        &mut self,
+        id: &[u8],
+        held: Held<F>,
+        text: &str,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        let framing = self
+            .worker_mut(id)
+            .map_or(Framing::Pirate, |(_, w)| w.framing);
+        self.stats.replies -= 1;
+        self.stats.refused_replies += 1;
+        tracing::warn!(service = %self.settings.name, worker = %show_id(id), "{text}; the request is answered with an error");
+        let envelope = client_envelope::<F>(&held, framing);
+        self.push_error(held.origin, envelope, ErrorCode::WorkerLost, text, out);
+    }
+
+    /// The heartbeat interval a new worker of `framing` is assumed to have until the broker
+    /// has heard it twice: the configured one, and for Majordomo workers at least
+    /// [`MAJORDOMO_HEARTBEAT`] (the interval RFC 7 and the Guide's workers use).
+    fn initial_interval(&self, framing: Framing) -> Duration {
+        match framing {
+            Framing::Majordomo => self.heartbeat.max(MAJORDOMO_HEARTBEAT),
+            Framing::Pirate | Framing::Seed => self.heartbeat,
+        }
+    }
+
+    /// The range a learned interval is kept in: from the configured interval to
+    /// [`MAX_LEARNED_HEARTBEAT`] (or the configured one, if longer).
+    fn interval_range(&self) -> (Duration, Duration) {
+        (self.heartbeat, self.heartbeat.max(MAX_LEARNED_HEARTBEAT))
+    }
+
+    /// When worker `w` is dead if nothing more is heard from it: `liveness` of its learned
+    /// intervals after its last message; [`BUSY_GRACE`] times that while a standard Paranoid
+    /// Pirate or Majordomo worker holds a request (those workers run one request at a time and
+    /// may not heartbeat while they do).
+    fn dead_at(&self, w: &Worker<F>) -> Instant {
+        let mut window = w.interval * self.liveness;
+        if !w.held.is_empty() && matches!(w.framing, Framing::Pirate | Framing::Majordomo) {
+            window *= BUSY_GRACE;
+        }
+        w.last_heard + window
     }
 
     /// Removes `id` (STOP, DISCONNECT, expiry, lost connection): each request it held is given
@@ -707,13 +865,40 @@ impl<F: Frame> Service<F> {
                     why.describe(),
                     held.attempts
                 );
-                out.push(self.error_reply(held.origin, envelope, ErrorCode::WorkerLost, &text));
+                self.push_error(held.origin, envelope, ErrorCode::WorkerLost, &text, out);
             }
         }
-        // Retried requests go first, in their original order, then wait like new ones.
+        // Retried requests go first, in their original order: to a worker with credit, else
+        // to the front of the queue if it has room (they are bounded like new ones), else
+        // they fail.
         let deadline = now + self.settings.request_timeout;
-        for request in retry.into_iter().rev() {
-            self.waiting.push_front(Waiting { request, deadline });
+        let mut queued = Vec::new();
+        let (mut count, mut bytes) = (0, 0);
+        for request in retry {
+            if let Some(worker) = self.best_worker() {
+                self.dispatch(worker, request, out);
+            } else if self.fits(count, bytes, &request) {
+                count += 1;
+                bytes += request_bytes(&request);
+                queued.push(request);
+            } else {
+                self.stats.lost += 1;
+                let text = format!(
+                    "the worker handling the request {} after {} attempt(s), and no other worker is free",
+                    why.describe(),
+                    request.attempts
+                );
+                self.push_error(
+                    request.origin,
+                    request.envelope,
+                    ErrorCode::WorkerLost,
+                    &text,
+                    out,
+                );
+            }
+        }
+        for request in queued.into_iter().rev() {
+            self.enqueue(Waiting::new(request, deadline), true);
         }
         self.pump(out);
         true
@@ -764,8 +949,27 @@ impl<F: Frame> Service<F> {
         }
         self.stats.dispatched -= undone;
         // `returned` is newest first: pushing each to the front restores the original order.
-        for request in returned {
-            self.waiting.push_front(Waiting { request, deadline });
+        // Those that do not fit the queue's bounds fail (the oldest are kept).
+        let (mut count, mut bytes) = (0, 0);
+        let mut kept = Vec::new();
+        for request in returned.into_iter().rev() {
+            if self.fits(count, bytes, &request) {
+                count += 1;
+                bytes += request_bytes(&request);
+                kept.push(request);
+            } else {
+                self.stats.refused += 1;
+                self.push_error(
+                    request.origin,
+                    request.envelope,
+                    ErrorCode::Unavailable,
+                    "the worker could not take the request and the queue is full",
+                    out,
+                );
+            }
+        }
+        for request in kept.into_iter().rev() {
+            self.enqueue(Waiting::new(request, deadline), true);
         }
         if gone {
             self.remove_worker(id, Loss::Disconnected, now, out);
@@ -782,7 +986,7 @@ impl<F: Frame> Service<F> {
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Outgoing<F>>) {
         let expired: Vec<WorkerId> = self
             .live()
-            .filter(|w| w.expires_at <= now)
+            .filter(|w| now >= self.dead_at(w))
             .map(|w| w.id.clone())
             .collect();
         for id in expired {
@@ -813,24 +1017,27 @@ impl<F: Frame> Service<F> {
         // Deadlines are not strictly ordered (retried requests go to the front with a new
         // one), so every entry is checked.
         let mut kept = VecDeque::with_capacity(self.waiting.len());
-        for waiting in std::mem::take(&mut self.waiting) {
+        for waiting in self.take_waiting() {
             if waiting.deadline <= now {
                 self.stats.timed_out += 1;
                 let text = format!(
                     "no worker took the request within {}",
                     humantime_short(self.settings.request_timeout)
                 );
-                out.push(self.error_reply(
+                self.push_error(
                     waiting.request.origin,
                     waiting.request.envelope,
                     ErrorCode::Timeout,
                     &text,
-                ));
+                    out,
+                );
             } else {
                 kept.push_back(waiting);
             }
         }
-        self.waiting = kept;
+        for waiting in kept {
+            self.enqueue(waiting, false);
+        }
     }
 
     /// The earliest waiting deadline.
@@ -847,15 +1054,16 @@ impl<F: Frame> Service<F> {
     /// ends, and when the service is removed. Workers stay known so their late replies are
     /// recognised and dropped.
     pub fn fail_everything(&mut self, text: &str, out: &mut Vec<Outgoing<F>>) {
-        for waiting in std::mem::take(&mut self.waiting) {
+        for waiting in self.take_waiting() {
             self.stats.refused += 1;
             let request = waiting.request;
-            out.push(self.error_reply(
+            self.push_error(
                 request.origin,
                 request.envelope,
                 ErrorCode::Unavailable,
                 text,
-            ));
+                out,
+            );
         }
         self.fail_held(text, out);
     }
@@ -871,7 +1079,7 @@ impl<F: Frame> Service<F> {
         }
         for (origin, envelope) in failed {
             self.stats.refused += 1;
-            out.push(self.error_reply(origin, envelope, ErrorCode::Unavailable, text));
+            self.push_error(origin, envelope, ErrorCode::Unavailable, text, out);
         }
     }
 
@@ -879,23 +1087,20 @@ impl<F: Frame> Service<F> {
     /// replaces), oldest first, each keeping its deadline. Those past this service's
     /// `queue_limit` are refused (503); the others are handed to workers with credit, if any.
     pub fn adopt_waiting(&mut self, other: &mut Service<F>, out: &mut Vec<Outgoing<F>>) {
-        for waiting in std::mem::take(&mut other.waiting) {
+        for waiting in other.take_waiting() {
             self.stats.requests += 1;
-            if self.waiting.len() < self.settings.queue_limit {
-                self.waiting.push_back(waiting);
-            } else {
+            if let Some(text) = self.queue_full(&waiting.request) {
                 self.stats.refused += 1;
                 let request = waiting.request;
-                let text = format!(
-                    "no worker available and {} requests are already waiting",
-                    self.waiting.len()
-                );
-                out.push(self.error_reply(
+                self.push_error(
                     request.origin,
                     request.envelope,
                     ErrorCode::Unavailable,
                     &text,
-                ));
+                    out,
+                );
+            } else {
+                self.enqueue(waiting, false);
             }
         }
         self.pump(out);
@@ -916,6 +1121,25 @@ impl<F: Frame> Service<F> {
                 });
             }
         }
+    }
+
+    /// Answers the client at `origin` with an error reply, unless the service keeps silent
+    /// towards its Paranoid Pirate clients (`error_replies = false`): then the request is
+    /// only counted ([`ServiceStats::silenced`]) and the client sees a timeout.
+    fn push_error(
+        &mut self,
+        origin: Origin,
+        envelope: Vec<F>,
+        code: ErrorCode,
+        text: &str,
+        out: &mut Vec<Outgoing<F>>,
+    ) {
+        if !self.settings.error_replies && matches!(origin, Origin::Frontend(_)) {
+            self.stats.silenced += 1;
+            tracing::debug!(service = %self.settings.name, code = code.number(), text, "request dropped without an error reply (error_replies = false)");
+            return;
+        }
+        out.push(self.error_reply(origin, envelope, code, text));
     }
 
     /// An error reply to the client at `origin` with routing frames `envelope`.
@@ -955,6 +1179,11 @@ impl<F: Frame> Service<F> {
             }
         }
     }
+}
+
+/// What a request counts against `queue_max_bytes`: its envelope and body bytes.
+fn request_bytes<F: Frame>(request: &Request<F>) -> u64 {
+    body_bytes(&request.envelope) + body_bytes(&request.body)
 }
 
 /// The bytes of a message's body frames.

@@ -13,6 +13,7 @@ use tracing::Span;
 use troupe_core::services::{BrokerWorkers, BrokerWorkersAnswer};
 use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
 
+use crate::backlog::{self, Refusal, ReplyBacklog};
 use crate::config::{is_wildcard_port, BrokerConfig, PirateService};
 use crate::engine::{BrokerStats, Engine, KIND_PIRATE};
 use crate::error::BrokerError;
@@ -21,8 +22,9 @@ use crate::update::{self, ServicesUpdate, UpdatePlan};
 
 /// Messages read from one socket before the others get their turn.
 const BURST: usize = 256;
-/// Frames kept from one message; a message with more is dropped as malformed.
-const MAX_FRAMES: usize = 64;
+/// Frames kept from one message: one more than any valid message has, so that the engine sees
+/// a longer one is over a limit (see [`crate::protocol::MAX_RECEIVED_FRAMES`]).
+const MAX_FRAMES: usize = crate::protocol::MAX_RECEIVED_FRAMES + 1;
 
 /// A command from the control plane.
 pub enum Command {
@@ -417,7 +419,7 @@ fn router(
 }
 
 /// Reads one whole message; `Ok(None)` when none is waiting. Frames past [`MAX_FRAMES`] are
-/// read and discarded, and the message comes back empty (malformed).
+/// read and discarded: the engine answers such a message (it is over the body limit).
 fn recv_message(socket: &zmq::Socket) -> zmq::Result<Option<Vec<zmq::Message>>> {
     let mut first = zmq::Message::new();
     match socket.recv(&mut first, zmq::DONTWAIT) {
@@ -428,25 +430,19 @@ fn recv_message(socket: &zmq::Socket) -> zmq::Result<Option<Vec<zmq::Message>>> 
     let mut more = first.get_more();
     let mut frames = Vec::with_capacity(8);
     frames.push(first);
-    let mut overflow = false;
     while more {
         let mut part = zmq::Message::new();
         socket.recv(&mut part, 0)?;
         more = part.get_more();
         if frames.len() < MAX_FRAMES {
             frames.push(part);
-        } else {
-            overflow = true;
         }
-    }
-    if overflow {
-        frames.clear();
     }
     Ok(Some(frames))
 }
 
 /// Sends `frames` without blocking. On refusal (no such peer, or its queue is full) nothing
-/// has been sent and the frames come back with the error, the routing frame emptied.
+/// has been sent and the frames come back intact with the error.
 fn send_message(
     socket: &zmq::Socket,
     mut frames: Vec<zmq::Message>,
@@ -456,8 +452,9 @@ fn send_message(
     }
     let last = frames.len() - 1;
     let more = |i: usize| if i < last { zmq::SNDMORE } else { 0 };
-    let route = std::mem::replace(&mut frames[0], zmq::Message::new());
-    if let Err(err) = socket.send(route, zmq::DONTWAIT | more(0)) {
+    // The routing frame is sent as a copy (identities are short, so ZeroMQ keeps it inline
+    // without an allocation) so that a refused message comes back whole.
+    if let Err(err) = socket.send(&frames[0][..], zmq::DONTWAIT | more(0)) {
         return Err((frames, err));
     }
     for (i, frame) in frames.drain(..).enumerate().skip(1) {
@@ -478,6 +475,8 @@ struct Loop {
     out: Vec<Outgoing<zmq::Message>>,
     /// `out`'s previous buffer, kept to avoid an allocation per message.
     spare: Vec<Outgoing<zmq::Message>>,
+    /// Replies to clients that are not reading, sent again once they read.
+    backlog: ReplyBacklog<zmq::Message>,
 }
 
 /// Runs until drained (or a fatal poll error); returns who asked for the drain and the final
@@ -494,6 +493,7 @@ fn run(
         engine: Engine::new(config, Instant::now()),
         out: Vec::new(),
         spare: Vec::new(),
+        backlog: ReplyBacklog::default(),
     };
     let mut drained: Option<oneshot::Sender<BrokerStats>> = None;
     let mut sockets = this.read_order();
@@ -503,10 +503,13 @@ fn run(
         // once a whole pass finds nothing it sleeps in poll until a socket, a command or the
         // next timer wakes it.
         if !busy {
-            let wait = this
+            let mut wait = this
                 .engine
                 .next_wake()
                 .saturating_duration_since(Instant::now());
+            if !this.backlog.is_empty() {
+                wait = wait.min(backlog::RETRY_EVERY);
+            }
             // Round up so that the loop wakes at or after the deadline, never just before it.
             let timeout = wait.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64;
             let all = this.sockets.all();
@@ -566,12 +569,21 @@ fn run(
             }
         }
         let now = Instant::now();
+        if !this.backlog.is_empty() {
+            this.retry_backlog(now);
+        }
         if now >= this.engine.next_wake() {
             this.engine.on_timer(now, &mut this.out);
             this.flush(now);
         }
         if drained.is_some() && this.engine.drain_finished(now, &mut this.out) {
             this.flush(now);
+            // Replies still held for clients that were not reading get a last try; what
+            // cannot leave now is counted as dropped.
+            if !this.backlog.is_empty() {
+                this.retry_backlog(now);
+                this.backlog.discard(now);
+            }
             break;
         }
     }
@@ -580,6 +592,27 @@ fn run(
 }
 
 impl Loop {
+    /// Sends the replies held for clients that were not reading, as far as they read now.
+    fn retry_backlog(&mut self, now: Instant) {
+        let sockets = &self.sockets;
+        let gone = self.backlog.retry(now, |socket, frames| {
+            let Some(zmq_socket) = sockets.get(socket) else {
+                return Err((frames, Refusal::Gone));
+            };
+            send_message(zmq_socket, frames).map_err(|(frames, err)| {
+                let why = if err == zmq::Error::EAGAIN {
+                    Refusal::Full
+                } else {
+                    Refusal::Gone
+                };
+                (frames, why)
+            })
+        });
+        for _ in 0..gone {
+            self.engine.reply_undeliverable();
+        }
+    }
+
     /// The sockets in the order they are read.
     fn read_order(&self) -> Vec<Socket> {
         self.sockets.all().iter().map(|(s, _)| *s).collect()
@@ -588,6 +621,8 @@ impl Loop {
     /// The engine's snapshot with each Paranoid Pirate service's bound addresses.
     fn stats(&self, now: Instant) -> BrokerStats {
         let mut stats = self.engine.stats(now);
+        stats.dropped_replies = self.backlog.dropped();
+        stats.held_replies = self.backlog.len();
         for service in &mut stats.services {
             if service.kind != KIND_PIRATE {
                 continue;
@@ -787,6 +822,17 @@ impl Loop {
                         continue;
                     }
                 }
+                if message.purpose == Purpose::Reply
+                    && !self.backlog.is_empty()
+                    && message
+                        .frames
+                        .first()
+                        .is_some_and(|id| self.backlog.holds(message.socket, id))
+                {
+                    // Behind the replies already held for that client, in order.
+                    self.backlog.hold(message.socket, message.frames, now);
+                    continue;
+                }
                 let Some(socket) = self.sockets.get(message.socket) else {
                     continue;
                 };
@@ -796,8 +842,11 @@ impl Loop {
                             let gone = err == zmq::Error::EHOSTUNREACH;
                             refused.push((service, worker, vec![frames], gone));
                         }
+                        Purpose::Reply if err == zmq::Error::EAGAIN => {
+                            self.backlog.hold(message.socket, frames, now);
+                        }
                         Purpose::Reply => {
-                            tracing::debug!(%err, "reply to a client that is gone or not reading dropped");
+                            tracing::debug!(%err, "reply to a client that is gone dropped");
                             self.engine.reply_undeliverable();
                         }
                         Purpose::Heartbeat { service, worker } => {

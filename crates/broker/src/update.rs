@@ -116,9 +116,11 @@ fn adopted(running: &BrokerConfig, new: &BrokerConfig) -> BrokerConfig {
         liveness: _,
         request_timeout,
         queue_limit,
+        queue_max_bytes,
         max_workers,
         retry_on_worker_loss,
         max_attempts,
+        error_replies,
         drain_timeout: _,
         hwm: _,
         max_message_size: _,
@@ -132,9 +134,15 @@ fn adopted(running: &BrokerConfig, new: &BrokerConfig) -> BrokerConfig {
         services,
         request_timeout,
         queue_limit,
+        queue_max_bytes,
         max_workers,
         retry_on_worker_loss,
         max_attempts,
+        error_replies,
+        majordomo: MajordomoConfig {
+            queue_max_bytes: new.majordomo.queue_max_bytes,
+            ..running.majordomo.clone()
+        },
         ..running.clone()
     }
 }
@@ -145,6 +153,7 @@ fn restart_keys(running: &BrokerConfig, new: &BrokerConfig) -> Vec<String> {
         enabled,
         bind,
         max_services,
+        queue_max_bytes: _,
     } = &running.majordomo;
     let differs = [
         (

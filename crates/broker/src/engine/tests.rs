@@ -158,11 +158,9 @@ fn majordomo_protocol_errors_get_disconnect() {
         at(3),
         &mut out,
     );
-    assert_eq!(
-        only(&mut out).frames,
-        disconnect(b"Y"),
-        "echo is served on its Paranoid Pirate backend"
-    );
+    // echo is served on its Paranoid Pirate backend: no DISCONNECT (the worker would come
+    // back at once, in a loop); it is ignored instead (see `limits.rs`).
+    assert!(out.is_empty(), "{out:?}");
 }
 
 #[test]
@@ -903,3 +901,5 @@ fn the_engine_counts_body_bytes_and_reply_durations_per_service() {
     assert_eq!((weather.received_bytes, weather.sent_bytes), (5, 3));
     assert!((weather.durations.sum_seconds() - 0.001).abs() < 1e-9);
 }
+
+mod limits;

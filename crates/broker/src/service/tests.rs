@@ -17,19 +17,22 @@ fn settings(queue_limit: usize, retry: bool) -> ServiceSettings {
         name: "echo".into(),
         request_timeout: Duration::from_millis(500),
         queue_limit,
+        queue_max_bytes: 64 * 1024 * 1024,
         max_workers: 8,
         retry_on_worker_loss: retry,
         max_attempts: 2,
+        error_replies: true,
     }
 }
 
-/// A service whose workers are dead after 300 ms of silence.
+/// A service whose workers are dead after 300 ms of silence (100 ms heartbeats, liveness 3).
 fn service(queue_limit: usize, retry: bool) -> Service<Vec<u8>> {
     Service::new(
         0,
         settings(queue_limit, retry),
         Socket::Backend(0),
-        Duration::from_millis(300),
+        Duration::from_millis(100),
+        3,
     )
 }
 
@@ -468,4 +471,74 @@ fn the_histogram_puts_each_duration_in_the_first_bucket_that_holds_it() {
     assert_eq!((buckets[0], buckets[1]), (1, 1));
     // Above every bound: counted, in no listed bucket.
     assert_eq!((h.count(), buckets.iter().sum::<u64>()), (3, 2));
+}
+
+#[test]
+fn waiting_requests_are_bounded_by_bytes() {
+    let mut svc = service(100, false);
+    svc.set_settings(ServiceSettings {
+        queue_max_bytes: 10_000,
+        ..settings(100, false)
+    });
+    let mut out = Vec::new();
+    let big = |client: &str| Request {
+        body: vec![vec![0u8; 4000]],
+        ..request(client)
+    };
+    svc.offer(big("a"), at(0), &mut out);
+    svc.offer(big("b"), at(0), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(svc.waiting_bytes(), 8002);
+    svc.offer(big("c"), at(0), &mut out);
+    let refused = errors(&out);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, "c");
+    assert_eq!(refused[0].1, 503);
+    assert_eq!(svc.waiting_count(), 2);
+    // A small one still fits.
+    out.clear();
+    svc.offer(request("d"), at(0), &mut out);
+    assert!(out.is_empty());
+    // Dispatched and expired requests give their bytes back.
+    svc.worker_ready(b"W", Framing::Pirate, 1, at(1), &mut out);
+    assert_eq!(
+        svc.waiting_bytes(),
+        4001 + body_bytes(&request("d").body) + 1
+    );
+    svc.expire_waiting(at(10_000), &mut out);
+    assert_eq!(svc.waiting_bytes(), 0);
+    assert_eq!(svc.waiting_count(), 0);
+}
+
+#[test]
+fn with_error_replies_off_pirate_clients_get_silence_and_majordomo_clients_errors() {
+    let mut svc = service(0, false);
+    svc.set_settings(ServiceSettings {
+        error_replies: false,
+        ..settings(0, false)
+    });
+    let mut out = Vec::new();
+    // queue_limit 0 and no worker: refused at once, silently.
+    svc.offer(request("a"), at(0), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(svc.stats.refused, 1);
+    assert_eq!(svc.stats.silenced, 1);
+    // A lost worker's request: silent too.
+    svc.worker_ready(b"W", Framing::Pirate, 1, at(0), &mut out);
+    svc.offer(request("b"), at(0), &mut out);
+    assert_eq!(dispatched_to(&out), ["W"]);
+    out.clear();
+    svc.remove_worker(b"W", Loss::Expired, at(1), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((svc.stats.lost, svc.stats.silenced), (1, 2));
+    // A Majordomo client of the same service still gets its error reply.
+    svc.offer(
+        Request {
+            origin: Origin::Majordomo,
+            ..request("m")
+        },
+        at(2),
+        &mut out,
+    );
+    assert_eq!(errors(&out).len(), 1, "{out:?}");
 }

@@ -413,9 +413,30 @@ impl Gathered {
         counters(
             encoder,
             "troupe_broker_undeliverable_replies",
-            "Replies the broker could not hand to their client (gone, or not reading).",
+            "Replies the broker could not hand to their client because it is gone.",
             None,
             vec![(vec![], broker.undeliverable_replies)],
+        )?;
+        counters(
+            encoder,
+            "troupe_broker_dropped_replies",
+            "Replies dropped because their client did not read and its held replies reached a bound.",
+            None,
+            vec![(vec![], broker.dropped_replies)],
+        )?;
+        gauges(
+            encoder,
+            "troupe_broker_held_replies",
+            "Replies held now for clients that are not reading.",
+            None,
+            vec![(vec![], broker.held_replies as i64)],
+        )?;
+        counters(
+            encoder,
+            "troupe_broker_refused_majordomo_workers",
+            "Majordomo workers refused because a Paranoid Pirate service has the name they offered.",
+            None,
+            vec![(vec![], broker.refused_majordomo_workers)],
         )
     }
 
@@ -730,11 +751,13 @@ mod tests {
                 workers: 2,
                 waiting: 1,
                 held: 0,
+                waiting_bytes: 0,
                 stats,
                 worker_list: Vec::new(),
             }],
             malformed: 4,
             undeliverable_replies: 0,
+            ..BrokerStats::default()
         };
         let beacon = BeaconMetrics {
             stats: ServerStats {
