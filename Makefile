@@ -4,7 +4,7 @@ PYTHON ?= python3
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-.PHONY: all build run install uninstall test test-deps smoke bench lint doc clean
+.PHONY: all build run install uninstall test test-deps smoke bench fuzz lint doc clean
 
 all: build
 
@@ -42,6 +42,15 @@ smoke:
 bench: test-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
+
+## Fuzzing: the decoders of the three servers, fed generated input (property-based, stable
+## Rust) for FUZZ_SECS seconds each. Their corpora also run in `make test`.
+FUZZ_SECS ?= 60
+FUZZ_CRATES ?= troupe-ipc troupe-beacon troupe-broker
+fuzz:
+	for crate in $(FUZZ_CRATES); do \
+		TROUPE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release -p $$crate --test fuzz || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

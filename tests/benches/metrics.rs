@@ -67,7 +67,6 @@ fn start_node(dir: &Path, config: &str) -> (Proc, PathBuf) {
     (node, socket)
 }
 
-
 /// Load while `/metrics` is scraped once a second; each scrape's latency (ms) goes to
 /// `latencies`.
 fn scraped_load(

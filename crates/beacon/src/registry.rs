@@ -212,6 +212,9 @@ impl Registry {
     }
 
     /// Records a heartbeat from `owner` for `name`. A node that was offline comes back online.
+    /// A node restored from a snapshot has no owner yet: the first connection that heartbeats
+    /// it takes it over (as a `register` would), so a node that kept running while the beacon
+    /// restarted comes back with its next heartbeat.
     pub fn heartbeat(
         &mut self,
         now: Instant,
@@ -221,6 +224,10 @@ impl Registry {
         let liveness = self.config.liveness;
         let entry = match self.nodes.get_mut(name) {
             Some(entry) if entry.owner.as_ref() == Some(owner) => entry,
+            Some(entry) if entry.owner.is_none() => {
+                entry.owner = Some(owner.clone());
+                entry
+            }
             _ => return Err(RegistryError::UnknownNode(name.to_string())),
         };
         entry.last_seen = now;
@@ -400,9 +407,9 @@ impl Registry {
         self.watched(&[])
     }
 
-    /// Restores nodes from a snapshot file into an empty registry. They come back *offline*:
-    /// the beacon has not heard from them in this run, so it offers none of them until each
-    /// heartbeats again (it is then told to re-register). Nodes never heard from are removed
+    /// Restores nodes from a snapshot file into an empty registry. They come back *offline* and
+    /// without an owner: the beacon has not heard from them in this run, so it offers none of
+    /// them until each heartbeats again (from any connection, which then owns it) or registers. Nodes never heard from are removed
     /// after `offline_ttl`. Returns how many nodes were restored; invalid or excess entries are
     /// skipped, with the reason, in the second value.
     pub fn restore(&mut self, now: Instant, nodes: Vec<NodeView>) -> (usize, Vec<String>) {
@@ -1020,12 +1027,21 @@ mod tests {
             "restored nodes are not offered"
         );
         assert_eq!(again.list(t0).len(), 2);
-        // A heartbeat is refused (no connection owns the entry): the node re-registers.
-        assert!(again.heartbeat(t0, &peer(1), "a").is_err());
+        // The first heartbeat, from any connection, brings it back online and takes it over:
+        // heartbeats from another connection are then refused.
+        let e = again.heartbeat(t0, &peer(1), "a").unwrap();
+        assert_eq!(kinds(&e), [(1, EventKind::Nodeup, "a".into())]);
+        assert_eq!(again.lookup("broker").len(), 1);
+        assert!(again.heartbeat(t0, &peer(9), "a").is_err());
+        assert!(again.deregister(&peer(9), "a").is_err());
+        assert!(again.heartbeat(t0, &peer(1), "a").unwrap().is_empty());
+        // A register from another connection still takes the entry over, as always.
         let e = again
             .register(t0, Some(peer(7)), "a", offering("broker", &["ipc"]), HB)
             .unwrap();
-        assert_eq!(kinds(&e), [(1, EventKind::Nodeup, "a".into())]);
+        assert!(e.is_empty(), "same content: no change");
+        assert!(again.heartbeat(t0, &peer(1), "a").is_err());
+        assert!(again.heartbeat(t0, &peer(7), "a").is_ok());
         // The one that never comes back is removed after offline_ttl (and `a`, silent since
         // it re-registered, went offline on the way).
         let e = again.tick(t0 + Duration::from_secs(60));

@@ -1,10 +1,9 @@
 //! The beacon's optional snapshot file: the registered nodes as JSON, written atomically
-//! (temporary file, fsync, rename) so that a crash mid-write leaves the previous snapshot whole.
+//! (a temporary file of its own, fsync, rename, fsync of the folder) so that a crash mid-write leaves the previous snapshot whole.
 //!
 //! Functions here block on the file system; the actor calls them through
 //! `tokio::task::spawn_blocking`, never on its arbiter.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -96,28 +95,11 @@ pub fn read(path: &Path) -> Result<Option<Vec<NodeView>>, ReadError> {
     decode(&bytes).map(Some).map_err(ReadError::Damaged)
 }
 
-/// Replaces the file at `path` with `bytes`, atomically.
+/// Replaces the file at `path` with `bytes`, atomically, through a temporary file of its own
+/// (see [`troupe_core::atomic_file::write_atomically`]): a periodic save and the final save at
+/// shutdown may run at the same time without sharing one.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot".into());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    troupe_core::atomic_file::write_atomically(path, bytes)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod atomic_file;
 pub mod cluster;
 pub mod context;
 pub mod error;

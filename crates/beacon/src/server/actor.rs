@@ -1,7 +1,8 @@
 //! The beacon actor: owns the [`BeaconCore`], feeds it the socket thread's batches and a
 //! periodic tick, hands the resulting messages back to the thread, and writes snapshots.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -9,16 +10,61 @@ use troupe_core::zmq_thread::CommandSender;
 use troupe_core::Shutdown;
 
 use crate::server::core::{BeaconCore, BeaconCounters, Outbound};
-use crate::server::socket::{NotDelivered, Received, ToSocket};
+use crate::server::socket::{ConnectionCounts, NotDelivered, Received, ToSocket};
 use crate::snapshot;
 
 /// How often deadlines are checked: the precision of failure detection.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
+/// How often free heap memory is handed back to the system.
+pub(crate) const RELEASE_MEMORY: Duration = Duration::from_secs(10);
+
+/// Hands free heap memory back to the system. Each connection costs libzmq about 27 KB, freed
+/// when it closes; but glibc keeps freed memory in its heaps (thread arenas are never trimmed
+/// on their own), so 10,000 connections that came and went left the process 270 MB larger for
+/// good. `malloc_trim` returns it (measured: 273 MB with 10,000 connections, 8 MB after they
+/// closed). It costs little when there is nothing to give back.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Where and how often the registry is saved.
 pub(crate) struct SnapshotPlan {
     pub(crate) path: PathBuf,
     pub(crate) interval: Duration,
+}
+
+/// Snapshot bytes to write, numbered in the order they were taken. Writes go through one
+/// [`SnapshotGate`], so a save taken earlier (a periodic save still running at shutdown) never
+/// replaces one taken later (the final save).
+pub(crate) struct SnapshotWrite {
+    bytes: Vec<u8>,
+    seq: u64,
+    gate: SnapshotGate,
+}
+
+/// The sequence number of the last snapshot written, under a lock held while writing.
+pub(crate) type SnapshotGate = Arc<Mutex<u64>>;
+
+impl SnapshotWrite {
+    /// Writes the snapshot to `path` (blocking) unless a later one was written already; `Ok(false)`
+    /// when skipped for that reason.
+    pub(crate) fn write(self, path: &Path) -> std::io::Result<bool> {
+        let mut last = self
+            .gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *last >= self.seq {
+            return Ok(false);
+        }
+        snapshot::write(path, &self.bytes)?;
+        *last = self.seq;
+        Ok(true)
+    }
 }
 
 /// The beacon server actor.
@@ -28,6 +74,9 @@ pub struct BeaconServer {
     snapshot: Option<SnapshotPlan>,
     saved_rev: Option<(String, u64)>,
     saving: bool,
+    snapshot_seq: u64,
+    snapshot_gate: SnapshotGate,
+    connections: Arc<ConnectionCounts>,
 }
 
 impl BeaconServer {
@@ -35,6 +84,7 @@ impl BeaconServer {
         core: BeaconCore,
         socket: CommandSender<ToSocket>,
         snapshot: Option<SnapshotPlan>,
+        connections: Arc<ConnectionCounts>,
     ) -> Self {
         BeaconServer {
             core,
@@ -42,6 +92,9 @@ impl BeaconServer {
             snapshot,
             saved_rev: None,
             saving: false,
+            snapshot_seq: 0,
+            snapshot_gate: SnapshotGate::default(),
+            connections,
         }
     }
 
@@ -68,7 +121,7 @@ impl BeaconServer {
     }
 
     /// The registry as snapshot bytes, unless it has not changed since the last save.
-    fn snapshot_bytes(&mut self, force: bool) -> Option<Vec<u8>> {
+    fn snapshot_bytes(&mut self, force: bool) -> Option<SnapshotWrite> {
         let registry = self.core.registry();
         let at = (registry.epoch().to_string(), registry.rev());
         if !force && self.saved_rev.as_ref() == Some(&at) {
@@ -76,7 +129,12 @@ impl BeaconServer {
         }
         let bytes = snapshot::encode(&at.0, at.1, &registry.snapshot());
         self.saved_rev = Some(at);
-        Some(bytes)
+        self.snapshot_seq += 1;
+        Some(SnapshotWrite {
+            bytes,
+            seq: self.snapshot_seq,
+            gate: self.snapshot_gate.clone(),
+        })
     }
 
     fn save(&mut self, ctx: &mut Context<Self>) {
@@ -86,13 +144,13 @@ impl BeaconServer {
         let Some(path) = self.snapshot.as_ref().map(|s| s.path.clone()) else {
             return;
         };
-        let Some(bytes) = self.snapshot_bytes(false) else {
+        let Some(write) = self.snapshot_bytes(false) else {
             return;
         };
         self.saving = true;
         let nodes = self.core.registry().len();
         let write = async move {
-            tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes).map(|()| path)).await
+            tokio::task::spawn_blocking(move || write.write(&path).map(|_| path)).await
         };
         ctx.spawn(write.into_actor(self).map(move |result, actor, _| {
             actor.saving = false;
@@ -119,6 +177,7 @@ impl Actor for BeaconServer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(TICK, |actor, _| actor.tick());
+        ctx.run_interval(RELEASE_MEMORY, |_, _| release_free_memory());
         if let Some(interval) = self.snapshot.as_ref().map(|s| s.interval) {
             ctx.run_interval(interval, |actor, ctx| actor.save(ctx));
         }
@@ -154,13 +213,13 @@ impl Handler<NotDelivered> for BeaconServer {
 
 /// Asks for the registry as snapshot bytes, for the final save at shutdown.
 #[derive(Message)]
-#[rtype(result = "Option<Vec<u8>>")]
+#[rtype(result = "Option<SnapshotWrite>")]
 pub(crate) struct FinalSnapshot;
 
 impl Handler<FinalSnapshot> for BeaconServer {
-    type Result = Option<Vec<u8>>;
+    type Result = Option<SnapshotWrite>;
 
-    fn handle(&mut self, _: FinalSnapshot, _: &mut Self::Context) -> Option<Vec<u8>> {
+    fn handle(&mut self, _: FinalSnapshot, _: &mut Self::Context) -> Option<SnapshotWrite> {
         self.snapshot.as_ref()?;
         self.snapshot_bytes(true)
     }
@@ -226,10 +285,73 @@ impl Handler<GetBeaconMetrics> for BeaconServer {
     }
 }
 
+/// Asks the beacon how many peers it dropped since it started because they left more replies
+/// unread than it queues for one peer (see `docs/protocols/beacon.md`).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct GetPeersDropped;
+
+impl Handler<GetPeersDropped> for BeaconServer {
+    type Result = u64;
+
+    fn handle(&mut self, _: GetPeersDropped, _: &mut Self::Context) -> u64 {
+        self.core.peers_dropped()
+    }
+}
+
+/// The beacon's TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct Connections {
+    /// Open now.
+    pub open: usize,
+    /// Closed at once since the beacon started, because `max_connections` were open.
+    pub refused: u64,
+}
+
+/// Asks the beacon for its [`Connections`].
+#[derive(Message)]
+#[rtype(result = "Connections")]
+pub struct GetConnections;
+
+impl Handler<GetConnections> for BeaconServer {
+    type Result = Connections;
+
+    fn handle(&mut self, _: GetConnections, _: &mut Self::Context) -> Connections {
+        use std::sync::atomic::Ordering;
+        Connections {
+            open: self.connections.open.load(Ordering::Relaxed),
+            refused: self.connections.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
 impl Handler<Shutdown> for BeaconServer {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("beacon.json");
+        let gate = SnapshotGate::default();
+        let take = |seq: u64, bytes: &[u8]| SnapshotWrite {
+            bytes: bytes.to_vec(),
+            seq,
+            gate: gate.clone(),
+        };
+        let (periodic, last) = (take(1, b"periodic"), take(2, b"final"));
+        // The final save finishes first; the periodic one, taken before it, is then skipped.
+        assert!(last.write(&path).unwrap());
+        assert!(!periodic.write(&path).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"final");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

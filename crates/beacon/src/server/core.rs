@@ -95,8 +95,11 @@ impl Outbound {
 pub enum Undelivered {
     /// The peer's connection is gone.
     Unreachable,
-    /// The peer is not reading fast enough (its queue is full).
+    /// The peer is not reading fast enough (its queue is full): a watch event is dropped.
     Full,
+    /// The peer left more than the allowed number of replies unread: they were discarded and
+    /// its session is dropped.
+    Overflow,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,8 @@ struct LogLimiter {
     window: Option<Instant>,
     in_window: u32,
     suppressed: u64,
+    /// Lines allowed since the beacon started (for tests).
+    logged: u64,
 }
 
 impl LogLimiter {
@@ -158,6 +163,7 @@ impl LogLimiter {
         }
         if self.in_window < Self::PER_SECOND {
             self.in_window += 1;
+            self.logged += 1;
             Some(std::mem::take(&mut self.suppressed))
         } else {
             self.suppressed += 1;
@@ -240,6 +246,11 @@ pub struct BeaconCore {
     rng: StdRng,
     bad_input: LogLimiter,
     auth_failures: LogLimiter,
+    refused_registrations: LogLimiter,
+    overflows: LogLimiter,
+    peers_dropped: u64,
+    /// The latest time handed in (by `handle` or `tick`), for what happens between them.
+    last_now: Option<Instant>,
     next_sweep: Option<Instant>,
     counters: BeaconCounters,
 }
@@ -261,6 +272,10 @@ impl BeaconCore {
             rng: StdRng::from_entropy(),
             bad_input: LogLimiter::default(),
             auth_failures: LogLimiter::default(),
+            refused_registrations: LogLimiter::default(),
+            overflows: LogLimiter::default(),
+            peers_dropped: 0,
+            last_now: None,
             next_sweep: None,
             counters: BeaconCounters::default(),
         }
@@ -298,6 +313,7 @@ impl BeaconCore {
             delimited,
             frame,
         } = inbound;
+        self.last_now = Some(now);
         let reply_to = |id, reply| Outbound {
             peer: peer.clone(),
             delimited,
@@ -351,6 +367,7 @@ impl BeaconCore {
 
     /// Applies deadlines due by `now`: nodes going offline or expiring, idle sessions.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Outbound>) {
+        self.last_now = Some(now);
         let events = self.registry.tick(now);
         self.fan_out(&events, out);
         if self.next_sweep.is_none_or(|at| at <= now) {
@@ -365,6 +382,7 @@ impl BeaconCore {
             Undelivered::Unreachable => {
                 self.forget(peer);
             }
+            Undelivered::Overflow => self.overflowed(peer),
             Undelivered::Full => {
                 let Some(watch) = watch else { return };
                 let Some(session) = self.sessions.get_mut(peer) else {
@@ -383,6 +401,48 @@ impl BeaconCore {
                     }
                 }
             }
+        }
+    }
+
+    /// Peers whose unread replies overflowed and whose session was dropped, since the beacon
+    /// started.
+    pub fn peers_dropped(&self) -> u64 {
+        self.peers_dropped
+    }
+
+    /// `peer` left too many replies unread: they were discarded. Its session is dropped as if
+    /// its connection had closed — it must authenticate again, its watches are gone — except
+    /// that the names of its watches are kept, so that its next message is answered with a
+    /// `watch_lost` for each before anything else.
+    fn overflowed(&mut self, peer: &PeerId) {
+        self.peers_dropped += 1;
+        let held = self.sessions.get(peer).map(|s| (s.last_heard, s.delimited));
+        let lost: Vec<String> = match self.sessions.get(peer) {
+            Some(session) => session
+                .watches
+                .keys()
+                .chain(session.lost.iter())
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        self.forget(peer);
+        if let (Some((last_heard, delimited)), false) = (held, lost.is_empty()) {
+            let mut session = Session::new(last_heard, delimited);
+            session.lost = lost.into_iter().collect();
+            self.sessions.insert(peer.clone(), session);
+        }
+        let allowed = match self.last_now {
+            Some(now) => self.overflows.allow(now),
+            None => Some(0),
+        };
+        if let Some(suppressed) = allowed {
+            tracing::warn!(
+                peer = %hex::encode(&peer.0),
+                suppressed,
+                total = self.peers_dropped,
+                "peer left too many replies unread: they were discarded and its session dropped"
+            );
         }
     }
 
@@ -523,7 +583,13 @@ impl BeaconCore {
                         }
                     }
                     Err(err) => {
-                        tracing::warn!(node = %register.node, "registration refused: {err}");
+                        if let Some(suppressed) = self.refused_registrations.allow(now) {
+                            tracing::warn!(
+                                node = %register.node,
+                                suppressed,
+                                "registration refused: {err}"
+                            );
+                        }
                         registry_error(err)
                     }
                 }
@@ -773,6 +839,7 @@ impl BeaconCore {
             tracing::debug!(peer = %hex::encode(&peer.0), "session expired");
             self.forget(&peer);
         }
+        self.shrink();
     }
 
     /// Drops the oldest pending challenge other than `keep`'s: a flood of `hello`s from many
@@ -816,6 +883,27 @@ impl BeaconCore {
             }
             self.watching.remove(peer);
         }
+        self.shrink();
+    }
+
+    /// Gives back the memory of per-peer maps that a burst of connections grew, once most of
+    /// those peers are gone (a map keeps its capacity after removals).
+    fn shrink(&mut self) {
+        if self.sessions.capacity() > 64 && self.sessions.len() < self.sessions.capacity() / 4 {
+            self.sessions.shrink_to(self.sessions.len() * 2);
+        }
+        if self.challenge_order.capacity() > 64
+            && self.challenge_order.len() < self.challenge_order.capacity() / 4
+        {
+            self.challenge_order
+                .shrink_to(self.challenge_order.len() * 2);
+        }
+    }
+
+    /// The capacity of the per-peer session map (for tests of [`Self::shrink`]).
+    #[cfg(test)]
+    fn session_capacity(&self) -> usize {
+        self.sessions.capacity()
     }
 }
 
@@ -1006,6 +1094,121 @@ mod tests {
             }
         }
         assert_eq!(h.core.registry().len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_refused_registrations_logs_a_bounded_number_of_lines() {
+        let registry = Registry::new(
+            RegistryConfig {
+                liveness: 3,
+                offline_ttl: Duration::from_secs(60),
+                history: 100,
+                max_nodes: 1,
+            },
+            "e1".into(),
+        );
+        let mut h = Harness {
+            core: BeaconCore::new(registry, None, SessionLimits::default()),
+            now: Instant::now(),
+        };
+        assert!(matches!(
+            h.register(1, "first", "x", &[]),
+            Reply::Registered { .. }
+        ));
+        // 90,000 refusals over 3 seconds: at most 5 lines a second are logged.
+        for i in 0..90_000u32 {
+            if i % 30_000 == 0 && i > 0 {
+                h.now += Duration::from_secs(1);
+            }
+            let reply = h.register(2, &format!("n{i}"), "x", &[]);
+            assert_eq!(error_code(&reply), ErrorCode::Limit);
+        }
+        let limiter = &h.core.refused_registrations;
+        assert_eq!(limiter.logged, 15, "{limiter:?}");
+        assert_eq!(limiter.suppressed, 30_000 - 5);
+    }
+
+    #[test]
+    fn a_peer_that_overflows_its_replies_loses_its_session_and_is_told() {
+        let mut h = harness(Some("right"), SessionLimits::default());
+        let mut rng = StdRng::seed_from_u64(7);
+        let client_nonce = auth::nonce(&mut rng);
+        let out = h.send(1, hello(&client_nonce));
+        let Reply::Challenge { nonce } = &out[0].reply else {
+            panic!("{:?}", out[0].reply)
+        };
+        let proof = Cookie::new("right")
+            .unwrap()
+            .client_proof(nonce, &client_nonce);
+        assert!(matches!(
+            h.send(1, Request::Auth(Auth { proof }))[0].reply,
+            Reply::Welcome { auth: true, .. }
+        ));
+        let watch = Request::Watch(Watch {
+            watch: "w".into(),
+            resources: vec![],
+            since: None,
+        });
+        assert!(matches!(h.send(1, watch)[0].reply, Reply::Snapshot { .. }));
+        assert_eq!((h.core.sessions(), h.core.watchers()), (1, 1));
+
+        h.core
+            .undelivered(&PeerId(vec![1]), None, Undelivered::Overflow);
+        assert_eq!(h.core.peers_dropped(), 1);
+        assert_eq!(h.core.watchers(), 0);
+        // Its next message is told the watch is gone, and must authenticate again.
+        let out = h.send(1, Request::Ping);
+        assert!(matches!(&out[0].reply, Reply::WatchLost { watch } if watch == "w"));
+        assert_eq!(error_code(&out[1].reply), ErrorCode::AuthRequired);
+        // The kept session holds nothing and expires as any other.
+        h.tick(Duration::from_secs(61));
+        h.tick(Duration::from_secs(1));
+        assert_eq!(h.core.sessions(), 0);
+        // A peer without a session is only counted.
+        h.core
+            .undelivered(&PeerId(vec![2]), None, Undelivered::Overflow);
+        assert_eq!((h.core.peers_dropped(), h.core.sessions()), (2, 0));
+    }
+
+    #[test]
+    fn sessions_beyond_the_cap_are_refused_and_gone_peers_leave_nothing_behind() {
+        let limits = SessionLimits {
+            max_sessions: 100,
+            max_pending_auth: 1000,
+            ..SessionLimits::default()
+        };
+        let mut h = harness(Some("c"), limits);
+        for peer in 0..100u8 {
+            assert!(matches!(
+                h.send(peer, hello(&"11".repeat(32)))[0].reply,
+                Reply::Challenge { .. }
+            ));
+        }
+        // The 101st connection is refused with `limit` and holds nothing.
+        assert_eq!(
+            error_code(&h.send(200, hello(&"11".repeat(32)))[0].reply),
+            ErrorCode::Limit
+        );
+        assert_eq!((h.core.sessions(), h.core.pending_auth), (100, 100));
+        let grown = h.core.session_capacity();
+        assert!(grown >= 100);
+        // Their connections go away: every per-peer map is emptied and its memory given back.
+        for peer in 0..100u8 {
+            h.core
+                .undelivered(&PeerId(vec![peer]), None, Undelivered::Unreachable);
+        }
+        assert_eq!((h.core.sessions(), h.core.pending_auth), (0, 0));
+        assert!(h.core.watching.is_empty());
+        assert!(
+            h.core.session_capacity() < grown,
+            "{}",
+            h.core.session_capacity()
+        );
+        // Room again.
+        assert!(matches!(
+            h.send(200, hello(&"11".repeat(32)))[0].reply,
+            Reply::Challenge { .. }
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 pub mod actor;
 pub mod core;
-pub(crate) mod socket;
+pub mod socket;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +41,8 @@ pub struct BeaconConfig {
     pub max_watchers: usize,
     /// Most peer sessions (authenticated connections and watchers) at once.
     pub max_sessions: usize,
+    /// Most TCP connections at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
     /// Largest request frame answered, in bytes; larger ones get a `too_large` error.
     pub max_frame: usize,
     /// A session (authentication, watches) with no message for this long is forgotten.
@@ -61,6 +63,7 @@ impl Default for BeaconConfig {
             max_nodes: 10_000,
             max_watchers: 1000,
             max_sessions: 16_384,
+            max_connections: 16_384,
             max_frame: 64 * 1024,
             session_ttl: Duration::from_secs(60),
             snapshot_file: PathBuf::new(),
@@ -89,6 +92,9 @@ impl BeaconConfig {
         positive("snapshot_interval", self.snapshot_interval)?;
         if self.history > 1_000_000 {
             return Err(ConfigError::new("history", "at most 1000000 events"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
         if self.max_nodes == 0 {
             return Err(ConfigError::new("max_nodes", "must be at least 1"));
@@ -150,12 +156,12 @@ impl Role for BeaconRole {
     }
 
     async fn stop(self) {
-        if let (Some(path), Ok(Some(bytes))) =
+        if let (Some(path), Ok(Some(write))) =
             (self.snapshot_file, self.actor.send(FinalSnapshot).await)
         {
             let shown = path.display().to_string();
-            match tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes)).await {
-                Ok(Ok(())) => tracing::info!(path = %shown, "snapshot saved"),
+            match tokio::task::spawn_blocking(move || write.write(&path)).await {
+                Ok(Ok(_)) => tracing::info!(path = %shown, "snapshot saved"),
                 Ok(Err(err)) => tracing::error!(path = %shown, %err, "cannot save the snapshot"),
                 Err(err) => tracing::error!(%err, "snapshot writer failed"),
             }
@@ -211,7 +217,7 @@ pub async fn start_server(
                 tracing::info!(
                     path = %shown,
                     restored,
-                    "registry restored from the snapshot; its nodes count as offline until they heartbeat"
+                    "registry restored from the snapshot; its nodes count as offline until they heartbeat (from any connection, which then owns them) or register"
                 );
             }
             Ok(None) => tracing::info!(path = %shown, "no snapshot yet; starting empty"),
@@ -239,9 +245,17 @@ pub async fn start_server(
             Ok(router)
         })
         .map_err(|err| RoleError::new(format!("cannot bind the beacon on {bind}: {err}")))?;
+    let connections = std::sync::Arc::new(socket::ConnectionCounts::default());
+    let guard = socket::ConnectionGuard::new(
+        &context,
+        &router,
+        config.max_connections,
+        connections.clone(),
+    )
+    .map_err(|err| RoleError::new(format!("cannot monitor the beacon's socket: {err}")))?;
     let (commands, inbox) = zmq_thread::channel(&context)
         .map_err(|err| RoleError::new(format!("cannot create the socket bridge: {err}")))?;
-    let actor = BeaconServer::new(core, commands, snapshot).start();
+    let actor = BeaconServer::new(core, commands, snapshot, connections).start();
     let (done_tx, done_rx) = oneshot::channel();
     let received = actor.clone().recipient();
     let not_delivered = actor.clone().recipient();
@@ -251,7 +265,7 @@ pub async fn start_server(
         tracing::Span::current(),
         BeaconRole::NAME,
         move || {
-            socket::run(router, inbox, received, not_delivered, max_frame);
+            socket::run(router, inbox, received, not_delivered, max_frame, guard);
             let _ = done_tx.send(());
         },
     )

@@ -7,9 +7,8 @@
 //! or the new one, never a mix.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytes::Bytes;
@@ -17,8 +16,6 @@ use tokio::sync::oneshot;
 
 /// Most jobs waiting; more are refused at once.
 const QUEUE: usize = 256;
-
-static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 enum Job {
     Write {
@@ -98,35 +95,13 @@ fn run(queue: mpsc::Receiver<Job>) {
     }
 }
 
-/// Writes `data` to `path` through a temporary file and a rename; see the module doc.
+/// Writes `data` to `path` through a temporary file and a rename (the node's one helper,
+/// [`troupe_core::atomic_file::write_atomically`]), creating the folder first.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&folder)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = folder.join(temp_name);
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        File::open(&folder)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(folder)?;
     }
-    result
+    troupe_core::atomic_file::write_atomically(path, data)
 }
 
 fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
