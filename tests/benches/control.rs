@@ -15,57 +15,14 @@
 //! Environment: `TROUPE_BENCH_QUICK=1` (1 s windows, 2 runs), `TROUPE_BENCH_SECONDS`,
 //! `TROUPE_BENCH_RUNS`, `TROUPE_BENCH_SERVICES`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use troupe_tests::bench::{echo_worker, load, median, Api};
+use troupe_tests::bench::{echo_worker, load, median, start_node, Api, Params};
 use troupe_tests::{free_port, troupe, Proc};
-
-struct Params {
-    seconds: f64,
-    runs: usize,
-    services: usize,
-}
-
-impl Params {
-    fn from_env() -> Params {
-        let quick = std::env::var_os("TROUPE_BENCH_QUICK").is_some();
-        let get = |name: &str, default: f64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        Params {
-            seconds: get("TROUPE_BENCH_SECONDS", if quick { 1.0 } else { 3.0 }),
-            runs: get("TROUPE_BENCH_RUNS", if quick { 2.0 } else { 5.0 }) as usize,
-            services: get("TROUPE_BENCH_SERVICES", 1000.0) as usize,
-        }
-    }
-}
-
-fn start_node(dir: &Path, config: &str) -> (Proc, PathBuf) {
-    let socket = dir.join("ctl.sock");
-    let path = dir.join("node.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"bench-{}\"\nshutdown_timeout = \"60s\"\n{config}\n[control]\nsocket = \"{}\"\n",
-            std::process::id(),
-            socket.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = troupe();
-    cmd.args(["run", "--log-level", "warn,troupe_node=info", "--config"])
-        .arg(&path);
-    let mut node = Proc::spawn(cmd);
-    node.wait_for(&["node ready"], Duration::from_secs(120));
-    (node, socket)
-}
 
 fn stop_node(mut node: Proc) {
     node.signal(libc::SIGTERM);
@@ -93,7 +50,7 @@ fn status_latency(p: &Params) {
             "[[supervisor.services]]\nid = \"s{i}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\nterminate_timeout_ms = 0\n"
         ));
     }
-    let (node, socket) = start_node(dir.path(), &config);
+    let (node, socket) = start_node(dir.path(), &config, "bench");
     let mut api = Api::connect(&socket);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -194,7 +151,7 @@ fn broker_under_polling(p: &Params) {
     let config = format!(
         "roles = [\"broker\"]\n[broker]\nservice = \"{ECHO}\"\nfrontend = \"tcp://127.0.0.1:{front}\"\nbackend = \"tcp://127.0.0.1:{back}\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{mdp}\"\n"
     );
-    let (node, socket) = start_node(dir.path(), &config);
+    let (node, socket) = start_node(dir.path(), &config, "bench");
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -266,7 +223,7 @@ fn broker_under_polling(p: &Params) {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument picks one part.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    let p = Params::from_env();
+    let p = Params::from_env(1000);
     if filter.as_deref().is_none_or(|f| "status".contains(f)) {
         status_latency(&p);
     }

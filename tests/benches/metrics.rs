@@ -11,61 +11,18 @@
 //! Environment: `TROUPE_BENCH_QUICK=1` (1 s windows, 2 runs), `TROUPE_BENCH_SECONDS` (3),
 //! `TROUPE_BENCH_RUNS` (5), `TROUPE_BENCH_SERVICES` (100).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use troupe_tests::bench::{echo_worker, load, median, Api};
-use troupe_tests::{free_port, troupe, Proc};
+use troupe_tests::bench::{echo_worker, load, median, start_node, Api, Params};
+use troupe_tests::free_port;
 
 /// The goal: scraped throughput / quiet throughput.
 const GOAL: f64 = 0.97;
 /// How often the scraper asks.
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
-
-struct Params {
-    seconds: f64,
-    runs: usize,
-    services: usize,
-}
-
-impl Params {
-    fn from_env() -> Params {
-        let quick = std::env::var_os("TROUPE_BENCH_QUICK").is_some();
-        let get = |name: &str, default: f64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        Params {
-            seconds: get("TROUPE_BENCH_SECONDS", if quick { 1.0 } else { 3.0 }),
-            runs: get("TROUPE_BENCH_RUNS", if quick { 2.0 } else { 5.0 }) as usize,
-            services: get("TROUPE_BENCH_SERVICES", 100.0) as usize,
-        }
-    }
-}
-
-fn start_node(dir: &Path, config: &str) -> (Proc, PathBuf) {
-    let socket = dir.join("ctl.sock");
-    let path = dir.join("node.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"bench-metrics-{}\"\nshutdown_timeout = \"60s\"\n{config}\n[control]\nsocket = \"{}\"\n",
-            std::process::id(),
-            socket.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = troupe();
-    cmd.args(["run", "--log-level", "warn,troupe_node=info", "--config"])
-        .arg(&path);
-    let mut node = Proc::spawn(cmd);
-    node.wait_for(&["node ready"], Duration::from_secs(120));
-    (node, socket)
-}
 
 /// Load while `/metrics` is scraped once a second; each scrape's latency (ms) goes to
 /// `latencies`.
@@ -116,7 +73,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
-    let p = Params::from_env();
+    let p = Params::from_env(100);
     let dir = tempfile::tempdir().unwrap();
     let (front, back, mdp) = (free_port(), free_port(), free_port());
     let mut config = format!(
@@ -129,7 +86,7 @@ fn main() {
             "[[supervisor.services]]\nid = \"s{i}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\nterminate_timeout_ms = 0\n"
         ));
     }
-    let (mut node, socket) = start_node(dir.path(), &config);
+    let (mut node, socket) = start_node(dir.path(), &config, "bench-metrics");
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
         .map(|_| {

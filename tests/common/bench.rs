@@ -8,6 +8,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A benchmark's knobs from the environment: `TROUPE_BENCH_QUICK=1` (1 s windows, 2 runs),
+/// `TROUPE_BENCH_SECONDS` (3), `TROUPE_BENCH_RUNS` (5), `TROUPE_BENCH_SERVICES`.
+pub struct Params {
+    /// Length of one measuring window.
+    pub seconds: f64,
+    /// Runs to take the median of.
+    pub runs: usize,
+    /// Services the node supervises.
+    pub services: usize,
+}
+
+impl Params {
+    /// The knobs, with `services` supervised by default.
+    pub fn from_env(services: usize) -> Params {
+        let quick = std::env::var_os("TROUPE_BENCH_QUICK").is_some();
+        let get = |name: &str, default: f64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Params {
+            seconds: get("TROUPE_BENCH_SECONDS", if quick { 1.0 } else { 3.0 }),
+            runs: get("TROUPE_BENCH_RUNS", if quick { 2.0 } else { 5.0 }) as usize,
+            services: get("TROUPE_BENCH_SERVICES", services as f64) as usize,
+        }
+    }
+}
+
+/// Starts a node from `config` (named `TAG-PID`, its control socket in `dir`), waits until it
+/// is ready, and returns it with its control socket.
+pub fn start_node(dir: &Path, config: &str, tag: &str) -> (crate::Proc, std::path::PathBuf) {
+    let socket = dir.join("ctl.sock");
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{tag}-{}\"\nshutdown_timeout = \"60s\"\n{config}\n[control]\nsocket = \"{}\"\n",
+            std::process::id(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = crate::troupe();
+    cmd.args(["run", "--log-level", "warn,troupe_node=info", "--config"])
+        .arg(&path);
+    let mut node = crate::Proc::spawn(cmd);
+    node.wait_for(&["node ready"], Duration::from_secs(120));
+    (node, socket)
+}
+
 /// The median of `values` (sorted in place); NaN when empty.
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
