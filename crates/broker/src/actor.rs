@@ -105,7 +105,7 @@ impl Handler<UpdateServices> for BrokerActor {
                     }
                     _ => None,
                 };
-                Ok((applied, registration))
+                Ok::<_, BrokerError>((applied, registration))
             }
             .into_actor(self)
             .map(move |result, actor, _| {
@@ -141,8 +141,13 @@ impl Handler<ServiceLifecycle> for BrokerActor {
             ServiceLifecycle::Exited { id, pid } => self.handle.process_exited(id, pid),
             ServiceLifecycle::Started { id, pid, .. } => self.handle.process_started(id, pid),
         };
-        if sent.is_err() {
-            tracing::debug!("a service start or exit arrived after the broker stopped");
+        match sent {
+            Ok(()) => {}
+            Err(BrokerError::Busy(waiting)) => tracing::warn!(
+                waiting,
+                "the broker's socket thread is not keeping up; a service start or exit is not applied at once (its workers are judged by their heartbeats)"
+            ),
+            Err(_) => tracing::debug!("a service start or exit arrived after the broker stopped"),
         }
     }
 }

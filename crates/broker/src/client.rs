@@ -25,9 +25,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
+use troupe_core::zmq_thread::{self, CommandInbox, CommandSender, SendError};
 
 use crate::protocol::{self, MDP_CLIENT};
 
@@ -70,6 +71,9 @@ pub enum ClientError {
     /// ZeroMQ refused something.
     #[error("client socket: {0}")]
     Socket(#[from] zmq::Error),
+    /// The channel for broker updates could not be created.
+    #[error("cannot create the client's update channel: {0}")]
+    Bridge(std::io::Error),
 }
 
 /// Per-request timing of a client.
@@ -226,14 +230,20 @@ fn majordomo_reply(service: &str, mut reply: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>
 /// waits for a reply. Cheap to clone.
 #[derive(Clone)]
 pub struct BrokerEndpoints {
-    updates: CommandSender<BTreeSet<String>>,
+    latest: Arc<Mutex<Option<BTreeSet<String>>>>,
+    wake: CommandSender<()>,
 }
 
 impl BrokerEndpoints {
     /// The client's brokers are `endpoints` (Majordomo sockets) from now on. Returns false if
     /// the client is gone.
     pub fn set_endpoints(&self, endpoints: BTreeSet<String>) -> bool {
-        self.updates.send(endpoints).is_ok()
+        // Only the newest set matters: it replaces one not yet taken, so nothing queues up.
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoints);
+        match self.wake.send(()) {
+            Ok(()) | Err(SendError::Full(..)) => true,
+            Err(SendError::Stopped(_)) => false,
+        }
     }
 }
 
@@ -272,7 +282,8 @@ enum Failed {
 /// ```
 pub struct MultiMajordomoClient {
     context: zmq::Context,
-    updates: CommandInbox<BTreeSet<String>>,
+    latest: Arc<Mutex<Option<BTreeSet<String>>>>,
+    updates: CommandInbox<()>,
     endpoints: BTreeSet<String>,
     /// REQ sockets kept between requests, by endpoint.
     sockets: HashMap<String, zmq::Socket>,
@@ -286,19 +297,19 @@ impl MultiMajordomoClient {
     pub fn new(
         options: ClientOptions,
     ) -> Result<(MultiMajordomoClient, BrokerEndpoints), ClientError> {
-        // The update channel has a context of its own: the handle may outlive the client.
-        let control = zmq::Context::new();
-        let (updates, inbox) = zmq_thread::channel(&control)?;
+        let (wake, inbox) = zmq_thread::channel_with_capacity(1).map_err(ClientError::Bridge)?;
+        let latest = Arc::new(Mutex::new(None));
         Ok((
             MultiMajordomoClient {
                 context: zmq::Context::new(),
+                latest: latest.clone(),
                 updates: inbox,
                 endpoints: BTreeSet::new(),
                 sockets: HashMap::new(),
                 last: None,
                 options,
             },
-            BrokerEndpoints { updates },
+            BrokerEndpoints { latest, wake },
         ))
     }
 
@@ -340,7 +351,9 @@ impl MultiMajordomoClient {
 
     /// Takes the updates sent so far; returns whether there were any.
     fn apply_updates(&mut self) -> bool {
-        match self.updates.drain().pop() {
+        self.updates.drain();
+        let taken = self.latest.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
             Some(latest) => {
                 self.install(latest);
                 true

@@ -22,6 +22,13 @@ pub enum BrokerError {
     /// The socket thread has ended.
     #[error("the broker's socket thread has stopped")]
     Stopped,
+    /// The socket thread has this many commands waiting already: it is not keeping up, and
+    /// the command was not queued.
+    #[error("the broker's socket thread is busy: {0} commands are waiting already")]
+    Busy(usize),
+    /// The command channel to the socket thread could not be created.
+    #[error("cannot create the broker's command channel: {0}")]
+    Bridge(std::io::Error),
     /// A live update's table is not valid (the key is under `broker.`).
     #[error("{0}")]
     Config(troupe_core::ConfigError),
@@ -40,4 +47,13 @@ pub enum BrokerError {
     /// The broker is draining (stopping): its services no longer change.
     #[error("the broker is stopping; its services can no longer change")]
     Draining,
+}
+
+impl<C> From<troupe_core::zmq_thread::SendError<C>> for BrokerError {
+    fn from(err: troupe_core::zmq_thread::SendError<C>) -> Self {
+        match err {
+            troupe_core::zmq_thread::SendError::Stopped(_) => BrokerError::Stopped,
+            troupe_core::zmq_thread::SendError::Full(waiting, _) => BrokerError::Busy(waiting),
+        }
+    }
 }

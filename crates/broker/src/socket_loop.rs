@@ -118,7 +118,7 @@ impl BrokerHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Stats(tx))
-            .map_err(|_| BrokerError::Stopped)?;
+            .map_err(BrokerError::from)?;
         rx.await.map_err(|_| BrokerError::Stopped)
     }
 
@@ -127,7 +127,7 @@ impl BrokerHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Drain { window, done: tx })
-            .map_err(|_| BrokerError::Stopped)?;
+            .map_err(BrokerError::from)?;
         rx.await.map_err(|_| BrokerError::Stopped)
     }
 
@@ -144,7 +144,7 @@ impl BrokerHandle {
                 dry_run,
                 done: tx,
             })
-            .map_err(|_| BrokerError::Stopped)?;
+            .map_err(BrokerError::from)?;
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
@@ -153,7 +153,7 @@ impl BrokerHandle {
     pub fn process_exited(&self, service_id: String, pid: u32) -> Result<(), BrokerError> {
         self.commands
             .send(Command::ProcessExited { service_id, pid })
-            .map_err(|_| BrokerError::Stopped)
+            .map_err(BrokerError::from)
     }
 
     /// Tells the broker that process `pid` of supervised service `service_id` started (see
@@ -161,7 +161,7 @@ impl BrokerHandle {
     pub fn process_started(&self, service_id: String, pid: u32) -> Result<(), BrokerError> {
         self.commands
             .send(Command::ProcessStarted { service_id, pid })
-            .map_err(|_| BrokerError::Stopped)
+            .map_err(BrokerError::from)
     }
 
     /// What the broker sees of `query`'s service and process (see [`Command::Workers`]).
@@ -169,7 +169,7 @@ impl BrokerHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Workers { query, done: tx })
-            .map_err(|_| BrokerError::Stopped)?;
+            .map_err(BrokerError::from)?;
         rx.await.map_err(|_| BrokerError::Stopped)
     }
 
@@ -178,7 +178,7 @@ impl BrokerHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Drain { window, done: tx })
-            .map_err(|_| BrokerError::Stopped)?;
+            .map_err(BrokerError::from)?;
         rx.blocking_recv().map_err(|_| BrokerError::Stopped)
     }
 }
@@ -207,12 +207,7 @@ pub fn start_blocking(
 type Ready = oneshot::Receiver<Result<BoundEndpoints, BrokerError>>;
 
 fn spawn(config: BrokerConfig, span: Span) -> Result<(BrokerHandle, Ready), BrokerError> {
-    // The command channel has a context of its own: the sockets' context is terminated by the
-    // thread when it ends, which waits for their last messages, and must not wait for the
-    // actor's end of the channel.
-    let control = zmq::Context::new();
-    let (commands, inbox) =
-        zmq_thread::channel(&control).map_err(|e| BrokerError::Socket("command channel", e))?;
+    let (commands, inbox) = zmq_thread::channel().map_err(BrokerError::Bridge)?;
     let (ready_tx, ready_rx) = oneshot::channel();
     troupe_core::span::spawn_role_thread("broker-sockets", span, "broker", move || {
         let context = zmq::Context::new();

@@ -40,7 +40,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use troupe_core::zmq_thread::{self, CommandInbox, CommandSender};
+use troupe_core::zmq_thread::{self, CommandInbox, CommandSender, SendError};
 
 use crate::protocol::{PPP_HEARTBEAT, PPP_READY, SEED_STOP};
 
@@ -166,6 +166,9 @@ pub enum WorkerError {
     /// A handler thread could not be started.
     #[error("cannot start a handler thread: {0}")]
     Thread(std::io::Error),
+    /// The channel between the handler threads and the socket could not be created.
+    #[error("cannot create the worker's event channel: {0}")]
+    Bridge(std::io::Error),
 }
 
 /// What a worker did, returned when it has left.
@@ -220,11 +223,7 @@ impl Worker {
     /// A worker with `options`, and the handle that stops it.
     pub fn new(options: WorkerOptions) -> Result<(Worker, WorkerStop), WorkerError> {
         options.validate()?;
-        // The socket's context is separate from the stop channel's, so that the worker can
-        // terminate it when it leaves (waiting for its last messages, STOP included) while
-        // stop handles still exist.
-        let control = zmq::Context::new();
-        let (events, inbox) = zmq_thread::channel(&control)?;
+        let (events, inbox) = zmq_thread::channel().map_err(WorkerError::Bridge)?;
         let stop = WorkerStop {
             events: events.clone(),
         };
@@ -272,14 +271,22 @@ fn handler_thread(jobs: Arc<Mutex<Receiver<Job>>>, events: CommandSender<Event>,
         };
         let Ok(job) = job else { return };
         let reply = handler(job.body);
-        if events
-            .send(Event::Done {
-                envelope: job.envelope,
-                reply,
-            })
-            .is_err()
-        {
-            return;
+        let mut done = Event::Done {
+            envelope: job.envelope,
+            reply,
+        };
+        // The loop holds at most `concurrency` replies and the stops, far below the channel's
+        // capacity; should it ever fill, this thread (not an arbiter) waits rather than lose
+        // the reply.
+        loop {
+            match events.send(done) {
+                Ok(()) => break,
+                Err(SendError::Full(_, back)) => {
+                    done = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(SendError::Stopped(_)) => return,
+            }
         }
     }
 }

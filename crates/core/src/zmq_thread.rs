@@ -1,22 +1,30 @@
 //! The bridge between actors and ZeroMQ sockets.
 //!
 //! ZeroMQ sockets are not `Sync` and their blocking calls must never run on an arbiter, so each
-//! set of sockets lives on a dedicated OS thread running a `zmq::poll` loop. Actors send that
-//! thread commands through a [`CommandSender`]: the command goes into a queue and a one-byte
-//! doorbell goes over an `inproc://` PAIR socket that the loop polls next to its own sockets.
-//! The loop drains the queue through its [`CommandInbox`]. Events travel the other way with
-//! `Addr::do_send` / `Recipient::do_send`, which never block.
+//! set of sockets is created, bound and used on a dedicated OS thread running a `zmq::poll`
+//! loop. Actors send that thread commands through a [`CommandSender`]: the command goes into a
+//! bounded queue and one byte goes into a non-blocking socket pair (the doorbell) whose other
+//! end the loop polls next to its ZeroMQ sockets. The loop drains the queue through its
+//! [`CommandInbox`]. Events travel the other way with `Addr::do_send` / `Recipient::do_send`,
+//! which never block.
+//!
+//! Creating a channel touches no ZeroMQ context, and sending never blocks: a full queue is an
+//! error the sender handles ([`SendError::Full`]), never a wait.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-static NEXT_DOORBELL: AtomicU64 = AtomicU64::new(0);
+/// Commands waiting at most, unless a channel is made with another capacity.
+pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// The sending half: cheap to clone, usable from any thread.
 pub struct CommandSender<C> {
-    queue: mpsc::Sender<C>,
-    doorbell: Arc<Mutex<zmq::Socket>>,
+    queue: mpsc::SyncSender<C>,
+    doorbell: Arc<UnixStream>,
+    capacity: usize,
 }
 
 impl<C> Clone for CommandSender<C> {
@@ -24,72 +32,102 @@ impl<C> Clone for CommandSender<C> {
         CommandSender {
             queue: self.queue.clone(),
             doorbell: self.doorbell.clone(),
+            capacity: self.capacity,
         }
     }
 }
 
-/// The poll loop has ended; the command was not delivered.
-#[derive(Debug, thiserror::Error)]
-#[error("the socket thread has stopped")]
-pub struct ThreadStopped;
+/// Why a command was not delivered; it comes back with the error.
+#[derive(thiserror::Error)]
+pub enum SendError<C> {
+    /// The poll loop has ended.
+    #[error("the socket thread has stopped")]
+    Stopped(C),
+    /// The loop has `capacity` commands waiting already: it is not keeping up.
+    #[error("the socket thread has {0} commands waiting already")]
+    Full(usize, C),
+}
+
+impl<C> std::fmt::Debug for SendError<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Stopped(_) => f.write_str("Stopped"),
+            SendError::Full(capacity, _) => write!(f, "Full({capacity})"),
+        }
+    }
+}
+
+impl<C> SendError<C> {
+    /// The command that was not delivered.
+    pub fn into_command(self) -> C {
+        match self {
+            SendError::Stopped(command) | SendError::Full(_, command) => command,
+        }
+    }
+}
 
 impl<C> CommandSender<C> {
     /// Queues `command` and wakes the loop. Never blocks.
-    pub fn send(&self, command: C) -> Result<(), ThreadStopped> {
-        self.queue.send(command).map_err(|_| ThreadStopped)?;
-        let doorbell = self.doorbell.lock().unwrap_or_else(|e| e.into_inner());
-        // A full doorbell already has a wake-up pending; the queue holds the command.
-        match doorbell.send(&[][..], zmq::DONTWAIT) {
-            Ok(()) | Err(zmq::Error::EAGAIN) => Ok(()),
-            Err(_) => Err(ThreadStopped),
-        }
+    pub fn send(&self, command: C) -> Result<(), SendError<C>> {
+        self.queue.try_send(command).map_err(|err| match err {
+            mpsc::TrySendError::Full(command) => SendError::Full(self.capacity, command),
+            mpsc::TrySendError::Disconnected(command) => SendError::Stopped(command),
+        })?;
+        // A full doorbell already has a wake-up pending; the queue holds the command. A closed
+        // one means the loop has ended, which the next send reports.
+        let _ = (&*self.doorbell).write(&[1]);
+        Ok(())
     }
 }
 
 /// The receiving half, owned by the poll loop.
 pub struct CommandInbox<C> {
     queue: mpsc::Receiver<C>,
-    doorbell: zmq::Socket,
+    doorbell: UnixStream,
 }
 
 impl<C> CommandInbox<C> {
-    /// The socket to add to the loop's poll items (readable when commands wait).
-    pub fn socket(&self) -> &zmq::Socket {
-        &self.doorbell
-    }
-
-    /// A poll item for the doorbell.
-    pub fn poll_item(&self) -> zmq::PollItem<'_> {
-        self.doorbell.as_poll_item(zmq::POLLIN)
+    /// A poll item for the doorbell: readable when commands wait.
+    pub fn poll_item(&self) -> zmq::PollItem<'static> {
+        zmq::PollItem::from_fd(self.doorbell.as_raw_fd(), zmq::POLLIN)
     }
 
     /// Every waiting command, in the order sent. Also clears the doorbell.
     pub fn drain(&self) -> Vec<C> {
-        while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        let mut rings = [0u8; 256];
+        loop {
+            match (&self.doorbell).read(&mut rings) {
+                Ok(n) if n == rings.len() => continue,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                _ => break,
+            }
+        }
         self.queue.try_iter().collect()
     }
 }
 
-/// A connected sender/inbox pair on `context`.
-pub fn channel<C>(context: &zmq::Context) -> zmq::Result<(CommandSender<C>, CommandInbox<C>)> {
-    let endpoint = format!(
-        "inproc://troupe-doorbell-{}",
-        NEXT_DOORBELL.fetch_add(1, Ordering::Relaxed)
-    );
-    let inbox_socket = context.socket(zmq::PAIR)?;
-    inbox_socket.bind(&endpoint)?;
-    let sender_socket = context.socket(zmq::PAIR)?;
-    sender_socket.set_linger(0)?;
-    sender_socket.connect(&endpoint)?;
-    let (tx, rx) = mpsc::channel();
+/// A connected sender/inbox pair holding at most [`DEFAULT_CAPACITY`] commands.
+pub fn channel<C>() -> std::io::Result<(CommandSender<C>, CommandInbox<C>)> {
+    channel_with_capacity(DEFAULT_CAPACITY)
+}
+
+/// A connected sender/inbox pair holding at most `capacity` commands.
+pub fn channel_with_capacity<C>(
+    capacity: usize,
+) -> std::io::Result<(CommandSender<C>, CommandInbox<C>)> {
+    let (ring, doorbell) = UnixStream::pair()?;
+    ring.set_nonblocking(true)?;
+    doorbell.set_nonblocking(true)?;
+    let (tx, rx) = mpsc::sync_channel(capacity);
     Ok((
         CommandSender {
             queue: tx,
-            doorbell: Arc::new(Mutex::new(sender_socket)),
+            doorbell: Arc::new(ring),
+            capacity,
         },
         CommandInbox {
             queue: rx,
-            doorbell: inbox_socket,
+            doorbell,
         },
     ))
 }
@@ -97,24 +135,73 @@ pub fn channel<C>(context: &zmq::Context) -> zmq::Result<(CommandSender<C>, Comm
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    fn wait_for_ring<C>(inbox: &CommandInbox<C>, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            let mut items = [inbox.poll_item()];
+            if zmq::poll(&mut items, 100).unwrap() > 0 && items[0].is_readable() {
+                return true;
+            }
+        }
+        false
+    }
 
     #[test]
     fn commands_arrive_in_order_and_wake_the_poll() {
-        let context = zmq::Context::new();
-        let (tx, inbox) = channel::<u32>(&context).unwrap();
+        let (tx, inbox) = channel::<u32>().unwrap();
         let sender = std::thread::spawn(move || {
-            for i in 0..1000 {
-                tx.send(i).unwrap();
+            let mut sent = 0;
+            while sent < 10_000 {
+                match tx.send(sent) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::Full(..)) => std::thread::yield_now(),
+                    Err(SendError::Stopped(_)) => panic!("inbox gone"),
+                }
             }
         });
         let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while got.len() < 1000 && std::time::Instant::now() < deadline {
-            let mut items = [inbox.poll_item()];
-            zmq::poll(&mut items, 100).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 10_000 && wait_for_ring(&inbox, deadline) {
             got.extend(inbox.drain());
         }
         sender.join().unwrap();
-        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_command_back_without_blocking() {
+        let (tx, inbox) = channel_with_capacity::<u32>(2).unwrap();
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        match tx.send(3) {
+            Err(SendError::Full(2, 3)) => {}
+            other => panic!("expected Full(2, 3), got {other:?}"),
+        }
+        assert!(wait_for_ring(
+            &inbox,
+            Instant::now() + Duration::from_secs(5)
+        ));
+        assert_eq!(inbox.drain(), vec![1, 2]);
+        tx.send(3).unwrap();
+        assert_eq!(inbox.drain(), vec![3]);
+    }
+
+    #[test]
+    fn a_drained_doorbell_is_quiet_until_the_next_command() {
+        let (tx, inbox) = channel::<u32>().unwrap();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(inbox.drain().len(), 1000);
+        let mut items = [inbox.poll_item()];
+        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn sending_to_an_ended_loop_says_so() {
+        let (tx, inbox) = channel::<u32>().unwrap();
+        drop(inbox);
+        assert!(matches!(tx.send(7), Err(SendError::Stopped(7))));
     }
 }

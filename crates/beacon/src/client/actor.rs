@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use troupe_core::zmq_thread::CommandSender;
+use troupe_core::zmq_thread::{CommandSender, SendError};
 use troupe_core::Shutdown;
 
 use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
@@ -29,7 +29,15 @@ pub struct BeaconClient {
     left: Vec<oneshot::Sender<()>>,
     next_token: u64,
     tick: Duration,
+    /// Batches answered whose acknowledgement the socket thread has not received yet.
+    unsent_acks: usize,
+    /// Commands the socket thread's full queue refused, and when that was last logged.
+    bridge_full: u64,
+    bridge_full_logged: Option<Instant>,
 }
+
+/// How often a socket thread that is not keeping up is logged, at most.
+const BRIDGE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl BeaconClient {
     pub(crate) fn new(core: ClientCore, socket: CommandSender<ToDealers>) -> Self {
@@ -43,6 +51,9 @@ impl BeaconClient {
             left: Vec::new(),
             next_token: 1,
             tick: Duration::from_millis(50),
+            unsent_acks: 0,
+            bridge_full: 0,
+            bridge_full_logged: None,
         }
     }
 
@@ -98,13 +109,35 @@ impl BeaconClient {
                 }
             }
         }
-        if !socket_actions.is_empty() || answers_batch {
+        let answered_batches = self.unsent_acks + usize::from(answers_batch);
+        if !socket_actions.is_empty() || answered_batches > 0 {
             let command = ToDealers::Run {
                 actions: socket_actions,
-                answers_batch,
+                answered_batches,
             };
-            if self.socket.send(command).is_err() {
-                tracing::error!("the cluster client's socket thread has stopped");
+            match self.socket.send(command) {
+                Ok(()) => self.unsent_acks = 0,
+                Err(SendError::Stopped(_)) => {
+                    tracing::error!("the cluster client's socket thread has stopped")
+                }
+                Err(SendError::Full(waiting, _)) => {
+                    // Frames lost here are like frames a beacon never got: requests time out
+                    // and a silent beacon's connection is rebuilt, as after any loss.
+                    self.unsent_acks = answered_batches;
+                    self.bridge_full += 1;
+                    let now = Instant::now();
+                    if self
+                        .bridge_full_logged
+                        .is_none_or(|at| now.duration_since(at) >= BRIDGE_FULL_LOG_EVERY)
+                    {
+                        tracing::error!(
+                            waiting,
+                            refused = self.bridge_full,
+                            "the cluster client's socket thread is not keeping up; frames to the beacons are dropped"
+                        );
+                        self.bridge_full_logged = Some(now);
+                    }
+                }
             }
         }
     }

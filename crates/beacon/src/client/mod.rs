@@ -309,8 +309,7 @@ async fn start(
     let endpoints: Vec<String> = config.beacons.iter().map(|b| b.to_string()).collect();
     let reconnect = socket::Reconnect::for_heartbeat(config.heartbeat_interval.get());
     let core = ClientCore::new(settings, endpoints.clone(), std::time::Instant::now());
-    let context = zmq::Context::new();
-    let (commands, inbox) = zmq_thread::channel(&context)
+    let (commands, inbox) = zmq_thread::channel()
         .map_err(|err| RoleError::new(format!("cannot create the socket bridge: {err}")))?;
     let actor = BeaconClient::new(core, commands).start();
     let frames = actor.clone().recipient();
@@ -320,7 +319,7 @@ async fn start(
         tracing::Span::current(),
         ClusterClient::NAME,
         move || {
-            socket::run(context, endpoints, reconnect, inbox, frames);
+            socket::run(endpoints, reconnect, inbox, frames);
             let _ = done_tx.send(());
         },
     )

@@ -33,10 +33,11 @@ pub(crate) enum SocketAction {
 
 /// Commands from the actor.
 pub(crate) enum ToDealers {
-    /// Carry out these actions; `answers_batch` when they answer one batch of [`Frames`].
+    /// Carry out these actions; they answer `answered_batches` batches of [`Frames`] (more
+    /// than one when an earlier answer could not be queued).
     Run {
         actions: Vec<SocketAction>,
-        answers_batch: bool,
+        answered_batches: usize,
     },
     /// Close every socket and end the thread.
     Stop,
@@ -133,12 +134,12 @@ fn monitor_event(monitor: &zmq::Socket) -> Option<Option<LinkEvent>> {
 
 /// The thread's body: runs until [`ToDealers::Stop`].
 pub(crate) fn run(
-    context: zmq::Context,
     endpoints: Vec<String>,
     reconnect: Reconnect,
     inbox: CommandInbox<ToDealers>,
     frames: Recipient<Frames>,
 ) {
+    let context = zmq::Context::new();
     let mut connections: Vec<Option<Connection>> = endpoints
         .iter()
         .map(|e| open(&context, e, reconnect))
@@ -178,14 +179,12 @@ pub(crate) fn run(
                 match command {
                     ToDealers::Run {
                         actions,
-                        answers_batch,
+                        answered_batches,
                     } => {
                         for action in actions {
                             carry_out(&context, &endpoints, reconnect, &mut connections, action);
                         }
-                        if answers_batch {
-                            in_flight = in_flight.saturating_sub(1);
-                        }
+                        in_flight = in_flight.saturating_sub(answered_batches);
                     }
                     ToDealers::Stop => return,
                 }

@@ -6,15 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use troupe_core::zmq_thread::CommandSender;
+use troupe_core::zmq_thread::{CommandSender, SendError};
 use troupe_core::Shutdown;
 
-use crate::server::core::{BeaconCore, BeaconCounters, Outbound};
+use crate::registry::PeerId;
+use crate::server::core::{BeaconCore, BeaconCounters, Outbound, Undelivered};
 use crate::server::socket::{ConnectionCounts, NotDelivered, Received, ToSocket};
 use crate::snapshot;
 
 /// How often deadlines are checked: the precision of failure detection.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// How often a socket thread that is not keeping up is logged, at most.
+const BRIDGE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often free heap memory is handed back to the system.
 pub(crate) const RELEASE_MEMORY: Duration = Duration::from_secs(10);
@@ -77,6 +81,12 @@ pub struct BeaconServer {
     snapshot_seq: u64,
     snapshot_gate: SnapshotGate,
     connections: Arc<ConnectionCounts>,
+    /// Batches answered whose acknowledgement the socket thread has not received yet (it
+    /// reads no more than a few unanswered batches).
+    unsent_acks: usize,
+    /// Commands the socket thread's full queue refused, and when that was last logged.
+    bridge_full: u64,
+    bridge_full_logged: Option<Instant>,
 }
 
 impl BeaconServer {
@@ -95,22 +105,52 @@ impl BeaconServer {
             snapshot_seq: 0,
             snapshot_gate: SnapshotGate::default(),
             connections,
+            unsent_acks: 0,
+            bridge_full: 0,
+            bridge_full_logged: None,
         }
     }
 
-    fn send(&self, messages: Vec<Outbound>, answers_batch: bool) {
-        if messages.is_empty() && !answers_batch {
+    fn send(&mut self, messages: Vec<Outbound>, answers_batch: bool) {
+        let answered_batches = self.unsent_acks + usize::from(answers_batch);
+        if messages.is_empty() && answered_batches == 0 {
             return;
         }
-        if self
-            .socket
-            .send(ToSocket::Send {
-                messages,
-                answers_batch,
-            })
-            .is_err()
-        {
-            tracing::error!("the beacon's socket thread has stopped");
+        match self.socket.send(ToSocket::Send {
+            messages,
+            answered_batches,
+        }) {
+            Ok(()) => self.unsent_acks = 0,
+            Err(SendError::Stopped(_)) => tracing::error!("the beacon's socket thread has stopped"),
+            Err(SendError::Full(waiting, command)) => {
+                // The thread is not keeping up: the replies cannot wait anywhere bounded, so
+                // their peers' sessions are dropped (counted, and they will register again),
+                // never left without an answer silently.
+                let ToSocket::Send { messages, .. } = command else {
+                    return;
+                };
+                self.unsent_acks = answered_batches;
+                self.bridge_full += 1;
+                let mut peers: Vec<PeerId> = messages.into_iter().map(|m| m.peer).collect();
+                peers.sort();
+                peers.dedup();
+                let now = Instant::now();
+                if self
+                    .bridge_full_logged
+                    .is_none_or(|at| now.duration_since(at) >= BRIDGE_FULL_LOG_EVERY)
+                {
+                    tracing::error!(
+                        waiting,
+                        refused = self.bridge_full,
+                        peers = peers.len(),
+                        "the beacon's socket thread is not keeping up; the sessions of the peers whose replies it refused are dropped"
+                    );
+                    self.bridge_full_logged = Some(now);
+                }
+                for peer in peers {
+                    self.core.undelivered(&peer, None, Undelivered::Overflow);
+                }
+            }
         }
     }
 
@@ -267,6 +307,10 @@ pub struct BeaconMetrics {
     pub stats: ServerStats,
     /// What it has answered and pushed since it started.
     pub counters: BeaconCounters,
+    /// Sessions dropped since it started because their unread replies overflowed.
+    pub peers_dropped: u64,
+    /// Its TCP connections: open now, refused since it started.
+    pub connections: Connections,
 }
 
 /// Asks the beacon for its [`BeaconMetrics`].
@@ -281,6 +325,8 @@ impl Handler<GetBeaconMetrics> for BeaconServer {
         BeaconMetrics {
             stats: <Self as Handler<GetServerStats>>::handle(self, GetServerStats, ctx),
             counters: self.core.counters().clone(),
+            peers_dropped: self.core.peers_dropped(),
+            connections: <Self as Handler<GetConnections>>::handle(self, GetConnections, ctx),
         }
     }
 }
@@ -353,5 +399,66 @@ mod tests {
         assert!(!periodic.write(&path).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"final");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A socket thread that does not take its commands: the peers whose replies cannot be
+    /// queued lose their sessions (counted), and the batch acknowledgements are carried to the
+    /// next command that gets through, so the thread never stops reading for good.
+    #[actix_rt::test]
+    async fn a_full_socket_queue_drops_the_peers_sessions_and_keeps_the_acks() {
+        use crate::protocol::{encode_request, Hello, Request};
+        use crate::registry::{Registry, RegistryConfig};
+        use crate::server::core::{Inbound, SessionLimits};
+
+        let registry = Registry::new(
+            RegistryConfig {
+                liveness: 3,
+                offline_ttl: Duration::from_secs(60),
+                history: 100,
+                max_nodes: 10,
+            },
+            "e1".into(),
+        );
+        let core = BeaconCore::new(registry, None, SessionLimits::default());
+        let (socket, inbox) = troupe_core::zmq_thread::channel_with_capacity(1).unwrap();
+        let actor = BeaconServer::new(core, socket, None, Arc::default()).start();
+        let hello = |peer: u8| Inbound {
+            peer: PeerId(vec![peer]),
+            delimited: false,
+            frame: crate::protocol::decode_request(
+                &encode_request(
+                    Some(1),
+                    &Request::Hello(Hello {
+                        node: None,
+                        nonce: format!("n{peer}"),
+                    }),
+                ),
+                4096,
+            ),
+        };
+        // The first answer fills the queue; the second finds it full.
+        actor.send(Received(vec![hello(1)])).await.unwrap();
+        actor.send(Received(vec![hello(2)])).await.unwrap();
+        assert_eq!(actor.send(GetPeersDropped).await.unwrap(), 1);
+
+        let first = inbox.drain();
+        let [ToSocket::Send {
+            messages,
+            answered_batches: 1,
+        }] = first.as_slice()
+        else {
+            panic!("expected one answer to one batch");
+        };
+        assert_eq!(messages[0].peer, PeerId(vec![1]));
+        // The next command carries the refused batch's acknowledgement too.
+        actor.send(Received(vec![hello(3)])).await.unwrap();
+        let next = inbox.drain();
+        let [ToSocket::Send {
+            answered_batches: 2,
+            ..
+        }] = next.as_slice()
+        else {
+            panic!("expected the next command to acknowledge two batches");
+        };
     }
 }

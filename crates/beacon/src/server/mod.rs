@@ -235,41 +235,45 @@ pub async fn start_server(
         })
     };
 
-    let context = zmq::Context::new();
-    let bind = config.bind.as_str();
-    let router = context
-        .socket(zmq::ROUTER)
-        .and_then(|router| {
-            socket::configure(&router, config.max_frame)?;
-            router.bind(bind)?;
-            Ok(router)
-        })
-        .map_err(|err| RoleError::new(format!("cannot bind the beacon on {bind}: {err}")))?;
-    let connections = std::sync::Arc::new(socket::ConnectionCounts::default());
-    let guard = socket::ConnectionGuard::new(
-        &context,
-        &router,
-        config.max_connections,
-        connections.clone(),
-    )
-    .map_err(|err| RoleError::new(format!("cannot monitor the beacon's socket: {err}")))?;
-    let (commands, inbox) = zmq_thread::channel(&context)
+    // The sockets are created and bound on the socket thread, never on the arbiter; the
+    // actor's address exists before it runs, so the thread can be handed its recipients.
+    let (commands, inbox) = zmq_thread::channel()
         .map_err(|err| RoleError::new(format!("cannot create the socket bridge: {err}")))?;
-    let actor = BeaconServer::new(core, commands, snapshot, connections).start();
+    let connections = std::sync::Arc::new(socket::ConnectionCounts::default());
+    let context = actix::Context::<BeaconServer>::new();
+    let address = context.address();
+    let received = address.clone().recipient();
+    let not_delivered = address.clone().recipient();
+    let (bound_tx, bound_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
-    let received = actor.clone().recipient();
-    let not_delivered = actor.clone().recipient();
+    let bind = config.bind.to_string();
     let max_frame = config.max_frame;
+    let max_connections = config.max_connections;
+    let counts = connections.clone();
     span::spawn_role_thread(
         "beacon-socket",
         tracing::Span::current(),
         BeaconRole::NAME,
         move || {
-            socket::run(router, inbox, received, not_delivered, max_frame, guard);
+            match socket::open(&bind, max_frame, max_connections, counts) {
+                Ok((router, guard)) => {
+                    let _ = bound_tx.send(Ok(()));
+                    socket::run(router, inbox, received, not_delivered, max_frame, guard);
+                }
+                Err(why) => {
+                    let _ = bound_tx.send(Err(why));
+                }
+            }
             let _ = done_tx.send(());
         },
     )
     .map_err(|err| RoleError::new(format!("cannot start the beacon's socket thread: {err}")))?;
+    bound_rx
+        .await
+        .map_err(|_| RoleError::new("the beacon's socket thread ended while binding"))?
+        .map_err(RoleError::new)?;
+    let actor = context.run(BeaconServer::new(core, commands, snapshot, connections));
+    let bind = config.bind.as_str();
     tracing::info!(
         bind,
         authenticated,

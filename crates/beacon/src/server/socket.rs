@@ -49,10 +49,11 @@ pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// Commands from the actor.
 pub(crate) enum ToSocket {
-    /// Send these messages; `answers_batch` when they answer one batch of [`Received`].
+    /// Send these messages; they answer `answered_batches` batches of [`Received`] (more
+    /// than one when an earlier answer could not be queued).
     Send {
         messages: Vec<Outbound>,
-        answers_batch: bool,
+        answered_batches: usize,
     },
     /// Close the socket and end the thread.
     Stop,
@@ -79,6 +80,28 @@ pub(crate) fn configure(router: &zmq::Socket, max_frame: usize) -> zmq::Result<(
     // connection without reading the frame into memory.
     router.set_maxmsgsize(hard_frame_limit(max_frame) as i64)?;
     Ok(())
+}
+
+/// Creates the beacon's ROUTER, binds it to `bind` and watches its connections; on the socket
+/// thread, since binding may block. The error names what failed.
+pub(crate) fn open(
+    bind: &str,
+    max_frame: usize,
+    max_connections: usize,
+    counts: Arc<ConnectionCounts>,
+) -> Result<(zmq::Socket, ConnectionGuard), String> {
+    let context = zmq::Context::new();
+    let router = context
+        .socket(zmq::ROUTER)
+        .and_then(|router| {
+            configure(&router, max_frame)?;
+            router.bind(bind)?;
+            Ok(router)
+        })
+        .map_err(|err| format!("cannot bind the beacon on {bind}: {err}"))?;
+    let guard = ConnectionGuard::new(&context, &router, max_connections, counts)
+        .map_err(|err| format!("cannot monitor the beacon's socket: {err}"))?;
+    Ok((router, guard))
 }
 
 /// The size beyond which a frame closes the connection instead of being answered.
@@ -240,7 +263,7 @@ pub(crate) fn run(
                 match command {
                     ToSocket::Send {
                         messages,
-                        answers_batch,
+                        answered_batches,
                     } => {
                         for message in messages {
                             let body = encode_reply(message.id, &message.reply);
@@ -253,9 +276,7 @@ pub(crate) fn run(
                                 &mut failed,
                             );
                         }
-                        if answers_batch {
-                            in_flight = in_flight.saturating_sub(1);
-                        }
+                        in_flight = in_flight.saturating_sub(answered_batches);
                     }
                     ToSocket::Stop => return,
                 }

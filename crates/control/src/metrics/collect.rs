@@ -491,6 +491,27 @@ impl Gathered {
             None,
             vec![(vec![], beacon.counters.events_sent)],
         )?;
+        counters(
+            encoder,
+            "troupe_beacon_peers_dropped",
+            "Peer sessions dropped because their unread replies overflowed.",
+            None,
+            vec![(vec![], beacon.peers_dropped)],
+        )?;
+        gauges(
+            encoder,
+            "troupe_beacon_connections",
+            "TCP connections open.",
+            None,
+            vec![(vec![], beacon.connections.open as u64)],
+        )?;
+        counters(
+            encoder,
+            "troupe_beacon_connections_refused",
+            "TCP connections closed at once because max_connections were open.",
+            None,
+            vec![(vec![], beacon.connections.refused)],
+        )?;
         gauges(
             encoder,
             "troupe_beacon_revision",
@@ -696,7 +717,7 @@ mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashSet};
     use std::time::{Duration, Instant};
-    use troupe_beacon::server::actor::ServerStats;
+    use troupe_beacon::server::actor::{Connections, ServerStats};
     use troupe_beacon::server::core::BeaconCounters;
     use troupe_broker::{ServiceSnapshot, ServiceStats};
     use troupe_supervisor::ExitCounts;
@@ -773,6 +794,11 @@ mod tests {
                     (("heartbeat", "unknown_node"), 1),
                 ]),
                 events_sent: 5,
+            },
+            peers_dropped: 2,
+            connections: Connections {
+                open: 4,
+                refused: 7,
             },
         };
         let mut store = MetricStore::new(StoreLimits::with_series_per_service(10));
@@ -868,6 +894,9 @@ mod tests {
             r#"troupe_beacon_nodes{node="n1",status="offline"} 1"#,
             r#"troupe_beacon_requests_total{node="n1",op="heartbeat",outcome="unknown_node"} 1"#,
             r#"troupe_beacon_events_sent_total{node="n1"} 5"#,
+            r#"troupe_beacon_peers_dropped_total{node="n1"} 2"#,
+            r#"troupe_beacon_connections{node="n1"} 4"#,
+            r#"troupe_beacon_connections_refused_total{node="n1"} 7"#,
             r#"troupe_ipc_connections{node="n1"} 2"#,
             r#"troupe_ipc_frames_total{node="n1",direction="out"} 8"#,
             r#"troupe_ipc_messages_delivered_total{node="n1"} 6"#,
