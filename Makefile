@@ -4,7 +4,7 @@ PYTHON ?= python3
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-.PHONY: all build run install uninstall test test-deps smoke bench fuzz lint doc clean
+.PHONY: all build run install uninstall test test-deps smoke bench fuzz soak lint doc clean
 
 all: build
 
@@ -51,6 +51,16 @@ fuzz:
 	for crate in $(FUZZ_CRATES); do \
 		TROUPE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release -p $$crate --test fuzz || exit 1; \
 	done
+
+## Chaos soak: a real cluster (two beacons, a broker, two edges with supervised workers, ipc
+## and broker clients) under SIGKILLs and malformed input for SOAK_SECS seconds, on the release
+## build; prints a summary table (docs/RELIABILITY.md). SOAK_SEED replays a run. A 60 s one
+## runs in `make test` (tests/soak.rs).
+SOAK_SECS ?= 600
+SOAK_SEED ?=
+soak: test-deps
+	$(CARGO) build --release --bins
+	$(PYTHON) tests/soak/soak.py --troupe target/release/troupe --secs $(SOAK_SECS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 lint:
 	$(CARGO) fmt --all -- --check
