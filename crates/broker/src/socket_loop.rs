@@ -494,6 +494,7 @@ fn run(
     let mut sockets = this.read_order();
     let mut busy = false;
     loop {
+        let mut commands_rung = false;
         // While messages keep coming the loop reads without polling (a poll is a system call);
         // once a whole pass finds nothing it sleeps in poll until a socket, a command or the
         // next timer wakes it.
@@ -520,12 +521,18 @@ fn run(
                     break;
                 }
             }
+            commands_rung = items.last().is_some_and(|item| item.is_readable());
         }
         busy = false;
         for socket in &sockets {
             busy |= this.read_burst(*socket) > 0;
         }
-        for command in inbox.drain() {
+        let commands = if commands_rung {
+            inbox.drain()
+        } else {
+            inbox.drain_if_rung()
+        };
+        for command in commands {
             match command {
                 Command::Stats(reply) => {
                     let _ = reply.send(this.stats(Instant::now()));

@@ -14,6 +14,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub struct CommandSender<C> {
     queue: mpsc::SyncSender<C>,
     doorbell: Arc<UnixStream>,
+    /// Whether a ring is pending: senders write the doorbell only once per drain.
+    rung: Arc<AtomicBool>,
     capacity: usize,
 }
 
@@ -32,6 +35,7 @@ impl<C> Clone for CommandSender<C> {
         CommandSender {
             queue: self.queue.clone(),
             doorbell: self.doorbell.clone(),
+            rung: self.rung.clone(),
             capacity: self.capacity,
         }
     }
@@ -73,9 +77,13 @@ impl<C> CommandSender<C> {
             mpsc::TrySendError::Full(command) => SendError::Full(self.capacity, command),
             mpsc::TrySendError::Disconnected(command) => SendError::Stopped(command),
         })?;
-        // A full doorbell already has a wake-up pending; the queue holds the command. A closed
-        // one means the loop has ended, which the next send reports.
-        let _ = (&*self.doorbell).write(&[1]);
+        // The command is queued before the flag is read, and the inbox clears the flag before it
+        // takes commands, so a command is either taken by a drain under way or rings again.
+        // A full doorbell already has a wake-up pending; a closed one means the loop has ended,
+        // which the next send reports.
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            let _ = (&*self.doorbell).write(&[1]);
+        }
         Ok(())
     }
 }
@@ -84,6 +92,7 @@ impl<C> CommandSender<C> {
 pub struct CommandInbox<C> {
     queue: mpsc::Receiver<C>,
     doorbell: UnixStream,
+    rung: Arc<AtomicBool>,
 }
 
 impl<C> CommandInbox<C> {
@@ -92,8 +101,10 @@ impl<C> CommandInbox<C> {
         zmq::PollItem::from_fd(self.doorbell.as_raw_fd(), zmq::POLLIN)
     }
 
-    /// Every waiting command, in the order sent. Also clears the doorbell.
+    /// Every waiting command, in the order sent; clears the doorbell. Call it when a poll
+    /// reported the doorbell readable.
     pub fn drain(&self) -> Vec<C> {
+        self.rung.store(false, Ordering::SeqCst);
         let mut rings = [0u8; 256];
         loop {
             match (&self.doorbell).read(&mut rings) {
@@ -103,6 +114,17 @@ impl<C> CommandInbox<C> {
             }
         }
         self.queue.try_iter().collect()
+    }
+
+    /// [`CommandInbox::drain`] for a loop that did not poll: costs no system call when nothing
+    /// was sent since the last drain. A ring it leaves behind makes the next poll return, and
+    /// that poll's `drain` clears it.
+    pub fn drain_if_rung(&self) -> Vec<C> {
+        if self.rung.load(Ordering::SeqCst) {
+            self.drain()
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -119,15 +141,18 @@ pub fn channel_with_capacity<C>(
     ring.set_nonblocking(true)?;
     doorbell.set_nonblocking(true)?;
     let (tx, rx) = mpsc::sync_channel(capacity);
+    let rung = Arc::new(AtomicBool::new(false));
     Ok((
         CommandSender {
             queue: tx,
             doorbell: Arc::new(ring),
+            rung: rung.clone(),
             capacity,
         },
         CommandInbox {
             queue: rx,
             doorbell,
+            rung,
         },
     ))
 }
@@ -194,6 +219,18 @@ mod tests {
             tx.send(i).unwrap();
         }
         assert_eq!(inbox.drain().len(), 1000);
+        let mut items = [inbox.poll_item()];
+        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_loop_that_does_not_poll_takes_commands_without_reading_the_doorbell() {
+        let (tx, inbox) = channel::<u32>().unwrap();
+        assert!(inbox.drain_if_rung().is_empty());
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        assert_eq!(inbox.drain_if_rung(), vec![1, 2]);
+        assert!(inbox.drain_if_rung().is_empty());
         let mut items = [inbox.poll_item()];
         assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
     }
