@@ -253,11 +253,11 @@ async fn run(
         resources: vec![BROKER_RESOURCE.to_string()],
         recipient: watcher.recipient(),
     };
-    match client.send(watch).await {
+    match client.watch.send(watch).await {
         Ok(Ok(id)) => {
             let _ = ready.send(Ok(()));
             let _ = stop.await;
-            let _ = client.send(Unwatch(id)).await;
+            let _ = client.unwatch.send(Unwatch(id)).await;
         }
         Ok(Err(err)) => {
             let _ = ready.send(Err(format!("the watch was refused: {err}")));
@@ -266,7 +266,7 @@ async fn run(
             let _ = ready.send(Err("the cluster client stopped".into()));
         }
     }
-    let _ = client.send(troupe_core::Shutdown).await;
+    let _ = client.shutdown.send(troupe_core::Shutdown).await;
     let _ = thread_done.await;
 }
 

@@ -352,10 +352,11 @@ impl Handler<Unwatch> for BeaconClient {
     }
 }
 
-/// Deregisters the node from every beacon, waiting at most the given time for their answers.
-#[derive(Message)]
+/// Deregisters the node (from every beacon, or from etcd), waiting at most the given time
+/// for the answers.
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Leave(pub(crate) Duration);
+pub struct Leave(pub Duration);
 
 impl Handler<Leave> for BeaconClient {
     type Result = ResponseFuture<()>;

@@ -238,13 +238,16 @@ pub struct BeaconStatus {
 /// What the cluster client knows, for operators.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClientStatus {
+    /// The backend: `beacon` or `etcd`.
+    pub backend: &'static str,
     /// This node's name.
     pub node: String,
     /// What it registers (none for an asking-only client).
     pub registration: Option<Registration>,
     /// What it offers: every resource with its endpoints (empty for an asking-only client).
     pub offers: BTreeMap<String, Endpoints>,
-    /// Each configured beacon.
+    /// Each configured beacon; with etcd, one row for the etcd cluster (its endpoints, and
+    /// `state` `registered`, `unregistered`, `refused` or `unreachable`).
     pub beacons: Vec<BeaconStatus>,
     /// `met`, `unmet` or `unknown` (not checked yet), as last seen.
     pub requirements: &'static str,
@@ -360,6 +363,7 @@ impl ClientCore {
             RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
         };
         ClientStatus {
+            backend: "beacon",
             node: self.settings.node.clone(),
             registration: self.settings.registration.clone(),
             offers: self
@@ -619,13 +623,7 @@ impl ClientCore {
         let Some(registration) = &self.settings.registration else {
             return Err(ClientError::NotRegistering);
         };
-        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
-        let mut updated = registration.clone();
-        updated
-            .offers
-            .entry(resource.to_string())
-            .or_default()
-            .extend(endpoints);
+        let updated = with_offer(registration, resource, endpoints)?;
         self.update_registration(now, updated)
     }
 
@@ -641,37 +639,18 @@ impl ClientCore {
         let Some(registration) = &self.settings.registration else {
             return Err(ClientError::NotRegistering);
         };
-        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
-        let mut updated = registration.clone();
-        let stays = self.settings.base_resources.contains(resource) || updated.resource == resource;
-        match updated.offers.get_mut(resource) {
-            None => return Ok(Vec::new()),
-            Some(endpoints) if !names.is_empty() => {
-                for name in names {
-                    endpoints.remove(name);
-                }
-            }
-            Some(endpoints) if stays => endpoints.clear(),
-            Some(_) => {
-                updated.offers.remove(resource);
-            }
+        match without_offer(registration, &self.settings.base_resources, resource, names)? {
+            Some(updated) => self.update_registration(now, updated),
+            None => Ok(Vec::new()),
         }
-        self.update_registration(now, updated)
     }
 
-    /// Sends `updated` (the registration with other offers) to every beacon, if it is valid
-    /// and differs.
+    /// Sends `updated` (the registration with other offers) to every beacon, if it differs.
     fn update_registration(
         &mut self,
         now: Instant,
-        mut updated: Registration,
+        updated: Registration,
     ) -> Result<Vec<Action>, ClientError> {
-        if let Some(primary) = updated.offers.get(&updated.resource) {
-            updated.endpoints = primary.clone();
-        }
-        updated
-            .check()
-            .map_err(|err: FieldError| ClientError::Invalid(err.to_string()))?;
         if Some(&updated) == self.settings.registration.as_ref() {
             return Ok(Vec::new());
         }
@@ -1532,6 +1511,64 @@ fn advances(current: Option<&Position>, to: &Position) -> bool {
         None => true,
         Some(p) => p.epoch != to.epoch || p.rev < to.rev,
     }
+}
+
+/// `registration` with `endpoints` added to what it offers for `resource` (replacing those of
+/// the same name; adding the resource when it is new), checked: an [`Offer`](crate::client::Offer)
+/// as either backend applies it.
+pub fn with_offer(
+    registration: &Registration,
+    resource: &str,
+    endpoints: Endpoints,
+) -> Result<Registration, ClientError> {
+    check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
+    let mut updated = registration.clone();
+    updated
+        .offers
+        .entry(resource.to_string())
+        .or_default()
+        .extend(endpoints);
+    checked(updated)
+}
+
+/// `registration` without `names` among the endpoints it offers for `resource`, or with
+/// `names` empty without any of them, and without the resource itself unless it is one of
+/// `base` (or the primary one); checked. `None` when nothing changes (it is not offered): a
+/// [`Withdraw`](crate::client::Withdraw) as either backend applies it.
+pub fn without_offer(
+    registration: &Registration,
+    base: &BTreeSet<String>,
+    resource: &str,
+    names: &[String],
+) -> Result<Option<Registration>, ClientError> {
+    check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
+    let mut updated = registration.clone();
+    let stays = base.contains(resource) || updated.resource == resource;
+    match updated.offers.get_mut(resource) {
+        None => return Ok(None),
+        Some(endpoints) if !names.is_empty() => {
+            for name in names {
+                endpoints.remove(name);
+            }
+        }
+        Some(endpoints) if stays => endpoints.clear(),
+        Some(_) => {
+            updated.offers.remove(resource);
+        }
+    }
+    checked(updated).map(Some)
+}
+
+/// `updated` with the primary resource's endpoints taken from `offers`, if it passes
+/// [`Registration::check`].
+fn checked(mut updated: Registration) -> Result<Registration, ClientError> {
+    if let Some(primary) = updated.offers.get(&updated.resource) {
+        updated.endpoints = primary.clone();
+    }
+    updated
+        .check()
+        .map_err(|err: FieldError| ClientError::Invalid(err.to_string()))?;
+    Ok(updated)
 }
 
 #[cfg(test)]
