@@ -1,0 +1,1008 @@
+//! The etcd client actor: owns the [`EtcdCore`], runs the etcd calls it asks for (one
+//! membership call at a time, each with a deadline), the range reads that answer queries, and
+//! the watch tasks that feed the mirror and the subscriptions; logs what an operator must
+//! know (etcd unreachable, lease lost, name refused).
+//!
+//! etcd-client is async (tonic): its calls run as futures on this actor's arbiter; its
+//! balanced channel spawns one tokio task per client, on the same runtime. Nothing blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::{oneshot, watch};
+use troupe_beacon::client::{
+    AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf, GetStatus,
+    Leave, ListNodes, LookupResource, Offer, ProvidersChanged, Requirements, Subscribe,
+    SubscriptionId, Unsubscribe, Unwatch, WatchId, WatchProviders, Withdraw,
+};
+use troupe_beacon::protocol::{Node, Position};
+use troupe_core::Shutdown;
+
+use crate::core::{
+    self, after_compaction, decode_all, epoch, map_event, may_claim, nodes_prefix, requirements_of,
+    start_from, subscription_events, watched, Action, Claim, EtcdCore, Note, Op, RawEvent, Start,
+    SOURCE,
+};
+
+/// Most queries (range reads) running at once.
+pub const MAX_QUERIES: usize = 256;
+/// Most subscriptions at once (each is an etcd watch).
+pub const MAX_SUBSCRIPTIONS: usize = 15;
+/// Keys read per page of a range read.
+const PAGE: i64 = 1000;
+/// Most invalid entries logged per read or batch of events.
+const SKIPPED_LOGGED: usize = 5;
+
+/// How the actor reaches etcd.
+#[derive(Clone)]
+pub struct Connection {
+    /// The endpoints.
+    pub endpoints: Vec<String>,
+    /// Options (TLS, user, keep-alive).
+    pub options: ConnectOptions,
+    /// The deadline of each call.
+    pub timeout: Duration,
+}
+
+/// Which feed a watch task serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Feed {
+    Mirror,
+    Subscription(SubscriptionId),
+}
+
+/// What a watch task reports.
+#[derive(Debug)]
+enum FeedBody {
+    /// Every node, read at this revision.
+    Snapshot {
+        epoch: String,
+        rev: i64,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Changes, in order.
+    Events { epoch: String, raw: Vec<RawEvent> },
+    /// The watch failed more than once in a row: etcd is unreachable.
+    Down(String),
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FeedMsg {
+    feed: Feed,
+    body: FeedBody,
+}
+
+struct Subscriber {
+    resources: Vec<String>,
+    recipient: Recipient<ClusterEvent>,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+/// The cluster client on etcd. It answers the same messages as the beacon client (see
+/// `troupe_beacon::client`).
+pub struct EtcdClient {
+    core: EtcdCore,
+    connection: Connection,
+    client: Option<Client>,
+    /// The client once connected, for queries and watches started before.
+    clients: watch::Sender<Option<Client>>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    awaiting: HashMap<u64, oneshot::Sender<Result<Requirements, ClientError>>>,
+    watchers: HashMap<WatchId, Recipient<ProvidersChanged>>,
+    subscribers: HashMap<SubscriptionId, Subscriber>,
+    mirror: Option<actix_rt::task::JoinHandle<()>>,
+    queries: Arc<AtomicUsize>,
+    next_token: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl EtcdClient {
+    /// A client of `core`, reaching etcd through `connection`; `done` fires once it stopped.
+    pub fn new(core: EtcdCore, connection: Connection, done: oneshot::Sender<()>) -> Self {
+        EtcdClient {
+            core,
+            connection,
+            client: None,
+            clients: watch::channel(None).0,
+            keeper: None,
+            awaiting: HashMap::new(),
+            watchers: HashMap::new(),
+            subscribers: HashMap::new(),
+            mirror: None,
+            queries: Arc::new(AtomicUsize::new(0)),
+            next_token: 1,
+            done: Some(done),
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Awaited { token, result } => {
+                    if let Some(caller) = self.awaiting.remove(&token) {
+                        let _ = caller.send(result);
+                    }
+                }
+                Action::Providers { watch, changed } => match self.watchers.get(&watch) {
+                    Some(recipient) if recipient.connected() => recipient.do_send(changed),
+                    _ => {
+                        self.watchers.remove(&watch);
+                        self.core.unwatch_providers(watch);
+                    }
+                },
+            }
+        }
+    }
+
+    fn log(&self, notes: Vec<Note>) {
+        for note in notes {
+            match note {
+                Note::Unreachable(why) => tracing::warn!(
+                    endpoints = %self.connection.endpoints.join(" "),
+                    error = %why,
+                    "etcd is unreachable; the node and its services run on, and it registers again once etcd answers"
+                ),
+                Note::Reachable(after) => tracing::info!(
+                    after = %humanize(after),
+                    "etcd answers again"
+                ),
+                Note::Registered { lease, again } => tracing::info!(
+                    lease = format!("{lease:x}"),
+                    again,
+                    ttl_s = self.core.settings().ttl(),
+                    "registered in etcd"
+                ),
+                Note::LeaseLost => tracing::warn!(
+                    "the node's lease expired while etcd was out of reach; registering again"
+                ),
+                Note::Refused(why) => tracing::error!("etcd registration refused: {why}"),
+            }
+        }
+    }
+
+    /// Runs the next membership call, if one is due.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        let Some(op) = self.core.next_op(Instant::now()) else {
+            return;
+        };
+        let timeout = self.connection.timeout;
+        match op {
+            Op::Connect => {
+                let connection = self.connection.clone();
+                let fut = async move {
+                    let connect = Client::connect(&connection.endpoints, Some(connection.options));
+                    match tokio::time::timeout(connection.timeout, connect).await {
+                        Ok(Ok(client)) => Ok(client),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err(format!("no answer within {:?}", connection.timeout)),
+                    }
+                };
+                ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
+                    let outcome = match result {
+                        Ok(client) => {
+                            actor.client = Some(client.clone());
+                            actor.clients.send_replace(Some(client));
+                            Ok(())
+                        }
+                        Err(why) => Err(why),
+                    };
+                    let notes = actor.core.connected(Instant::now(), outcome);
+                    actor.log(notes);
+                    actor.step(ctx);
+                }));
+            }
+            Op::Grant { ttl } => {
+                let Some(mut client) = self.client.clone() else {
+                    return;
+                };
+                let fut = async move {
+                    match tokio::time::timeout(timeout, client.lease_grant(ttl, None)).await {
+                        Ok(Ok(granted)) => Ok(granted.id()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err(format!("no answer within {timeout:?}")),
+                    }
+                };
+                ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
+                    actor.keeper = None;
+                    let notes = actor.core.granted(Instant::now(), result);
+                    actor.log(notes);
+                    actor.step(ctx);
+                }));
+            }
+            Op::Register { lease, key, value } => {
+                let Some(client) = self.client.clone() else {
+                    return;
+                };
+                let stored = value.clone();
+                let fut = claim(client, key, value, lease, timeout);
+                ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
+                    let notes = actor.core.claimed(Instant::now(), stored, result);
+                    actor.log(notes);
+                    actor.step(ctx);
+                }));
+            }
+            Op::KeepAlive { lease } => {
+                let Some(client) = self.client.clone() else {
+                    return;
+                };
+                let keeper = self.keeper.take();
+                let fut = keep_alive(client, keeper, lease, timeout);
+                ctx.spawn(fut.into_actor(self).map(|(result, keeper), actor, ctx| {
+                    actor.keeper = keeper;
+                    let notes = actor.core.kept_alive(Instant::now(), result);
+                    actor.log(notes);
+                    actor.step(ctx);
+                }));
+            }
+        }
+    }
+
+    fn start_mirror(&mut self, ctx: &mut Context<Self>) {
+        self.mirror = Some(actix_rt::spawn(follow(
+            self.clients.subscribe(),
+            self.core.settings().prefix.clone(),
+            None,
+            self.core.settings().heartbeat,
+            self.connection.timeout,
+            ctx.address().recipient(),
+            Feed::Mirror,
+        )));
+    }
+
+    /// A range read of every node, answered through `answer` with the nodes read.
+    fn query<T: 'static>(
+        &self,
+        answer: impl FnOnce(Vec<Node>) -> Result<T, ClientError> + 'static,
+    ) -> ResponseFuture<Result<T, ClientError>> {
+        let clients = self.clients.subscribe();
+        let last_error = self
+            .core
+            .status(Instant::now(), 0)
+            .beacons
+            .first()
+            .and_then(|b| b.refusal.clone());
+        if self.queries.fetch_add(1, Ordering::Relaxed) >= MAX_QUERIES {
+            self.queries.fetch_sub(1, Ordering::Relaxed);
+            return Box::pin(async { Err(ClientError::Busy(MAX_QUERIES)) });
+        }
+        let queries = self.queries.clone();
+        let prefix = self.core.settings().prefix.clone();
+        let timeout = self.connection.timeout;
+        Box::pin(async move {
+            let read = match connected(clients, timeout).await {
+                Some(client) => read_all(client, &prefix, timeout).await,
+                None => Err(last_error.unwrap_or_else(|| timed_out(timeout))),
+            };
+            queries.fetch_sub(1, Ordering::Relaxed);
+            let (_, _, entries) = read.map_err(ClientError::Unreachable)?;
+            let mut skipped = Vec::new();
+            let nodes = decode_all(&prefix, entries, &mut skipped);
+            log_skipped(&skipped);
+            answer(nodes)
+        })
+    }
+}
+
+/// The client, waiting at most `timeout` for the connection.
+async fn connected(
+    mut clients: watch::Receiver<Option<Client>>,
+    timeout: Duration,
+) -> Option<Client> {
+    let wait = clients.wait_for(Option::is_some);
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(client)) => client.clone(),
+        _ => None,
+    }
+}
+
+fn humanize(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+fn log_skipped(skipped: &[String]) {
+    for why in skipped.iter().take(SKIPPED_LOGGED) {
+        tracing::warn!("etcd entry skipped: {why}");
+    }
+    if skipped.len() > SKIPPED_LOGGED {
+        tracing::warn!(
+            more = skipped.len() - SKIPPED_LOGGED,
+            "more etcd entries skipped"
+        );
+    }
+}
+
+impl Actor for EtcdClient {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let heartbeat = self.core.settings().heartbeat;
+        let tick = (heartbeat / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        self.start_mirror(ctx);
+        self.step(ctx);
+        ctx.run_interval(tick, |actor, ctx| {
+            let actions = actor.core.tick(Instant::now());
+            actor.apply(actions);
+            actor.step(ctx);
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(task) = self.mirror.take() {
+            task.abort();
+        }
+        for (_, subscriber) in self.subscribers.drain() {
+            subscriber.task.abort();
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Handler<FeedMsg> for EtcdClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: FeedMsg, _: &mut Self::Context) {
+        let now = Instant::now();
+        let prefix = self.core.settings().prefix.clone();
+        let mut skipped = Vec::new();
+        match msg.feed {
+            Feed::Mirror => {
+                let actions = match msg.body {
+                    FeedBody::Snapshot {
+                        epoch,
+                        rev,
+                        entries,
+                    } => {
+                        let nodes = decode_all(&prefix, entries, &mut skipped);
+                        let position = Position {
+                            epoch,
+                            rev: rev.max(0) as u64,
+                        };
+                        self.core.mirror_snapshot(now, position, nodes)
+                    }
+                    FeedBody::Events { epoch, raw } => {
+                        let events = raw
+                            .iter()
+                            .filter_map(|raw| map_event(&prefix, raw, &mut skipped))
+                            .collect();
+                        self.core.mirror_events(now, &epoch, events)
+                    }
+                    FeedBody::Down(why) => {
+                        let notes = self.core.unreachable(now, why);
+                        self.log(notes);
+                        self.core.mirror_down(now)
+                    }
+                };
+                self.apply(actions);
+            }
+            Feed::Subscription(id) => {
+                let Some(subscriber) = self.subscribers.get(&id) else {
+                    return;
+                };
+                let events = match msg.body {
+                    FeedBody::Snapshot {
+                        epoch,
+                        rev,
+                        entries,
+                    } => {
+                        let nodes = decode_all(&prefix, entries, &mut skipped);
+                        vec![ClusterEvent::Snapshot {
+                            beacon: SOURCE.to_string(),
+                            position: Position {
+                                epoch,
+                                rev: rev.max(0) as u64,
+                            },
+                            nodes: watched(&nodes, &subscriber.resources),
+                        }]
+                    }
+                    FeedBody::Events { epoch, raw } => subscription_events(
+                        &prefix,
+                        &epoch,
+                        &subscriber.resources,
+                        &raw,
+                        &mut skipped,
+                    ),
+                    FeedBody::Down(_) => Vec::new(),
+                };
+                if !subscriber.recipient.connected() {
+                    if let Some(gone) = self.subscribers.remove(&id) {
+                        gone.task.abort();
+                    }
+                    return;
+                }
+                for event in events {
+                    subscriber.recipient.do_send(event);
+                }
+            }
+        }
+        log_skipped(&skipped);
+    }
+}
+
+/// Follows the nodes under `prefix` for `feed`: a snapshot (or, with `since`, the changes
+/// after it), then every change, resuming from the last revision seen after a disconnection
+/// and reading afresh when that revision was compacted. Reports to `sink`, waiting for each
+/// report to be handled (so nothing piles up).
+async fn follow(
+    mut clients: watch::Receiver<Option<Client>>,
+    prefix: String,
+    since: Option<Position>,
+    heartbeat: Duration,
+    timeout: Duration,
+    sink: Recipient<FeedMsg>,
+    feed: Feed,
+) {
+    let client = match clients.wait_for(Option::is_some).await {
+        Ok(client) => match client.clone() {
+            Some(client) => client,
+            None => return,
+        },
+        Err(_) => return,
+    };
+    let mut next = Next::Since(since);
+    let mut failures = 0u32;
+    loop {
+        let step: Result<Next, (Next, String)> = match next {
+            Next::Since(since) => match header(client.clone(), &prefix, timeout).await {
+                Ok((epoch, current)) => Ok(match start_from(since.as_ref(), &epoch, current) {
+                    Start::Snapshot => Next::Snapshot,
+                    Start::From(rev) => Next::From(epoch, rev),
+                }),
+                Err(why) => Err((Next::Since(since), why)),
+            },
+            Next::Snapshot => match read_all(client.clone(), &prefix, timeout).await {
+                Ok((epoch, rev, entries)) => {
+                    let body = FeedBody::Snapshot {
+                        epoch: epoch.clone(),
+                        rev,
+                        entries,
+                    };
+                    if sink.send(FeedMsg { feed, body }).await.is_err() {
+                        return;
+                    }
+                    Ok(Next::From(epoch, rev + 1))
+                }
+                Err(why) => Err((Next::Snapshot, why)),
+            },
+            Next::From(epoch, from) => {
+                match watch(client.clone(), &prefix, epoch, from, timeout, &sink, feed).await {
+                    WatchEnd::Stopped => return,
+                    WatchEnd::Restart(next) => Ok(next),
+                    WatchEnd::Failed(next, why, delivered) => {
+                        if delivered {
+                            failures = 0;
+                        }
+                        Err((next, why))
+                    }
+                }
+            }
+        };
+        next = match step {
+            Ok(following) => {
+                failures = 0;
+                following
+            }
+            Err((again, why)) => {
+                failures += 1;
+                if failures > 1 {
+                    let body = FeedBody::Down(why);
+                    if sink.send(FeedMsg { feed, body }).await.is_err() {
+                        return;
+                    }
+                    let wait = heartbeat * failures.min(5);
+                    tokio::time::sleep(wait).await;
+                }
+                again
+            }
+        };
+    }
+}
+
+/// Where a watch task goes on.
+enum Next {
+    /// Decide from this position (none: a snapshot).
+    Since(Option<Position>),
+    /// Read every node.
+    Snapshot,
+    /// Watch from this revision of this epoch.
+    From(String, i64),
+}
+
+/// How a watch ended.
+enum WatchEnd {
+    /// Nobody listens any more.
+    Stopped,
+    /// etcd cancelled it: go on from there.
+    Restart(Next),
+    /// It failed (after delivering something, or not): go on from there after the error.
+    Failed(Next, String, bool),
+}
+
+/// Watches the nodes from revision `from` until the watch fails or is cancelled.
+async fn watch(
+    mut client: Client,
+    prefix: &str,
+    epoch: String,
+    from: i64,
+    timeout: Duration,
+    sink: &Recipient<FeedMsg>,
+    feed: Feed,
+) -> WatchEnd {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_progress_notify()
+        .with_start_revision(from);
+    let mut last = from - 1;
+    let opened = tokio::time::timeout(timeout, client.watch(nodes_prefix(prefix), Some(options)));
+    let mut stream = match opened.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return WatchEnd::Failed(Next::From(epoch, from), err.to_string(), false),
+        Err(_) => {
+            let why = format!("no answer within {timeout:?}");
+            return WatchEnd::Failed(Next::From(epoch, from), why, false);
+        }
+    };
+    let mut delivered = false;
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                let why = "the watch stream ended".to_string();
+                return WatchEnd::Failed(Next::From(epoch, last + 1), why, delivered);
+            }
+            Err(err) => {
+                return WatchEnd::Failed(Next::From(epoch, last + 1), err.to_string(), delivered)
+            }
+        };
+        delivered = true;
+        if message.canceled() {
+            return match after_compaction(message.compact_revision(), last) {
+                Start::Snapshot => WatchEnd::Restart(Next::Snapshot),
+                Start::From(rev) => WatchEnd::Failed(
+                    Next::From(epoch, rev),
+                    format!("etcd cancelled the watch: {}", message.cancel_reason()),
+                    false,
+                ),
+            };
+        }
+        let current = message.header().map(|h| epoch_of(h.cluster_id()));
+        if let Some(current) = current.filter(|c| *c != epoch) {
+            // Another etcd cluster answers under the same endpoints: read afresh.
+            let _ = current;
+            return WatchEnd::Restart(Next::Snapshot);
+        }
+        let raw: Vec<RawEvent> = message
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                let value = match event.event_type() {
+                    etcd_client::EventType::Put => Some(kv.value().to_vec()),
+                    etcd_client::EventType::Delete => None,
+                };
+                Some(RawEvent {
+                    rev: kv.mod_revision(),
+                    key: kv.key().to_vec(),
+                    value,
+                    prev: event.prev_kv().map(|prev| prev.value().to_vec()),
+                })
+            })
+            .collect();
+        if let Some(rev) = raw.iter().map(|e| e.rev).max() {
+            last = last.max(rev);
+        } else if let Some(header) = message.header() {
+            // A progress notification: everything up to here was seen.
+            last = last.max(header.revision());
+        }
+        if raw.is_empty() {
+            continue;
+        }
+        let body = FeedBody::Events {
+            epoch: epoch.clone(),
+            raw,
+        };
+        if sink.send(FeedMsg { feed, body }).await.is_err() {
+            return WatchEnd::Stopped;
+        }
+    }
+}
+
+fn epoch_of(cluster_id: u64) -> String {
+    epoch(cluster_id)
+}
+
+fn timed_out(timeout: Duration) -> String {
+    format!("no answer within {timeout:?}")
+}
+
+/// The epoch and revision of the etcd cluster, from a count-only read.
+async fn header(
+    mut client: Client,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(String, i64), String> {
+    let options = GetOptions::new().with_prefix().with_count_only();
+    let read = tokio::time::timeout(timeout, client.get(nodes_prefix(prefix), Some(options)));
+    let response = match read.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => return Err(err.to_string()),
+        Err(_) => return Err(timed_out(timeout)),
+    };
+    let header = response
+        .header()
+        .ok_or_else(|| "etcd answered without a header".to_string())?;
+    Ok((epoch(header.cluster_id()), header.revision()))
+}
+
+/// Every key and value under the nodes folder, read page by page at one revision: the
+/// epoch, that revision, and the entries (at most [`core::MAX_NODES`]).
+async fn read_all(
+    mut client: Client,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(String, i64, Vec<(Vec<u8>, Vec<u8>)>), String> {
+    let folder = nodes_prefix(prefix).into_bytes();
+    let end = prefix_end(&folder);
+    let mut from = folder.clone();
+    let mut at: Option<(String, i64)> = None;
+    let mut entries = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if let Some((_, rev)) = &at {
+            options = options.with_revision(*rev);
+        }
+        let read = tokio::time::timeout(timeout, client.get(from.clone(), Some(options)));
+        let mut response = match read.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => return Err(timed_out(timeout)),
+        };
+        if at.is_none() {
+            let header = response
+                .header()
+                .ok_or_else(|| "etcd answered without a header".to_string())?;
+            at = Some((epoch(header.cluster_id()), header.revision()));
+        }
+        let more = response.more();
+        let kvs = response.take_kvs();
+        let Some(last) = kvs.last().map(|kv| kv.key().to_vec()) else {
+            break;
+        };
+        entries.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
+        if !more || entries.len() >= core::MAX_NODES {
+            break;
+        }
+        from = last;
+        from.push(0);
+    }
+    let (epoch, rev) = at.unwrap_or_default();
+    Ok((epoch, rev, entries))
+}
+
+/// The end of the range of keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Puts `value` under `key` with `lease` unless another lease holds the key: first as a
+/// creation, then (the key exists) only if it is on this lease.
+async fn claim(
+    mut client: Client,
+    key: String,
+    value: Vec<u8>,
+    lease: i64,
+    timeout: Duration,
+) -> Result<Claim, String> {
+    let put = TxnOp::put(
+        key.clone(),
+        value.clone(),
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    let create = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([put.clone()])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let response = run_txn(&mut client, create, timeout).await?;
+    if response.0 {
+        return Ok(Claim::Put);
+    }
+    let Some(holder) = response.1 else {
+        return Err("the node's key changed while registering; trying again".into());
+    };
+    if !may_claim(holder, lease) {
+        return Ok(Claim::HeldBy { lease: holder });
+    }
+    let update = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([put])
+        .or_else([TxnOp::get(key, None)]);
+    match run_txn(&mut client, update, timeout).await? {
+        (true, _) => Ok(Claim::Put),
+        (false, Some(holder)) => Ok(Claim::HeldBy { lease: holder }),
+        (false, None) => Err("the node's key changed while registering; trying again".into()),
+    }
+}
+
+/// Runs `txn`: whether it succeeded, and the lease of the key its `else` branch read (when
+/// the key exists).
+async fn run_txn(
+    client: &mut Client,
+    txn: Txn,
+    timeout: Duration,
+) -> Result<(bool, Option<i64>), String> {
+    let response = match tokio::time::timeout(timeout, client.txn(txn)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => return Err(err.to_string()),
+        Err(_) => return Err(timed_out(timeout)),
+    };
+    if response.succeeded() {
+        return Ok((true, None));
+    }
+    let holder = response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.lease()),
+        _ => None,
+    });
+    Ok((false, holder))
+}
+
+/// Renews `lease` on `keeper`'s stream (opened when missing): the TTL left, 0 when the lease
+/// is gone; and the stream to keep for the next renewal.
+async fn keep_alive(
+    mut client: Client,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    lease: i64,
+    timeout: Duration,
+) -> (
+    Result<i64, String>,
+    Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) {
+    let renew = async move {
+        let (mut keeper, mut stream) = match keeper {
+            Some((keeper, stream)) if keeper.id() == lease => (keeper, stream),
+            _ => match client.lease_keep_alive(lease).await {
+                // Opening the stream renewed the lease once already.
+                Ok((keeper, stream)) => return Ok((1, Some((keeper, stream)))),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok((0, None)),
+                Err(err) => return Err(err.to_string()),
+            },
+        };
+        keeper.keep_alive().await.map_err(|err| err.to_string())?;
+        match stream.message().await {
+            Ok(Some(response)) if response.ttl() > 0 => {
+                Ok((response.ttl(), Some((keeper, stream))))
+            }
+            Ok(Some(_)) => Ok((0, None)),
+            Ok(None) => Err("the keep-alive stream ended".to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    match tokio::time::timeout(timeout, renew).await {
+        Ok(Ok((ttl, keeper))) => (Ok(ttl), keeper),
+        Ok(Err(why)) => (Err(why), None),
+        Err(_) => (Err(timed_out(timeout)), None),
+    }
+}
+
+impl Handler<GetRequirements> for EtcdClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, _: GetRequirements, _: &mut Self::Context) -> Self::Result {
+        let node = self.core.settings().node.clone();
+        let registering = self.core.settings().registration.is_some();
+        if !registering {
+            return Box::pin(async { Err(ClientError::NotRegistering) });
+        }
+        self.query(move |nodes| requirements_of(&node, &nodes))
+    }
+}
+
+impl Handler<GetRequirementsOf> for EtcdClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, of: GetRequirementsOf, _: &mut Self::Context) -> Self::Result {
+        self.query(move |nodes| requirements_of(&of.0, &nodes))
+    }
+}
+
+impl Handler<LookupResource> for EtcdClient {
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
+
+    fn handle(&mut self, lookup: LookupResource, _: &mut Self::Context) -> Self::Result {
+        self.query(move |nodes| Ok(core::lookup(&nodes, &lookup.0)))
+    }
+}
+
+impl Handler<ListNodes> for EtcdClient {
+    type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Self::Context) -> Self::Result {
+        self.query(Ok)
+    }
+}
+
+impl Handler<AwaitRequirements> for EtcdClient {
+    type Result = ResponseFuture<Result<Requirements, ClientError>>;
+
+    fn handle(&mut self, wait: AwaitRequirements, _: &mut Self::Context) -> Self::Result {
+        let token = self.token();
+        match self
+            .core
+            .await_requirements(Instant::now(), token, wait.timeout)
+        {
+            Ok(actions) => {
+                let (tx, rx) = oneshot::channel();
+                self.awaiting.insert(token, tx);
+                self.apply(actions);
+                Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Stopped)) })
+            }
+            Err(err) => Box::pin(async move { Err(err) }),
+        }
+    }
+}
+
+impl Handler<Subscribe> for EtcdClient {
+    type Result = Result<SubscriptionId, ClientError>;
+
+    fn handle(&mut self, subscribe: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        if self.subscribers.len() >= MAX_SUBSCRIPTIONS {
+            return Err(ClientError::Busy(MAX_SUBSCRIPTIONS));
+        }
+        for resource in &subscribe.resources {
+            troupe_beacon::protocol::check_name("resource", resource)
+                .map_err(|err| ClientError::Invalid(err.to_string()))?;
+        }
+        let id = SubscriptionId(self.token());
+        let task = actix_rt::spawn(follow(
+            self.clients.subscribe(),
+            self.core.settings().prefix.clone(),
+            subscribe.since,
+            self.core.settings().heartbeat,
+            self.connection.timeout,
+            ctx.address().recipient(),
+            Feed::Subscription(id),
+        ));
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                resources: subscribe.resources,
+                recipient: subscribe.recipient,
+                task,
+            },
+        );
+        Ok(id)
+    }
+}
+
+impl Handler<Unsubscribe> for EtcdClient {
+    type Result = ();
+
+    fn handle(&mut self, unsubscribe: Unsubscribe, _: &mut Self::Context) {
+        if let Some(subscriber) = self.subscribers.remove(&unsubscribe.0) {
+            subscriber.task.abort();
+        }
+    }
+}
+
+/// The sentence a role is answered with when the client refuses a change of what the node
+/// offers.
+fn refusal(action: &str, resource: &str, err: ClientError) -> String {
+    format!("cannot {action} \"{resource}\": {err}")
+}
+
+impl Handler<Offer> for EtcdClient {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, offer: Offer, ctx: &mut Self::Context) -> Self::Result {
+        let actions = self
+            .core
+            .offer(Instant::now(), &offer.resource, offer.endpoints)
+            .map_err(|err| refusal("offer", &offer.resource, err))?;
+        self.apply(actions);
+        self.step(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Withdraw> for EtcdClient {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, withdraw: Withdraw, ctx: &mut Self::Context) -> Self::Result {
+        let actions = self
+            .core
+            .withdraw(Instant::now(), &withdraw.resource, &withdraw.names)
+            .map_err(|err| refusal("withdraw", &withdraw.resource, err))?;
+        self.apply(actions);
+        self.step(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<WatchProviders> for EtcdClient {
+    type Result = Result<WatchId, String>;
+
+    fn handle(&mut self, watch: WatchProviders, _: &mut Self::Context) -> Self::Result {
+        let id = WatchId(self.token());
+        let actions = self
+            .core
+            .watch_providers(Instant::now(), id, watch.resources)
+            .map_err(|err| match err {
+                ClientError::Invalid(why) => why,
+                other => other.to_string(),
+            })?;
+        self.watchers.insert(id, watch.recipient);
+        self.apply(actions);
+        Ok(id)
+    }
+}
+
+impl Handler<Unwatch> for EtcdClient {
+    type Result = ();
+
+    fn handle(&mut self, unwatch: Unwatch, _: &mut Self::Context) {
+        if self.watchers.remove(&unwatch.0).is_some() {
+            self.core.unwatch_providers(unwatch.0);
+        }
+    }
+}
+
+impl Handler<Leave> for EtcdClient {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, leave: Leave, _: &mut Self::Context) -> Self::Result {
+        let lease = self.core.lease();
+        let client = self.client.clone();
+        let fut = async move {
+            if let (Some(lease), Some(mut client)) = (lease, client) {
+                match tokio::time::timeout(leave.0, client.lease_revoke(lease)).await {
+                    Ok(Ok(_)) => tracing::info!("deregistered from etcd (lease revoked)"),
+                    Ok(Err(err)) => tracing::warn!(
+                        error = %err,
+                        "could not revoke the lease; the registration goes when its TTL runs out"
+                    ),
+                    Err(_) => tracing::warn!(
+                        "etcd did not answer the deregistration in time; the registration goes when its TTL runs out"
+                    ),
+                }
+            }
+        };
+        Box::pin(fut.into_actor(self).map(|_, actor, _| actor.core.left()))
+    }
+}
+
+impl Handler<Shutdown> for EtcdClient {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStatus> for EtcdClient {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.status(Instant::now(), self.subscribers.len()))
+    }
+}
