@@ -164,7 +164,10 @@ impl Etcd {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no etcd leader within {SETTLE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no etcd leader within {SETTLE:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -178,9 +181,7 @@ fn status_of(member: &Member) -> Option<Value> {
 /// `POST /v3/maintenance/status` on a member (etcd's JSON gateway), with a short deadline.
 fn status(port: u16) -> Option<Value> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let request = format!(
         "POST /v3/maintenance/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     );
@@ -365,9 +366,14 @@ fn one_member_registers_looks_up_and_meets_requirements() {
     // The node's own view: registered, requirements met.
     let status = app.cluster_state("registered");
     assert_eq!(status["client"]["backend"], "etcd");
-    app.until(&["cluster"], "met", |v| v["client"]["requirements"] == "met");
+    app.until(&["cluster"], "met", |v| {
+        v["client"]["requirements"] == "met"
+    });
     let requirements = app.ctl_json(&["cluster"]).unwrap()["requirements"].clone();
-    assert_eq!(requirements["offers"]["db"][0]["name"], "db-1", "{requirements}");
+    assert_eq!(
+        requirements["offers"]["db"][0]["name"], "db-1",
+        "{requirements}"
+    );
     // The operator's commands, unchanged.
     until_listed(&app.config(), "both nodes", |names| {
         names.contains(&"db-1".to_string()) && names.contains(&"app-1".to_string())
@@ -398,13 +404,19 @@ fn one_member_watch_resumes_from_a_position() {
     // A node registers after the snapshot; a watch resumed from there sees it come, with no
     // snapshot first.
     let second = Node::start("w-2", &etcd, &ipc(""), "");
-    let resumed =
-        cluster_json(&first.config(), &["watch", "--since", &since, "--count", "1"]).unwrap();
+    let resumed = cluster_json(
+        &first.config(),
+        &["watch", "--since", &since, "--count", "1"],
+    )
+    .unwrap();
     assert_eq!(resumed["kind"], "nodeup", "{resumed}");
     assert_eq!(resumed["node"]["name"], "w-2", "{resumed}");
     // A position of another etcd (or a future one) starts with a snapshot.
-    let elsewhere =
-        cluster_json(&first.config(), &["watch", "--since", "etcd-0:1", "--count", "1"]).unwrap();
+    let elsewhere = cluster_json(
+        &first.config(),
+        &["watch", "--since", "etcd-0:1", "--count", "1"],
+    )
+    .unwrap();
     assert_eq!(elsewhere["snapshot"], true, "{elsewhere}");
     drop(second);
 }
@@ -430,12 +442,36 @@ fn one_member_a_killed_node_disappears_within_its_ttl() {
 }
 
 #[test]
+fn one_member_a_node_cut_off_beyond_its_ttl_registers_again() {
+    let etcd = Etcd::start(1);
+    let watcher = Node::start("watcher", &etcd, &ipc(""), "");
+    let sleeper = Node::start("sleeper", &etcd, &ipc(""), "");
+    sleeper.cluster_state("registered");
+    // Frozen (as if cut off), its lease expires and etcd forgets it...
+    sleeper.proc().signal(libc::SIGSTOP);
+    until_listed(&watcher.config(), "without the frozen node", |n| {
+        !n.contains(&"sleeper".to_string())
+    });
+    // ...and once it runs again it sees its lease gone and registers anew.
+    sleeper.proc().signal(libc::SIGCONT);
+    sleeper
+        .proc()
+        .wait_printed(&["lease expired while etcd was out of reach"], SETTLE);
+    until_listed(&watcher.config(), "the node back", |n| {
+        n.contains(&"sleeper".to_string())
+    });
+    sleeper.cluster_state("registered");
+}
+
+#[test]
 fn one_member_node_names_are_unique() {
     let etcd = Etcd::start(1);
     let first = Node::start("same", &etcd, &ipc(""), "");
     first.cluster_state("registered");
     let second = Node::start("same", &etcd, &ipc(""), "");
-    second.proc().wait_printed(&["held by another live node"], SETTLE);
+    second
+        .proc()
+        .wait_printed(&["held by another live node"], SETTLE);
     let refused = second.cluster_state("refused");
     let why = refused["client"]["beacons"][0]["refusal"].to_string();
     assert!(why.contains("/troupe/test/nodes/same"), "{why}");
@@ -450,7 +486,9 @@ fn three_members_membership_survives_a_member_and_the_leader() {
     let mut etcd = Etcd::start(3);
     let db = Node::start("db-1", &etcd, &ipc(""), "resources = [\"db\"]\n");
     let app = Node::start("app-1", &etcd, &ipc(""), "requires = [\"db\"]\n");
-    app.until(&["cluster"], "met", |v| v["client"]["requirements"] == "met");
+    app.until(&["cluster"], "met", |v| {
+        v["client"]["requirements"] == "met"
+    });
     // A follower killed: nodes still register and are found.
     let leader = etcd.leader();
     let follower = (leader + 1) % 3;
@@ -484,7 +522,9 @@ fn three_members_membership_survives_a_member_and_the_leader() {
         watch.output()
     );
     until_listed(&app.config(), "all three nodes", |n| n.len() == 3);
-    app.until(&["cluster"], "met", |v| v["client"]["requirements"] == "met");
+    app.until(&["cluster"], "met", |v| {
+        v["client"]["requirements"] == "met"
+    });
     drop((db, late));
 }
 
@@ -499,10 +539,12 @@ fn etcd_stopped_the_node_runs_on_and_registers_again() {
     });
     let pid = service["pid"].clone();
     etcd.kill(0);
-    node.proc()
-        .wait_printed(&["etcd is unreachable"], SETTLE);
+    node.proc().wait_printed(&["etcd is unreachable"], SETTLE);
     let down = node.cluster_state("unreachable");
-    assert!(down["client"]["beacons"][0]["refusal"].is_string(), "{down}");
+    assert!(
+        down["client"]["beacons"][0]["refusal"].is_string(),
+        "{down}"
+    );
     let status = node.ctl_text(&["status"]);
     assert!(
         status.contains("cluster  etcd: ") && status.contains("unreachable"),

@@ -256,6 +256,24 @@ impl ClusterConfig {
                 "backend = \"etcd\" needs at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]",
             ));
         }
+        if self.etcd_cert_file.as_os_str().is_empty() != self.etcd_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_cert_file",
+                "set both `etcd_cert_file` and `etcd_key_file`, or neither",
+            ));
+        }
+        if !self.etcd_cert_file.as_os_str().is_empty() && self.etcd_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_ca_file",
+                "a client certificate needs `etcd_ca_file` (the CA of the etcd servers)",
+            ));
+        }
+        if self.etcd_user.is_empty() != self.etcd_password_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_user",
+                "set both `etcd_user` and `etcd_password_file`, or neither",
+            ));
+        }
         let tls = !self.etcd_ca_file.as_os_str().is_empty()
             || !self.etcd_cert_file.as_os_str().is_empty();
         for (i, endpoint) in self.etcd_endpoints.iter().enumerate() {
@@ -297,24 +315,6 @@ impl ClusterConfig {
             return Err(ConfigError::new(
                 "etcd_prefix",
                 format!("\"{prefix}\" must start and end with `/`, e.g. \"/troupe/CLUSTER/\" (at most 256 bytes, no spaces)"),
-            ));
-        }
-        if self.etcd_cert_file.as_os_str().is_empty() != self.etcd_key_file.as_os_str().is_empty() {
-            return Err(ConfigError::new(
-                "etcd_cert_file",
-                "set both `etcd_cert_file` and `etcd_key_file`, or neither",
-            ));
-        }
-        if !self.etcd_cert_file.as_os_str().is_empty() && self.etcd_ca_file.as_os_str().is_empty() {
-            return Err(ConfigError::new(
-                "etcd_ca_file",
-                "a client certificate needs `etcd_ca_file` (the CA of the etcd servers)",
-            ));
-        }
-        if self.etcd_user.is_empty() != self.etcd_password_file.as_os_str().is_empty() {
-            return Err(ConfigError::new(
-                "etcd_user",
-                "set both `etcd_user` and `etcd_password_file`, or neither",
             ));
         }
         if !self.etcd_user.is_empty() {
@@ -621,6 +621,125 @@ mod tests {
         let parsed: ClusterConfig =
             serde_json::from_value(serde_json::json!({"resources": ["a", "b"]})).unwrap();
         assert_eq!(parsed.resources, strings(&["a", "b"]));
+    }
+
+    fn etcd() -> ClusterConfig {
+        ClusterConfig {
+            backend: Backend::Etcd,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            resource: "broker".into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn etcd_keys_are_checked_and_name_their_key() {
+        assert!(etcd().validate().is_ok());
+        assert!(etcd().runs_client());
+        let cases: Vec<(ClusterConfig, &str)> = vec![
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec![],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["127.0.0.1:2379".into()],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["https://h:2379".into()],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_prefix: "troupe".into(),
+                    ..etcd()
+                },
+                "etcd_prefix",
+            ),
+            (
+                ClusterConfig {
+                    etcd_cert_file: "/c.pem".into(),
+                    ..etcd()
+                },
+                "etcd_cert_file",
+            ),
+            (
+                ClusterConfig {
+                    etcd_user: "u".into(),
+                    ..etcd()
+                },
+                "etcd_user",
+            ),
+            (
+                ClusterConfig {
+                    beacons: valid().beacons,
+                    ..etcd()
+                },
+                "beacons",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["http://h:1".into()],
+                    ..valid()
+                },
+                "backend",
+            ),
+        ];
+        for (config, key) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        // Without the etcd backend in the binary, the role refuses it, saying how to build it.
+        use troupe_core::Role;
+        let err = crate::client::ClusterClient::validate(&etcd()).unwrap_err();
+        assert_eq!(err.key, "backend");
+        assert!(err.to_string().contains("--features etcd"), "{err}");
+        // --beacon on an etcd config asks those beacons.
+        let asked = etcd().with_beacons(valid().beacons);
+        assert_eq!(asked.backend, Backend::Beacon);
+        assert!(asked.validate().is_ok());
+    }
+
+    #[test]
+    fn etcd_secrets_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = ClusterConfig {
+            etcd_user: "troupe".into(),
+            etcd_password_file: password.clone(),
+            ..etcd()
+        };
+        let err = config.read_etcd_credentials().unwrap_err();
+        assert_eq!(err.key, "etcd_password_file");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let read = config.read_etcd_credentials().unwrap();
+        assert_eq!(read.user, Some(("troupe".into(), "pw".into())));
+        assert!(
+            !format!("{read:?}").contains("pw\""),
+            "the password never shows"
+        );
+        let missing = ClusterConfig {
+            etcd_ca_file: dir.path().join("nope.pem"),
+            etcd_endpoints: vec!["https://h:2379".into()],
+            ..etcd()
+        };
+        assert_eq!(
+            missing.read_etcd_credentials().unwrap_err().key,
+            "etcd_ca_file"
+        );
     }
 
     #[test]
