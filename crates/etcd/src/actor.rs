@@ -69,6 +69,8 @@ enum FeedBody {
     },
     /// Changes, in order.
     Events { epoch: String, raw: Vec<RawEvent> },
+    /// The watch is (again) in place: what it reports from here follows what came before.
+    Watching,
     /// The watch failed more than once in a row: etcd is unreachable.
     Down(String),
 }
@@ -381,6 +383,7 @@ impl Handler<FeedMsg> for EtcdClient {
                             .collect();
                         self.core.mirror_events(now, &epoch, events)
                     }
+                    FeedBody::Watching => self.core.mirror_watching(now),
                     FeedBody::Down(why) => {
                         let notes = self.core.unreachable(now, why);
                         self.log(notes);
@@ -416,7 +419,7 @@ impl Handler<FeedMsg> for EtcdClient {
                         &raw,
                         &mut skipped,
                     ),
-                    FeedBody::Down(_) => Vec::new(),
+                    FeedBody::Watching | FeedBody::Down(_) => Vec::new(),
                 };
                 if !subscriber.recipient.connected() {
                     if let Some(gone) = self.subscribers.remove(&id) {
@@ -570,6 +573,13 @@ async fn watch(
             }
         };
         delivered = true;
+        if message.created() && !message.canceled() {
+            let body = FeedBody::Watching;
+            if sink.send(FeedMsg { feed, body }).await.is_err() {
+                return WatchEnd::Stopped;
+            }
+            continue;
+        }
         if message.canceled() {
             return match after_compaction(message.compact_revision(), last) {
                 Start::Snapshot => WatchEnd::Restart(Next::Snapshot),

@@ -676,6 +676,18 @@ impl EtcdCore {
         self.changed(now)
     }
 
+    /// The mirror's watch is in place again after its snapshot, resuming from the last
+    /// revision seen: the mirror is current (the changes missed come as events).
+    pub fn mirror_watching(&mut self, now: Instant) -> Vec<Action> {
+        if self.position.is_none() || self.mirror_fresh {
+            return Vec::new();
+        }
+        self.mirror_fresh = true;
+        self.providers.resumed();
+        self.providers.set_reachable(true);
+        self.changed(now)
+    }
+
     /// The mirror's watch is down: the provider watches are told etcd is unreachable.
     pub fn mirror_down(&mut self, now: Instant) -> Vec<Action> {
         self.mirror_fresh = false;

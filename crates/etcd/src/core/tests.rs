@@ -316,6 +316,9 @@ fn requirements_are_awaited_on_the_mirror_and_providers_follow_it() {
             result: Err(ClientError::Unmet(_))
         }]
     ));
+    // Back (the watch resumed from its revision): the picture returns.
+    let actions = core.mirror_watching(t0);
+    assert!(matches!(&actions[..], [Action::Providers { changed, .. }] if changed.reachable));
 }
 
 #[test]
