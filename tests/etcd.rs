@@ -594,3 +594,55 @@ fn etcd_stopped_the_node_runs_on_and_registers_again() {
     assert_eq!(service["pid"], pid, "the service was touched: {service}");
     assert_eq!(service["state"], "running");
 }
+
+#[test]
+fn one_member_workers_and_clients_find_the_broker_through_etcd() {
+    let etcd = Etcd::start(1);
+    let (front, back, majordomo) = (free_port(), free_port(), free_port());
+    let hub = format!(
+        "roles = [\"broker\"]\n[broker]\nservice = \"echo\"\nfrontend = \"tcp://127.0.0.1:{front}\"\nbackend = \"tcp://127.0.0.1:{back}\"\nheartbeat_interval = \"{BEAT}\"\nadvertise_host = \"127.0.0.1\"\n[broker.majordomo]\nbind = \"tcp://127.0.0.1:{majordomo}\"\n"
+    );
+    let _hub = Node::start("hub", &etcd, &hub, "");
+    // The worker is given no broker and no beacon: the node passes it TROUPE_CLUSTER.
+    let edge = format!(
+        "roles = [\"supervisor\"]\n[supervisor]\nstate_dir = \"@DIR@/state\"\n[[supervisor.services]]\nid = \"echo\"\ncommand = \"${{TROUPE_EXE}}\"\nargs = [\"echo-worker\", \"--service\", \"echo\", \"--heartbeat-interval\", \"{BEAT}\"]\nrequires = [\"broker\"]\n"
+    );
+    let edge = Node::start("edge", &etcd, &edge, "");
+    edge.until(&["service", "echo"], "running", |s| s["state"] == "running");
+    // A client with the edge's config finds the broker through etcd, and the worker answers.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let out = troupe()
+            .args(["call", "echo", "hello", "--timeout", "1s", "--config"])
+            .arg(edge.config())
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && answer == "hello" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through etcd within {SETTLE:?}: {answer} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            edge.proc().output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/etcd.toml");
+    let out = troupe()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

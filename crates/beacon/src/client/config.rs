@@ -211,6 +211,28 @@ impl ClusterConfig {
         }
     }
 
+    /// What a service (or a tool) needs of this table to ask the same cluster: the backend,
+    /// where it is, the credentials' files and the intervals; not what this node offers, nor
+    /// an inline cookie.
+    pub fn for_services(&self) -> ClusterConfig {
+        ClusterConfig {
+            backend: self.backend,
+            beacons: self.beacons.clone(),
+            cookie_file: self.cookie_file.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            liveness: self.liveness,
+            request_timeout: self.request_timeout,
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            etcd_prefix: self.etcd_prefix.clone(),
+            etcd_ca_file: self.etcd_ca_file.clone(),
+            etcd_cert_file: self.etcd_cert_file.clone(),
+            etcd_key_file: self.etcd_key_file.clone(),
+            etcd_user: self.etcd_user.clone(),
+            etcd_password_file: self.etcd_password_file.clone(),
+            ..ClusterConfig::default()
+        }
+    }
+
     /// Whether this node runs a cluster client: it names beacons, or uses etcd.
     pub fn runs_client(&self) -> bool {
         match self.backend {

@@ -290,6 +290,9 @@ impl ClusterClientHandle {
             beacons: config.beacons.iter().map(|b| b.to_string()).collect(),
             cookie_file: (!config.cookie_file.as_os_str().is_empty())
                 .then(|| config.cookie_file.clone()),
+            cluster: (config.backend == Backend::Etcd)
+                .then(|| serde_json::to_string(&config.for_services()).ok())
+                .flatten(),
         }
     }
 }
