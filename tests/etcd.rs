@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use troupe_tests::{free_port, troupe, Proc};
+use troupe_tests::{eventually, free_port, troupe, Proc};
 
 const START: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(20);
@@ -131,10 +131,11 @@ impl Etcd {
 
     /// Kills member `i` with SIGKILL, by its pid.
     fn kill(&mut self, i: usize) {
-        if let Some(mut proc) = self.members[i].proc.take() {
-            proc.signal(libc::SIGKILL);
-            proc.wait_exit(START);
-        }
+        self.members[i]
+            .proc
+            .take()
+            .expect("the member runs")
+            .kill_now();
     }
 
     /// The client URLs, as `etcd_endpoints` lists them.
@@ -278,20 +279,11 @@ impl Node {
 
     /// Waits until `check` holds for `ctl ARGS --json`.
     fn until(&self, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let seen = self.ctl_json(args);
-            if let Some(value) = seen.as_ref().filter(|v| check(v)) {
-                return value.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {args:?} not {what} within {SETTLE:?}: {seen:?}\n{}",
-                self.name,
-                self.proc().output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{}: {args:?} {what}", self.name);
+        eventually(SETTLE, &what, || match self.ctl_json(args) {
+            Some(value) if check(&value) => Ok(value),
+            seen => Err(format!("{seen:?}\n{}", self.proc().output())),
+        })
     }
 
     /// Waits until this node's cluster client says `state` (registered, unreachable, …).
@@ -301,17 +293,10 @@ impl Node {
         })
     }
 
+    /// Kills the node with SIGKILL (a node still running when the test ends is killed when its
+    /// `Proc` is dropped).
     fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.signal(libc::SIGKILL);
-            proc.wait_exit(START);
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.take().expect("the node runs").kill_now();
     }
 }
 
@@ -343,21 +328,12 @@ fn listed(config: &Path) -> Option<Vec<String>> {
     )
 }
 
-/// Waits until `check` holds for the listed names; returns how long it took.
-fn until_listed(config: &Path, what: &str, check: impl Fn(&[String]) -> bool) -> Duration {
-    let began = Instant::now();
-    let deadline = began + SETTLE;
-    loop {
-        let seen = listed(config);
-        if seen.as_deref().is_some_and(&check) {
-            return began.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster list: not {what} within {SETTLE:?}: {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until `check` holds for the listed names.
+fn until_listed(config: &Path, what: &str, check: impl Fn(&[String]) -> bool) {
+    eventually(SETTLE, &format!("listed {what}"), || match listed(config) {
+        Some(names) if check(&names) => Ok(()),
+        seen => Err(format!("{seen:?}")),
+    })
 }
 
 fn ipc(extra: &str) -> String {
@@ -610,25 +586,18 @@ fn one_member_workers_and_clients_find_the_broker_through_etcd() {
     let edge = Node::start("edge", &etcd, &edge, "");
     edge.until(&["service", "echo"], "running", |s| s["state"] == "running");
     // A client with the edge's config finds the broker through etcd, and the worker answers.
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    eventually(SETTLE, "answered through etcd", || {
         let out = troupe()
             .args(["call", "echo", "hello", "--timeout", "1s", "--config"])
             .arg(edge.config())
             .output()
             .unwrap();
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && answer == "hello" {
-            break;
+        match out.status.success() && answer == "hello" {
+            true => Ok(()),
+            false => Err(format!("{answer} {}", String::from_utf8_lossy(&out.stderr))),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no answer through etcd within {SETTLE:?}: {answer} {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            edge.proc().output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 #[test]

@@ -18,8 +18,8 @@ use etcd_client::{
 };
 use tokio::sync::{oneshot, watch};
 use troupe_beacon::client::{
-    AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf, GetStatus,
-    Leave, ListNodes, LookupResource, Offer, ProvidersChanged, Requirements, Subscribe,
+    refusal, AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf,
+    GetStatus, Leave, ListNodes, LookupResource, Offer, ProvidersChanged, Requirements, Subscribe,
     SubscriptionId, Unsubscribe, Unwatch, WatchId, WatchProviders, Withdraw,
 };
 use troupe_beacon::protocol::{Node, Position};
@@ -27,8 +27,8 @@ use troupe_core::Shutdown;
 
 use crate::core::{
     self, after_compaction, decode_all, epoch, map_event, may_claim, nodes_prefix, requirements_of,
-    start_from, subscription_events, watched, Action, Claim, EtcdCore, Note, Op, RawEvent, Start,
-    SOURCE,
+    start_from, subscription_events, watched, Action, Claim, EtcdCore, Note, OfferChanges, Op,
+    RawEvent, Start, SOURCE,
 };
 
 /// Most queries (range reads) running at once.
@@ -61,11 +61,10 @@ enum Feed {
 /// What a watch task reports.
 #[derive(Debug)]
 enum FeedBody {
-    /// Every node, read at this revision.
+    /// Every node, read at this position.
     Snapshot {
-        epoch: String,
-        rev: i64,
-        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        position: Position,
+        nodes: Vec<Node>,
     },
     /// Changes, in order.
     Events { epoch: String, raw: Vec<RawEvent> },
@@ -298,6 +297,20 @@ impl EtcdClient {
     }
 }
 
+/// The position and the nodes of a snapshot read at `(epoch, rev)`.
+fn snapshot(
+    prefix: &str,
+    (epoch, rev): (String, i64),
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    skipped: &mut Vec<String>,
+) -> (Position, Vec<Node>) {
+    let position = Position {
+        epoch,
+        rev: rev.max(0) as u64,
+    };
+    (position, decode_all(prefix, entries, skipped))
+}
+
 /// The client, waiting at most `timeout` for the connection.
 async fn connected(
     mut clients: watch::Receiver<Option<Client>>,
@@ -364,30 +377,21 @@ impl Handler<FeedMsg> for EtcdClient {
         match msg.feed {
             Feed::Mirror => {
                 let actions = match msg.body {
-                    FeedBody::Snapshot {
-                        epoch,
-                        rev,
-                        entries,
-                    } => {
-                        let nodes = decode_all(&prefix, entries, &mut skipped);
-                        let position = Position {
-                            epoch,
-                            rev: rev.max(0) as u64,
-                        };
-                        self.core.mirror_snapshot(now, position, nodes)
+                    FeedBody::Snapshot { position, nodes } => {
+                        self.core.mirror_snapshot(position, nodes)
                     }
                     FeedBody::Events { epoch, raw } => {
                         let events = raw
                             .iter()
                             .filter_map(|raw| map_event(&prefix, raw, &mut skipped))
                             .collect();
-                        self.core.mirror_events(now, &epoch, events)
+                        self.core.mirror_events(&epoch, events)
                     }
-                    FeedBody::Watching => self.core.mirror_watching(now),
+                    FeedBody::Watching => self.core.mirror_watching(),
                     FeedBody::Down(why) => {
                         let notes = self.core.unreachable(now, why);
                         self.log(notes);
-                        self.core.mirror_down(now)
+                        self.core.mirror_down()
                     }
                 };
                 self.apply(actions);
@@ -397,21 +401,11 @@ impl Handler<FeedMsg> for EtcdClient {
                     return;
                 };
                 let events = match msg.body {
-                    FeedBody::Snapshot {
-                        epoch,
-                        rev,
-                        entries,
-                    } => {
-                        let nodes = decode_all(&prefix, entries, &mut skipped);
-                        vec![ClusterEvent::Snapshot {
-                            beacon: SOURCE.to_string(),
-                            position: Position {
-                                epoch,
-                                rev: rev.max(0) as u64,
-                            },
-                            nodes: watched(&nodes, &subscriber.resources),
-                        }]
-                    }
+                    FeedBody::Snapshot { position, nodes } => vec![ClusterEvent::Snapshot {
+                        beacon: SOURCE.to_string(),
+                        position,
+                        nodes: watched(&nodes, &subscriber.resources),
+                    }],
                     FeedBody::Events { epoch, raw } => subscription_events(
                         &prefix,
                         &epoch,
@@ -469,11 +463,11 @@ async fn follow(
             },
             Next::Snapshot => match read_all(client.clone(), &prefix, timeout).await {
                 Ok((epoch, rev, entries)) => {
-                    let body = FeedBody::Snapshot {
-                        epoch: epoch.clone(),
-                        rev,
-                        entries,
-                    };
+                    let mut skipped = Vec::new();
+                    let at = (epoch.clone(), rev);
+                    let (position, nodes) = snapshot(&prefix, at, entries, &mut skipped);
+                    log_skipped(&skipped);
+                    let body = FeedBody::Snapshot { position, nodes };
                     if sink.send(FeedMsg { feed, body }).await.is_err() {
                         return;
                     }
@@ -859,7 +853,7 @@ impl Handler<AwaitRequirements> for EtcdClient {
         let token = self.token();
         match self
             .core
-            .await_requirements(Instant::now(), token, wait.timeout)
+            .await_requirements(token, Instant::now() + wait.timeout)
         {
             Ok(actions) => {
                 let (tx, rx) = oneshot::channel();
@@ -915,23 +909,30 @@ impl Handler<Unsubscribe> for EtcdClient {
     }
 }
 
-/// The sentence a role is answered with when the client refuses a change of what the node
-/// offers.
-fn refusal(action: &str, resource: &str, err: ClientError) -> String {
-    format!("cannot {action} \"{resource}\": {err}")
+impl EtcdClient {
+    /// Applies a change of what the node offers (`action` on `resource`): the actions it
+    /// leads to, and the registration put at once.
+    fn change(
+        &mut self,
+        ctx: &mut Context<Self>,
+        (action, resource): (&str, &str),
+        changed: Result<Vec<Action>, ClientError>,
+    ) -> Result<(), String> {
+        let actions = changed.map_err(|err| refusal(action, resource, err))?;
+        self.apply(actions);
+        self.step(ctx);
+        Ok(())
+    }
 }
 
 impl Handler<Offer> for EtcdClient {
     type Result = Result<(), String>;
 
     fn handle(&mut self, offer: Offer, ctx: &mut Self::Context) -> Self::Result {
-        let actions = self
+        let changed = self
             .core
-            .offer(Instant::now(), &offer.resource, offer.endpoints)
-            .map_err(|err| refusal("offer", &offer.resource, err))?;
-        self.apply(actions);
-        self.step(ctx);
-        Ok(())
+            .offer(Instant::now(), &offer.resource, offer.endpoints);
+        self.change(ctx, ("offer", &offer.resource), changed)
     }
 }
 
@@ -939,13 +940,10 @@ impl Handler<Withdraw> for EtcdClient {
     type Result = Result<(), String>;
 
     fn handle(&mut self, withdraw: Withdraw, ctx: &mut Self::Context) -> Self::Result {
-        let actions = self
+        let changed = self
             .core
-            .withdraw(Instant::now(), &withdraw.resource, &withdraw.names)
-            .map_err(|err| refusal("withdraw", &withdraw.resource, err))?;
-        self.apply(actions);
-        self.step(ctx);
-        Ok(())
+            .withdraw(Instant::now(), &withdraw.resource, &withdraw.names);
+        self.change(ctx, ("withdraw", &withdraw.resource), changed)
     }
 }
 
@@ -954,16 +952,14 @@ impl Handler<WatchProviders> for EtcdClient {
 
     fn handle(&mut self, watch: WatchProviders, _: &mut Self::Context) -> Self::Result {
         let id = WatchId(self.token());
-        let actions = self
-            .core
-            .watch_providers(Instant::now(), id, watch.resources)
-            .map_err(|err| match err {
-                ClientError::Invalid(why) => why,
-                other => other.to_string(),
-            })?;
-        self.watchers.insert(id, watch.recipient);
-        self.apply(actions);
-        Ok(id)
+        match self.core.watch_providers(id, watch.resources) {
+            Ok(actions) => {
+                self.watchers.insert(id, watch.recipient);
+                self.apply(actions);
+                Ok(id)
+            }
+            Err(why) => Err(why),
+        }
     }
 }
 

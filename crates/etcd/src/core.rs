@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use troupe_beacon::client::core::{with_offer, without_offer, BeaconStatus, ClientStatus};
+pub use troupe_beacon::client::core::OfferChanges;
+use troupe_beacon::client::core::{BeaconStatus, ClientStatus, RequirementState};
 use troupe_beacon::client::providers::{Own, Providers};
 use troupe_beacon::client::{ClientError, ClusterEvent, ProvidersChanged, Requirements, WatchId};
 use troupe_beacon::protocol::{
@@ -115,7 +116,7 @@ pub fn decode(prefix: &str, key: &[u8], value: &[u8]) -> Result<Node, String> {
             node_key(prefix, &record.name)
         ));
     }
-    let mut registration = Registration {
+    let registration = Registration {
         resource: record.resource,
         requires: record.requires,
         endpoints: record.endpoints,
@@ -125,18 +126,11 @@ pub fn decode(prefix: &str, key: &[u8], value: &[u8]) -> Result<Node, String> {
     registration
         .check()
         .map_err(|err| format!("{key}: {err}"))?;
-    registration.normalize();
-    Ok(Node::new(NodeView {
-        name: record.name,
-        resource: registration.resource,
-        requires: registration.requires,
-        endpoints: registration.endpoints,
-        offers: registration.offers,
-        metadata: registration.metadata,
-        status: Status::Online,
-        heartbeat_ms: record.heartbeat_ms,
-        last_seen_ms: None,
-    }))
+    Ok(Node::new(NodeView::online(
+        record.name,
+        registration,
+        record.heartbeat_ms,
+    )))
 }
 
 /// One etcd event under the nodes folder, as the watch gives it.
@@ -361,13 +355,6 @@ impl Settings {
         let window = self.heartbeat.as_millis() as u64 * u64::from(self.liveness);
         window.div_ceil(1000).max(1) as i64
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum RequirementState {
-    Unknown,
-    Met,
-    Unmet(Vec<String>),
 }
 
 /// What the actor must do besides the etcd calls.
@@ -633,12 +620,7 @@ impl EtcdCore {
     }
 
     /// The mirror's watch read every node, at `position`.
-    pub fn mirror_snapshot(
-        &mut self,
-        now: Instant,
-        position: Position,
-        nodes: Vec<Node>,
-    ) -> Vec<Action> {
+    pub fn mirror_snapshot(&mut self, position: Position, nodes: Vec<Node>) -> Vec<Action> {
         self.mirror = nodes
             .into_iter()
             .take(MAX_NODES)
@@ -649,11 +631,11 @@ impl EtcdCore {
         self.providers
             .snapshot(self.mirror.values().cloned().collect());
         self.providers.set_reachable(true);
-        self.changed(now)
+        self.changed()
     }
 
     /// The mirror's watch saw `events`.
-    pub fn mirror_events(&mut self, now: Instant, epoch: &str, events: Vec<Event>) -> Vec<Action> {
+    pub fn mirror_events(&mut self, epoch: &str, events: Vec<Event>) -> Vec<Action> {
         for event in events {
             self.position = Some(Position {
                 epoch: epoch.to_string(),
@@ -673,26 +655,26 @@ impl EtcdCore {
             self.providers.event(event);
         }
         self.providers.set_reachable(true);
-        self.changed(now)
+        self.changed()
     }
 
     /// The mirror's watch is in place again after its snapshot, resuming from the last
     /// revision seen: the mirror is current (the changes missed come as events).
-    pub fn mirror_watching(&mut self, now: Instant) -> Vec<Action> {
+    pub fn mirror_watching(&mut self) -> Vec<Action> {
         if self.position.is_none() || self.mirror_fresh {
             return Vec::new();
         }
         self.mirror_fresh = true;
         self.providers.resumed();
         self.providers.set_reachable(true);
-        self.changed(now)
+        self.changed()
     }
 
     /// The mirror's watch is down: the provider watches are told etcd is unreachable.
-    pub fn mirror_down(&mut self, now: Instant) -> Vec<Action> {
+    pub fn mirror_down(&mut self) -> Vec<Action> {
         self.mirror_fresh = false;
         self.providers.set_reachable(false);
-        self.changed(now)
+        self.changed()
     }
 
     /// Where the mirror stands.
@@ -711,7 +693,7 @@ impl EtcdCore {
     }
 
     /// Re-evaluates the requirements and the provider pictures after a change.
-    fn changed(&mut self, _now: Instant) -> Vec<Action> {
+    fn changed(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         if self.mirror_fresh {
             if let Some(requirements) = self.own_requirements() {
@@ -735,12 +717,11 @@ impl EtcdCore {
         out
     }
 
-    /// Waits until every requirement has an online provider, at most `timeout`.
+    /// Waits until every requirement has an online provider, until `deadline` at the latest.
     pub fn await_requirements(
         &mut self,
-        now: Instant,
         token: u64,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Vec<Action>, ClientError> {
         if self.settings.registration.is_none() {
             return Err(ClientError::NotRegistering);
@@ -748,8 +729,8 @@ impl EtcdCore {
         if self.awaiters.len() >= MAX_AWAITERS {
             return Err(ClientError::Busy(MAX_AWAITERS));
         }
-        self.awaiters.push((token, now + timeout));
-        Ok(self.changed(now))
+        self.awaiters.push((token, deadline));
+        Ok(self.changed())
     }
 
     /// Answers the callers whose wait is over.
@@ -779,40 +760,7 @@ impl EtcdCore {
         out
     }
 
-    /// Offers `endpoints` for `resource` (see `ClientCore::offer`).
-    pub fn offer(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        endpoints: Endpoints,
-    ) -> Result<Vec<Action>, ClientError> {
-        let registration = self
-            .settings
-            .registration
-            .as_ref()
-            .ok_or(ClientError::NotRegistering)?;
-        let updated = with_offer(registration, resource, endpoints)?;
-        Ok(self.update_registration(now, updated))
-    }
-
-    /// Withdraws `names` of `resource` (see `ClientCore::withdraw`).
-    pub fn withdraw(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        names: &[String],
-    ) -> Result<Vec<Action>, ClientError> {
-        let registration = self
-            .settings
-            .registration
-            .as_ref()
-            .ok_or(ClientError::NotRegistering)?;
-        match without_offer(registration, &self.settings.base_resources, resource, names)? {
-            Some(updated) => Ok(self.update_registration(now, updated)),
-            None => Ok(Vec::new()),
-        }
-    }
-
+    /// Registers `updated` from the next call on, if it differs.
     fn update_registration(&mut self, now: Instant, updated: Registration) -> Vec<Action> {
         if Some(&updated) == self.settings.registration.as_ref() {
             return Vec::new();
@@ -823,20 +771,17 @@ impl EtcdCore {
             self.next_at = now;
         }
         self.providers.set_own(own(&self.settings));
-        self.changed(now)
+        self.changed()
     }
 
-    /// Follows the providers of `resources` for watch `id`.
+    /// Follows the providers of `resources` for watch `id`: its picture comes once known.
     pub fn watch_providers(
         &mut self,
-        now: Instant,
         id: WatchId,
-        resources: Vec<String>,
-    ) -> Result<Vec<Action>, ClientError> {
-        self.providers
-            .add(id, resources)
-            .map_err(ClientError::Invalid)?;
-        Ok(self.changed(now))
+        watched: Vec<String>,
+    ) -> Result<Vec<Action>, String> {
+        self.providers.add(id, watched)?;
+        Ok(self.changed())
     }
 
     /// Ends provider watch `id`.
@@ -862,35 +807,36 @@ impl EtcdCore {
         } else {
             "unregistered"
         };
-        let (requirements, unmet) = match &self.requirement_state {
-            RequirementState::Unknown => ("unknown", Vec::new()),
-            RequirementState::Met => ("met", Vec::new()),
-            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
+        let link = BeaconStatus {
+            endpoint: self.settings.endpoints.join(","),
+            state,
+            connected: self.is_reachable() && self.connected,
+            refusal: self.refusal.clone().or_else(|| self.error.clone()),
+            last_heard_ms_ago: self
+                .last_ok
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64),
         };
-        ClientStatus {
-            backend: "etcd",
-            node: self.settings.node.clone(),
-            registration: self.settings.registration.clone(),
-            offers: self
-                .settings
-                .registration
-                .as_ref()
-                .map(|r| r.offers.clone())
-                .unwrap_or_default(),
-            beacons: vec![BeaconStatus {
-                endpoint: self.settings.endpoints.join(","),
-                state,
-                connected: self.is_reachable() && self.connected,
-                refusal: self.refusal.clone().or_else(|| self.error.clone()),
-                last_heard_ms_ago: self
-                    .last_ok
-                    .map(|at| now.saturating_duration_since(at).as_millis() as u64),
-            }],
-            requirements,
-            unmet,
-            subscriptions,
-            provider_watches: self.providers.len(),
-        }
+        ClientStatus::new(
+            "etcd",
+            &self.settings.node,
+            self.settings.registration.as_ref(),
+            vec![link],
+            &self.requirement_state,
+            (subscriptions, self.providers.len()),
+        )
+    }
+}
+impl OfferChanges for EtcdCore {
+    type Actions = Vec<Action>;
+
+    fn registered(&self) -> Option<(&Registration, &BTreeSet<String>)> {
+        let settings = &self.settings;
+        Some((settings.registration.as_ref()?, &settings.base_resources))
+    }
+
+    /// The next call puts `updated` (it differs from the value stored).
+    fn reregister(&mut self, now: Instant, updated: Registration) -> Vec<Action> {
+        self.update_registration(now, updated)
     }
 }
 

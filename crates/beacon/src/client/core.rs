@@ -212,11 +212,46 @@ struct Subscription {
     retry_at: Option<Instant>,
 }
 
+/// Whether this node's requirements were last seen met.
 #[derive(Debug, Clone, PartialEq)]
-enum RequirementState {
+pub enum RequirementState {
+    /// Not checked yet.
     Unknown,
+    /// Each has an online provider.
     Met,
+    /// These have none.
     Unmet(Vec<String>),
+}
+
+impl ClientStatus {
+    /// The status of a client of `backend` (`beacon`, `etcd`) as node `node`, registering
+    /// `registration`, with its links to the backend (`links`), requirements as last seen,
+    /// and how many subscriptions and provider watches it holds.
+    pub fn new(
+        backend: &'static str,
+        node: &str,
+        registration: Option<&Registration>,
+        links: Vec<BeaconStatus>,
+        requirements: &RequirementState,
+        held: (usize, usize),
+    ) -> ClientStatus {
+        let (state, unmet) = match requirements {
+            RequirementState::Unknown => ("unknown", Vec::new()),
+            RequirementState::Met => ("met", Vec::new()),
+            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
+        };
+        ClientStatus {
+            backend,
+            node: node.to_string(),
+            registration: registration.cloned(),
+            offers: registration.map(|r| r.offers.clone()).unwrap_or_default(),
+            beacons: links,
+            requirements: state,
+            unmet,
+            subscriptions: held.0,
+            provider_watches: held.1,
+        }
+    }
 }
 
 /// One beacon as the client sees it.
@@ -357,27 +392,14 @@ impl ClientCore {
                     .map(|at| now.saturating_duration_since(at).as_millis() as u64),
             })
             .collect();
-        let (requirements, unmet) = match &self.requirement_state {
-            RequirementState::Unknown => ("unknown", Vec::new()),
-            RequirementState::Met => ("met", Vec::new()),
-            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
-        };
-        ClientStatus {
-            backend: "beacon",
-            node: self.settings.node.clone(),
-            registration: self.settings.registration.clone(),
-            offers: self
-                .settings
-                .registration
-                .as_ref()
-                .map(|r| r.offers.clone())
-                .unwrap_or_default(),
+        ClientStatus::new(
+            "beacon",
+            &self.settings.node,
+            self.settings.registration.as_ref(),
             beacons,
-            requirements,
-            unmet,
-            subscriptions: self.subscriptions.len(),
-            provider_watches: self.providers.len(),
-        }
+            &self.requirement_state,
+            (self.subscriptions.len(), self.providers.len()),
+        )
     }
 
     /// Starts the handshake with every beacon.
@@ -610,63 +632,6 @@ impl ClientCore {
             }
         }
         out
-    }
-
-    /// Adds `endpoints` to what this node offers for `resource` (replacing those of the same
-    /// name; adding the resource when it is new) and re-registers with every beacon.
-    pub fn offer(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        endpoints: Endpoints,
-    ) -> Result<Vec<Action>, ClientError> {
-        let Some(registration) = &self.settings.registration else {
-            return Err(ClientError::NotRegistering);
-        };
-        let updated = with_offer(registration, resource, endpoints)?;
-        self.update_registration(now, updated)
-    }
-
-    /// Removes `names` from the endpoints this node offers for `resource`, or with `names`
-    /// empty all of them and the resource itself when it is not one of the base resources, and
-    /// re-registers with every beacon. Withdrawing what is not offered changes nothing.
-    pub fn withdraw(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        names: &[String],
-    ) -> Result<Vec<Action>, ClientError> {
-        let Some(registration) = &self.settings.registration else {
-            return Err(ClientError::NotRegistering);
-        };
-        match without_offer(registration, &self.settings.base_resources, resource, names)? {
-            Some(updated) => self.update_registration(now, updated),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Sends `updated` (the registration with other offers) to every beacon, if it differs.
-    fn update_registration(
-        &mut self,
-        now: Instant,
-        updated: Registration,
-    ) -> Result<Vec<Action>, ClientError> {
-        if Some(&updated) == self.settings.registration.as_ref() {
-            return Ok(Vec::new());
-        }
-        self.settings.registration = Some(updated);
-        let mut out = Vec::new();
-        for link in 0..self.links.len() {
-            if matches!(
-                self.links[link].phase,
-                Phase::Ready | Phase::Register { .. }
-            ) {
-                self.send_register(now, link, &mut out);
-            }
-        }
-        self.providers.set_own(own(&self.settings));
-        self.provider_updates(&mut out);
-        Ok(out)
     }
 
     /// Follows the online providers of `resources` for watch `id`: [`Action::Providers`]
@@ -1510,6 +1475,79 @@ fn advances(current: Option<&Position>, to: &Position) -> bool {
     match current {
         None => true,
         Some(p) => p.epoch != to.epoch || p.rev < to.rev,
+    }
+}
+
+/// What a client core does with an [`Offer`](crate::client::Offer) or a
+/// [`Withdraw`](crate::client::Withdraw), whatever the backend: it computes the new
+/// registration here and re-registers it its own way.
+pub trait OfferChanges {
+    /// What re-registering leads to.
+    type Actions: Default;
+
+    /// The registration as it is now and the resources a withdrawal leaves offered (see
+    /// [`ClientSettings::base_resources`]); `None` for a client that registers no node.
+    fn registered(&self) -> Option<(&Registration, &BTreeSet<String>)>;
+
+    /// Registers `updated` instead (nothing when it is the same).
+    fn reregister(&mut self, now: Instant, updated: Registration) -> Self::Actions;
+
+    /// Adds `endpoints` to what this node offers for `resource` (replacing those of the same
+    /// name; adding the resource when it is new) and re-registers.
+    fn offer(
+        &mut self,
+        now: Instant,
+        resource: &str,
+        endpoints: Endpoints,
+    ) -> Result<Self::Actions, ClientError> {
+        let (registration, _) = self.registered().ok_or(ClientError::NotRegistering)?;
+        let updated = with_offer(registration, resource, endpoints)?;
+        Ok(self.reregister(now, updated))
+    }
+
+    /// Removes `names` from the endpoints this node offers for `resource`, or with `names`
+    /// empty all of them and the resource itself when it is not one of the base resources,
+    /// and re-registers. Withdrawing what is not offered changes nothing.
+    fn withdraw(
+        &mut self,
+        now: Instant,
+        resource: &str,
+        names: &[String],
+    ) -> Result<Self::Actions, ClientError> {
+        let (registration, base) = self.registered().ok_or(ClientError::NotRegistering)?;
+        match without_offer(registration, base, resource, names)? {
+            Some(updated) => Ok(self.reregister(now, updated)),
+            None => Ok(Self::Actions::default()),
+        }
+    }
+}
+
+impl OfferChanges for ClientCore {
+    type Actions = Vec<Action>;
+
+    /// Sends `updated` (the registration with other offers) to every beacon, if it differs.
+    fn reregister(&mut self, now: Instant, updated: Registration) -> Vec<Action> {
+        if Some(&updated) == self.settings.registration.as_ref() {
+            return Vec::new();
+        }
+        self.settings.registration = Some(updated);
+        let mut out = Vec::new();
+        for link in 0..self.links.len() {
+            if matches!(
+                self.links[link].phase,
+                Phase::Ready | Phase::Register { .. }
+            ) {
+                self.send_register(now, link, &mut out);
+            }
+        }
+        self.providers.set_own(own(&self.settings));
+        self.provider_updates(&mut out);
+        out
+    }
+
+    fn registered(&self) -> Option<(&Registration, &BTreeSet<String>)> {
+        let registration = self.settings.registration.as_ref()?;
+        Some((registration, &self.settings.base_resources))
     }
 }
 

@@ -48,7 +48,7 @@ pub use troupe_core::cluster::{
 };
 use troupe_core::{span, zmq_thread, ConfigError, Role, RoleContext, RoleError, Shutdown};
 
-pub use actor::{BeaconClient, Leave};
+pub use actor::{refusal, watch_refusal, BeaconClient, Leave};
 pub use config::{Backend, ClusterConfig, EtcdCredentials};
 pub use core::{BeaconStatus, ClientStatus};
 pub use providers::MAX_PROVIDER_WATCHES;

@@ -70,11 +70,7 @@ where
     M: Message + Send + 'static,
     M::Result: Send,
 {
-    actor
-        .send(msg)
-        .timeout(wait)
-        .await
-        .map_err(|e| ApiError::unavailable(role, e))
+    ask_recipient(&actor.clone().recipient(), role, msg, wait).await
 }
 
 /// Asks `recipient` (of `role`) `msg`, waiting at most `wait`.

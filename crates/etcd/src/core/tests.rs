@@ -159,6 +159,19 @@ fn settings(requires: &[&str]) -> Settings {
     }
 }
 
+/// A core connected, on lease `lease`, and with the registration value it would put next.
+fn leased(settings: Settings, lease: i64, now: Instant) -> (EtcdCore, Vec<u8>) {
+    let mut core = EtcdCore::new(settings, now);
+    core.next_op(now);
+    core.connected(now, Ok(()));
+    core.next_op(now);
+    core.granted(now, Ok(lease));
+    let Some(Op::Register { value, .. }) = core.next_op(now) else {
+        panic!("expected a registration")
+    };
+    (core, value)
+}
+
 #[test]
 fn the_membership_connects_leases_registers_and_keeps_alive() {
     let t0 = Instant::now();
@@ -192,14 +205,7 @@ fn the_membership_connects_leases_registers_and_keeps_alive() {
 #[test]
 fn an_unreachable_etcd_is_told_once_and_an_expired_lease_is_replaced() {
     let t0 = Instant::now();
-    let mut core = EtcdCore::new(settings(&[]), t0);
-    core.next_op(t0);
-    core.connected(t0, Ok(()));
-    core.next_op(t0);
-    core.granted(t0, Ok(1));
-    let Some(Op::Register { value, .. }) = core.next_op(t0) else {
-        panic!()
-    };
+    let (mut core, value) = leased(settings(&[]), 1, t0);
     core.claimed(t0, value, Ok(Claim::Put));
     let mut t = t0 + Duration::from_millis(500);
     core.next_op(t);
@@ -241,14 +247,7 @@ fn a_name_held_by_another_lease_is_refused_not_taken() {
     assert!(!may_claim(6, 5));
     assert!(!may_claim(0, 5), "a key without a lease is held for good");
     let t0 = Instant::now();
-    let mut core = EtcdCore::new(settings(&[]), t0);
-    core.next_op(t0);
-    core.connected(t0, Ok(()));
-    core.next_op(t0);
-    core.granted(t0, Ok(1));
-    let Some(Op::Register { value, .. }) = core.next_op(t0) else {
-        panic!()
-    };
+    let (mut core, value) = leased(settings(&[]), 1, t0);
     let notes = core.claimed(t0, value.clone(), Ok(Claim::HeldBy { lease: 9 }));
     assert!(
         matches!(&notes[..], [Note::Refused(why)] if why.contains("held by another live node"))
@@ -272,18 +271,16 @@ fn requirements_are_awaited_on_the_mirror_and_providers_follow_it() {
     let t0 = Instant::now();
     let mut core = EtcdCore::new(settings(&["db"]), t0);
     assert!(core
-        .await_requirements(t0, 7, Duration::from_secs(5))
+        .await_requirements(7, t0 + Duration::from_secs(5))
         .unwrap()
         .is_empty());
-    let actions = core
-        .watch_providers(t0, WatchId(1), vec!["db".into()])
-        .unwrap();
+    let actions = core.watch_providers(WatchId(1), vec!["db".into()]).unwrap();
     assert!(actions.is_empty(), "no picture before the first read");
     let position = Position {
         epoch: epoch(1),
         rev: 3,
     };
-    let actions = core.mirror_snapshot(t0, position, vec![node("me", "web", &["db"])]);
+    let actions = core.mirror_snapshot(position, vec![node("me", "web", &["db"])]);
     assert!(
         matches!(&actions[..], [Action::Providers { changed, .. }] if changed.providers["db"].is_empty())
     );
@@ -294,7 +291,7 @@ fn requirements_are_awaited_on_the_mirror_and_providers_follow_it() {
         node: node("db-1", "db", &[]),
         previous: None,
     };
-    let actions = core.mirror_events(t0, &epoch(1), vec![up]);
+    let actions = core.mirror_events(&epoch(1), vec![up]);
     assert!(actions
         .iter()
         .any(|a| matches!(a, Action::Awaited { token: 7, result: Ok(r) } if r.unmet.is_empty())));
@@ -303,10 +300,10 @@ fn requirements_are_awaited_on_the_mirror_and_providers_follow_it() {
     ));
     assert_eq!(core.position().unwrap().rev, 4);
     // Unreachable: the watches are told so.
-    let actions = core.mirror_down(t0);
+    let actions = core.mirror_down();
     assert!(matches!(&actions[..], [Action::Providers { changed, .. }] if !changed.reachable));
     // A caller whose wait is over is told what is unmet.
-    core.await_requirements(t0, 8, Duration::from_millis(10))
+    core.await_requirements(8, t0 + Duration::from_millis(10))
         .unwrap();
     let actions = core.tick(t0 + Duration::from_millis(20));
     assert!(matches!(
@@ -317,21 +314,14 @@ fn requirements_are_awaited_on_the_mirror_and_providers_follow_it() {
         }]
     ));
     // Back (the watch resumed from its revision): the picture returns.
-    let actions = core.mirror_watching(t0);
+    let actions = core.mirror_watching();
     assert!(matches!(&actions[..], [Action::Providers { changed, .. }] if changed.reachable));
 }
 
 #[test]
 fn offers_change_what_is_registered() {
     let t0 = Instant::now();
-    let mut core = EtcdCore::new(settings(&[]), t0);
-    core.next_op(t0);
-    core.connected(t0, Ok(()));
-    core.next_op(t0);
-    core.granted(t0, Ok(1));
-    let Some(Op::Register { value, .. }) = core.next_op(t0) else {
-        panic!()
-    };
+    let (mut core, value) = leased(settings(&[]), 1, t0);
     core.claimed(t0, value, Ok(Claim::Put));
     core.offer(
         t0,
