@@ -206,15 +206,15 @@ impl EtcdClient {
                 }));
             }
             Op::Grant { ttl } => {
-                let Some(mut client) = self.client.clone() else {
+                let Some(client) = self.client.clone() else {
                     return;
                 };
                 let fut = async move {
-                    match tokio::time::timeout(timeout, client.lease_grant(ttl, None)).await {
-                        Ok(Ok(granted)) => Ok(granted.id()),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(_) => Err(format!("no answer within {timeout:?}")),
-                    }
+                    let granted = retried(timeout, || {
+                        let mut client = client.clone();
+                        async move { client.lease_grant(ttl, None).await }
+                    });
+                    granted.await.map(|granted| granted.id())
                 };
                 ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
                     actor.keeper = None;
@@ -531,7 +531,7 @@ enum WatchEnd {
 
 /// Watches the nodes from revision `from` until the watch fails or is cancelled.
 async fn watch(
-    mut client: Client,
+    client: Client,
     prefix: &str,
     epoch: String,
     from: i64,
@@ -545,14 +545,15 @@ async fn watch(
         .with_progress_notify()
         .with_start_revision(from);
     let mut last = from - 1;
-    let opened = tokio::time::timeout(timeout, client.watch(nodes_prefix(prefix), Some(options)));
+    let key = nodes_prefix(prefix);
+    let opened = retried(timeout, || {
+        let mut client = client.clone();
+        let (key, options) = (key.clone(), options.clone());
+        async move { client.watch(key, Some(options)).await }
+    });
     let mut stream = match opened.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return WatchEnd::Failed(Next::From(epoch, from), err.to_string(), false),
-        Err(_) => {
-            let why = format!("no answer within {timeout:?}");
-            return WatchEnd::Failed(Next::From(epoch, from), why, false);
-        }
+        Ok(stream) => stream,
+        Err(why) => return WatchEnd::Failed(Next::From(epoch, from), why, false),
     };
     let mut delivered = false;
     loop {
@@ -635,18 +636,9 @@ fn timed_out(timeout: Duration) -> String {
 }
 
 /// The epoch and revision of the etcd cluster, from a count-only read.
-async fn header(
-    mut client: Client,
-    prefix: &str,
-    timeout: Duration,
-) -> Result<(String, i64), String> {
+async fn header(client: Client, prefix: &str, timeout: Duration) -> Result<(String, i64), String> {
     let options = GetOptions::new().with_prefix().with_count_only();
-    let read = tokio::time::timeout(timeout, client.get(nodes_prefix(prefix), Some(options)));
-    let response = match read.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => return Err(err.to_string()),
-        Err(_) => return Err(timed_out(timeout)),
-    };
+    let response = get(&client, nodes_prefix(prefix).into_bytes(), options, timeout).await?;
     let header = response
         .header()
         .ok_or_else(|| "etcd answered without a header".to_string())?;
@@ -656,7 +648,7 @@ async fn header(
 /// Every key and value under the nodes folder, read page by page at one revision: the
 /// epoch, that revision, and the entries (at most [`core::MAX_NODES`]).
 async fn read_all(
-    mut client: Client,
+    client: Client,
     prefix: &str,
     timeout: Duration,
 ) -> Result<(String, i64, Vec<(Vec<u8>, Vec<u8>)>), String> {
@@ -670,12 +662,7 @@ async fn read_all(
         if let Some((_, rev)) = &at {
             options = options.with_revision(*rev);
         }
-        let read = tokio::time::timeout(timeout, client.get(from.clone(), Some(options)));
-        let mut response = match read.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Err(err.to_string()),
-            Err(_) => return Err(timed_out(timeout)),
-        };
+        let mut response = get(&client, from.clone(), options, timeout).await?;
         if at.is_none() {
             let header = response
                 .header()
@@ -696,6 +683,45 @@ async fn read_all(
     }
     let (epoch, rev) = at.unwrap_or_default();
     Ok((epoch, rev, entries))
+}
+
+/// A call made again (every 50ms at first, then less often) until `timeout` when it fails:
+/// with several endpoints, the client may first pick one that is down. Only for calls that
+/// can be made twice without harm (reads, transactions that compare first, lease renewals).
+async fn retried<T, F, Fut>(timeout: Duration, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let why = match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => return Err(timed_out(timeout)),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// A range read of `key` with `options`, [`retried`].
+async fn get(
+    client: &Client,
+    key: Vec<u8>,
+    options: GetOptions,
+    timeout: Duration,
+) -> Result<etcd_client::GetResponse, String> {
+    retried(timeout, || {
+        let mut client = client.clone();
+        let (key, options) = (key.clone(), options.clone());
+        async move { client.get(key, Some(options)).await }
+    })
+    .await
 }
 
 /// The end of the range of keys starting with `prefix`.
@@ -756,11 +782,12 @@ async fn run_txn(
     txn: Txn,
     timeout: Duration,
 ) -> Result<(bool, Option<i64>), String> {
-    let response = match tokio::time::timeout(timeout, client.txn(txn)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => return Err(err.to_string()),
-        Err(_) => return Err(timed_out(timeout)),
-    };
+    let response = retried(timeout, || {
+        let mut client = client.clone();
+        let txn = txn.clone();
+        async move { client.txn(txn).await }
+    })
+    .await?;
     if response.succeeded() {
         return Ok((true, None));
     }
@@ -771,41 +798,46 @@ async fn run_txn(
     Ok((false, holder))
 }
 
-/// Renews `lease` on `keeper`'s stream (opened when missing): the TTL left, 0 when the lease
-/// is gone; and the stream to keep for the next renewal.
+/// A lease's keep-alive stream.
+type Keeper = (LeaseKeeper, LeaseKeepAliveStream);
+
+/// Renews `lease` on `keeper`'s stream, or on a new one when there is none or it fails: the
+/// TTL left, 0 when the lease is gone; and the stream to keep for the next renewal.
 async fn keep_alive(
-    mut client: Client,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    client: Client,
+    keeper: Option<Keeper>,
     lease: i64,
     timeout: Duration,
-) -> (
-    Result<i64, String>,
-    Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-) {
-    let renew = async move {
-        let (mut keeper, mut stream) = match keeper {
-            Some((keeper, stream)) if keeper.id() == lease => (keeper, stream),
-            _ => match client.lease_keep_alive(lease).await {
-                // Opening the stream renewed the lease once already.
-                Ok((keeper, stream)) => return Ok((1, Some((keeper, stream)))),
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok((0, None)),
-                Err(err) => return Err(err.to_string()),
-            },
+) -> (Result<i64, String>, Option<Keeper>) {
+    if let Some((mut keeper, mut stream)) = keeper.filter(|(k, _)| k.id() == lease) {
+        let renew = async {
+            keeper.keep_alive().await?;
+            stream.message().await
         };
-        keeper.keep_alive().await.map_err(|err| err.to_string())?;
-        match stream.message().await {
-            Ok(Some(response)) if response.ttl() > 0 => {
-                Ok((response.ttl(), Some((keeper, stream))))
+        match tokio::time::timeout(timeout, renew).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                return (Ok(response.ttl()), Some((keeper, stream)))
             }
-            Ok(Some(_)) => Ok((0, None)),
-            Ok(None) => Err("the keep-alive stream ended".to_string()),
-            Err(err) => Err(err.to_string()),
+            Ok(Ok(Some(_))) => return (Ok(0), None),
+            // The stream broke (its member went, say): open another one.
+            _ => {}
         }
-    };
-    match tokio::time::timeout(timeout, renew).await {
-        Ok(Ok((ttl, keeper))) => (Ok(ttl), keeper),
-        Ok(Err(why)) => (Err(why), None),
-        Err(_) => (Err(timed_out(timeout)), None),
+    }
+    let opened = retried(timeout, || {
+        let mut client = client.clone();
+        async move {
+            match client.lease_keep_alive(lease).await {
+                // etcd answered that the lease is gone.
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+                other => other.map(Some),
+            }
+        }
+    });
+    match opened.await {
+        // Opening the stream renewed the lease once already.
+        Ok(Some(keeper)) => (Ok(1), Some(keeper)),
+        Ok(None) => (Ok(0), None),
+        Err(why) => (Err(why), None),
     }
 }
 
