@@ -212,14 +212,18 @@ impl Node {
     /// Starts `troupe run` as `name` with `body` (roles, tables) and a `[cluster]` table on
     /// `etcd` with `cluster` added; waits for "node ready".
     fn start(name: &str, etcd: &Etcd, body: &str, cluster: &str) -> Node {
-        let node = Node::configure(name, etcd, body, cluster);
-        node.run()
+        Node::configure(name, etcd, body, cluster, "").run()
     }
 
-    fn configure(name: &str, etcd: &Etcd, body: &str, cluster: &str) -> Node {
+    /// [`Node::start`] with more keys in `[control]`.
+    fn start_with_control(name: &str, etcd: &Etcd, body: &str, control: &str) -> Node {
+        Node::configure(name, etcd, body, "", control).run()
+    }
+
+    fn configure(name: &str, etcd: &Etcd, body: &str, cluster: &str, control: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "name = \"{name}\"\nshutdown_timeout = \"10s\"\n{body}\n[control]\nsocket = \"{}\"\n[cluster]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"/troupe/test/\"\nheartbeat_interval = \"{BEAT}\"\n{cluster}\n",
+            "name = \"{name}\"\nshutdown_timeout = \"10s\"\n{body}\n[control]\nsocket = \"{}\"\n{control}\n[cluster]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"/troupe/test/\"\nheartbeat_interval = \"{BEAT}\"\n{cluster}\n",
             dir.path().join("ctl.sock").display(),
             etcd.endpoints()
         )
@@ -614,4 +618,42 @@ fn the_example_config_passes_check_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn one_member_ctl_cluster_status_finds_every_node_through_etcd() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "etcd-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let control = |port: u16| {
+        format!(
+            "bind = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+            token.display()
+        )
+    };
+    let one = Node::start_with_control("c-1", &etcd, &ipc(""), &control(free_port()));
+    let _two = Node::start_with_control("c-2", &etcd, &ipc(""), &control(free_port()));
+    let rows = eventually(SETTLE, "both nodes in ctl --cluster status", || {
+        let out = troupe()
+            .args(["ctl", "--cluster", "status", "--json", "--timeout", "5s"])
+            .arg("--config")
+            .arg(one.config())
+            .arg("--token-file")
+            .arg(&token)
+            .output()
+            .unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let names: Vec<&str> = rows
+            .as_array()
+            .map(|rows| rows.iter().filter_map(|r| r["node"].as_str()).collect())
+            .unwrap_or_default();
+        match out.status.success() && names.contains(&"c-1") && names.contains(&"c-2") {
+            true => Ok(rows.clone()),
+            false => Err(format!("{rows} {}", String::from_utf8_lossy(&out.stderr))),
+        }
+    });
+    assert!(rows.to_string().contains("\"ipc\""), "{rows}");
 }
