@@ -1,5 +1,6 @@
 //! `troupe cluster …`: operator commands that ask the beacons named in the `[cluster]` table
-//! (or given with `--beacon`), through a cluster client that registers nothing.
+//! (or given with `--beacon`), or etcd with `backend = "etcd"`, through a cluster client that
+//! registers nothing.
 //!
 //! ```text
 //! troupe cluster list                       every node, online and offline, with every resource
@@ -29,8 +30,8 @@ use crate::protocol::{EventKind, Node, NodeView, Position, Status};
 /// Flags of `troupe cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// Node config whose `[cluster]` table names the beacons and the cookie (default: the
-    /// embedded single-machine config).
+    /// Node config whose `[cluster]` table names the beacons and the cookie, or etcd
+    /// (default: the embedded single-machine config).
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Ask this beacon instead of the configured ones (repeat for several).

@@ -26,9 +26,9 @@ use troupe_beacon::protocol::{Node, Position};
 use troupe_core::Shutdown;
 
 use crate::core::{
-    self, after_compaction, decode_all, epoch, map_event, may_claim, nodes_prefix, requirements_of,
-    start_from, subscription_events, watched, Action, Claim, EtcdCore, Note, OfferChanges, Op,
-    RawEvent, Start, SOURCE,
+    self, after_compaction, decode_all, epoch, map_event, may_claim, nodes_prefix, prefix_end,
+    requirements_of, start_from, subscription_events, watched, Action, Claim, EtcdCore, Note,
+    OfferChanges, Op, RawEvent, Start, SOURCE,
 };
 
 /// Most queries (range reads) running at once.
@@ -722,18 +722,6 @@ async fn get(
         async move { client.get(key, Some(options)).await }
     })
     .await
-}
-
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Puts `value` under `key` with `lease` unless another lease holds the key: first as a

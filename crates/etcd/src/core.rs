@@ -42,6 +42,18 @@ pub fn node_key(prefix: &str, name: &str) -> String {
     format!("{prefix}nodes/{name}")
 }
 
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// The epoch of a position in an etcd cluster: its cluster id. Revisions only compare within
 /// one etcd cluster.
 pub fn epoch(cluster_id: u64) -> String {

@@ -53,6 +53,16 @@ fn a_record_round_trips_and_names_its_key() {
 }
 
 #[test]
+fn a_range_ends_after_its_prefix() {
+    assert_eq!(
+        prefix_end(b"/troupe/x/nodes/"),
+        b"/troupe/x/nodes0".to_vec()
+    );
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+}
+
+#[test]
 fn etcd_events_become_node_events() {
     let value = |resource: &str| {
         encode(
