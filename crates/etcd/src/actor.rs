@@ -275,11 +275,9 @@ impl EtcdClient {
             .beacons
             .first()
             .and_then(|b| b.refusal.clone());
-        if self.queries.fetch_add(1, Ordering::Relaxed) >= MAX_QUERIES {
-            self.queries.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = QuerySlot::take(&self.queries) else {
             return Box::pin(async { Err(ClientError::Busy(MAX_QUERIES)) });
-        }
-        let queries = self.queries.clone();
+        };
         let prefix = self.core.settings().prefix.clone();
         let timeout = self.connection.timeout;
         Box::pin(async move {
@@ -287,13 +285,31 @@ impl EtcdClient {
                 Some(client) => read_all(client, &prefix, timeout).await,
                 None => Err(last_error.unwrap_or_else(|| timed_out(timeout))),
             };
-            queries.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
             let (_, _, entries) = read.map_err(ClientError::Unreachable)?;
             let mut skipped = Vec::new();
             let nodes = decode_all(&prefix, entries, &mut skipped);
             log_skipped(&skipped);
             answer(nodes)
         })
+    }
+}
+
+/// One of the [`MAX_QUERIES`] queries that may run at once, given back when dropped (also
+/// when the query's future is dropped unfinished).
+struct QuerySlot(Arc<AtomicUsize>);
+
+impl QuerySlot {
+    fn take(running: &Arc<AtomicUsize>) -> Option<QuerySlot> {
+        let taken = running.fetch_add(1, Ordering::Relaxed);
+        let slot = QuerySlot(running.clone());
+        (taken < MAX_QUERIES).then_some(slot)
+    }
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
