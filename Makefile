@@ -30,9 +30,10 @@ test-deps:
 	@$(PYTHON) -c 'import zmq, prometheus_client, selenium' 2>/dev/null || $(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
 
 ## Every test CI runs: unit, integration (real troupe processes), Python interoperability.
+## With every feature: the etcd backend too (needs protoc, and etcd-server for its tests).
 test: test-deps
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) build --workspace --bins --all-features
+	$(CARGO) test --workspace --all-features
 
 ## The README's first commands on the installed binary (release build; used by CI).
 smoke:
@@ -40,8 +41,8 @@ smoke:
 
 ## Benchmarks (long): see docs/PERFORMANCE.md.
 bench: test-deps
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) bench --workspace
+	$(CARGO) build --release --workspace --bins --all-features
+	$(CARGO) bench --workspace --all-features
 
 ## Fuzzing: the decoders of the three servers, fed generated input (property-based, stable
 ## Rust) for FUZZ_SECS seconds each. Their corpora also run in `make test`.
@@ -64,10 +65,10 @@ soak: test-deps
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 doc:
-	$(CARGO) doc --workspace --no-deps
+	$(CARGO) doc --workspace --no-deps --all-features
 
 clean:
 	$(CARGO) clean

@@ -200,6 +200,12 @@ impl Proc {
         }
     }
 
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill_now(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
     /// Waits for the exit, up to `timeout`; panics (after killing it) if it does not exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         if let Some(status) = self.status {
@@ -234,6 +240,25 @@ impl Drop for Proc {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// Asks `probe` every 20ms until it answers `Ok`, for at most `timeout`; then panics saying
+/// what was awaited (`what`) and the last answer.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(found) => return found,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("not {what} within {timeout:?}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

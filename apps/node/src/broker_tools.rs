@@ -4,7 +4,8 @@
 //!
 //! Both reach one broker at a given address (`--connect`, `--endpoint`), or find the brokers
 //! through the beacons (`--beacon`, `--config`, or `TROUPE_BEACONS` in the environment, see
-//! [`broker_source`]): the echo worker then serves every online broker that has the service's
+//! [`broker_source`]) or etcd (a `--config` whose `[cluster]` uses etcd, or `TROUPE_CLUSTER`):
+//! the echo worker then serves every online broker that has the service's
 //! backend and follows them as they come and go; `call` sends its request to one of them.
 
 use std::collections::BTreeSet;
@@ -12,11 +13,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use troupe_beacon::client::{Backend, ClusterConfig};
 use troupe_broker::client::{ClientError, ClientOptions, MajordomoClient, MultiMajordomoClient};
 use troupe_broker::discover::{self, DiscoverKind, DiscoverOptions};
 use troupe_broker::worker::{Handler, Worker, WorkerFraming, WorkerOptions};
 use troupe_broker::worker_set::WorkerSet;
-use troupe_core::cluster::{ENV_BEACONS, ENV_COOKIE_FILE};
+use troupe_core::cluster::{ENV_BEACONS, ENV_CLUSTER, ENV_COOKIE_FILE};
 
 use crate::cli::{BrokerDiscoveryArgs, CallArgs, EchoFraming, EchoWorkerArgs, LogFormat};
 
@@ -26,7 +28,7 @@ pub const DEFAULT_BACKEND: &str = "tcp://127.0.0.1:7502";
 pub const DEFAULT_MAJORDOMO: &str = "tcp://127.0.0.1:7500";
 
 /// Where a tool finds its broker(s).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BrokerSource {
     /// One broker at this address.
     Direct(String),
@@ -37,6 +39,8 @@ pub enum BrokerSource {
         /// The cluster's cookie file, if any.
         cookie_file: Option<PathBuf>,
     },
+    /// The online brokers, through another backend (etcd): its `[cluster]` keys.
+    Cluster(Box<ClusterConfig>),
 }
 
 impl BrokerSource {
@@ -65,11 +69,16 @@ pub fn broker_source(
     if let Some(direct) = direct {
         return Ok(BrokerSource::Direct(direct.to_string()));
     }
+    let nonempty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    if args.beacons.is_empty() {
+        if let Some(cluster) = other_backend(args.config.as_deref(), env)? {
+            return Ok(BrokerSource::Cluster(Box::new(cluster)));
+        }
+    }
     let from_file = match &args.config {
         Some(path) => Some(read_cluster_table(path)?),
         None => None,
     };
-    let nonempty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
     let (beacons, fallback_cookie) = if !args.beacons.is_empty() {
         let cookie = from_file.as_ref().and_then(|(_, cookie)| cookie.clone());
         (args.beacons.clone(), cookie)
@@ -97,6 +106,68 @@ pub fn broker_source(
         beacons,
         cookie_file: args.cookie_file.clone().or(fallback_cookie),
     })
+}
+
+/// Where a tool follows the brokers: beacons (with their cookie file), or another backend.
+struct Through {
+    beacons: Vec<String>,
+    cookie_file: Option<PathBuf>,
+    cluster: Option<ClusterConfig>,
+}
+
+impl Through {
+    /// For messages: "beacon X", "beacons X, Y" or "etcd X Y".
+    fn describe(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => format!(
+                "{} {}",
+                cluster.backend.as_str(),
+                cluster.targets().join(" ")
+            ),
+            None => BrokerSource::describe_beacons(&self.beacons),
+        }
+    }
+}
+
+/// The `[cluster]` table of the config file, when it uses another backend than beacons; else,
+/// without a config file and without `TROUPE_BEACONS`, `TROUPE_CLUSTER` from `env`.
+fn other_backend(
+    config: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ClusterConfig>, String> {
+    let cluster: ClusterConfig = match config {
+        Some(path) => {
+            let shown = path.display();
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read the config file {shown}: {err}"))?;
+            let document: toml::Table =
+                toml::from_str(&text).map_err(|err| format!("{shown} is not valid TOML: {err}"))?;
+            match document.get("cluster") {
+                Some(table) if table.get("backend").and_then(|b| b.as_str()) == Some("etcd") => {
+                    table
+                        .clone()
+                        .try_into()
+                        .map_err(|err| format!("the [cluster] table of {shown}: {err}"))?
+                }
+                _ => return Ok(None),
+            }
+        }
+        None => {
+            let beacons = env(ENV_BEACONS).filter(|b| !b.trim().is_empty());
+            match env(ENV_CLUSTER).filter(|c| !c.trim().is_empty()) {
+                Some(json) if beacons.is_none() => serde_json::from_str(&json)
+                    .map_err(|err| format!("{ENV_CLUSTER} is not a [cluster] table: {err}"))?,
+                _ => return Ok(None),
+            }
+        }
+    };
+    if cluster.backend == Backend::Beacon {
+        return Ok(None);
+    }
+    cluster
+        .validate()
+        .map_err(|err| err.within("cluster").to_string())?;
+    Ok(Some(cluster.for_services()))
 }
 
 /// The `beacons` and `cookie_file` of a node config's `[cluster]` table.
@@ -169,7 +240,7 @@ pub fn echo_worker(args: EchoWorkerArgs) -> i32 {
     };
     let endpoint = match &source {
         BrokerSource::Direct(endpoint) => endpoint.clone(),
-        BrokerSource::Beacons { .. } => String::new(),
+        BrokerSource::Beacons { .. } | BrokerSource::Cluster(_) => String::new(),
     };
     let options = WorkerOptions {
         framing: match args.framing {
@@ -218,7 +289,22 @@ pub fn echo_worker(args: EchoWorkerArgs) -> i32 {
             BrokerSource::Beacons {
                 beacons,
                 cookie_file,
-            } => start_following(&args, beacons, cookie_file, options, handler, done_tx),
+            } => {
+                let through = Through {
+                    beacons,
+                    cookie_file,
+                    cluster: None,
+                };
+                start_following(&args, through, options, handler, done_tx)
+            }
+            BrokerSource::Cluster(cluster) => {
+                let through = Through {
+                    beacons: Vec::new(),
+                    cookie_file: None,
+                    cluster: Some(*cluster),
+                };
+                start_following(&args, through, options, handler, done_tx)
+            }
         };
         let running = match started {
             Ok(running) => running,
@@ -295,8 +381,7 @@ fn start_one(
 /// all. An error is the exit code.
 fn start_following(
     args: &EchoWorkerArgs,
-    beacons: Vec<String>,
-    cookie_file: Option<PathBuf>,
+    through: Through,
     options: WorkerOptions,
     handler: Handler,
     done: tokio::sync::oneshot::Sender<()>,
@@ -307,9 +392,11 @@ fn start_following(
     })?;
     let handle = set.handle();
     let service = args.service.clone();
+    let shown = through.describe();
     let follow = DiscoverOptions {
-        beacons: beacons.clone(),
-        cookie_file,
+        beacons: through.beacons,
+        cookie_file: through.cookie_file,
+        cluster: through.cluster,
         service: args.service.clone(),
         kind: DiscoverKind::Worker,
     };
@@ -338,11 +425,11 @@ fn start_following(
     });
     tracing::info!(
         service = %args.service,
-        beacons = %beacons.join(" "),
+        through = %shown,
         concurrency = args.concurrency,
         framing = ?args.framing,
         pid = std::process::id(),
-        "echo worker started; following the brokers through the beacons"
+        "echo worker started; following the brokers"
     );
     Ok(RunningWorker {
         stop: Box::new(move || handle.stop()),
@@ -401,7 +488,22 @@ pub fn call(args: CallArgs) -> i32 {
         BrokerSource::Beacons {
             beacons,
             cookie_file,
-        } => call_discovered(&args, options, body, beacons, cookie_file),
+        } => {
+            let through = Through {
+                beacons,
+                cookie_file,
+                cluster: None,
+            };
+            call_discovered(&args, options, body, through)
+        }
+        BrokerSource::Cluster(cluster) => {
+            let through = Through {
+                beacons: Vec::new(),
+                cookie_file: None,
+                cluster: Some(*cluster),
+            };
+            call_discovered(&args, options, body, through)
+        }
     }
 }
 
@@ -410,13 +512,12 @@ fn call_discovered(
     args: &CallArgs,
     options: ClientOptions,
     body: Vec<Vec<u8>>,
-    beacons: Vec<String>,
-    cookie_file: Option<PathBuf>,
+    through: Through,
 ) -> i32 {
     // Only errors: a broken cookie or a beacon refusing us shows; routine chatter does not.
     let _ = crate::logging::init(Some("error"), LogFormat::Text);
     let service = &args.service;
-    let through = BrokerSource::describe_beacons(&beacons);
+    let shown = through.describe();
     let (mut client, brokers) = match MultiMajordomoClient::new(options) {
         Ok(pair) => pair,
         Err(err) => {
@@ -425,8 +526,9 @@ fn call_discovered(
         }
     };
     let follow = DiscoverOptions {
-        beacons,
-        cookie_file,
+        beacons: through.beacons,
+        cookie_file: through.cookie_file,
+        cluster: through.cluster,
         service: service.clone(),
         kind: DiscoverKind::Client,
     };
@@ -443,7 +545,7 @@ fn call_discovered(
     if !client.wait_for_broker(args.timeout) {
         discovery.stop();
         eprintln!(
-            "troupe: call {service}: no online broker with a Majordomo socket found through the {through} within {timeout}"
+            "troupe: call {service}: no online broker with a Majordomo socket found through the {shown} within {timeout}"
         );
         return 1;
     }
@@ -455,7 +557,7 @@ fn call_discovered(
             endpoint, attempts, ..
         }) => {
             eprintln!(
-                "troupe: call {service}: no reply from the broker at {endpoint} (found through the {through}) within {timeout}, after {attempts} attempt(s)"
+                "troupe: call {service}: no reply from the broker at {endpoint} (found through the {shown}) within {timeout}, after {attempts} attempt(s)"
             );
             1
         }
@@ -467,7 +569,7 @@ fn call_discovered(
         }
         Err(ClientError::NoBroker) => {
             eprintln!(
-                "troupe: call {service}: the brokers found through the {through} went away before the request was sent"
+                "troupe: call {service}: the brokers found through the {shown} went away before the request was sent"
             );
             1
         }

@@ -53,8 +53,9 @@ pub struct BrokerDiscoveryArgs {
     /// The cluster's cookie file (mode 0600), when the beacons require one.
     #[arg(long, value_name = "FILE")]
     pub cookie_file: Option<PathBuf>,
-    /// Take the beacons and the cookie file from this node config's `[cluster]` table
-    /// (`--beacon` and `--cookie-file` win over it).
+    /// Take the beacons and the cookie file from this node config's `[cluster]` table, or
+    /// follow the brokers through etcd when it has `backend = "etcd"` (`--beacon` and
+    /// `--cookie-file` win over it).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

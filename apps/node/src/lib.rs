@@ -140,7 +140,7 @@ fn ctl_cluster(known: &RoleSet, args: troupe_control::ctl::CtlArgs) -> i32 {
             }
         };
     if !args.beacons.is_empty() {
-        cluster.beacons = args.beacons.clone();
+        cluster = cluster.with_beacons(args.beacons.clone());
     }
     let token_file = args.token_file.clone().or_else(|| {
         (!settings.control.token_file.is_empty())

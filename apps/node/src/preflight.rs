@@ -1,7 +1,8 @@
 //! The checks `run` makes before it starts anything, which `check-config` makes too, so that
 //! `check-config` refuses what `run` would refuse, with the same message:
 //!
-//! - the cookie file (`[cluster]`) is readable by its owner only;
+//! - the cookie file (`[cluster]`) is readable by its owner only, and so are the etcd
+//!   password and key files; the etcd TLS files can be read;
 //! - the folders of the sockets (ipc, control) can be created, the beacon's snapshot folder
 //!   and the services' log file folders exist;
 //! - every TCP address the node binds is free, and no two keys name the same one;
@@ -37,6 +38,11 @@ pub fn check(settings: &NodeSettings) -> Result<(), ConfigError> {
         cluster
             .read_cookie()
             .map_err(|why| ConfigError::new("cluster.cookie_file", why))?;
+    }
+    if cluster.backend == troupe_beacon::client::Backend::Etcd {
+        cluster
+            .read_etcd_credentials()
+            .map_err(|err| err.within("cluster"))?;
     }
     let control: ControlConfig = section(doc, "control")?;
     creatable_folder("control.socket", &control.socket_path(&settings.name))?;

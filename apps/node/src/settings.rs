@@ -453,16 +453,18 @@ fn parse_control(section: Option<Value>) -> Result<ControlConfig, ConfigError> {
     Ok(control)
 }
 
-/// Parses the `[cluster]` table. Returns its effective value and, when it names beacons, the
+/// Parses the `[cluster]` table. Returns its effective value and, when it names beacons or
+/// uses etcd, the
 /// client ready to start (it offers one resource per role, see `troupe_beacon::client`).
 fn parse_cluster(section: Option<Value>) -> Result<(Value, Option<PreparedRole>), ConfigError> {
     let section = section.unwrap_or_else(|| json!({}));
     let client = RoleSet::new().with::<ClusterClient>();
     let effective = client.parse(ClusterClient::NAME, section.clone())?;
-    let has_beacons = effective["beacons"]
+    let runs_client = effective["beacons"]
         .as_array()
-        .is_some_and(|beacons| !beacons.is_empty());
-    let prepared = match has_beacons {
+        .is_some_and(|beacons| !beacons.is_empty())
+        || effective["backend"] == "etcd";
+    let prepared = match runs_client {
         true => Some(client.prepare(ClusterClient::NAME, section)?),
         false => None,
     };

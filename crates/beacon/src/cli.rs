@@ -1,5 +1,6 @@
 //! `troupe cluster …`: operator commands that ask the beacons named in the `[cluster]` table
-//! (or given with `--beacon`), through a cluster client that registers nothing.
+//! (or given with `--beacon`), or etcd with `backend = "etcd"`, through a cluster client that
+//! registers nothing.
 //!
 //! ```text
 //! troupe cluster list                       every node, online and offline, with every resource
@@ -29,8 +30,8 @@ use crate::protocol::{EventKind, Node, NodeView, Position, Status};
 /// Flags of `troupe cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// Node config whose `[cluster]` table names the beacons and the cookie (default: the
-    /// embedded single-machine config).
+    /// Node config whose `[cluster]` table names the beacons and the cookie, or etcd
+    /// (default: the embedded single-machine config).
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Ask this beacon instead of the configured ones (repeat for several).
@@ -81,9 +82,9 @@ pub enum ClusterCommand {
 /// the exit code.
 pub fn run(args: ClusterArgs, mut cluster: ClusterConfig, node: &str) -> i32 {
     if !args.beacons.is_empty() {
-        cluster.beacons = args.beacons.clone();
+        cluster = cluster.with_beacons(args.beacons.clone());
     }
-    if cluster.beacons.is_empty() {
+    if !cluster.runs_client() {
         eprintln!(
             "troupe: no beacon to ask: set `beacons` in the config's [cluster] table or pass --beacon"
         );
@@ -99,21 +100,22 @@ pub fn run(args: ClusterArgs, mut cluster: ClusterConfig, node: &str) -> i32 {
             }
         };
         let code = match args.command {
-            ClusterCommand::List => print_nodes(client.send(ListNodes).await, None, args.json),
+            ClusterCommand::List => print_nodes(client.list.send(ListNodes).await, None, args.json),
             ClusterCommand::Lookup { resource } => {
-                let answer = client.send(LookupResource(resource.clone())).await;
+                let answer = client.lookup.send(LookupResource(resource.clone())).await;
                 print_nodes(answer, Some(&resource), args.json)
             }
-            ClusterCommand::Requirements { node } => {
-                print_requirements(client.send(GetRequirementsOf(node)).await, args.json)
-            }
+            ClusterCommand::Requirements { node } => print_requirements(
+                client.requirements_of.send(GetRequirementsOf(node)).await,
+                args.json,
+            ),
             ClusterCommand::Watch {
                 resources,
                 since,
                 count,
             } => watch(&client, resources, since, count, args.json).await,
         };
-        let _ = client.send(troupe_core::Shutdown).await;
+        let _ = client.shutdown.send(troupe_core::Shutdown).await;
         let _ = thread_done.await;
         code
     })
@@ -304,7 +306,7 @@ impl Handler<ClusterEvent> for Printer {
 }
 
 async fn watch(
-    client: &Addr<crate::client::BeaconClient>,
+    client: &crate::client::ClusterClientHandle,
     resources: Vec<String>,
     since: Option<Position>,
     count: Option<u64>,
@@ -323,7 +325,7 @@ async fn watch(
         since,
         recipient: printer.recipient(),
     };
-    match client.send(subscribe).await {
+    match client.subscribe.send(subscribe).await {
         Ok(Ok(_)) => {}
         Ok(Err(err)) => return failed(err),
         Err(err) => return failed(err),

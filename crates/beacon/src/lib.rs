@@ -13,7 +13,9 @@
 //!   questions (`GetRequirements`, `LookupResource`, `AwaitRequirements`, `Subscribe`...) and
 //!   the [`troupe_core::cluster`] contract (`Offer`, `Withdraw`, `WatchProviders`), which the
 //!   node also publishes as a `ClusterHandle`. The node runs it as the internal role
-//!   [`client::ClusterClient`].
+//!   [`client::ClusterClient`], and publishes it as a [`client::ClusterClientHandle`],
+//!   which the etcd backend (crate `troupe-etcd`) publishes too: roles and tools use the
+//!   handle and work on either backend.
 //! - [`protocol`] is the wire format (JSON, one document per frame), documented for other
 //!   languages in `docs/protocols/beacon.md`; [`auth`] the cookie challenge–response.
 //! - [`cli`] holds the operator commands `troupe cluster list|lookup|requirements|watch`.
@@ -24,16 +26,15 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use actix::Addr;
-//! use troupe_beacon::client::{AwaitRequirements, BeaconClient, Offer};
+//! use troupe_beacon::client::{AwaitRequirements, ClusterClientHandle, Offer};
 //!
 //! # async fn start(ctx: troupe_core::RoleContext) -> Result<(), troupe_core::RoleError> {
 //! let cluster = ctx
 //!     .published
-//!     .lookup::<Addr<BeaconClient>>()
-//!     .ok_or_else(|| troupe_core::RoleError::new("this role needs [cluster] beacons"))?;
+//!     .lookup::<ClusterClientHandle>()
+//!     .ok_or_else(|| troupe_core::RoleError::new("this role needs a [cluster] client"))?;
 //! let wait = AwaitRequirements { timeout: Duration::from_secs(30) };
-//! match cluster.send(wait).await {
+//! match cluster.await_requirements.send(wait).await {
 //!     Ok(Ok(requirements)) => {
 //!         for node in &requirements.offers["broker"] {
 //!             tracing::info!(node = %node.name, frontend = ?node.endpoints.get("frontend"), "broker found");
@@ -44,7 +45,7 @@
 //! }
 //! let endpoints = [("api".to_string(), "tcp://10.0.0.5:9000".to_string())];
 //! let offer = Offer { resource: "app".into(), endpoints: endpoints.into() };
-//! if let Ok(Err(why)) = cluster.send(offer).await {
+//! if let Ok(Err(why)) = cluster.offer.send(offer).await {
 //!     tracing::warn!("endpoints not offered: {why}");
 //! }
 //! # Ok(())

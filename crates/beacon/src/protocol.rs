@@ -288,6 +288,23 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Node `name`, online, as it registers `registration` (normalized here) with a heartbeat
+    /// of `heartbeat_ms`.
+    pub fn online(name: String, mut registration: Registration, heartbeat_ms: u64) -> NodeView {
+        registration.normalize();
+        NodeView {
+            name,
+            resource: registration.resource,
+            requires: registration.requires,
+            endpoints: registration.endpoints,
+            offers: registration.offers,
+            metadata: registration.metadata,
+            status: Status::Online,
+            heartbeat_ms,
+            last_seen_ms: None,
+        }
+    }
+
     /// Whether the node offers `resource`.
     pub fn offers_resource(&self, resource: &str) -> bool {
         self.resource == resource || self.offers.contains_key(resource)

@@ -137,21 +137,14 @@ impl Registry {
         now: Instant,
         owner: Option<PeerId>,
         name: &str,
-        mut registration: Registration,
+        registration: Registration,
         heartbeat: Duration,
     ) -> Result<Vec<Event>, RegistryError> {
-        registration.normalize();
-        let view = Node::new(NodeView {
-            name: name.to_string(),
-            resource: registration.resource,
-            requires: registration.requires,
-            endpoints: registration.endpoints,
-            offers: registration.offers,
-            metadata: registration.metadata,
-            status: Status::Online,
-            heartbeat_ms: heartbeat.as_millis() as u64,
-            last_seen_ms: None,
-        });
+        let view = Node::new(NodeView::online(
+            name.to_string(),
+            registration,
+            heartbeat.as_millis() as u64,
+        ));
         let due = now + heartbeat * self.config.liveness;
         let mut events = Vec::new();
         let Some(entry) = self.nodes.get_mut(name) else {

@@ -61,6 +61,9 @@ pub struct DiscoverOptions {
     pub beacons: Vec<String>,
     /// The cluster's cookie file (mode 0600), if the beacons require one.
     pub cookie_file: Option<PathBuf>,
+    /// Another backend to ask instead of `beacons` (etcd): its `[cluster]` keys (see
+    /// `ClusterConfig::for_services`).
+    pub cluster: Option<ClusterConfig>,
     /// The broker service, e.g. `echo`.
     pub service: String,
     /// Worker or client endpoints.
@@ -166,26 +169,31 @@ pub fn follow<S>(options: DiscoverOptions, sink: S) -> Result<Discovery, Discove
 where
     S: Fn(BTreeSet<String>) + Send + 'static,
 {
-    if options.beacons.is_empty() {
-        return Err(DiscoverError::NoBeacon);
-    }
-    let beacons = options
-        .beacons
-        .iter()
-        .map(|beacon| {
-            beacon
-                .parse::<ZmqEndpoint>()
-                .map_err(|reason| DiscoverError::Beacon {
-                    beacon: beacon.clone(),
-                    reason,
+    let (config, shown) = match &options.cluster {
+        Some(cluster) => (cluster.for_services(), cluster.targets().join(" ")),
+        None => {
+            if options.beacons.is_empty() {
+                return Err(DiscoverError::NoBeacon);
+            }
+            let beacons = options
+                .beacons
+                .iter()
+                .map(|beacon| {
+                    beacon
+                        .parse::<ZmqEndpoint>()
+                        .map_err(|reason| DiscoverError::Beacon {
+                            beacon: beacon.clone(),
+                            reason,
+                        })
                 })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let shown = options.beacons.join(" ");
-    let config = ClusterConfig {
-        beacons,
-        cookie_file: options.cookie_file.clone().unwrap_or_default(),
-        ..ClusterConfig::default()
+                .collect::<Result<Vec<_>, _>>()?;
+            let config = ClusterConfig {
+                beacons,
+                cookie_file: options.cookie_file.clone().unwrap_or_default(),
+                ..ClusterConfig::default()
+            };
+            (config, options.beacons.join(" "))
+        }
     };
     let node = format!(
         "{}.{}-{}",
@@ -253,11 +261,11 @@ async fn run(
         resources: vec![BROKER_RESOURCE.to_string()],
         recipient: watcher.recipient(),
     };
-    match client.send(watch).await {
+    match client.watch.send(watch).await {
         Ok(Ok(id)) => {
             let _ = ready.send(Ok(()));
             let _ = stop.await;
-            let _ = client.send(Unwatch(id)).await;
+            let _ = client.unwatch.send(Unwatch(id)).await;
         }
         Ok(Err(err)) => {
             let _ = ready.send(Err(format!("the watch was refused: {err}")));
@@ -266,7 +274,7 @@ async fn run(
             let _ = ready.send(Err("the cluster client stopped".into()));
         }
     }
-    let _ = client.send(troupe_core::Shutdown).await;
+    let _ = client.shutdown.send(troupe_core::Shutdown).await;
     let _ = thread_done.await;
 }
 

@@ -124,7 +124,15 @@ pub struct ClusterHandle {
     /// The cluster cookie file, if the node uses one (given to services in
     /// [`ENV_COOKIE_FILE`]).
     pub cookie_file: Option<std::path::PathBuf>,
+    /// For a node whose membership is in etcd: what a service needs to reach it, as JSON
+    /// (given to services in [`ENV_CLUSTER`]).
+    pub cluster: Option<String>,
 }
+
+/// Environment variable carrying, on a node whose membership is in etcd, the `[cluster]` keys a
+/// supervised service needs to discover through it: JSON with `backend`, the `etcd_*` keys and
+/// the intervals (no secret: the password is in `etcd_password_file`).
+pub const ENV_CLUSTER: &str = "TROUPE_CLUSTER";
 
 /// Environment variable listing the node's beacons (space-separated) for supervised services.
 pub const ENV_BEACONS: &str = "TROUPE_BEACONS";

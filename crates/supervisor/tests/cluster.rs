@@ -150,6 +150,7 @@ fn cluster() -> Cluster {
         unwatch: addr.clone().recipient(),
         beacons: vec!["tcp://b1:7000".into(), "tcp://b2:7000".into()],
         cookie_file: Some("/etc/troupe/cookie".into()),
+        cluster: None,
     };
     Cluster { addr, told, handle }
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use troupe_core::zmq_thread::{CommandSender, SendError};
 use troupe_core::Shutdown;
 
-use crate::client::core::{Action, Answer, ClientCore, Query, MAX_PENDING};
+use crate::client::core::{Action, Answer, ClientCore, OfferChanges, Query, MAX_PENDING};
 use crate::client::socket::{Frames, LinkEvent, SocketAction, ToDealers};
 use crate::client::{
     AwaitRequirements, ClientError, ClusterEvent, GetRequirements, GetRequirementsOf, GetStatus,
@@ -286,14 +286,23 @@ impl Handler<Unsubscribe> for BeaconClient {
 }
 
 /// The sentence a role is answered with when the client refuses a change of what the node
-/// offers.
-fn refusal(action: &str, resource: &str, err: ClientError) -> String {
+/// offers (either backend).
+pub fn refusal(action: &str, resource: &str, err: ClientError) -> String {
     match err {
         ClientError::Invalid(why) => format!("cannot {action} \"{resource}\": {why}"),
         ClientError::NotRegistering => format!(
             "cannot {action} \"{resource}\": this cluster client registers no node (it only asks questions)"
         ),
         other => format!("cannot {action} \"{resource}\": {other}"),
+    }
+}
+
+/// The sentence a role is answered with when the client refuses a provider watch (either
+/// backend).
+pub fn watch_refusal(err: ClientError) -> String {
+    match err {
+        ClientError::Invalid(why) => why,
+        other => other.to_string(),
     }
 }
 
@@ -331,10 +340,7 @@ impl Handler<WatchProviders> for BeaconClient {
         let actions = self
             .core
             .watch_providers(Instant::now(), id, watch.resources)
-            .map_err(|err| match err {
-                ClientError::Invalid(why) => why,
-                other => other.to_string(),
-            })?;
+            .map_err(watch_refusal)?;
         self.watchers.insert(id, watch.recipient);
         self.apply(actions, false);
         Ok(id)
@@ -352,10 +358,11 @@ impl Handler<Unwatch> for BeaconClient {
     }
 }
 
-/// Deregisters the node from every beacon, waiting at most the given time for their answers.
-#[derive(Message)]
+/// Deregisters the node (from every beacon, or from etcd), waiting at most the given time
+/// for the answers.
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Leave(pub(crate) Duration);
+pub struct Leave(pub Duration);
 
 impl Handler<Leave> for BeaconClient {
     type Result = ResponseFuture<()>;

@@ -1,5 +1,5 @@
-//! The node config's `[cluster]` table: which beacons this node registers with, what it
-//! offers and needs, and the cluster's shared cookie.
+//! The node config's `[cluster]` table: which backend holds the membership (the beacons, or
+//! an etcd cluster), what this node offers and needs, and the cluster's credentials.
 //!
 //! A node offers one resource per role it runs (named after the role), plus the resources
 //! declared in `resources` (and the deprecated `resource`). `endpoints` belong to the first
@@ -16,10 +16,36 @@ use troupe_core::ConfigError;
 use crate::auth::Cookie;
 use crate::protocol::{check_name, Registration, MAX_HEARTBEAT_MS, MAX_OFFERS, MIN_HEARTBEAT_MS};
 
+/// Where the cluster's membership lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Troupe's own beacons (`beacons`): small clusters, no dependency.
+    #[default]
+    Beacon,
+    /// An etcd cluster (`etcd_endpoints`): replicated and consistent.
+    Etcd,
+}
+
+impl Backend {
+    /// The name as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Beacon => "beacon",
+            Backend::Etcd => "etcd",
+        }
+    }
+}
+
+/// The default `etcd_prefix`.
+pub const DEFAULT_ETCD_PREFIX: &str = "/troupe/default/";
+
 /// The `[cluster]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// Where the membership lives: `beacon` (the default) or `etcd`.
+    pub backend: Backend,
     /// Beacons to register with; the node registers with each of them. Empty: the node runs no
     /// cluster client.
     pub beacons: Vec<ZmqEndpoint>,
@@ -45,11 +71,27 @@ pub struct ClusterConfig {
     pub liveness: u32,
     /// How long one beacon may take to answer a query before the next beacon is asked.
     pub request_timeout: Duration,
+    /// With `backend = "etcd"`: the etcd cluster's client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// With `backend = "etcd"`: the key prefix of this Troupe cluster (one etcd may hold
+    /// several); starts and ends with `/`.
+    pub etcd_prefix: String,
+    /// With `backend = "etcd"`: the CA certificate (PEM) that signs the etcd servers'.
+    pub etcd_ca_file: PathBuf,
+    /// With `backend = "etcd"`: this node's client certificate (PEM), with `etcd_key_file`.
+    pub etcd_cert_file: PathBuf,
+    /// With `backend = "etcd"`: the key (PEM) of `etcd_cert_file`, readable by its owner only.
+    pub etcd_key_file: PathBuf,
+    /// With `backend = "etcd"`: the etcd user, with `etcd_password_file`.
+    pub etcd_user: String,
+    /// With `backend = "etcd"`: a file holding `etcd_user`'s password (mode 0600).
+    pub etcd_password_file: PathBuf,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
+            backend: Backend::Beacon,
             beacons: Vec::new(),
             resources: Vec::new(),
             resource: String::new(),
@@ -61,6 +103,13 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_secs(1),
             liveness: 3,
             request_timeout: Duration::from_secs(2),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_string(),
+            etcd_ca_file: PathBuf::new(),
+            etcd_cert_file: PathBuf::new(),
+            etcd_key_file: PathBuf::new(),
+            etcd_user: String::new(),
+            etcd_password_file: PathBuf::new(),
         }
     }
 }
@@ -147,7 +196,188 @@ impl ClusterConfig {
                 "must be longer than 0s",
             ));
         }
+        self.validate_etcd()
+    }
+
+    /// This config asking `beacons` instead (a command's `--beacon`): the beacon backend,
+    /// with the same cookie.
+    pub fn with_beacons(&self, beacons: Vec<ZmqEndpoint>) -> ClusterConfig {
+        ClusterConfig {
+            backend: Backend::Beacon,
+            beacons,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// What a service (or a tool) needs of this table to ask the same cluster: the backend,
+    /// where it is, the credentials' files and the intervals; not what this node offers, nor
+    /// an inline cookie.
+    pub fn for_services(&self) -> ClusterConfig {
+        ClusterConfig {
+            backend: self.backend,
+            beacons: self.beacons.clone(),
+            cookie_file: self.cookie_file.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            liveness: self.liveness,
+            request_timeout: self.request_timeout,
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            etcd_prefix: self.etcd_prefix.clone(),
+            etcd_ca_file: self.etcd_ca_file.clone(),
+            etcd_cert_file: self.etcd_cert_file.clone(),
+            etcd_key_file: self.etcd_key_file.clone(),
+            etcd_user: self.etcd_user.clone(),
+            etcd_password_file: self.etcd_password_file.clone(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    /// Whether this node runs a cluster client: it names beacons, or uses etcd.
+    pub fn runs_client(&self) -> bool {
+        match self.backend {
+            Backend::Beacon => !self.beacons.is_empty(),
+            Backend::Etcd => true,
+        }
+    }
+
+    /// Where the client asks, for logs and messages: the beacons or the etcd endpoints.
+    pub fn targets(&self) -> Vec<String> {
+        match self.backend {
+            Backend::Beacon => self.beacons.iter().map(|b| b.to_string()).collect(),
+            Backend::Etcd => self.etcd_endpoints.clone(),
+        }
+    }
+
+    fn validate_etcd(&self) -> Result<(), ConfigError> {
+        let etcd_keys_set = !self.etcd_endpoints.is_empty()
+            || self.etcd_prefix != DEFAULT_ETCD_PREFIX
+            || !self.etcd_ca_file.as_os_str().is_empty()
+            || !self.etcd_cert_file.as_os_str().is_empty()
+            || !self.etcd_key_file.as_os_str().is_empty()
+            || !self.etcd_user.is_empty()
+            || !self.etcd_password_file.as_os_str().is_empty();
+        if self.backend == Backend::Beacon {
+            if etcd_keys_set {
+                return Err(ConfigError::new(
+                    "backend",
+                    "etcd_* keys are set but the backend is \"beacon\"; set `backend = \"etcd\"` or remove them",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.beacons.is_empty() {
+            return Err(ConfigError::new(
+                "beacons",
+                "the backend is \"etcd\": the node registers in etcd, not with beacons; remove `beacons`",
+            ));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(ConfigError::new(
+                "etcd_endpoints",
+                "backend = \"etcd\" needs at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]",
+            ));
+        }
+        if self.etcd_cert_file.as_os_str().is_empty() != self.etcd_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_cert_file",
+                "set both `etcd_cert_file` and `etcd_key_file`, or neither",
+            ));
+        }
+        if !self.etcd_cert_file.as_os_str().is_empty() && self.etcd_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_ca_file",
+                "a client certificate needs `etcd_ca_file` (the CA of the etcd servers)",
+            ));
+        }
+        if self.etcd_user.is_empty() != self.etcd_password_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "etcd_user",
+                "set both `etcd_user` and `etcd_password_file`, or neither",
+            ));
+        }
+        let tls = !self.etcd_ca_file.as_os_str().is_empty()
+            || !self.etcd_cert_file.as_os_str().is_empty();
+        for (i, endpoint) in self.etcd_endpoints.iter().enumerate() {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            let valid = rest.is_some_and(|r| {
+                !r.is_empty() && !r.contains(char::is_whitespace) && r.contains(':')
+            });
+            if !valid {
+                return Err(ConfigError::new(
+                    "etcd_endpoints",
+                    format!("\"{endpoint}\" is not an etcd URL; write http://HOST:PORT or https://HOST:PORT"),
+                ));
+            }
+            if endpoint.starts_with("https://") != tls {
+                return Err(ConfigError::new(
+                    "etcd_endpoints",
+                    match tls {
+                        true => format!("\"{endpoint}\": with TLS files set, every endpoint is https://"),
+                        false => format!("\"{endpoint}\" is https: set `etcd_ca_file` (and `etcd_cert_file`/`etcd_key_file` for client certificates)"),
+                    },
+                ));
+            }
+            if self.etcd_endpoints[..i].contains(endpoint) {
+                return Err(ConfigError::new(
+                    "etcd_endpoints",
+                    format!("{endpoint} is listed twice"),
+                ));
+            }
+        }
+        let prefix = &self.etcd_prefix;
+        if !prefix.starts_with('/')
+            || !prefix.ends_with('/')
+            || prefix.len() < 2
+            || prefix.len() > 256
+            || prefix.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ConfigError::new(
+                "etcd_prefix",
+                format!("\"{prefix}\" must start and end with `/`, e.g. \"/troupe/CLUSTER/\" (at most 256 bytes, no spaces)"),
+            ));
+        }
+        if !self.etcd_user.is_empty() {
+            check_name("etcd_user", &self.etcd_user)
+                .map_err(|err| ConfigError::new("etcd_user", err.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// Reads the etcd credentials the config names (blocking): what `check-config` and `run`
+    /// check, with the same messages. Errors name the key.
+    pub fn read_etcd_credentials(&self) -> Result<EtcdCredentials, ConfigError> {
+        let read =
+            |key: &str, path: &Path, private: bool| -> Result<Option<Vec<u8>>, ConfigError> {
+                if path.as_os_str().is_empty() {
+                    return Ok(None);
+                }
+                read_small_file(path, private, "file")
+                    .map(Some)
+                    .map_err(|why| ConfigError::new(key, why))
+            };
+        let password = read("etcd_password_file", &self.etcd_password_file, true)?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|_| ConfigError::new("etcd_password_file", "is not UTF-8 text"))
+            })
+            .transpose()?;
+        if password.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err(ConfigError::new(
+                "etcd_password_file",
+                format!("{} is empty", self.etcd_password_file.display()),
+            ));
+        }
+        Ok(EtcdCredentials {
+            ca: read("etcd_ca_file", &self.etcd_ca_file, false)?,
+            cert: read("etcd_cert_file", &self.etcd_cert_file, false)?,
+            key: read("etcd_key_file", &self.etcd_key_file, true)?,
+            user: (!self.etcd_user.is_empty())
+                .then(|| (self.etcd_user.clone(), password.unwrap_or_default())),
+        })
     }
 
     /// The resources declared in `resources`, then `resource` (when set and not listed).
@@ -206,26 +436,67 @@ impl ClusterConfig {
     }
 }
 
-fn read_cookie_file(path: &Path) -> Result<Cookie, String> {
+/// The etcd credentials a `[cluster]` table names, read.
+#[derive(Clone, Default, PartialEq)]
+pub struct EtcdCredentials {
+    /// The CA certificate (PEM).
+    pub ca: Option<Vec<u8>>,
+    /// The client certificate (PEM).
+    pub cert: Option<Vec<u8>>,
+    /// Its key (PEM).
+    pub key: Option<Vec<u8>>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("ca", &self.ca.is_some())
+            .field("cert", &self.cert.is_some())
+            .field("key", &self.key.is_some())
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+/// The most a credential file may hold.
+const MAX_CREDENTIAL_FILE: u64 = 1 << 20;
+
+/// Reads a file of at most 1 MiB; with `private`, it must be readable by its owner only.
+/// `what` names it in messages ("cookie file").
+fn read_small_file(path: &Path, private: bool, what: &str) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let metadata = std::fs::metadata(path)
-        .map_err(|err| format!("cannot read the cookie file {shown}: {err}"))?;
+    let metadata =
+        std::fs::metadata(path).map_err(|err| format!("cannot read the {what} {shown}: {err}"))?;
     let mode = metadata.permissions().mode();
-    if mode & 0o077 != 0 {
+    if private && mode & 0o077 != 0 {
         return Err(format!(
-            "the cookie file {shown} is readable by other users (mode {:o}); run `chmod 600 {shown}`",
+            "the {what} {shown} is readable by other users (mode {:o}); run `chmod 600 {shown}`",
             mode & 0o777
         ));
     }
-    if metadata.len() > 4096 {
+    if metadata.len() > MAX_CREDENTIAL_FILE {
         return Err(format!(
-            "the cookie file {shown} is {} bytes; a cookie is at most 4096",
+            "the {what} {shown} is {} bytes; at most {MAX_CREDENTIAL_FILE}",
             metadata.len()
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("cannot read the cookie file {shown}: {err}"))?;
+    std::fs::read(path).map_err(|err| format!("cannot read the {what} {shown}: {err}"))
+}
+
+fn read_cookie_file(path: &Path) -> Result<Cookie, String> {
+    let shown = path.display();
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len > 4096 {
+        return Err(format!(
+            "the cookie file {shown} is {len} bytes; a cookie is at most 4096"
+        ));
+    }
+    let bytes = read_small_file(path, true, "cookie file")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("cannot read the cookie file {shown}: it is not UTF-8 text"))?;
     Cookie::new(&text).ok_or_else(|| format!("the cookie file {shown} is empty"))
 }
 
@@ -372,6 +643,125 @@ mod tests {
         let parsed: ClusterConfig =
             serde_json::from_value(serde_json::json!({"resources": ["a", "b"]})).unwrap();
         assert_eq!(parsed.resources, strings(&["a", "b"]));
+    }
+
+    fn etcd() -> ClusterConfig {
+        ClusterConfig {
+            backend: Backend::Etcd,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            resource: "broker".into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn etcd_keys_are_checked_and_name_their_key() {
+        assert!(etcd().validate().is_ok());
+        assert!(etcd().runs_client());
+        let cases: Vec<(ClusterConfig, &str)> = vec![
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec![],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["127.0.0.1:2379".into()],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["https://h:2379".into()],
+                    ..etcd()
+                },
+                "etcd_endpoints",
+            ),
+            (
+                ClusterConfig {
+                    etcd_prefix: "troupe".into(),
+                    ..etcd()
+                },
+                "etcd_prefix",
+            ),
+            (
+                ClusterConfig {
+                    etcd_cert_file: "/c.pem".into(),
+                    ..etcd()
+                },
+                "etcd_cert_file",
+            ),
+            (
+                ClusterConfig {
+                    etcd_user: "u".into(),
+                    ..etcd()
+                },
+                "etcd_user",
+            ),
+            (
+                ClusterConfig {
+                    beacons: valid().beacons,
+                    ..etcd()
+                },
+                "beacons",
+            ),
+            (
+                ClusterConfig {
+                    etcd_endpoints: vec!["http://h:1".into()],
+                    ..valid()
+                },
+                "backend",
+            ),
+        ];
+        for (config, key) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        // Without the etcd backend in the binary, the role refuses it, saying how to build it.
+        use troupe_core::Role;
+        let err = crate::client::ClusterClient::validate(&etcd()).unwrap_err();
+        assert_eq!(err.key, "backend");
+        assert!(err.to_string().contains("--features etcd"), "{err}");
+        // --beacon on an etcd config asks those beacons.
+        let asked = etcd().with_beacons(valid().beacons);
+        assert_eq!(asked.backend, Backend::Beacon);
+        assert!(asked.validate().is_ok());
+    }
+
+    #[test]
+    fn etcd_secrets_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = ClusterConfig {
+            etcd_user: "troupe".into(),
+            etcd_password_file: password.clone(),
+            ..etcd()
+        };
+        let err = config.read_etcd_credentials().unwrap_err();
+        assert_eq!(err.key, "etcd_password_file");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let read = config.read_etcd_credentials().unwrap();
+        assert_eq!(read.user, Some(("troupe".into(), "pw".into())));
+        assert!(
+            !format!("{read:?}").contains("pw\""),
+            "the password never shows"
+        );
+        let missing = ClusterConfig {
+            etcd_ca_file: dir.path().join("nope.pem"),
+            etcd_endpoints: vec!["https://h:2379".into()],
+            ..etcd()
+        };
+        assert_eq!(
+            missing.read_etcd_credentials().unwrap_err().key,
+            "etcd_ca_file"
+        );
     }
 
     #[test]

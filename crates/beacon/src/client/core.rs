@@ -212,11 +212,46 @@ struct Subscription {
     retry_at: Option<Instant>,
 }
 
+/// Whether this node's requirements were last seen met.
 #[derive(Debug, Clone, PartialEq)]
-enum RequirementState {
+pub enum RequirementState {
+    /// Not checked yet.
     Unknown,
+    /// Each has an online provider.
     Met,
+    /// These have none.
     Unmet(Vec<String>),
+}
+
+impl ClientStatus {
+    /// The status of a client of `backend` (`beacon`, `etcd`) as node `node`, registering
+    /// `registration`, with its links to the backend (`links`), requirements as last seen,
+    /// and how many subscriptions and provider watches it holds.
+    pub fn new(
+        backend: &'static str,
+        node: &str,
+        registration: Option<&Registration>,
+        links: Vec<BeaconStatus>,
+        requirements: &RequirementState,
+        held: (usize, usize),
+    ) -> ClientStatus {
+        let (state, unmet) = match requirements {
+            RequirementState::Unknown => ("unknown", Vec::new()),
+            RequirementState::Met => ("met", Vec::new()),
+            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
+        };
+        ClientStatus {
+            backend,
+            node: node.to_string(),
+            registration: registration.cloned(),
+            offers: registration.map(|r| r.offers.clone()).unwrap_or_default(),
+            beacons: links,
+            requirements: state,
+            unmet,
+            subscriptions: held.0,
+            provider_watches: held.1,
+        }
+    }
 }
 
 /// One beacon as the client sees it.
@@ -238,13 +273,16 @@ pub struct BeaconStatus {
 /// What the cluster client knows, for operators.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClientStatus {
+    /// The backend: `beacon` or `etcd`.
+    pub backend: &'static str,
     /// This node's name.
     pub node: String,
     /// What it registers (none for an asking-only client).
     pub registration: Option<Registration>,
     /// What it offers: every resource with its endpoints (empty for an asking-only client).
     pub offers: BTreeMap<String, Endpoints>,
-    /// Each configured beacon.
+    /// Each configured beacon; with etcd, one row for the etcd cluster (its endpoints, and
+    /// `state` `registered`, `unregistered`, `refused` or `unreachable`).
     pub beacons: Vec<BeaconStatus>,
     /// `met`, `unmet` or `unknown` (not checked yet), as last seen.
     pub requirements: &'static str,
@@ -354,26 +392,14 @@ impl ClientCore {
                     .map(|at| now.saturating_duration_since(at).as_millis() as u64),
             })
             .collect();
-        let (requirements, unmet) = match &self.requirement_state {
-            RequirementState::Unknown => ("unknown", Vec::new()),
-            RequirementState::Met => ("met", Vec::new()),
-            RequirementState::Unmet(unmet) => ("unmet", unmet.clone()),
-        };
-        ClientStatus {
-            node: self.settings.node.clone(),
-            registration: self.settings.registration.clone(),
-            offers: self
-                .settings
-                .registration
-                .as_ref()
-                .map(|r| r.offers.clone())
-                .unwrap_or_default(),
+        ClientStatus::new(
+            "beacon",
+            &self.settings.node,
+            self.settings.registration.as_ref(),
             beacons,
-            requirements,
-            unmet,
-            subscriptions: self.subscriptions.len(),
-            provider_watches: self.providers.len(),
-        }
+            &self.requirement_state,
+            (self.subscriptions.len(), self.providers.len()),
+        )
     }
 
     /// Starts the handshake with every beacon.
@@ -606,88 +632,6 @@ impl ClientCore {
             }
         }
         out
-    }
-
-    /// Adds `endpoints` to what this node offers for `resource` (replacing those of the same
-    /// name; adding the resource when it is new) and re-registers with every beacon.
-    pub fn offer(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        endpoints: Endpoints,
-    ) -> Result<Vec<Action>, ClientError> {
-        let Some(registration) = &self.settings.registration else {
-            return Err(ClientError::NotRegistering);
-        };
-        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
-        let mut updated = registration.clone();
-        updated
-            .offers
-            .entry(resource.to_string())
-            .or_default()
-            .extend(endpoints);
-        self.update_registration(now, updated)
-    }
-
-    /// Removes `names` from the endpoints this node offers for `resource`, or with `names`
-    /// empty all of them and the resource itself when it is not one of the base resources, and
-    /// re-registers with every beacon. Withdrawing what is not offered changes nothing.
-    pub fn withdraw(
-        &mut self,
-        now: Instant,
-        resource: &str,
-        names: &[String],
-    ) -> Result<Vec<Action>, ClientError> {
-        let Some(registration) = &self.settings.registration else {
-            return Err(ClientError::NotRegistering);
-        };
-        check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
-        let mut updated = registration.clone();
-        let stays = self.settings.base_resources.contains(resource) || updated.resource == resource;
-        match updated.offers.get_mut(resource) {
-            None => return Ok(Vec::new()),
-            Some(endpoints) if !names.is_empty() => {
-                for name in names {
-                    endpoints.remove(name);
-                }
-            }
-            Some(endpoints) if stays => endpoints.clear(),
-            Some(_) => {
-                updated.offers.remove(resource);
-            }
-        }
-        self.update_registration(now, updated)
-    }
-
-    /// Sends `updated` (the registration with other offers) to every beacon, if it is valid
-    /// and differs.
-    fn update_registration(
-        &mut self,
-        now: Instant,
-        mut updated: Registration,
-    ) -> Result<Vec<Action>, ClientError> {
-        if let Some(primary) = updated.offers.get(&updated.resource) {
-            updated.endpoints = primary.clone();
-        }
-        updated
-            .check()
-            .map_err(|err: FieldError| ClientError::Invalid(err.to_string()))?;
-        if Some(&updated) == self.settings.registration.as_ref() {
-            return Ok(Vec::new());
-        }
-        self.settings.registration = Some(updated);
-        let mut out = Vec::new();
-        for link in 0..self.links.len() {
-            if matches!(
-                self.links[link].phase,
-                Phase::Ready | Phase::Register { .. }
-            ) {
-                self.send_register(now, link, &mut out);
-            }
-        }
-        self.providers.set_own(own(&self.settings));
-        self.provider_updates(&mut out);
-        Ok(out)
     }
 
     /// Follows the online providers of `resources` for watch `id`: [`Action::Providers`]
@@ -1532,6 +1476,137 @@ fn advances(current: Option<&Position>, to: &Position) -> bool {
         None => true,
         Some(p) => p.epoch != to.epoch || p.rev < to.rev,
     }
+}
+
+/// What a client core does with an [`Offer`](crate::client::Offer) or a
+/// [`Withdraw`](crate::client::Withdraw), whatever the backend: it computes the new
+/// registration here and re-registers it its own way.
+pub trait OfferChanges {
+    /// What re-registering leads to.
+    type Actions: Default;
+
+    /// The registration as it is now and the resources a withdrawal leaves offered (see
+    /// [`ClientSettings::base_resources`]); `None` for a client that registers no node.
+    fn registered(&self) -> Option<(&Registration, &BTreeSet<String>)>;
+
+    /// Registers `updated` instead (nothing when it is the same).
+    fn reregister(&mut self, now: Instant, updated: Registration) -> Self::Actions;
+
+    /// Adds `endpoints` to what this node offers for `resource` (replacing those of the same
+    /// name; adding the resource when it is new) and re-registers.
+    fn offer(
+        &mut self,
+        now: Instant,
+        resource: &str,
+        endpoints: Endpoints,
+    ) -> Result<Self::Actions, ClientError> {
+        let (registration, _) = self.registered().ok_or(ClientError::NotRegistering)?;
+        let updated = with_offer(registration, resource, endpoints)?;
+        Ok(self.reregister(now, updated))
+    }
+
+    /// Removes `names` from the endpoints this node offers for `resource`, or with `names`
+    /// empty all of them and the resource itself when it is not one of the base resources,
+    /// and re-registers. Withdrawing what is not offered changes nothing.
+    fn withdraw(
+        &mut self,
+        now: Instant,
+        resource: &str,
+        names: &[String],
+    ) -> Result<Self::Actions, ClientError> {
+        let (registration, base) = self.registered().ok_or(ClientError::NotRegistering)?;
+        match without_offer(registration, base, resource, names)? {
+            Some(updated) => Ok(self.reregister(now, updated)),
+            None => Ok(Self::Actions::default()),
+        }
+    }
+}
+
+impl OfferChanges for ClientCore {
+    type Actions = Vec<Action>;
+
+    /// Sends `updated` (the registration with other offers) to every beacon, if it differs.
+    fn reregister(&mut self, now: Instant, updated: Registration) -> Vec<Action> {
+        if Some(&updated) == self.settings.registration.as_ref() {
+            return Vec::new();
+        }
+        self.settings.registration = Some(updated);
+        let mut out = Vec::new();
+        for link in 0..self.links.len() {
+            if matches!(
+                self.links[link].phase,
+                Phase::Ready | Phase::Register { .. }
+            ) {
+                self.send_register(now, link, &mut out);
+            }
+        }
+        self.providers.set_own(own(&self.settings));
+        self.provider_updates(&mut out);
+        out
+    }
+
+    fn registered(&self) -> Option<(&Registration, &BTreeSet<String>)> {
+        let registration = self.settings.registration.as_ref()?;
+        Some((registration, &self.settings.base_resources))
+    }
+}
+
+/// `registration` with `endpoints` added to what it offers for `resource` (replacing those of
+/// the same name; adding the resource when it is new), checked: an [`Offer`](crate::client::Offer)
+/// as either backend applies it.
+pub fn with_offer(
+    registration: &Registration,
+    resource: &str,
+    endpoints: Endpoints,
+) -> Result<Registration, ClientError> {
+    check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
+    let mut updated = registration.clone();
+    updated
+        .offers
+        .entry(resource.to_string())
+        .or_default()
+        .extend(endpoints);
+    checked(updated)
+}
+
+/// `registration` without `names` among the endpoints it offers for `resource`, or with
+/// `names` empty without any of them, and without the resource itself unless it is one of
+/// `base` (or the primary one); checked. `None` when nothing changes (it is not offered): a
+/// [`Withdraw`](crate::client::Withdraw) as either backend applies it.
+pub fn without_offer(
+    registration: &Registration,
+    base: &BTreeSet<String>,
+    resource: &str,
+    names: &[String],
+) -> Result<Option<Registration>, ClientError> {
+    check_name("resource", resource).map_err(|err| ClientError::Invalid(err.to_string()))?;
+    let mut updated = registration.clone();
+    let stays = base.contains(resource) || updated.resource == resource;
+    match updated.offers.get_mut(resource) {
+        None => return Ok(None),
+        Some(endpoints) if !names.is_empty() => {
+            for name in names {
+                endpoints.remove(name);
+            }
+        }
+        Some(endpoints) if stays => endpoints.clear(),
+        Some(_) => {
+            updated.offers.remove(resource);
+        }
+    }
+    checked(updated).map(Some)
+}
+
+/// `updated` with the primary resource's endpoints taken from `offers`, if it passes
+/// [`Registration::check`].
+fn checked(mut updated: Registration) -> Result<Registration, ClientError> {
+    if let Some(primary) = updated.offers.get(&updated.resource) {
+        updated.endpoints = primary.clone();
+    }
+    updated
+        .check()
+        .map_err(|err: FieldError| ClientError::Invalid(err.to_string()))?;
+    Ok(updated)
 }
 
 #[cfg(test)]

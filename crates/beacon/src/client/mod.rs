@@ -1,9 +1,12 @@
-//! The cluster client: the actor every node whose `[cluster]` table names beacons runs, so
-//! that the node is registered, heartbeats, and its roles can ask the cluster questions.
+//! The cluster client: the actor every node whose `[cluster]` table names beacons (or uses
+//! etcd) runs, so that the node is registered, heartbeats, and its roles can ask the cluster
+//! questions.
 //!
 //! The node starts it before its roles (as the internal role `cluster`, see
-//! [`ClusterClient`]) and publishes its [`BeaconClient`] address, so a role finds it with
-//! `ctx.published.lookup::<Addr<BeaconClient>>()`. The messages it answers:
+//! [`ClusterClient`]) and publishes a [`ClusterClientHandle`], so a role finds it with
+//! `ctx.published.lookup::<ClusterClientHandle>()` whichever backend runs: the beacons'
+//! [`BeaconClient`] here, or the etcd client of the `troupe-etcd` crate, which a binary built
+//! with it installs with [`install_etcd_backend`]. The messages it answers:
 //!
 //! | message | answer |
 //! |---|---|
@@ -29,10 +32,13 @@
 pub(crate) mod actor;
 pub mod config;
 pub mod core;
-pub(crate) mod providers;
+pub mod providers;
 pub(crate) mod socket;
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -42,8 +48,8 @@ pub use troupe_core::cluster::{
 };
 use troupe_core::{span, zmq_thread, ConfigError, Role, RoleContext, RoleError, Shutdown};
 
-pub use actor::BeaconClient;
-pub use config::ClusterConfig;
+pub use actor::{refusal, watch_refusal, BeaconClient, Leave};
+pub use config::{Backend, ClusterConfig, EtcdCredentials};
 pub use core::{BeaconStatus, ClientStatus};
 pub use providers::MAX_PROVIDER_WATCHES;
 
@@ -109,6 +115,9 @@ pub enum ClientError {
     /// No beacon was ready to answer in time.
     #[error("no beacon answered within {0:?} (are the [cluster] beacons running and reachable?)")]
     NoBeacon(Duration),
+    /// The etcd cluster could not be reached (or refused the request): the sentence says why.
+    #[error("etcd is unreachable: {0}")]
+    Unreachable(String),
     /// The last beacon tried did not answer in time.
     #[error("no beacon answered within {0:?}")]
     Timeout(Duration),
@@ -195,12 +204,258 @@ pub struct Unsubscribe(pub SubscriptionId);
 #[rtype(result = "ClientStatus")]
 pub struct GetStatus;
 
+/// The cluster client of whichever backend runs, as roles and tools reach it: one
+/// [`Recipient`] per message of the [module docs](self). The node publishes it; a tool gets it
+/// from [`start_client`].
+#[derive(Clone)]
+pub struct ClusterClientHandle {
+    /// The backend behind it.
+    pub backend: Backend,
+    /// Where [`GetRequirements`] go.
+    pub requirements: Recipient<GetRequirements>,
+    /// Where [`GetRequirementsOf`] go.
+    pub requirements_of: Recipient<GetRequirementsOf>,
+    /// Where [`LookupResource`]s go.
+    pub lookup: Recipient<LookupResource>,
+    /// Where [`ListNodes`] go.
+    pub list: Recipient<ListNodes>,
+    /// Where [`AwaitRequirements`] go.
+    pub await_requirements: Recipient<AwaitRequirements>,
+    /// Where [`Subscribe`]s go.
+    pub subscribe: Recipient<Subscribe>,
+    /// Where [`Unsubscribe`]s go.
+    pub unsubscribe: Recipient<Unsubscribe>,
+    /// Where [`GetStatus`] goes.
+    pub status: Recipient<GetStatus>,
+    /// Where [`Offer`]s go.
+    pub offer: Recipient<Offer>,
+    /// Where [`Withdraw`]s go.
+    pub withdraw: Recipient<Withdraw>,
+    /// Where [`WatchProviders`] go.
+    pub watch: Recipient<WatchProviders>,
+    /// Where [`Unwatch`]es go.
+    pub unwatch: Recipient<Unwatch>,
+    /// Where [`Leave`] goes: deregister the node before stopping.
+    pub leave: Recipient<Leave>,
+    /// Where [`Shutdown`] goes: stop the client.
+    pub shutdown: Recipient<Shutdown>,
+}
+
+impl ClusterClientHandle {
+    /// The handle of an actor that answers every message of the client.
+    pub fn of<A>(backend: Backend, actor: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<GetRequirements>
+            + Handler<GetRequirementsOf>
+            + Handler<LookupResource>
+            + Handler<ListNodes>
+            + Handler<AwaitRequirements>
+            + Handler<Subscribe>
+            + Handler<Unsubscribe>
+            + Handler<GetStatus>
+            + Handler<Offer>
+            + Handler<Withdraw>
+            + Handler<WatchProviders>
+            + Handler<Unwatch>
+            + Handler<Leave>
+            + Handler<Shutdown>,
+    {
+        ClusterClientHandle {
+            backend,
+            requirements: actor.clone().recipient(),
+            requirements_of: actor.clone().recipient(),
+            lookup: actor.clone().recipient(),
+            list: actor.clone().recipient(),
+            await_requirements: actor.clone().recipient(),
+            subscribe: actor.clone().recipient(),
+            unsubscribe: actor.clone().recipient(),
+            status: actor.clone().recipient(),
+            offer: actor.clone().recipient(),
+            withdraw: actor.clone().recipient(),
+            watch: actor.clone().recipient(),
+            unwatch: actor.clone().recipient(),
+            leave: actor.clone().recipient(),
+            shutdown: actor.clone().recipient(),
+        }
+    }
+
+    /// The [`troupe_core::cluster`] contract of this client, for the node's roles.
+    pub fn cluster_handle(&self, config: &ClusterConfig) -> ClusterHandle {
+        ClusterHandle {
+            offer: self.offer.clone(),
+            withdraw: self.withdraw.clone(),
+            watch: self.watch.clone(),
+            unwatch: self.unwatch.clone(),
+            beacons: config.beacons.iter().map(|b| b.to_string()).collect(),
+            cookie_file: (!config.cookie_file.as_os_str().is_empty())
+                .then(|| config.cookie_file.clone()),
+            cluster: (config.backend == Backend::Etcd)
+                .then(|| serde_json::to_string(&config.for_services()).ok())
+                .flatten(),
+        }
+    }
+}
+
+/// The recipient of a [`ClusterClientHandle`] for message `M`: what lets
+/// [`ClusterClientHandle::send`] take any message of the client.
+pub trait Route<M>
+where
+    M: Message + Send,
+    M::Result: Send,
+{
+    /// The recipient of `M`.
+    fn recipient(&self) -> &Recipient<M>;
+}
+
+impl ClusterClientHandle {
+    /// Sends `msg` to the client and waits for the answer, like `Addr::send`.
+    pub fn send<M>(&self, msg: M) -> actix::dev::RecipientRequest<M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Self: Route<M>,
+    {
+        self.recipient().send(msg)
+    }
+
+    /// Sends `msg` to the client without waiting, like `Addr::do_send`.
+    pub fn do_send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Self: Route<M>,
+    {
+        self.recipient().do_send(msg)
+    }
+}
+
+impl Route<GetRequirements> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<GetRequirements> {
+        &self.requirements
+    }
+}
+
+impl Route<GetRequirementsOf> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<GetRequirementsOf> {
+        &self.requirements_of
+    }
+}
+
+impl Route<LookupResource> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<LookupResource> {
+        &self.lookup
+    }
+}
+
+impl Route<ListNodes> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<ListNodes> {
+        &self.list
+    }
+}
+
+impl Route<AwaitRequirements> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<AwaitRequirements> {
+        &self.await_requirements
+    }
+}
+
+impl Route<Subscribe> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Subscribe> {
+        &self.subscribe
+    }
+}
+
+impl Route<Unsubscribe> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Unsubscribe> {
+        &self.unsubscribe
+    }
+}
+
+impl Route<GetStatus> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<GetStatus> {
+        &self.status
+    }
+}
+
+impl Route<Offer> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Offer> {
+        &self.offer
+    }
+}
+
+impl Route<Withdraw> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Withdraw> {
+        &self.withdraw
+    }
+}
+
+impl Route<WatchProviders> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<WatchProviders> {
+        &self.watch
+    }
+}
+
+impl Route<Unwatch> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Unwatch> {
+        &self.unwatch
+    }
+}
+
+impl Route<Leave> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Leave> {
+        &self.leave
+    }
+}
+
+impl Route<Shutdown> for ClusterClientHandle {
+    fn recipient(&self) -> &Recipient<Shutdown> {
+        &self.shutdown
+    }
+}
+
+/// A started client: its handle, and a receiver that fires once it has released what it held
+/// (its socket thread, its connections).
+pub type StartedClient = (ClusterClientHandle, oneshot::Receiver<()>);
+
+/// What a client registers: the registration and the base resources (see
+/// [`ClientSettings::base_resources`]); `None` for a client that only asks.
+pub type ToRegister = Option<(Registration, BTreeSet<String>)>;
+
+/// Starts a client of another backend on the current arbiter: `(config, node, to_register)`.
+pub type BackendStarter = fn(
+    ClusterConfig,
+    String,
+    ToRegister,
+) -> Pin<Box<dyn Future<Output = Result<StartedClient, RoleError>>>>;
+
+static ETCD_BACKEND: OnceLock<BackendStarter> = OnceLock::new();
+
+/// Makes `backend = "etcd"` available in this process (the `troupe` binary built with the
+/// `etcd` feature calls it first thing). Later calls change nothing.
+pub fn install_etcd_backend(start: BackendStarter) {
+    let _ = ETCD_BACKEND.set(start);
+}
+
+/// Whether [`install_etcd_backend`] was called.
+pub fn etcd_backend_installed() -> bool {
+    ETCD_BACKEND.get().is_some()
+}
+
+/// The error of a config that asks for etcd in a binary built without it.
+pub fn etcd_missing() -> ConfigError {
+    ConfigError::new(
+        "backend",
+        "\"etcd\" is not available: this troupe was built without etcd support; build it with `cargo build --release --features etcd` (needs protoc, Debian's protobuf-compiler)",
+    )
+}
+
 /// The cluster client as the node runs it: the internal role `cluster`, started before the
 /// node's roles and stopped after them. Users never list it in `roles`; it runs when the
-/// `[cluster]` table names beacons.
+/// `[cluster]` table names beacons or uses etcd.
 pub struct ClusterClient {
-    actor: Addr<BeaconClient>,
-    thread_done: oneshot::Receiver<()>,
+    client: ClusterClientHandle,
+    done: oneshot::Receiver<()>,
     leave_within: Duration,
 }
 
@@ -209,7 +464,11 @@ impl Role for ClusterClient {
     type Config = ClusterConfig;
 
     fn validate(config: &ClusterConfig) -> Result<(), ConfigError> {
-        config.validate()
+        config.validate()?;
+        if config.backend == Backend::Etcd && !etcd_backend_installed() {
+            return Err(etcd_missing());
+        }
+        Ok(())
     }
 
     async fn start(config: ClusterConfig, ctx: RoleContext) -> Result<Self, RoleError> {
@@ -220,51 +479,43 @@ impl Role for ClusterClient {
                 .collect(),
             None => ctx.roles.to_vec(),
         };
-        let (actor, thread_done) = start_node_client(&config, &ctx.node, &roles).await?;
-        ctx.published.publish(actor.clone());
-        ctx.published.publish(ClusterHandle {
-            offer: actor.clone().recipient(),
-            withdraw: actor.clone().recipient(),
-            watch: actor.clone().recipient(),
-            unwatch: actor.clone().recipient(),
-            beacons: config.beacons.iter().map(|b| b.to_string()).collect(),
-            cookie_file: (!config.cookie_file.as_os_str().is_empty())
-                .then(|| config.cookie_file.clone()),
-        });
+        let (client, done) = start_node_client(&config, &ctx.node, &roles).await?;
+        ctx.published.publish(client.clone());
+        ctx.published.publish(client.cluster_handle(&config));
         let resources = config
             .registration(&roles)
             .map(|r| r.offers.keys().cloned().collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
         tracing::info!(
-            beacons = %config.beacons.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(" "),
+            backend = config.backend.as_str(),
+            at = %config.targets().join(" "),
             %resources,
             requires = %config.requires.join(" "),
             "cluster client started"
         );
         Ok(ClusterClient {
-            actor,
-            thread_done,
+            client,
+            done,
             leave_within: config.request_timeout.get(),
         })
     }
 
     async fn stop(self) {
-        let _ = self.actor.send(actor::Leave(self.leave_within)).await;
-        let _ = self.actor.send(Shutdown).await;
-        let _ = self.thread_done.await;
+        let _ = self.client.leave.send(Leave(self.leave_within)).await;
+        let _ = self.client.shutdown.send(Shutdown).await;
+        let _ = self.done.await;
     }
 }
 
-/// Starts a client for `config.beacons` on the current arbiter, as node `node`. With
-/// `register`, it registers the node, offering the resources `config` declares (see
+/// Starts a client for `config` (its beacons, or etcd) on the current arbiter, as node `node`.
+/// With `register`, it registers the node, offering the resources `config` declares (see
 /// [`start_node_client`] for a node that runs roles); without, it only asks questions (and
-/// follows providers). Returns the actor and a receiver that fires when its socket thread has
-/// ended.
+/// follows providers).
 pub async fn start_client(
     config: &ClusterConfig,
     node: &str,
     register: bool,
-) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
+) -> Result<StartedClient, RoleError> {
     if !register {
         return start(config, node, None).await;
     }
@@ -277,7 +528,7 @@ pub async fn start_node_client(
     config: &ClusterConfig,
     node: &str,
     roles: &[String],
-) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
+) -> Result<StartedClient, RoleError> {
     let registration = config.registration(roles).ok_or_else(|| {
         RoleError::new(
             "the node offers nothing to register: it runs no role and [cluster] declares no resources",
@@ -290,7 +541,22 @@ pub async fn start_node_client(
 async fn start(
     config: &ClusterConfig,
     node: &str,
-    registration: Option<(Registration, BTreeSet<String>)>,
+    registration: ToRegister,
+) -> Result<StartedClient, RoleError> {
+    if config.backend == Backend::Etcd {
+        let Some(start) = ETCD_BACKEND.get() else {
+            return Err(RoleError::new(etcd_missing().to_string()));
+        };
+        return start(config.clone(), node.to_string(), registration).await;
+    }
+    let (actor, done) = start_beacon_client(config, node, registration).await?;
+    Ok((ClusterClientHandle::of(Backend::Beacon, &actor), done))
+}
+
+async fn start_beacon_client(
+    config: &ClusterConfig,
+    node: &str,
+    registration: ToRegister,
 ) -> Result<(Addr<BeaconClient>, oneshot::Receiver<()>), RoleError> {
     let cookie = config.load_cookie().await.map_err(RoleError::new)?;
     let (registration, base_resources) = match registration {

@@ -1,5 +1,6 @@
 //! The online providers of the resources roles follow with
-//! [`WatchProviders`](troupe_core::cluster::WatchProviders), sans-IO.
+//! [`WatchProviders`](troupe_core::cluster::WatchProviders), sans-IO. Both backends use it:
+//! the beacon client feeds it a beacon subscription, the etcd client an etcd watch.
 //!
 //! The client keeps one subscription for every provider watch: on the union of their
 //! resources (on every resource when the union is larger than a watch may filter on). Its
@@ -26,11 +27,11 @@ struct Watch {
 }
 
 /// This node as it offers itself: its name and what it offers.
-pub(crate) type Own = (String, BTreeMap<String, Endpoints>);
+pub type Own = (String, BTreeMap<String, Endpoints>);
 
 /// The provider watches and the mirror that feeds them.
 #[derive(Debug)]
-pub(crate) struct Providers {
+pub struct Providers {
     watches: BTreeMap<WatchId, Watch>,
     /// The filter the subscription was last given (empty: every resource); `None`: none.
     filter: Option<Vec<String>>,
@@ -47,7 +48,7 @@ pub(crate) struct Providers {
 
 impl Providers {
     /// No watch; `own` is this node when it registers.
-    pub(crate) fn new(own: Option<Own>) -> Self {
+    pub fn new(own: Option<Own>) -> Self {
         Providers {
             watches: BTreeMap::new(),
             filter: None,
@@ -60,12 +61,17 @@ impl Providers {
     }
 
     /// Watches held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.watches.len()
     }
 
+    /// Whether no watch is held.
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
     /// Adds a watch of `resources`; the error is a sentence naming what is wrong.
-    pub(crate) fn add(&mut self, id: WatchId, resources: Vec<String>) -> Result<(), String> {
+    pub fn add(&mut self, id: WatchId, resources: Vec<String>) -> Result<(), String> {
         if self.watches.len() >= MAX_PROVIDER_WATCHES {
             return Err(format!(
                 "this node already follows the providers of {MAX_PROVIDER_WATCHES} watches, the most it may; unwatch some first"
@@ -95,13 +101,13 @@ impl Providers {
     }
 
     /// Ends a watch (nothing when it is not held).
-    pub(crate) fn remove(&mut self, id: WatchId) {
+    pub fn remove(&mut self, id: WatchId) {
         self.watches.remove(&id);
     }
 
     /// The filter the subscription should have: the union of the watched resources (empty,
     /// meaning every resource, when larger than a watch may filter on); `None` without watches.
-    pub(crate) fn wanted_filter(&self) -> Option<Vec<String>> {
+    pub fn wanted_filter(&self) -> Option<Vec<String>> {
         if self.watches.is_empty() {
             return None;
         }
@@ -113,13 +119,13 @@ impl Providers {
     }
 
     /// The filter the subscription has now.
-    pub(crate) fn filter(&self) -> Option<&[String]> {
+    pub fn filter(&self) -> Option<&[String]> {
         self.filter.as_deref()
     }
 
     /// The subscription was given `filter` (or ended, with `None`): the mirror waits for its
     /// snapshot.
-    pub(crate) fn resubscribed(&mut self, filter: Option<Vec<String>>) {
+    pub fn resubscribed(&mut self, filter: Option<Vec<String>>) {
         if filter.is_none() {
             self.nodes.clear();
         }
@@ -129,14 +135,14 @@ impl Providers {
     }
 
     /// Every watched node now: replaces the mirror.
-    pub(crate) fn snapshot(&mut self, nodes: Vec<Node>) {
+    pub fn snapshot(&mut self, nodes: Vec<Node>) {
         self.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
         self.fresh = true;
         self.dirty = true;
     }
 
     /// One change, as the subscription shows it.
-    pub(crate) fn event(&mut self, event: Event) {
+    pub fn event(&mut self, event: Event) {
         match event.kind {
             EventKind::Removed => {
                 self.nodes.remove(&event.node.name);
@@ -150,14 +156,14 @@ impl Providers {
 
     /// The subscription resumed: the changes it missed came (as events) and the mirror is
     /// current.
-    pub(crate) fn resumed(&mut self) {
+    pub fn resumed(&mut self) {
         self.fresh = true;
         self.dirty = true;
     }
 
     /// Whether any beacon is reachable. Losing them all makes the mirror stale until the
     /// subscription's next snapshot or resume.
-    pub(crate) fn set_reachable(&mut self, reachable: bool) {
+    pub fn set_reachable(&mut self, reachable: bool) {
         if reachable != self.reachable {
             self.reachable = reachable;
             if !reachable {
@@ -168,7 +174,7 @@ impl Providers {
     }
 
     /// What this node offers now.
-    pub(crate) fn set_own(&mut self, own: Option<Own>) {
+    pub fn set_own(&mut self, own: Option<Own>) {
         if own != self.own {
             self.own = own;
             self.dirty = true;
@@ -177,7 +183,7 @@ impl Providers {
 
     /// The watches whose picture is known and differs from what they were last told, each
     /// with its new picture.
-    pub(crate) fn updates(&mut self) -> Vec<(WatchId, ProvidersChanged)> {
+    pub fn updates(&mut self) -> Vec<(WatchId, ProvidersChanged)> {
         if !std::mem::take(&mut self.dirty) {
             return Vec::new();
         }

@@ -190,10 +190,11 @@ async fn ask(node: String, url: String, token: Option<Token>, timeout: Duration)
     summarize(&node, &url, &view, services.as_ref(), broker.as_ref())
 }
 
-/// Runs `ctl --cluster status`: finds the control endpoints through `cluster`'s beacons and
+/// Runs `ctl --cluster status`: finds the control endpoints through `cluster`'s beacons (or
+/// etcd) and
 /// asks every node. Returns the exit code: 0 when every node answered, 1 otherwise.
 pub fn status(cluster: &ClusterConfig, token: Option<Token>, timeout: Duration, json: bool) -> i32 {
-    if cluster.beacons.is_empty() {
+    if !cluster.runs_client() {
         eprintln!(
             "troupe: ctl --cluster: no beacon to ask: set `beacons` in the config's [cluster] table or pass --beacon"
         );
@@ -206,9 +207,10 @@ pub fn status(cluster: &ClusterConfig, token: Option<Token>, timeout: Duration, 
             .await
             .map_err(|err| err.to_string())?;
         let found = client
+            .lookup
             .send(LookupResource(CONTROL_RESOURCE.to_string()))
             .await;
-        let _ = client.send(troupe_core::Shutdown).await;
+        let _ = client.shutdown.send(troupe_core::Shutdown).await;
         let _ = done.await;
         let nodes = found
             .map_err(|_| "the cluster client stopped".to_string())?

@@ -387,7 +387,11 @@ async fn execute(args: &CtlArgs, client: &Client) -> Result<(), Failure> {
                 true => Some(s.get("/v1/services").await?),
                 false => None,
             };
-            s.show(&node, |node| render::status(node, services.as_ref()));
+            // The cluster client's state, when the node runs one (404 otherwise).
+            let cluster = s.get("/v1/cluster").await.ok();
+            s.show(&node, |node| {
+                render::status(node, services.as_ref(), cluster.as_ref())
+            });
         }
         CtlCommand::Services => {
             let services = s.get("/v1/services").await?;

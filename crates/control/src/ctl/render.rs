@@ -178,7 +178,7 @@ fn services_table(services: &Value) -> String {
     )
 }
 
-pub(super) fn status(node: &Value, services: Option<&Value>) -> String {
+pub(super) fn status(node: &Value, services: Option<&Value>, cluster: Option<&Value>) -> String {
     let mut out = String::new();
     let roles = node["roles"]
         .as_array()
@@ -203,6 +203,21 @@ pub(super) fn status(node: &Value, services: Option<&Value>) -> String {
         if roles.is_empty() { "-".into() } else { roles }
     );
     let _ = writeln!(out, "reloads  {}", text(&node["reloads"]));
+    if let Some(client) = cluster.map(|c| &c["client"]) {
+        let backend = client["backend"].as_str().unwrap_or("beacon");
+        let links = client["beacons"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| match b["refusal"].as_str() {
+                Some(why) => format!("{} {} ({why})", text(&b["endpoint"]), text(&b["state"])),
+                None => format!("{} {}", text(&b["endpoint"]), text(&b["state"])),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(out, "cluster  {backend}: {links}");
+    }
     if let Some(services) = services {
         out.push('\n');
         out.push_str(&services_table(services));
@@ -506,8 +521,10 @@ pub(super) fn cluster(v: &Value) -> String {
         text(&client["requirements"]),
         list(&client["unmet"])
     );
+    let etcd = client["backend"] == "etcd";
     if let Some(error) = v["requirements"]["error"].as_str() {
-        let _ = writeln!(out, "              (beacons: {error})");
+        let from = if etcd { "etcd" } else { "beacons" };
+        let _ = writeln!(out, "              ({from}: {error})");
     }
     out.push('\n');
     let rows: Vec<Vec<String>> = client["beacons"]
@@ -527,7 +544,8 @@ pub(super) fn cluster(v: &Value) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["BEACON", "STATE", "LAST HEARD", "REFUSAL"], &rows));
+    let first = if etcd { "ETCD" } else { "BEACON" };
+    out.push_str(&table(&[first, "STATE", "LAST HEARD", "REFUSAL"], &rows));
     out
 }
 

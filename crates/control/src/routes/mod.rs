@@ -70,11 +70,36 @@ where
     M: Message + Send + 'static,
     M::Result: Send,
 {
-    actor
+    ask_recipient(&actor.clone().recipient(), role, msg, wait).await
+}
+
+/// Asks `recipient` (of `role`) `msg`, waiting at most `wait`.
+async fn ask_recipient<M>(
+    recipient: &actix::Recipient<M>,
+    role: &str,
+    msg: M,
+    wait: Duration,
+) -> Result<M::Result, ApiError>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    recipient
         .send(msg)
         .timeout(wait)
         .await
         .map_err(|e| ApiError::unavailable(role, e))
+}
+
+/// The node's cluster client, whichever backend runs it.
+fn cluster_client(api: &Api) -> Result<troupe_beacon::client::ClusterClientHandle, ApiError> {
+    api.published.lookup().ok_or_else(|| {
+        ApiError::new(
+            404,
+            "no_cluster_client",
+            "this node runs no cluster client ([cluster] names no beacons and does not use etcd)",
+        )
+    })
 }
 
 /// Every route.

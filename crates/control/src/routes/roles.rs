@@ -5,11 +5,11 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
-use troupe_beacon::client::{BeaconClient, GetRequirements, GetStatus};
+use troupe_beacon::client::{GetRequirements, GetStatus};
 use troupe_broker::actor::{BrokerActor, GetStats as BrokerStats};
 use troupe_ipc::{GetView, HubActor};
 
-use super::{ask, Api, ACTION_WAIT, READ_WAIT};
+use super::{ask, ask_recipient, cluster_client, Api, ACTION_WAIT, READ_WAIT};
 use crate::error::ApiError;
 use crate::state::{ReloadError, ReloadRequest, RoleState};
 use std::time::Duration;
@@ -143,22 +143,17 @@ async fn ipc(api: web::Data<Api>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn cluster(api: web::Data<Api>) -> Result<HttpResponse, ApiError> {
-    let client: Addr<BeaconClient> = api.published.lookup().ok_or_else(|| {
-        ApiError::new(
-            404,
-            "no_cluster_client",
-            "this node runs no cluster client ([cluster] beacons is empty)",
-        )
-    })?;
-    let status = ask(&client, "cluster", GetStatus, READ_WAIT).await?;
-    // The beacons' current answer; when none answers, what the client last saw stands.
-    let requirements = match ask(&client, "cluster", GetRequirements, READ_WAIT).await? {
-        Ok(requirements) => json!({
-            "offers": requirements.offers,
-            "unmet": requirements.unmet,
-        }),
-        Err(err) => json!({ "error": err.to_string() }),
-    };
+    let client = cluster_client(&api)?;
+    let status = ask_recipient(&client.status, "cluster", GetStatus, READ_WAIT).await?;
+    // The backend's current answer; when it does not answer, what the client last saw stands.
+    let requirements =
+        match ask_recipient(&client.requirements, "cluster", GetRequirements, READ_WAIT).await? {
+            Ok(requirements) => json!({
+                "offers": requirements.offers,
+                "unmet": requirements.unmet,
+            }),
+            Err(err) => json!({ "error": err.to_string() }),
+        };
     Ok(HttpResponse::Ok().json(json!({ "client": status, "requirements": requirements })))
 }
 

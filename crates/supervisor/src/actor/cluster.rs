@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use troupe_core::cluster::{
-    Offer, ProvidersChanged, Unwatch, WatchId, WatchProviders, Withdraw, ENV_BEACONS,
+    Offer, ProvidersChanged, Unwatch, WatchId, WatchProviders, Withdraw, ENV_BEACONS, ENV_CLUSTER,
     ENV_COOKIE_FILE,
 };
 use troupe_core::services::{
@@ -261,6 +261,13 @@ impl Supervisor {
         if let Some(cluster) = &self.cluster {
             if !p.env.contains_key(ENV_BEACONS) {
                 env.push((ENV_BEACONS.to_string(), cluster.beacons.join(" ")));
+            }
+            if let Some(json) = cluster
+                .cluster
+                .as_ref()
+                .filter(|_| !p.env.contains_key(ENV_CLUSTER))
+            {
+                env.push((ENV_CLUSTER.to_string(), json.clone()));
             }
             if let Some(file) = cluster
                 .cookie_file
