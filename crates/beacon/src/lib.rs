@@ -57,6 +57,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub(crate) mod log_limit;
 pub mod protocol;
 pub mod registry;
 pub mod server;

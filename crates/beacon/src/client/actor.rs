@@ -16,6 +16,7 @@ use crate::client::{
     ListNodes, LookupResource, Offer, ProvidersChanged, Requirements, Subscribe, SubscriptionId,
     Unsubscribe, Unwatch, WatchId, WatchProviders, Withdraw,
 };
+use crate::log_limit::LogLimiter;
 use crate::protocol::Node;
 
 /// The cluster client actor. See the [module docs](crate::client) for its messages.
@@ -31,13 +32,10 @@ pub struct BeaconClient {
     tick: Duration,
     /// Batches answered whose acknowledgement the socket thread has not received yet.
     unsent_acks: usize,
-    /// Commands the socket thread's full queue refused, and when that was last logged.
+    /// Commands the socket thread's full queue refused, and their log lines' limit.
     bridge_full: u64,
-    bridge_full_logged: Option<Instant>,
+    bridge_full_log: LogLimiter,
 }
-
-/// How often a socket thread that is not keeping up is logged, at most.
-const BRIDGE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl BeaconClient {
     pub(crate) fn new(core: ClientCore, socket: CommandSender<ToDealers>) -> Self {
@@ -53,7 +51,7 @@ impl BeaconClient {
             tick: Duration::from_millis(50),
             unsent_acks: 0,
             bridge_full: 0,
-            bridge_full_logged: None,
+            bridge_full_log: LogLimiter::default(),
         }
     }
 
@@ -125,17 +123,13 @@ impl BeaconClient {
                     // and a silent beacon's connection is rebuilt, as after any loss.
                     self.unsent_acks = answered_batches;
                     self.bridge_full += 1;
-                    let now = Instant::now();
-                    if self
-                        .bridge_full_logged
-                        .is_none_or(|at| now.duration_since(at) >= BRIDGE_FULL_LOG_EVERY)
-                    {
+                    if let Some(suppressed) = self.bridge_full_log.allow(Instant::now()) {
                         tracing::error!(
                             waiting,
                             refused = self.bridge_full,
+                        suppressed,
                             "the cluster client's socket thread is not keeping up; frames to the beacons are dropped"
                         );
-                        self.bridge_full_logged = Some(now);
                     }
                 }
             }

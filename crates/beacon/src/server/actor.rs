@@ -9,6 +9,7 @@ use actix::prelude::*;
 use troupe_core::zmq_thread::{CommandSender, SendError};
 use troupe_core::Shutdown;
 
+use crate::log_limit::LogLimiter;
 use crate::registry::PeerId;
 use crate::server::core::{BeaconCore, BeaconCounters, Outbound, Undelivered};
 use crate::server::socket::{ConnectionCounts, NotDelivered, Received, ToSocket};
@@ -16,9 +17,6 @@ use crate::snapshot;
 
 /// How often deadlines are checked: the precision of failure detection.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
-
-/// How often a socket thread that is not keeping up is logged, at most.
-const BRIDGE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often free heap memory is handed back to the system.
 pub(crate) const RELEASE_MEMORY: Duration = Duration::from_secs(10);
@@ -84,9 +82,9 @@ pub struct BeaconServer {
     /// Batches answered whose acknowledgement the socket thread has not received yet (it
     /// reads no more than a few unanswered batches).
     unsent_acks: usize,
-    /// Commands the socket thread's full queue refused, and when that was last logged.
+    /// Commands the socket thread's full queue refused, and their log lines' limit.
     bridge_full: u64,
-    bridge_full_logged: Option<Instant>,
+    bridge_full_log: LogLimiter,
 }
 
 impl BeaconServer {
@@ -107,7 +105,7 @@ impl BeaconServer {
             connections,
             unsent_acks: 0,
             bridge_full: 0,
-            bridge_full_logged: None,
+            bridge_full_log: LogLimiter::default(),
         }
     }
 
@@ -134,18 +132,14 @@ impl BeaconServer {
                 let mut peers: Vec<PeerId> = messages.into_iter().map(|m| m.peer).collect();
                 peers.sort();
                 peers.dedup();
-                let now = Instant::now();
-                if self
-                    .bridge_full_logged
-                    .is_none_or(|at| now.duration_since(at) >= BRIDGE_FULL_LOG_EVERY)
-                {
+                if let Some(suppressed) = self.bridge_full_log.allow(Instant::now()) {
                     tracing::error!(
                         waiting,
                         refused = self.bridge_full,
+                        suppressed,
                         peers = peers.len(),
                         "the beacon's socket thread is not keeping up; the sessions of the peers whose replies it refused are dropped"
                     );
-                    self.bridge_full_logged = Some(now);
                 }
                 for peer in peers {
                     self.core.undelivered(&peer, None, Undelivered::Overflow);

@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::auth::{self, Cookie};
+use crate::log_limit::LogLimiter;
 use crate::protocol::{
     Auth, ErrorCode, Event, EventKind, Hello, Incoming, Reply, Request, Watch, WireError,
 };
@@ -136,39 +137,6 @@ impl Session {
             && self.challenge.is_none()
             && self.watches.is_empty()
             && self.lost.is_empty()
-    }
-}
-
-/// Logs at most a few messages of one kind per second, then says how many it left out.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    window: Option<Instant>,
-    in_window: u32,
-    suppressed: u64,
-    /// Lines allowed since the beacon started (for tests).
-    logged: u64,
-}
-
-impl LogLimiter {
-    const PER_SECOND: u32 = 5;
-
-    /// Whether to log now; with the count of messages left out since the last one logged.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.window {
-            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
-            _ => {
-                self.window = Some(now);
-                self.in_window = 0;
-            }
-        }
-        if self.in_window < Self::PER_SECOND {
-            self.in_window += 1;
-            self.logged += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
     }
 }
 
