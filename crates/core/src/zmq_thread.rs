@@ -104,7 +104,6 @@ impl<C> CommandInbox<C> {
     /// Every waiting command, in the order sent; clears the doorbell. Call it when a poll
     /// reported the doorbell readable.
     pub fn drain(&self) -> Vec<C> {
-        self.rung.store(false, Ordering::SeqCst);
         let mut rings = [0u8; 256];
         loop {
             match (&self.doorbell).read(&mut rings) {
@@ -113,6 +112,11 @@ impl<C> CommandInbox<C> {
                 _ => break,
             }
         }
+        // Only after the rings are read: a sender that finds the flag cleared rings again, and
+        // that ring is still to come, so a command queued after this point always wakes the
+        // loop. (Clearing it before the read could swallow a new ring and leave the flag set
+        // with no ring pending, so that later commands would never wake the loop.)
+        self.rung.store(false, Ordering::SeqCst);
         self.queue.try_iter().collect()
     }
 
@@ -192,6 +196,40 @@ mod tests {
         }
         sender.join().unwrap();
         assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    }
+
+    /// A loop that drains only when its poll says so must never sleep while commands wait:
+    /// senders on several threads race the drains, and every poll must wake in time.
+    #[test]
+    fn no_wake_up_is_lost_between_senders_and_drains() {
+        const SENDERS: u32 = 4;
+        const EACH: u32 = 20_000;
+        let (tx, inbox) = channel::<u32>().unwrap();
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|_| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut sent = 0;
+                    while sent < EACH {
+                        match tx.send(sent) {
+                            Ok(()) => sent += 1,
+                            Err(SendError::Full(..)) => std::thread::yield_now(),
+                            Err(SendError::Stopped(_)) => panic!("inbox gone"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut got = 0;
+        while got < SENDERS * EACH {
+            let mut items = [inbox.poll_item()];
+            let woken = zmq::poll(&mut items, 5_000).unwrap();
+            assert!(woken > 0, "commands waited with no ring: {got} taken");
+            got += inbox.drain().len() as u32;
+        }
+        for sender in senders {
+            sender.join().unwrap();
+        }
     }
 
     #[test]
