@@ -263,11 +263,17 @@ impl EtcdClient {
         )));
     }
 
-    /// A range read of every node, answered through `answer` with the nodes read.
+    /// `answer` over every node: from the mirror while its watch keeps it current (no call to
+    /// etcd, so a lookup costs what its answer holds, not a read of the whole cluster), else
+    /// from a range read of every node.
     fn query<T: 'static>(
         &self,
-        answer: impl FnOnce(Vec<Node>) -> Result<T, ClientError> + 'static,
+        answer: impl for<'n> FnOnce(Vec<&'n Node>) -> Result<T, ClientError> + 'static,
     ) -> ResponseFuture<Result<T, ClientError>> {
+        if let Some(nodes) = self.core.mirrored() {
+            let answered = answer(nodes);
+            return Box::pin(async move { answered });
+        }
         let clients = self.clients.subscribe();
         let last_error = self
             .core
@@ -290,7 +296,7 @@ impl EtcdClient {
             let mut skipped = Vec::new();
             let nodes = decode_all(&prefix, entries, &mut skipped);
             log_skipped(&skipped);
-            answer(nodes)
+            answer(nodes.iter().collect())
         })
     }
 }
@@ -663,7 +669,7 @@ async fn header(client: Client, prefix: &str, timeout: Duration) -> Result<(Stri
 
 /// Every key and value under the nodes folder, read page by page at one revision: the
 /// epoch, that revision, and the entries (at most [`core::MAX_NODES`]).
-async fn read_all(
+pub async fn read_all(
     client: Client,
     prefix: &str,
     timeout: Duration,
@@ -742,7 +748,7 @@ async fn get(
 
 /// Puts `value` under `key` with `lease` unless another lease holds the key: first as a
 /// creation, then (the key exists) only if it is on this lease.
-async fn claim(
+pub async fn claim(
     mut client: Client,
     key: String,
     value: Vec<u8>,
@@ -854,6 +860,9 @@ impl Handler<GetRequirements> for EtcdClient {
         if !registering {
             return Box::pin(async { Err(ClientError::NotRegistering) });
         }
+        if let Some(answer) = self.core.mirrored_requirements(&node) {
+            return Box::pin(async move { answer });
+        }
         self.query(move |nodes| requirements_of(&node, &nodes))
     }
 }
@@ -862,6 +871,9 @@ impl Handler<GetRequirementsOf> for EtcdClient {
     type Result = ResponseFuture<Result<Requirements, ClientError>>;
 
     fn handle(&mut self, of: GetRequirementsOf, _: &mut Self::Context) -> Self::Result {
+        if let Some(answer) = self.core.mirrored_requirements(&of.0) {
+            return Box::pin(async move { answer });
+        }
         self.query(move |nodes| requirements_of(&of.0, &nodes))
     }
 }
@@ -870,7 +882,10 @@ impl Handler<LookupResource> for EtcdClient {
     type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
 
     fn handle(&mut self, lookup: LookupResource, _: &mut Self::Context) -> Self::Result {
-        self.query(move |nodes| Ok(core::lookup(&nodes, &lookup.0)))
+        if let Some(found) = self.core.mirrored_lookup(&lookup.0) {
+            return Box::pin(async move { Ok(found) });
+        }
+        self.query(move |nodes| Ok(core::lookup(nodes, &lookup.0)))
     }
 }
 
@@ -878,7 +893,7 @@ impl Handler<ListNodes> for EtcdClient {
     type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
 
     fn handle(&mut self, _: ListNodes, _: &mut Self::Context) -> Self::Result {
-        self.query(Ok)
+        self.query(|nodes| Ok(nodes.into_iter().cloned().collect()))
     }
 }
 

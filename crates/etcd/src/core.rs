@@ -246,11 +246,23 @@ pub fn lookup<'a>(nodes: impl IntoIterator<Item = &'a Node>, resource: &str) -> 
 
 /// For each of `requires` of node `name`, its online providers among `nodes` (never `name`
 /// itself), and those nobody offers.
-pub fn requirements_among(name: &str, requires: &[String], nodes: &[Node]) -> Requirements {
+pub fn requirements_among(name: &str, requires: &[String], nodes: &[&Node]) -> Requirements {
+    requirements_by(name, requires, |resource| {
+        lookup(nodes.iter().copied().filter(|n| n.name != name), resource)
+    })
+}
+
+/// For each of `requires` of node `name`, the providers `providers` finds (never `name`
+/// itself), and those nobody offers.
+fn requirements_by(
+    name: &str,
+    requires: &[String],
+    providers: impl Fn(&str) -> Vec<Node>,
+) -> Requirements {
     let mut offers = Offers::new();
     let mut unmet = Vec::new();
     for resource in requires {
-        let providers: Vec<Node> = lookup(nodes.iter().filter(|n| n.name != name), resource);
+        let providers: Vec<Node> = providers(resource);
         if providers.is_empty() {
             unmet.push(resource.clone());
         }
@@ -265,15 +277,24 @@ pub fn requirements_among(name: &str, requires: &[String], nodes: &[Node]) -> Re
 
 /// The requirements of node `name` among `nodes`; refused as the beacon refuses it when no
 /// such node is registered.
-pub fn requirements_of(name: &str, nodes: &[Node]) -> Result<Requirements, ClientError> {
+pub fn requirements_of(name: &str, nodes: &[&Node]) -> Result<Requirements, ClientError> {
     let node = nodes
         .iter()
         .find(|n| n.name == name)
-        .ok_or_else(|| ClientError::Refused {
-            code: ErrorCode::UnknownNode,
-            message: format!("no node \"{name}\" is registered in etcd"),
-        })?;
+        .ok_or_else(|| unknown_node(name))?;
     Ok(requirements_among(name, &node.requires, nodes))
+}
+
+fn unknown_node(name: &str) -> ClientError {
+    ClientError::Refused {
+        code: ErrorCode::UnknownNode,
+        message: format!("no node \"{name}\" is registered in etcd"),
+    }
+}
+
+/// Every resource `node` offers: its primary one and those of its offers.
+fn resources_of(node: &Node) -> impl Iterator<Item = &String> {
+    std::iter::once(&node.resource).chain(node.offers.keys())
 }
 
 /// An etcd call the actor must make for the membership.
@@ -407,6 +428,9 @@ pub struct EtcdCore {
     error: Option<String>,
     refusal: Option<String>,
     mirror: BTreeMap<String, Node>,
+    /// Resource → the names of the mirrored nodes offering it, so that a lookup costs what its
+    /// answer holds rather than a pass over every node.
+    offered: BTreeMap<String, BTreeSet<String>>,
     mirror_fresh: bool,
     position: Option<Position>,
     providers: Providers,
@@ -436,6 +460,7 @@ impl EtcdCore {
             error: None,
             refusal: None,
             mirror: BTreeMap::new(),
+            offered: BTreeMap::new(),
             mirror_fresh: false,
             position: None,
             providers,
@@ -633,11 +658,11 @@ impl EtcdCore {
 
     /// The mirror's watch read every node, at `position`.
     pub fn mirror_snapshot(&mut self, position: Position, nodes: Vec<Node>) -> Vec<Action> {
-        self.mirror = nodes
-            .into_iter()
-            .take(MAX_NODES)
-            .map(|n| (n.name.clone(), n))
-            .collect();
+        self.mirror = BTreeMap::new();
+        self.offered = BTreeMap::new();
+        for node in nodes.into_iter().take(MAX_NODES) {
+            self.mirror_put(node);
+        }
         self.mirror_fresh = true;
         self.position = Some(position);
         self.providers
@@ -654,15 +679,10 @@ impl EtcdCore {
                 rev: event.rev,
             });
             match event.kind {
-                EventKind::Removed => {
-                    self.mirror.remove(&event.node.name);
-                }
+                EventKind::Removed => self.mirror_remove(&event.node.name),
                 _ if self.mirror.len() >= MAX_NODES
                     && !self.mirror.contains_key(&event.node.name) => {}
-                _ => {
-                    self.mirror
-                        .insert(event.node.name.clone(), event.node.clone());
-                }
+                _ => self.mirror_put(event.node.clone()),
             }
             self.providers.event(event);
         }
@@ -689,6 +709,73 @@ impl EtcdCore {
         self.changed()
     }
 
+    /// Every node as the mirror holds it, while its watch keeps it current: queries are
+    /// answered from it without a read. `None` before its first snapshot and while the watch is
+    /// down.
+    pub fn mirrored(&self) -> Option<Vec<&Node>> {
+        self.mirror_fresh.then(|| self.mirror.values().collect())
+    }
+
+    /// [`lookup`] from the mirror, through its index; `None` when the mirror is not current.
+    pub fn mirrored_lookup(&self, resource: &str) -> Option<Vec<Node>> {
+        self.mirror_fresh
+            .then(|| self.indexed_lookup(resource, None))
+    }
+
+    /// [`requirements_of`] from the mirror, through its index; `None` when the mirror is not
+    /// current.
+    pub fn mirrored_requirements(&self, name: &str) -> Option<Result<Requirements, ClientError>> {
+        if !self.mirror_fresh {
+            return None;
+        }
+        let Some(node) = self.mirror.get(name) else {
+            return Some(Err(unknown_node(name)));
+        };
+        Some(Ok(requirements_by(name, &node.requires, |resource| {
+            self.indexed_lookup(resource, Some(name))
+        })))
+    }
+
+    /// The online mirrored nodes offering `resource` (but `except`), sorted by name, each
+    /// projected onto it.
+    fn indexed_lookup(&self, resource: &str, except: Option<&str>) -> Vec<Node> {
+        let Some(names) = self.offered.get(resource) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter(|name| Some(name.as_str()) != except)
+            .filter_map(|name| self.mirror.get(name))
+            .filter(|node| node.status == Status::Online)
+            .map(|node| node.projected(resource))
+            .collect()
+    }
+
+    fn mirror_put(&mut self, node: Node) {
+        self.mirror_remove(&node.name);
+        for resource in resources_of(&node) {
+            self.offered
+                .entry(resource.clone())
+                .or_default()
+                .insert(node.name.clone());
+        }
+        self.mirror.insert(node.name.clone(), node);
+    }
+
+    fn mirror_remove(&mut self, name: &str) {
+        let Some(old) = self.mirror.remove(name) else {
+            return;
+        };
+        for resource in resources_of(&old) {
+            if let Some(names) = self.offered.get_mut(resource) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.offered.remove(resource);
+                }
+            }
+        }
+    }
+
     /// Where the mirror stands.
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
@@ -696,12 +783,10 @@ impl EtcdCore {
 
     fn own_requirements(&self) -> Option<Requirements> {
         let registration = self.settings.registration.as_ref()?;
-        let nodes: Vec<Node> = self.mirror.values().cloned().collect();
-        Some(requirements_among(
-            &self.settings.node,
-            &registration.requires,
-            &nodes,
-        ))
+        let name = &self.settings.node;
+        Some(requirements_by(name, &registration.requires, |resource| {
+            self.indexed_lookup(resource, Some(name))
+        }))
     }
 
     /// Re-evaluates the requirements and the provider pictures after a change.

@@ -8,9 +8,10 @@
 //!   ([`core::Record`]) and attached to a lease whose TTL is its liveness window (heartbeat
 //!   interval × liveness), renewed every heartbeat interval. A node that dies loses its lease
 //!   and its key within the TTL. A name held by another live lease is refused, never taken.
-//! - Lookups, lists and requirements are range reads; subscriptions and provider watches are
-//!   etcd watches from a revision, resumed from the last revision seen and read afresh when
-//!   etcd compacted it.
+//! - Lookups, lists and requirements are answered from a mirror of every node, kept by a
+//!   range read and a watch (a range read each while the watch is down); subscriptions and
+//!   provider watches are etcd watches from a revision, resumed from the last revision seen
+//!   and read afresh when etcd compacted it.
 //! - [`core`] is the logic, sans-IO and unit-tested; [`actor::EtcdClient`] runs the etcd
 //!   calls. The key layout is documented in `docs/protocols/etcd.md`.
 //!

@@ -144,6 +144,9 @@ fn lookups_and_requirements_offer_online_providers_never_the_asker() {
     let found = lookup(&nodes, "db");
     let names: Vec<&str> = found.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["db-1", "db-2", "self-db"]);
+    let shown = watched(&nodes, &["app".to_string()]);
+    assert_eq!(shown.len(), 1);
+    let nodes: Vec<&Node> = nodes.iter().collect();
     let r = requirements_of("app", &nodes).unwrap();
     assert_eq!(r.offers["db"].len(), 3);
     assert_eq!(r.unmet, ["cache"]);
@@ -153,8 +156,6 @@ fn lookups_and_requirements_offer_online_providers_never_the_asker() {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::UnknownNode),
         other => panic!("{other:?}"),
     }
-    let shown = watched(&nodes, &["app".to_string()]);
-    assert_eq!(shown.len(), 1);
 }
 
 fn settings(requires: &[&str]) -> Settings {
@@ -361,4 +362,69 @@ fn offers_change_what_is_registered() {
         None,
         "an asking client registers nothing"
     );
+}
+
+#[test]
+fn the_mirror_answers_lookups_through_its_index_as_a_full_scan_would() {
+    let t0 = Instant::now();
+    let mut core = EtcdCore::new(settings(&["db"]), t0);
+    assert!(
+        core.mirrored_lookup("db").is_none(),
+        "no mirror before the first read"
+    );
+    assert!(core.mirrored_requirements("app").is_none());
+    let position = Position {
+        epoch: epoch(1),
+        rev: 3,
+    };
+    let nodes = vec![
+        node("app", "app", &["db", "cache"]),
+        node("db-2", "db", &[]),
+        node("db-1", "db", &[]),
+    ];
+    core.mirror_snapshot(position, nodes);
+    let event = |rev: u64, kind: EventKind, node: Node| Event {
+        rev,
+        kind,
+        node,
+        previous: None,
+    };
+    core.mirror_events(
+        &epoch(1),
+        vec![
+            // db-2 now offers a cache instead; db-3 comes; db-1 goes.
+            event(4, EventKind::Changed, node("db-2", "cache", &[])),
+            event(5, EventKind::Nodeup, node("db-3", "db", &["db"])),
+            event(6, EventKind::Removed, node("db-1", "db", &[])),
+        ],
+    );
+    let all = core.mirrored().unwrap();
+    let names = |found: Vec<Node>| {
+        found
+            .into_iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+    };
+    for resource in ["db", "cache", "app", "nothing"] {
+        assert_eq!(
+            names(core.mirrored_lookup(resource).unwrap()),
+            names(lookup(all.iter().copied(), resource)),
+            "{resource}"
+        );
+    }
+    assert_eq!(names(core.mirrored_lookup("db").unwrap()), ["db-3"]);
+    for asker in ["app", "db-3"] {
+        assert_eq!(
+            core.mirrored_requirements(asker).unwrap().unwrap(),
+            requirements_of(asker, &all).unwrap(),
+            "{asker}"
+        );
+    }
+    assert!(matches!(
+        core.mirrored_requirements("db-1"),
+        Some(Err(ClientError::Refused { .. }))
+    ));
+    // While the watch is down, queries go to etcd.
+    core.mirror_down();
+    assert!(core.mirrored_lookup("db").is_none());
 }
