@@ -1,7 +1,8 @@
 //! The web console in a real browser: a real node (supervisor with a supervised echo worker,
 //! broker, beacon, ipc hub, control API on TCP with a token) and a peer node of the same
 //! cluster, driven by `tests/python/console_browser.py` through headless Chromium
-//! (selenium and chromedriver). Screenshots are kept under `target/console-test/`.
+//! (selenium and chromedriver); with the `etcd` feature, once more with the membership on a
+//! real etcd member. Screenshots are kept under `target/console-test/<test>/`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -64,14 +65,60 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 #[test]
 fn the_console_shows_and_steers_the_node_in_a_browser() {
+    let beacon = free_port();
+    browser_session(
+        "console",
+        Membership {
+            role: "\"beacon\", ",
+            table: &format!("[beacon]\nbind = \"tcp://127.0.0.1:{beacon}\"\n"),
+            cluster: &format!("beacons = [\"tcp://127.0.0.1:{beacon}\"]\n"),
+        },
+    );
+}
+
+/// The same session with the membership on etcd (one real member): the console, the cluster
+/// map and the peer's link work unchanged.
+#[cfg(feature = "etcd")]
+#[test]
+fn the_console_works_the_same_on_etcd() {
+    let etcd = troupe_tests::etcd::Etcd::start(1);
+    let cluster = format!(
+        "backend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"/troupe/console/\"\n",
+        etcd.endpoints()
+    );
+    browser_session(
+        "console-etcd",
+        Membership {
+            role: "",
+            table: "",
+            cluster: &cluster,
+        },
+    );
+}
+
+/// Where the cluster's membership lives: the beacon role and its table on the main node, or
+/// nothing; and the `[cluster]` keys both nodes use.
+struct Membership<'a> {
+    role: &'a str,
+    table: &'a str,
+    cluster: &'a str,
+}
+
+/// A node and its peer, named after `tag`, and the browser session against them.
+fn browser_session(tag: &str, membership: Membership<'_>) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "console-browser-token\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (http, peer_http) = (free_port(), free_port());
-    let (beacon, frontend, backend, mdp) = (free_port(), free_port(), free_port(), free_port());
-    let name = format!("console-{}", std::process::id());
-    let peer = format!("console-peer-{}", std::process::id());
+    let (frontend, backend, mdp) = (free_port(), free_port(), free_port());
+    let name = format!("{tag}-{}", std::process::id());
+    let peer = format!("{tag}-peer-{}", std::process::id());
+    let Membership {
+        role,
+        table,
+        cluster,
+    } = membership;
     let d = dir.path().display();
     let tok = token.display();
 
@@ -81,7 +128,7 @@ fn the_console_shows_and_steers_the_node_in_a_browser() {
         &format!(
             r#"
 name = "{name}"
-roles = ["ipc", "supervisor", "beacon", "broker"]
+roles = ["ipc", "supervisor", {role}"broker"]
 shutdown_timeout = "10s"
 [control]
 socket = "{d}/ctl.sock"
@@ -98,16 +145,14 @@ terminate_timeout_ms = 3000
 id = "chatty"
 command = "sh"
 args = ["-c", "i=0; while :; do i=$((i+1)); echo line-$i; sleep 0.2; done"]
-[beacon]
-bind = "tcp://127.0.0.1:{beacon}"
+{table}
 [broker]
 frontend = "tcp://127.0.0.1:{frontend}"
 backend = "tcp://127.0.0.1:{backend}"
 [broker.majordomo]
 bind = "tcp://127.0.0.1:{mdp}"
 [cluster]
-beacons = ["tcp://127.0.0.1:{beacon}"]
-"#
+{cluster}"#
         ),
     );
     // A peer that needs the broker the first node offers, with a console of its own.
@@ -124,8 +169,7 @@ socket = "{d}/peer-ctl.sock"
 bind = "127.0.0.1:{peer_http}"
 token_file = "{tok}"
 [cluster]
-beacons = ["tcp://127.0.0.1:{beacon}"]
-requires = ["broker"]
+{cluster}requires = ["broker"]
 "#
         ),
     );
@@ -141,7 +185,8 @@ requires = ["broker"]
     let (status, answer) = get(http, "/v1/node");
     assert_eq!(status, 401, "{answer}");
 
-    let out = artifacts();
+    let out = artifacts().join(tag);
+    std::fs::create_dir_all(&out).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/console_browser.py");
     let mut browser = Command::new("python3");
     browser

@@ -6,13 +6,11 @@
 //! Needs the feature: `cargo test -p troupe-tests --features etcd --test etcd` (`make test`
 //! passes it).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use troupe_tests::etcd::{post, status, Etcd, Tls};
 use troupe_tests::{eventually, free_port, troupe, Proc};
 
 const START: Duration = Duration::from_secs(30);
@@ -22,184 +20,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 const BEAT: &str = "250ms";
 /// The longest a lease lives here, with etcd's minimum TTL.
 const TTL: Duration = Duration::from_secs(2);
-
-fn etcd_bin() -> PathBuf {
-    std::env::var_os("ETCD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
-}
-
-/// One etcd member: its process (killed on drop) and its ports; the data folder belongs to
-/// the cluster.
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    proc: Option<Proc>,
-}
-
-/// An etcd cluster of one or more members on loopback.
-struct Etcd {
-    members: Vec<Member>,
-    dir: tempfile::TempDir,
-    token: String,
-}
-
-impl Etcd {
-    /// Starts `n` members and waits until each serves clients.
-    fn start(n: usize) -> Etcd {
-        assert!(
-            etcd_bin().exists(),
-            "{} not found: install Debian's etcd-server (or set ETCD_BIN)",
-            etcd_bin().display()
-        );
-        let members = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
-                proc: None,
-            })
-            .collect();
-        let mut etcd = Etcd {
-            members,
-            dir: tempfile::tempdir().unwrap(),
-            token: format!("troupe-test-{}-{}", std::process::id(), free_port()),
-        };
-        for i in 0..n {
-            etcd.launch(i);
-        }
-        for i in 0..n {
-            etcd.wait_ready(i);
-        }
-        etcd
-    }
-
-    fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(&self.members[i].name)
-    }
-
-    /// Starts member `i` (again, with the same data and ports, after a kill).
-    fn launch(&mut self, i: usize) {
-        let cluster = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",");
-        let m = &self.members[i];
-        let mut cmd = Command::new(etcd_bin());
-        cmd.arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", m.peer))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", m.peer))
-            .arg("--initial-cluster")
-            .arg(cluster)
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--initial-cluster-token")
-            .arg(&self.token);
-        for key in ["ETCD_NAME", "ETCD_DATA_DIR", "ETCDCTL_API"] {
-            cmd.env_remove(key);
-        }
-        self.members[i].proc = Some(Proc::spawn(cmd));
-    }
-
-    fn wait_ready(&self, i: usize) {
-        let deadline = Instant::now() + START;
-        while status(self.members[i].client).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd member {i} not serving within {START:?}:\n{}",
-                self.members[i]
-                    .proc
-                    .as_ref()
-                    .map(|p| p.output())
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills member `i` with SIGKILL, by its pid.
-    fn kill(&mut self, i: usize) {
-        self.members[i]
-            .proc
-            .take()
-            .expect("the member runs")
-            .kill_now();
-    }
-
-    /// The client URLs, as `etcd_endpoints` lists them.
-    fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("\"http://127.0.0.1:{}\"", m.client))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// The member that is the leader now, as a running member sees it.
-    fn leader(&self) -> usize {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            for m in self.members.iter().filter(|m| m.proc.is_some()) {
-                let Some(status) = status(m.client) else {
-                    continue;
-                };
-                let leader = status["leader"].as_str().unwrap_or_default().to_string();
-                for (i, other) in self.members.iter().enumerate() {
-                    let Some(theirs) = status_of(other) else {
-                        continue;
-                    };
-                    if theirs["header"]["member_id"].as_str() == Some(leader.as_str()) {
-                        return i;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no etcd leader within {SETTLE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn status_of(member: &Member) -> Option<Value> {
-    member.proc.as_ref()?;
-    status(member.client)
-}
-
-/// `POST /v3/maintenance/status` on a member (etcd's JSON gateway), with a short deadline.
-fn status(port: u16) -> Option<Value> {
-    post(port, "/v3/maintenance/status", "{}")
-}
-
-/// `POST PATH` with a JSON `body` on a member's JSON gateway.
-fn post(port: u16, path: &str, body: &str) -> Option<Value> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split("\r\n\r\n").nth(1)?;
-    let start = body.find('{')?;
-    let end = body.rfind('}')?;
-    serde_json::from_str(&body[start..=end]).ok()
-}
 
 /// A troupe node on etcd: its process (SIGKILLed on drop if still running) and folder.
 struct Node {
@@ -504,8 +324,7 @@ fn three_members_membership_survives_a_member_and_the_leader() {
     late.cluster_state("registered");
     let found = cluster_json(&app.config(), &["lookup", "db"]).unwrap();
     assert_eq!(found["nodes"].as_array().unwrap().len(), 2, "{found}");
-    etcd.launch(follower);
-    etcd.wait_ready(follower);
+    etcd.restart(follower);
     // The leader killed while the nodes heartbeat: a watch sees no node go.
     let mut watch = troupe();
     watch
@@ -563,8 +382,7 @@ fn etcd_stopped_the_node_runs_on_and_registers_again() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(node.ctl_json(&["service", "sleeper"]).unwrap()["pid"], pid);
-    etcd.launch(0);
-    etcd.wait_ready(0);
+    etcd.restart(0);
     node.proc().wait_printed(&["etcd answers again"], SETTLE);
     node.cluster_state("registered");
     until_listed(&node.config(), "the node back", |n| {
@@ -656,4 +474,107 @@ fn one_member_ctl_cluster_status_finds_every_node_through_etcd() {
         }
     });
     assert!(rows.to_string().contains("\"ipc\""), "{rows}");
+}
+
+/// Writes `secret` to `dir/NAME` with mode 0600, as `check-config` requires of secrets.
+fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn tls_member_admits_a_client_certificate_and_refuses_none() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = Tls::make(certs.path());
+    let etcd = Etcd::start_with(1, Some(tls.clone()));
+    let with_cert = format!(
+        "resources = [\"db\"]\netcd_ca_file = \"{}\"\netcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\n",
+        tls.ca.display(),
+        tls.client.0.display(),
+        tls.client.1.display()
+    );
+    let db = Node::start("tls-db", &etcd, &ipc(""), &with_cert);
+    let app = Node::start(
+        "tls-app",
+        &etcd,
+        &ipc(""),
+        &format!("{with_cert}requires = [\"db\"]\n"),
+    );
+    app.cluster_state("registered");
+    app.until(&["cluster"], "met", |v| {
+        v["client"]["requirements"] == "met"
+    });
+    // The operator's command, through the same TLS settings.
+    until_listed(&db.config(), "both nodes over TLS", |names| {
+        names.contains(&"tls-db".to_string()) && names.contains(&"tls-app".to_string())
+    });
+    // Trusting the CA but showing no certificate: the member refuses the connection, and the
+    // node says etcd is unreachable rather than registering.
+    let only_ca = format!("etcd_ca_file = \"{}\"\n", tls.ca.display());
+    let stranger = Node::start("tls-stranger", &etcd, &ipc(""), &only_ca);
+    stranger.cluster_state("unreachable");
+    stranger
+        .proc()
+        .wait_printed(&["etcd is unreachable"], SETTLE);
+    let names = listed(&db.config()).unwrap_or_default();
+    assert!(!names.contains(&"tls-stranger".to_string()), "{names:?}");
+}
+
+#[test]
+fn auth_member_admits_its_user_and_names_a_wrong_password() {
+    let etcd = Etcd::start(1);
+    etcd.enable_auth("troupe", "node-secret", "/troupe/test/");
+    let secrets = tempfile::tempdir().unwrap();
+    let good = secret_file(secrets.path(), "good", "node-secret\n");
+    let bad = secret_file(secrets.path(), "bad", "not-the-secret\n");
+    let user = |file: &Path| {
+        format!(
+            "etcd_user = \"troupe\"\netcd_password_file = \"{}\"\n",
+            file.display()
+        )
+    };
+    let db = Node::start(
+        "auth-db",
+        &etcd,
+        &ipc(""),
+        &format!("resources = [\"db\"]\n{}", user(&good)),
+    );
+    let app = Node::start(
+        "auth-app",
+        &etcd,
+        &ipc(""),
+        &format!("requires = [\"db\"]\n{}", user(&good)),
+    );
+    app.cluster_state("registered");
+    app.until(&["cluster"], "met", |v| {
+        v["client"]["requirements"] == "met"
+    });
+    until_listed(&db.config(), "both nodes with a password", |names| {
+        names.contains(&"auth-db".to_string()) && names.contains(&"auth-app".to_string())
+    });
+    // A wrong password is named, in the status and in the log, and registers nothing.
+    let intruder = Node::start("auth-intruder", &etcd, &ipc(""), &user(&bad));
+    let status = intruder.until(&["cluster"], "a refusal naming authentication", |v| {
+        v.to_string().contains("authentication failed")
+    });
+    assert_ne!(status["client"]["beacons"][0]["state"], "registered");
+    intruder
+        .proc()
+        .wait_printed(&["authentication failed"], SETTLE);
+    // Without a user, etcd refuses to answer at all.
+    let anonymous = Node::start("auth-anonymous", &etcd, &ipc(""), "");
+    anonymous.until(&["cluster"], "unreachable or refused", |v| {
+        let state = &v["client"]["beacons"][0]["state"];
+        state == "unreachable" || state == "refused"
+    });
+    let names = listed(&db.config()).unwrap_or_default();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "auth-intruder" || n == "auth-anonymous"),
+        "{names:?}"
+    );
 }

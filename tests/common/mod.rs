@@ -64,6 +64,7 @@ pub fn runtime_dir() -> PathBuf {
 }
 
 pub mod bench;
+pub mod etcd;
 pub mod netns;
 mod ports;
 pub use ports::free_port;
