@@ -244,14 +244,6 @@ pub fn lookup<'a>(nodes: impl IntoIterator<Item = &'a Node>, resource: &str) -> 
     found
 }
 
-/// For each of `requires` of node `name`, its online providers among `nodes` (never `name`
-/// itself), and those nobody offers.
-pub fn requirements_among(name: &str, requires: &[String], nodes: &[&Node]) -> Requirements {
-    requirements_by(name, requires, |resource| {
-        lookup(nodes.iter().copied().filter(|n| n.name != name), resource)
-    })
-}
-
 /// For each of `requires` of node `name`, the providers `providers` finds (never `name`
 /// itself), and those nobody offers.
 fn requirements_by(
@@ -282,7 +274,9 @@ pub fn requirements_of(name: &str, nodes: &[&Node]) -> Result<Requirements, Clie
         .iter()
         .find(|n| n.name == name)
         .ok_or_else(|| unknown_node(name))?;
-    Ok(requirements_among(name, &node.requires, nodes))
+    Ok(requirements_by(name, &node.requires, |resource| {
+        lookup(nodes.iter().copied().filter(|n| n.name != name), resource)
+    }))
 }
 
 fn unknown_node(name: &str) -> ClientError {
