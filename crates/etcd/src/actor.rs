@@ -263,17 +263,12 @@ impl EtcdClient {
         )));
     }
 
-    /// `answer` over every node: from the mirror while its watch keeps it current (no call to
-    /// etcd, so a lookup costs what its answer holds, not a read of the whole cluster), else
-    /// from a range read of every node.
+    /// A range read of every node, answered through `answer` with the nodes read: for queries
+    /// while the mirror is not current (each handler answers from the mirror first).
     fn query<T: 'static>(
         &self,
         answer: impl for<'n> FnOnce(Vec<&'n Node>) -> Result<T, ClientError> + 'static,
     ) -> ResponseFuture<Result<T, ClientError>> {
-        if let Some(nodes) = self.core.mirrored() {
-            let answered = answer(nodes);
-            return Box::pin(async move { answered });
-        }
         let clients = self.clients.subscribe();
         let last_error = self
             .core
@@ -893,6 +888,10 @@ impl Handler<ListNodes> for EtcdClient {
     type Result = ResponseFuture<Result<Vec<Node>, ClientError>>;
 
     fn handle(&mut self, _: ListNodes, _: &mut Self::Context) -> Self::Result {
+        if let Some(nodes) = self.core.mirrored() {
+            let listed = nodes.into_iter().cloned().collect();
+            return Box::pin(async move { Ok(listed) });
+        }
         self.query(|nodes| Ok(nodes.into_iter().cloned().collect()))
     }
 }
