@@ -717,10 +717,16 @@ impl EtcdCore {
     }
 
     /// [`requirements_of`] from the mirror, through its index; `None` when the mirror is not
-    /// current.
+    /// current. This node's own requirements come from its registration, not from its entry in
+    /// the mirror, which the watch may not have brought yet just after it registered.
     pub fn mirrored_requirements(&self, name: &str) -> Option<Result<Requirements, ClientError>> {
         if !self.mirror_fresh {
             return None;
+        }
+        if name == self.settings.node {
+            if let Some(own) = self.own_requirements() {
+                return Some(Ok(own));
+            }
         }
         let Some(node) = self.mirror.get(name) else {
             return Some(Err(unknown_node(name)));

@@ -424,6 +424,11 @@ fn the_mirror_answers_lookups_through_its_index_as_a_full_scan_would() {
         core.mirrored_requirements("db-1"),
         Some(Err(ClientError::Refused { .. }))
     ));
+    // This node's own requirements come from its registration, before the watch brings its
+    // own entry.
+    let own = core.mirrored_requirements("me").unwrap().unwrap();
+    assert_eq!(own.node, "me");
+    assert_eq!(names(own.offers["db"].clone()), ["db-3"]);
     // While the watch is down, queries go to etcd.
     core.mirror_down();
     assert!(core.mirrored_lookup("db").is_none());
